@@ -1,0 +1,136 @@
+//! Weight tensors as the forward pass sees them: matrices left in their stored (often
+//! quantized) form inside the mapped file, small vectors (norms, biases) as f32.
+
+use crate::quant;
+use kiln_gguf::{GgmlType, GgufFile};
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// Bytes that weights point into: a whole mapped file, or memory for converted tensors.
+pub enum Backing {
+    /// A GGUF file (mapped).
+    Gguf(GgufFile),
+    /// Any other mapped file (safetensors, llama2.c).
+    Mapped(Mmap),
+    /// Tensors converted or created in memory.
+    Owned(Vec<u8>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Gguf(f) => f.bytes(),
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+/// A `rows × cols` weight matrix, row-major, each row `cols` elements of `ty`.
+/// In ggml's words: `ne0 = cols`, `ne1 = rows`; `y = W·x` maps `cols` inputs to `rows` outputs.
+#[derive(Clone)]
+pub struct QMatrix {
+    /// Storage type of the elements.
+    pub ty: GgmlType,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    backing: Arc<Backing>,
+    offset: usize,
+}
+
+impl QMatrix {
+    /// A matrix over `backing` starting at byte `offset`. The caller has checked the bounds.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, backing: Arc<Backing>, offset: usize) -> QMatrix {
+        let m = QMatrix { ty, rows, cols, backing, offset };
+        assert!(m.offset + m.rows * m.row_bytes() <= m.backing.bytes().len(), "matrix outside its backing");
+        m
+    }
+
+    /// A matrix that owns its bytes.
+    pub fn from_bytes(ty: GgmlType, rows: usize, cols: usize, bytes: Vec<u8>) -> QMatrix {
+        QMatrix::new(ty, rows, cols, Arc::new(Backing::Owned(bytes)), 0)
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.ty.bytes_for(self.cols).expect("row length is a whole number of blocks")
+    }
+
+    /// All rows.
+    pub fn data(&self) -> &[u8] {
+        &self.backing.bytes()[self.offset..self.offset + self.rows * self.row_bytes()]
+    }
+
+    /// Row `r` in stored form.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data()[r * n..(r + 1) * n]
+    }
+
+    /// Row `r` as f32 (embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        quant::dequantize_row(self.ty, self.row(r), &mut out[..self.cols]);
+    }
+
+    /// The whole matrix as f32 (tests, conversion).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (r, chunk) in out.chunks_mut(self.cols).enumerate() {
+            self.dequantize_row(r, chunk);
+        }
+        out
+    }
+}
+
+/// One transformer block's weights. Shapes use `d = dim`, `q = n_heads·head_dim`,
+/// `kv = n_kv_heads·head_dim`, `f = ffn_dim`, `h = head_dim`.
+pub struct LayerWeights {
+    /// `[d]` RMSNorm before attention.
+    pub attn_norm: Vec<f32>,
+    /// `q × d`
+    pub wq: QMatrix,
+    /// `kv × d`
+    pub wk: QMatrix,
+    /// `kv × d`
+    pub wv: QMatrix,
+    /// `d × q`
+    pub wo: QMatrix,
+    /// `[q]`, `[kv]`, `[kv]` projection biases (Qwen2).
+    pub bq: Option<Vec<f32>>,
+    /// See `bq`.
+    pub bk: Option<Vec<f32>>,
+    /// See `bq`.
+    pub bv: Option<Vec<f32>>,
+    /// `[h]` per-head RMSNorm of queries and keys (Qwen3, Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    /// See `q_norm`.
+    pub k_norm: Option<Vec<f32>>,
+    /// `[d]` RMSNorm of the attention output before the residual add (Gemma 3).
+    pub post_attn_norm: Option<Vec<f32>>,
+    /// `[d]` RMSNorm before the feed-forward block.
+    pub ffn_norm: Vec<f32>,
+    /// `f × d`
+    pub w_gate: QMatrix,
+    /// `f × d`
+    pub w_up: QMatrix,
+    /// `d × f`
+    pub w_down: QMatrix,
+    /// `[d]` RMSNorm of the feed-forward output before the residual add (Gemma 3).
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// All weights of a model.
+pub struct Weights {
+    /// `vocab × d` token embeddings.
+    pub token_embd: QMatrix,
+    /// The blocks, in order.
+    pub layers: Vec<LayerWeights>,
+    /// `[d]` final RMSNorm.
+    pub output_norm: Vec<f32>,
+    /// `vocab × d` output projection (often the embedding matrix itself).
+    pub output: QMatrix,
+    /// `[rope_dim/2]` per-frequency divisors (Llama 3.1 long-context RoPE), if any.
+    pub rope_freqs: Option<Vec<f32>>,
+}
