@@ -220,6 +220,16 @@ impl GgufFile {
         &self.data()[start..start + info.n_bytes()]
     }
 
+    /// Where a tensor's bytes start, counted from the start of the file.
+    pub fn tensor_file_offset(&self, info: &TensorInfo) -> usize {
+        self.data_offset + info.offset as usize
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        self.data()
+    }
+
     /// Size of the whole file in bytes.
     pub fn file_len(&self) -> usize {
         self.data().len()
