@@ -1,0 +1,336 @@
+//! Quantized tensor kernels in ggml's formats (block layouts of ggml-common.h, numerics of
+//! ggml-quants.c and ggml-cpu): dequantization, quantization of activations and weights, and
+//! the dot product of a quantized weight row with an activation row.
+//!
+//! Numerics follow llama.cpp's CPU reference exactly: [`dequantize_row`] is bit-exact with
+//! ggml's `dequantize_row_*`, [`quantize_row`] with `quantize_row_*_ref`, and the scalar
+//! [`reference::vec_dot`] with `ggml_vec_dot_*_generic` (tests/quant_fixtures.rs checks all
+//! three against numbers recorded from llama.cpp).
+//!
+//! AVX2 kernels are picked at run time when the CPU has AVX2, FMA and F16C; set
+//! `KILN_FORCE_SCALAR=1` to force the scalar ones. The SIMD quantizers produce the same bytes
+//! as the scalar ones; the SIMD dot products compute the same exact integer block sums and
+//! differ from the scalar ones only in the order of f32 additions.
+//!
+//! Weight rows are `bytes_for(n)` bytes of their type; an activation row for a weight of type
+//! `ty` is `n` values quantized to [`vec_dot_type`]`(ty)` with [`quantize_row`].
+
+pub mod blocks;
+mod dequant;
+#[cfg(target_arch = "x86_64")]
+mod dot_avx2;
+mod dot_scalar;
+mod quantize;
+#[cfg(target_arch = "x86_64")]
+mod quantize_avx2;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+use kiln_gguf::GgmlType;
+
+use blocks::{as_blocks, as_blocks_mut};
+
+/// Why a quantization request cannot be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    /// kiln cannot quantize to this type.
+    #[error(
+        "quantizing to {0} is not supported; supported types: F32, F16, BF16, Q4_0, Q4_1, \
+         Q5_0, Q5_1, Q8_0, Q8_1, Q8_K"
+    )]
+    Unsupported(GgmlType),
+    /// The number of values is not a whole number of blocks.
+    #[error("{elements} values do not fill whole {ty} blocks of {block} values")]
+    PartialBlock {
+        /// The target type.
+        ty: GgmlType,
+        /// How many values were given.
+        elements: usize,
+        /// Values per block of `ty`.
+        block: usize,
+    },
+    /// The output buffer has the wrong size.
+    #[error("{elements} values of {ty} take {expected} bytes, but the output buffer has {got}")]
+    OutputSize {
+        /// The target type.
+        ty: GgmlType,
+        /// How many values were given.
+        elements: usize,
+        /// Bytes needed.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+}
+
+/// Whether the AVX2 kernels are used: the CPU has AVX2, FMA and F16C and `KILN_FORCE_SCALAR`
+/// is not `1`. Decided once per process.
+pub fn simd_available() -> bool {
+    static SIMD: OnceLock<bool> = OnceLock::new();
+    *SIMD.get_or_init(|| {
+        let forced_scalar = std::env::var("KILN_FORCE_SCALAR").is_ok_and(|v| v == "1");
+        !forced_scalar && cpu_has_avx2()
+    })
+}
+
+/// Whether the CPU can run the AVX2 kernels, regardless of `KILN_FORCE_SCALAR`.
+fn cpu_has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The format activations are converted to before a dot product with a row of `ty`, as
+/// llama.cpp's CPU backend does: Q4_0, Q5_0, Q8_0 → Q8_0; Q4_1, Q5_1 → Q8_1; the K types →
+/// Q8_K; F32, F16, BF16 → themselves. Q8_1 and Q8_K, which are activation formats only, map to
+/// themselves (and have no [`vec_dot`]).
+pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_1 | Q5_1 => Q8_1,
+        Q2K | Q3K | Q4K | Q5K | Q6K => Q8K,
+        F32 | F16 | BF16 | Q8_1 | Q8K => ty,
+    }
+}
+
+/// Whether [`vec_dot`] accepts weights of type `ty` (every type but Q8_1 and Q8_K).
+pub fn has_vec_dot(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K)
+}
+
+/// Bytes for `n` values of `ty`, panicking with a clear message when `n` is not a whole number
+/// of blocks (a caller bug: row lengths are validated when a model is loaded).
+fn row_bytes(ty: GgmlType, n: usize) -> usize {
+    ty.bytes_for(n).unwrap_or_else(|| {
+        panic!(
+            "{n} values are not a whole number of {ty} blocks of {}",
+            ty.block_size()
+        )
+    })
+}
+
+/// Dequantizes `dst.len()` weights stored in `src` (exactly `bytes_for(dst.len())` bytes of
+/// `ty`), bit-exact with ggml's `dequantize_row_*`.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let expected = row_bytes(ty, dst.len());
+    assert_eq!(
+        src.len(),
+        expected,
+        "{} {ty} values take {expected} bytes, got {}",
+        dst.len(),
+        src.len()
+    );
+    use GgmlType::*;
+    match ty {
+        F32 => dequant::f32(src, dst),
+        F16 => dequant::f16(src, dst),
+        BF16 => dequant::bf16(src, dst),
+        Q4_0 => dequant::q4_0(as_blocks(src), dst),
+        Q4_1 => dequant::q4_1(as_blocks(src), dst),
+        Q5_0 => dequant::q5_0(as_blocks(src), dst),
+        Q5_1 => dequant::q5_1(as_blocks(src), dst),
+        Q8_0 => dequant::q8_0(as_blocks(src), dst),
+        Q8_1 => dequant::q8_1(as_blocks(src), dst),
+        Q2K => dequant::q2k(as_blocks(src), dst),
+        Q3K => dequant::q3k(as_blocks(src), dst),
+        Q4K => dequant::q4k(as_blocks(src), dst),
+        Q5K => dequant::q5k(as_blocks(src), dst),
+        Q6K => dequant::q6k(as_blocks(src), dst),
+        Q8K => dequant::q8k(as_blocks(src), dst),
+    }
+}
+
+/// Quantizes or converts `src` into `dst` (`bytes_for(src.len())` bytes of `ty`), bit-exact
+/// with ggml's reference quantizers. Supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+/// Q8_1, Q8_K; the K weight types give [`QuantError::Unsupported`]. Uses AVX2 for the
+/// activation formats (Q8_0, Q8_1, Q8_K, F16) when [`simd_available`].
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    check_quantize(ty, src, dst)?;
+    #[cfg(target_arch = "x86_64")]
+    if simd_available() {
+        // SAFETY: simd_available() checked AVX2, FMA and F16C; sizes checked above.
+        if unsafe { avx2_quantize(ty, src, dst) } {
+            return Ok(());
+        }
+    }
+    reference::quantize_unchecked(ty, src, dst);
+    Ok(())
+}
+
+/// Checks that `ty` can be quantized to and that `dst` is the size of `src` in `ty`.
+fn check_quantize(ty: GgmlType, src: &[f32], dst: &[u8]) -> Result<(), QuantError> {
+    use GgmlType::*;
+    if matches!(ty, Q2K | Q3K | Q4K | Q5K | Q6K) {
+        return Err(QuantError::Unsupported(ty));
+    }
+    let elements = src.len();
+    let expected = ty.bytes_for(elements).ok_or(QuantError::PartialBlock {
+        ty,
+        elements,
+        block: ty.block_size(),
+    })?;
+    if dst.len() != expected {
+        return Err(QuantError::OutputSize {
+            ty,
+            elements,
+            expected,
+            got: dst.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Quantizes with the AVX2 kernel for `ty`, if there is one; returns whether there was.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx2_quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> bool {
+    use GgmlType::*;
+    match ty {
+        F16 => quantize_avx2::f16(src, dst),
+        Q8_0 => quantize_avx2::q8_0(src, as_blocks_mut(dst)),
+        Q8_1 => quantize_avx2::q8_1(src, as_blocks_mut(dst)),
+        Q8K => quantize_avx2::q8k(src, as_blocks_mut(dst)),
+        _ => return false,
+    }
+    true
+}
+
+/// Checks the row lengths of a dot product.
+fn check_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) {
+    assert!(
+        has_vec_dot(ty),
+        "{ty} is an activation format; there is no {ty} weight dot product"
+    );
+    let wb = row_bytes(ty, n);
+    let at = vec_dot_type(ty);
+    let ab = row_bytes(at, n);
+    assert_eq!(
+        weights.len(),
+        wb,
+        "{n} {ty} weights take {wb} bytes, got {}",
+        weights.len()
+    );
+    assert_eq!(
+        activations.len(),
+        ab,
+        "{n} {at} activations take {ab} bytes, got {}",
+        activations.len()
+    );
+}
+
+/// Dot product of one weight row of `ty` (`n` elements) with one activation row already in
+/// `vec_dot_type(ty)`. Uses the AVX2 kernel for Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, F32 and F16
+/// when [`simd_available`], the scalar reference otherwise.
+///
+/// # Panics
+/// If `ty` has no dot product ([`has_vec_dot`]) or the lengths do not match `n`.
+pub fn vec_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+    check_dot(ty, n, weights, activations);
+    #[cfg(target_arch = "x86_64")]
+    if simd_available() {
+        // SAFETY: simd_available() checked AVX2, FMA and F16C; lengths checked above.
+        if let Some(v) = unsafe { avx2_dot(ty, weights, activations) } {
+            return v;
+        }
+    }
+    reference::dot_unchecked(ty, weights, activations)
+}
+
+/// The AVX2 kernel for `ty`, if there is one.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+unsafe fn avx2_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => dot_avx2::f32(w, a),
+        F16 => dot_avx2::f16(w, a),
+        Q4_0 => dot_avx2::q4_0_q8_0(as_blocks(w), as_blocks(a)),
+        Q4_1 => dot_avx2::q4_1_q8_1(as_blocks(w), as_blocks(a)),
+        Q5_0 => dot_avx2::q5_0_q8_0(as_blocks(w), as_blocks(a)),
+        Q8_0 => dot_avx2::q8_0_q8_0(as_blocks(w), as_blocks(a)),
+        Q4K => dot_avx2::q4k_q8k(as_blocks(w), as_blocks(a)),
+        Q6K => dot_avx2::q6k_q8k(as_blocks(w), as_blocks(a)),
+        _ => return None,
+    })
+}
+
+/// The scalar kernels, following ggml's generic C code operation for operation; the SIMD
+/// kernels are tested against these.
+pub mod reference {
+    use super::*;
+
+    pub use super::dequantize_row;
+
+    /// The scalar quantizer (ggml's `quantize_row_*_ref`), whatever the CPU. Produces the same
+    /// bytes as [`super::quantize_row`].
+    pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+        check_quantize(ty, src, dst)?;
+        quantize_unchecked(ty, src, dst);
+        Ok(())
+    }
+
+    /// The scalar quantizer for sizes already checked.
+    pub(super) fn quantize_unchecked(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+        use GgmlType::*;
+        match ty {
+            F32 => quantize::f32(src, dst),
+            F16 => quantize::f16(src, dst),
+            BF16 => quantize::bf16(src, dst),
+            Q4_0 => quantize::q4_0(src, as_blocks_mut(dst)),
+            Q4_1 => quantize::q4_1(src, as_blocks_mut(dst)),
+            Q5_0 => quantize::q5_0(src, as_blocks_mut(dst)),
+            Q5_1 => quantize::q5_1(src, as_blocks_mut(dst)),
+            Q8_0 => quantize::q8_0(src, as_blocks_mut(dst)),
+            Q8_1 => quantize::q8_1(src, as_blocks_mut(dst)),
+            Q8K => quantize::q8k(src, as_blocks_mut(dst)),
+            Q2K | Q3K | Q4K | Q5K | Q6K => unreachable!("rejected by check_quantize"),
+        }
+    }
+
+    /// The scalar dot product (ggml's `ggml_vec_dot_*_generic`), whatever the CPU.
+    ///
+    /// # Panics
+    /// As [`super::vec_dot`].
+    pub fn vec_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+        check_dot(ty, n, weights, activations);
+        dot_unchecked(ty, weights, activations)
+    }
+
+    /// The scalar dot product of rows whose lengths were already checked.
+    pub(super) fn dot_unchecked(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+        use GgmlType::*;
+        match ty {
+            F32 => dot_scalar::f32(w, a),
+            F16 => dot_scalar::f16(w, a),
+            BF16 => dot_scalar::bf16(w, a),
+            Q4_0 => dot_scalar::q4_0_q8_0(as_blocks(w), as_blocks(a)),
+            Q4_1 => dot_scalar::q4_1_q8_1(as_blocks(w), as_blocks(a)),
+            Q5_0 => dot_scalar::q5_0_q8_0(as_blocks(w), as_blocks(a)),
+            Q5_1 => dot_scalar::q5_1_q8_1(as_blocks(w), as_blocks(a)),
+            Q8_0 => dot_scalar::q8_0_q8_0(as_blocks(w), as_blocks(a)),
+            Q2K => dot_scalar::q2k_q8k(as_blocks(w), as_blocks(a)),
+            Q3K => dot_scalar::q3k_q8k(as_blocks(w), as_blocks(a)),
+            Q4K => dot_scalar::q4k_q8k(as_blocks(w), as_blocks(a)),
+            Q5K => dot_scalar::q5k_q8k(as_blocks(w), as_blocks(a)),
+            Q6K => dot_scalar::q6k_q8k(as_blocks(w), as_blocks(a)),
+            Q8_1 | Q8K => unreachable!("rejected by check_dot"),
+        }
+    }
+}
