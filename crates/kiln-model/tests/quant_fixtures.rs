@@ -1,8 +1,8 @@
 //! kiln's quantized kernels against numbers recorded from llama.cpp's reference code, stored in
 //! tests/fixtures/quant/ by make_fixtures.py (see its header for the command):
-//! dequantization of all 13 weight types and quantization to Q4_0 … Q8_0 against gguf-py, the
-//! Q8 activation quantizers and the scalar dot products against ggml's C code. Every
-//! comparison is of f32 bits or bytes: exact.
+//! dequantization of all 13 weight types and quantization to Q4_0 … Q8_0 against gguf-py; the
+//! Q8 activation quantizers, the K-type quantizers and the scalar dot products against ggml's
+//! C code. Every comparison is of f32 bits or bytes: exact.
 
 use std::path::PathBuf;
 
@@ -99,6 +99,13 @@ fn weight_quantization_matches_gguf_py() {
 #[test]
 fn activation_quantization_matches_ggml_reference() {
     for name in ["q8_0", "q8_1", "q8_k"] {
+        check_quantize("ggml_quant", name);
+    }
+}
+
+#[test]
+fn k_quantization_matches_ggml_reference() {
+    for name in ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"] {
         check_quantize("ggml_quant", name);
     }
 }

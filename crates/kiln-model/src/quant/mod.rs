@@ -23,6 +23,7 @@ mod dot_scalar;
 mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod quantize_avx2;
+mod quantize_k;
 #[cfg(test)]
 mod tests;
 
@@ -35,11 +36,9 @@ use blocks::{as_blocks, as_blocks_mut};
 /// Why a quantization request cannot be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
-    /// kiln cannot quantize to this type.
-    #[error(
-        "quantizing to {0} is not supported; supported types: F32, F16, BF16, Q4_0, Q4_1, \
-         Q5_0, Q5_1, Q8_0, Q8_1, Q8_K"
-    )]
+    /// kiln cannot quantize to this type. (Every type `GgmlType` names is supported today;
+    /// the variant keeps room for formats the reader learns before the writer does.)
+    #[error("quantizing to {0} is not supported")]
     Unsupported(GgmlType),
     /// The number of values is not a whole number of blocks.
     #[error("{elements} values do not fill whole {ty} blocks of {block} values")]
@@ -154,9 +153,10 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 }
 
 /// Quantizes or converts `src` into `dst` (`bytes_for(src.len())` bytes of `ty`), bit-exact
-/// with ggml's reference quantizers. Supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-/// Q8_1, Q8_K; the K weight types give [`QuantError::Unsupported`]. Uses AVX2 for the
-/// activation formats (Q8_0, Q8_1, Q8_K, F16) when [`simd_available`].
+/// with ggml's reference quantizers (`quantize_row_*_ref`; for F16 / BF16 ggml's rounding).
+/// Every type is supported. Uses AVX2 for the activation formats (Q8_0, Q8_1, Q8_K, F16) when
+/// [`simd_available`]; the K weight formats run ggml's scale search and are slow (they are
+/// for writing model files, not for activations).
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_quantize(ty, src, dst)?;
     #[cfg(target_arch = "x86_64")]
@@ -170,12 +170,8 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
     Ok(())
 }
 
-/// Checks that `ty` can be quantized to and that `dst` is the size of `src` in `ty`.
+/// Checks that `dst` is the size of `src` in `ty`.
 fn check_quantize(ty: GgmlType, src: &[f32], dst: &[u8]) -> Result<(), QuantError> {
-    use GgmlType::*;
-    if matches!(ty, Q2K | Q3K | Q4K | Q5K | Q6K) {
-        return Err(QuantError::Unsupported(ty));
-    }
     let elements = src.len();
     let expected = ty.bytes_for(elements).ok_or(QuantError::PartialBlock {
         ty,
@@ -300,7 +296,11 @@ pub mod reference {
             Q8_0 => quantize::q8_0(src, as_blocks_mut(dst)),
             Q8_1 => quantize::q8_1(src, as_blocks_mut(dst)),
             Q8K => quantize::q8k(src, as_blocks_mut(dst)),
-            Q2K | Q3K | Q4K | Q5K | Q6K => unreachable!("rejected by check_quantize"),
+            Q2K => quantize_k::q2k(src, as_blocks_mut(dst)),
+            Q3K => quantize_k::q3k(src, as_blocks_mut(dst)),
+            Q4K => quantize_k::q4k(src, as_blocks_mut(dst)),
+            Q5K => quantize_k::q5k(src, as_blocks_mut(dst)),
+            Q6K => quantize_k::q6k(src, as_blocks_mut(dst)),
         }
     }
 
