@@ -1,1 +1,31 @@
-//! placeholder
+//! Tokenizers and chat templates for kiln.
+//!
+//! - [`Tokenizer`]: from a GGUF file's metadata (tokenizing exactly as llama.cpp does), or from a
+//!   Hugging Face tokenizer.json / model directory. Wraps the `tokenizers` crate.
+//! - [`TokenStream`]: detokenizing one token at a time without splitting characters.
+//! - [`ChatTemplate`]: the model's Jinja chat template (or a built-in one), rendered as Hugging
+//!   Face transformers renders it.
+#![deny(missing_docs)]
+
+mod chat;
+mod error;
+mod gguf_vocab;
+mod hf_config;
+mod pretokenize;
+mod special;
+mod stream;
+mod strftime;
+mod tokenizer;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use error::TextError;
+pub use stream::TokenStream;
+pub use tokenizer::Tokenizer;
+
+/// The server and generation loop share these across threads.
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Tokenizer>();
+    is::<ChatTemplate>();
+}
