@@ -1,1 +1,41 @@
-fn main() {}
+//! The `kiln` command: one subcommand per stage, each a thin layer over the library crates.
+
+mod args;
+mod commands;
+mod load;
+mod output;
+
+use anyhow::Result;
+use args::{Cli, Command};
+use clap::Parser;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // One line: the error and its causes.
+        let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", causes.join(": "));
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let threads = cli.threads.unwrap_or_else(default_threads);
+    if threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    match &cli.command {
+        Command::Pull(a) => commands::pull::pull(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Chat(a) => commands::chat::chat(a),
+        Command::Info(a) => commands::info::info(a),
+        Command::Ppl(a) => commands::ppl::ppl(a),
+        Command::List => commands::pull::list(),
+        Command::Bench(a) => commands::bench::bench(a, threads),
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

@@ -12,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..n {
         let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
         ids.push(next);
-        print!("{next} ");
+        let max = logits[next as usize];
+        let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        print!("{next}({:.4}) ", 1.0 / sum);
         logits = model.forward(&mut state, &[next], false)?.to_vec();
     }
     println!();

@@ -93,7 +93,8 @@ pub fn load_weights(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Weights
         None => token_embd.clone(),
     };
     let gemma = cfg.family == Family::Gemma3;
-    let mut layers = Vec::with_capacity(cfg.n_layers);
+    // Not with_capacity: n_layers comes from the file and is only trusted once tensors back it.
+    let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
         let n = |s: &str| format!("blk.{i}.{s}");
         let layer = LayerWeights {

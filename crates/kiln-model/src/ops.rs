@@ -104,7 +104,7 @@ pub fn prepare_activations(w: &QMatrix, x: &[f32], n_rows: usize, buf: &mut Vec<
     let row_bytes = ty.bytes_for(w.cols).expect("activation row is whole blocks");
     buf.resize(row_bytes * n_rows, 0);
     for (xr, br) in x.chunks_exact(w.cols).zip(buf.chunks_exact_mut(row_bytes)).take(n_rows) {
-        quant::quantize_row(ty, xr, br).expect("every vec_dot type can be quantized to");
+        quant::quantize_activations(ty, xr, br).expect("every vec_dot type can be quantized to");
     }
 }
 

@@ -38,7 +38,6 @@ struct Scratch {
     att: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    scores: Vec<f32>,
     acts: Vec<u8>,
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -181,8 +180,7 @@ impl Model {
                 window: if sliding { c.sliding_window } else { None },
             };
             let att = grow(&mut s.att, n * q_dim);
-            let scores = grow(&mut s.scores, c.n_heads * n * (pos0 + n));
-            attend(&spec, q, pos0, keys, values, att, scores);
+            attend(&spec, q, pos0, keys, values, att);
             let xb = &mut s.xb[..n * d];
             ops::matmul(&lw.wo, att, n, &mut s.acts, xb);
             if let Some(pn) = &lw.post_attn_norm {

@@ -1032,7 +1032,6 @@ fn block_count_beyond_file_size(b: &[u8]) -> bool {
 /// instead of reporting the missing tensors. Un-ignore once fixed;
 /// `corrupt_headers_never_panic` skips such images until then.
 #[test]
-#[ignore = "load_weights aborts on a huge block_count (Vec::with_capacity(cfg.n_layers))"]
 fn gguf_with_a_huge_block_count_is_an_error() {
     let s = MICRO;
     let tensors = random_model(&s, Storage::F32, 11);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{GEMMA3, SMOLLM2};
+use common::{TokenizerOf, GEMMA3, SMOLLM2};
 use kiln_text::{ChatMessage, ChatTemplate, TokenStream, Tokenizer};
 
 /// Texts that exercise spaces, digits, punctuation, newlines, non-Latin scripts, emoji and

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TestModel, GEMMA3, SMOLLM2};
+use common::{TestModel, TokenizerOf, GEMMA3, SMOLLM2};
 use serde::Deserialize;
 use std::path::PathBuf;
 

@@ -170,6 +170,31 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
     Ok(())
 }
 
+/// Converts activations into `ty` (a [`vec_dot_type`]) for the forward pass. Q8_0 and Q8_1
+/// follow ggml's x86 run-time quantizer rather than the `_ref` one that [`quantize_row`]
+/// reproduces (they differ in the scale's reciprocal and in rounding ties), so that kiln's
+/// matrix products see the activations llama.cpp's do.
+pub fn quantize_activations(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    check_quantize(ty, src, dst)?;
+    #[cfg(target_arch = "x86_64")]
+    if simd_available() {
+        // SAFETY: simd_available() checked AVX2, FMA and F16C; sizes checked above.
+        unsafe {
+            match ty {
+                GgmlType::Q8_0 => return Ok(quantize_avx2::q8_0_activations(src, as_blocks_mut(dst))),
+                GgmlType::Q8_1 => return Ok(quantize_avx2::q8_1_activations(src, as_blocks_mut(dst))),
+                _ => {}
+            }
+        }
+    }
+    match ty {
+        GgmlType::Q8_0 => quantize::q8_0_activations(src, as_blocks_mut(dst)),
+        GgmlType::Q8_1 => quantize::q8_1_activations(src, as_blocks_mut(dst)),
+        _ => return quantize_row(ty, src, dst),
+    }
+    Ok(())
+}
+
 /// Checks that `dst` is the size of `src` in `ty`.
 fn check_quantize(ty: GgmlType, src: &[f32], dst: &[u8]) -> Result<(), QuantError> {
     let elements = src.len();

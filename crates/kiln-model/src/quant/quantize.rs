@@ -201,6 +201,37 @@ pub fn q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
     }
 }
 
+/// The Q8 scale and quants of a 32-block as ggml's x86 `quantize_row_q8_0` / `_q8_1` compute
+/// them at run time (not the `_ref` versions): multiplier `127 / amax`, ties rounded to even.
+/// This is what llama.cpp multiplies activations with on x86, so kiln does too.
+#[inline(always)]
+fn q8_block_runtime(x: &[f32], qs: &mut [i8; QK]) -> f32 {
+    let amax = absmax(x);
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    amax / 127.0
+}
+
+/// Activations for a Q4_0 / Q5_0 / Q8_0 dot product (see [`q8_block_runtime`]).
+pub fn q8_0_activations(src: &[f32], dst: &mut [BlockQ8_0]) {
+    for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+        let d = q8_block_runtime(x, &mut b.qs);
+        b.d = F16Le::from_f32(d);
+    }
+}
+
+/// Activations for a Q4_1 / Q5_1 dot product (see [`q8_block_runtime`]).
+pub fn q8_1_activations(src: &[f32], dst: &mut [BlockQ8_1]) {
+    for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
+        let d = q8_block_runtime(x, &mut b.qs);
+        let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+        b.d = F16Le::from_f32(d);
+        b.s = F16Le::from_f32(sum as f32 * d);
+    }
+}
+
 /// `quantize_row_q8_K_ref`: scale `-max / 127` from the value of largest magnitude (the first
 /// one on ties), quants rounded to nearest even and clamped at 127, and the sum of each 16
 /// quants. An all-zero block gets zero sums too (ggml leaves them unwritten).

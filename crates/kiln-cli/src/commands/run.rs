@@ -1,0 +1,82 @@
+//! `kiln run`: one prompt in, a streamed answer out.
+
+use crate::args::RunArgs;
+use crate::load::load;
+use crate::output::Stdout;
+use anyhow::{Context, Result};
+use kiln_generate::{GenerateOptions, Session};
+use kiln_text::ChatMessage;
+use std::io::Read;
+
+/// Runs the command.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let prompt = match &args.prompt {
+        Some(p) => p.clone(),
+        None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read the prompt from stdin")?;
+            s
+        }
+    };
+    let sampling = args.sampling.params();
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let lm = load(args.model.model.as_deref())?;
+    let ctx = lm.context(args.model.ctx)?;
+    let text = if args.raw {
+        prompt
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+        }
+        messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+        lm.template.render(&messages, true)?
+    };
+    // BOS where the model wants one, once: some chat templates write it themselves.
+    let ids = if args.raw { lm.tokenizer.encode(&text, true)? } else { lm.tokenizer.encode_prompt(&text)? };
+    let opts = GenerateOptions {
+        max_tokens: args.sampling.max_tokens,
+        stop: args.sampling.stop.clone(),
+        sampling,
+        logprobs: args.logprobs,
+        ignore_eos: false,
+    };
+    let mut session = Session::new(&lm.model, ctx);
+    let mut out = Stdout::new();
+    let mut write_error = None;
+    let result = session.generate(&lm.tokenizer, &ids, &opts, |event| {
+        if let Some((chosen, top)) = &event.logprobs {
+            let alts: Vec<String> = top
+                .iter()
+                .map(|t| format!("{:?} {:.3}", lm.tokenizer.id_to_piece(t.token).unwrap_or_default(), t.logprob))
+                .collect();
+            eprintln!("[{} {:.3}] {}", chosen.token, chosen.logprob, alts.join(", "));
+        }
+        match out.write(event.text) {
+            Ok(open) => open,
+            Err(e) => {
+                write_error = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write to stdout");
+    }
+    if !out.closed() {
+        out.write("\n")?;
+    }
+    if !args.quiet && !out.closed() {
+        let pp = result.prompt_tokens_computed as f64 / result.prompt_time.as_secs_f64().max(1e-9);
+        let tg = result.tokens.len() as f64 / result.generate_time.as_secs_f64().max(1e-9);
+        eprintln!(
+            "[prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {:?}]",
+            result.prompt_tokens,
+            pp,
+            result.tokens.len(),
+            tg,
+            result.finish
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Finding and opening a model: a path or a cache name becomes a model, its tokenizer and its
+//! chat template.
+
+use anyhow::{bail, Context, Result};
+use kiln_gguf::GgufFile;
+use kiln_hub::Hub;
+use kiln_model::Model;
+use kiln_text::{ChatTemplate, Tokenizer};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// A model with everything needed to talk to it.
+pub struct LoadedModel {
+    /// The weights and forward pass.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its chat template (own, or a family default).
+    pub template: ChatTemplate,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+}
+
+impl LoadedModel {
+    /// A context length: the requested one, or the model's own capped at 4096.
+    pub fn context(&self, requested: Option<usize>) -> Result<usize> {
+        match requested {
+            Some(0) => bail!("--ctx must be at least 1"),
+            Some(n) => Ok(n),
+            None => Ok(self.model.config.context_length.clamp(1, 4096)),
+        }
+    }
+}
+
+/// Resolves `arg` (path, name or default) to a file on disk, pulling a known model on first use.
+pub fn resolve(arg: Option<&str>) -> Result<PathBuf> {
+    let hub = Hub::from_env();
+    Ok(hub.resolve_model(arg, std::io::stderr().is_terminal())?)
+}
+
+/// Opens the model named by `arg`.
+pub fn load(arg: Option<&str>) -> Result<LoadedModel> {
+    let path = resolve(arg)?;
+    open(&path)
+}
+
+/// Opens a model file or directory.
+pub fn open(path: &Path) -> Result<LoadedModel> {
+    if path.is_dir() {
+        bail!("{}: Hugging Face directories are not supported yet; give a .gguf file", path.display());
+    }
+    let file = GgufFile::open(path).with_context(|| format!("cannot load {}", path.display()))?;
+    let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: cannot build the tokenizer", path.display()))?;
+    let template = ChatTemplate::for_model(&tokenizer, &arch)?;
+    let model = Model::from_gguf(file).with_context(|| format!("cannot load {}", path.display()))?;
+    Ok(LoadedModel { model, tokenizer, template, path: path.to_path_buf() })
+}

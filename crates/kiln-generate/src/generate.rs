@@ -1,0 +1,248 @@
+//! The generation loop: feed the prompt (reusing whatever prefix the KV cache already holds),
+//! then sample, stream text, and stop at an end-of-generation token, a stop string, the token
+//! limit or the end of the context.
+
+use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
+use kiln_model::{Model, ModelError, State};
+use kiln_text::{TextError, TokenStream, Tokenizer};
+use std::time::{Duration, Instant};
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// The token limit or the end of the context.
+    Length,
+    /// The caller asked to stop (a closed pipe, a stop button).
+    Cancelled,
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Generation stops before the first of these strings; it is not part of the output.
+    pub stop: Vec<String>,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Report the log-probabilities of each token and of this many alternatives.
+    pub logprobs: Option<usize>,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 256, stop: Vec::new(), sampling: SamplingParams::default(), logprobs: None, ignore_eos: false }
+    }
+}
+
+/// One generated token, as reported to the caller while generating.
+pub struct TokenEvent<'a> {
+    /// The token id.
+    pub token: u32,
+    /// Text that became printable with this token (may be empty).
+    pub text: &'a str,
+    /// Its log-probability and the top alternatives, when asked for.
+    pub logprobs: Option<(TokenLogprob, Vec<TokenLogprob>)>,
+}
+
+/// The result of a generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated token ids (end-of-generation token excluded).
+    pub tokens: Vec<u32>,
+    /// Generated text, stop string excluded.
+    pub text: String,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens actually computed (the rest came from the cache).
+    pub prompt_tokens_computed: usize,
+    /// Time spent on the prompt.
+    pub prompt_time: Duration,
+    /// Time spent generating.
+    pub generate_time: Duration,
+}
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// The model refused the input (e.g. a prompt longer than the context).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Decoding failed.
+    #[error(transparent)]
+    Text(#[from] TextError),
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// A model with one sequence's state, reusable across turns of a conversation.
+pub struct Session<'m> {
+    model: &'m Model,
+    state: State,
+    /// Tokens whose keys and values are in the cache, in order.
+    cached: Vec<u32>,
+}
+
+impl<'m> Session<'m> {
+    /// A session with room for `ctx` positions.
+    pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
+        Session { model, state: model.new_state(ctx), cached: Vec::new() }
+    }
+
+    /// The context length.
+    pub fn context(&self) -> usize {
+        self.state.capacity()
+    }
+
+    /// Forgets the conversation.
+    pub fn reset(&mut self) {
+        self.state.cache.clear();
+        self.cached.clear();
+    }
+
+    /// Runs `prompt`, reusing the longest cached prefix; returns the logits after its last
+    /// token and how many tokens were computed.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<(&[f32], usize), GenerateError> {
+        if prompt.is_empty() {
+            return Err(GenerateError::Options("the prompt is empty".into()));
+        }
+        if prompt.len() > self.context() {
+            return Err(ModelError::ContextOverflow { needed: prompt.len(), context: self.context() }.into());
+        }
+        let mut common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        // At least one token must run to produce logits.
+        common = common.min(prompt.len() - 1);
+        self.state.cache.truncate(common);
+        self.cached.truncate(common);
+        let rest = &prompt[common..];
+        let logits = self.model.forward(&mut self.state, rest, false)?;
+        self.cached.extend_from_slice(rest);
+        Ok((logits, rest.len()))
+    }
+
+    /// Generates from `prompt`, calling `on_token` for each token; `on_token` returns false
+    /// to stop early.
+    pub fn generate(
+        &mut self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation, GenerateError> {
+        opts.sampling.validate().map_err(GenerateError::Options)?;
+        let eog = tokenizer.end_of_generation_ids();
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let t0 = Instant::now();
+        let (logits, computed) = self.prefill(prompt)?;
+        let mut logits = logits.to_vec();
+        let prompt_time = t0.elapsed();
+        let t1 = Instant::now();
+
+        let mut stream = TokenStream::new(tokenizer, true);
+        let mut text = String::new();
+        let mut emitted = 0usize;
+        let mut tokens = Vec::new();
+        let mut history: Vec<u32> = prompt.to_vec();
+        let mut finish = FinishReason::Length;
+        while tokens.len() < opts.max_tokens {
+            let tok = sampler.sample(&logits, &history);
+            if !opts.ignore_eos && eog.contains(&tok) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            let lp = opts.logprobs.map(|n| logprobs(&logits, tok, n));
+            tokens.push(tok);
+            history.push(tok);
+            text.push_str(&stream.push(tok)?);
+            let (safe, stopped) = stop_scan(&text, emitted, &opts.stop);
+            if stopped {
+                text.truncate(safe);
+            }
+            let event = TokenEvent { token: tok, text: &text[emitted..safe], logprobs: lp };
+            emitted = safe;
+            if !on_token(&event) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if stopped {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if self.cached.len() >= self.context() {
+                break;
+            }
+            logits.copy_from_slice(self.model.forward(&mut self.state, &[tok], false)?);
+            self.cached.push(tok);
+        }
+        if finish != FinishReason::Stop || !text.is_empty() {
+            text.push_str(&stream.finish());
+        }
+        if emitted < text.len() && finish != FinishReason::Cancelled {
+            let (safe, stopped) = stop_scan(&text, emitted, &opts.stop);
+            let end = if stopped { safe } else { text.len() };
+            text.truncate(end);
+            if emitted < end {
+                on_token(&TokenEvent { token: *tokens.last().unwrap_or(&0), text: &text[emitted..end], logprobs: None });
+            }
+        }
+        Ok(Generation {
+            tokens,
+            text,
+            finish,
+            prompt_tokens: prompt.len(),
+            prompt_tokens_computed: computed,
+            prompt_time,
+            generate_time: t1.elapsed(),
+        })
+    }
+}
+
+/// Scans `text` for stop strings. Returns how far the text may be shown (up to a stop
+/// string, or up to the longest tail that could still become one) and whether one was found.
+fn stop_scan(text: &str, from: usize, stops: &[String]) -> (usize, bool) {
+    let mut cut = None;
+    for s in stops.iter().filter(|s| !s.is_empty()) {
+        // A stop string may start before `from` if its beginning was held back.
+        let start = from.saturating_sub(s.len());
+        let start = (0..=start).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        if let Some(i) = text[start..].find(s.as_str()) {
+            cut = Some(cut.map_or(start + i, |c: usize| c.min(start + i)));
+        }
+    }
+    if let Some(c) = cut {
+        return (c, true);
+    }
+    let mut safe = text.len();
+    for s in stops.iter().filter(|s| !s.is_empty()) {
+        for k in (1..s.len()).rev() {
+            if text.len() >= k && s.is_char_boundary(k) && text.is_char_boundary(text.len() - k) && text.ends_with(&s[..k]) {
+                safe = safe.min(text.len() - k);
+                break;
+            }
+        }
+    }
+    (safe.max(from), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stop_scan;
+
+    #[test]
+    fn stop_strings_cut_and_hold_back() {
+        let stops = vec!["</s>".to_string(), "User:".to_string()];
+        assert_eq!(stop_scan("hello", 0, &stops), (5, false));
+        assert_eq!(stop_scan("hello </", 0, &stops), (6, false));
+        assert_eq!(stop_scan("hello </s> more", 0, &stops), (6, true));
+        assert_eq!(stop_scan("a Us", 0, &stops), (2, false));
+        assert_eq!(stop_scan("a User: x", 2, &stops), (2, true));
+        assert_eq!(stop_scan("héllo", 0, &[]), (6, false));
+    }
+}
