@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use kiln_gguf::GgufFile;
 use kiln_hub::Hub;
+use kiln_model::formats::{detect_format, open_model, ModelFormat};
 use kiln_model::Model;
 use kiln_text::{ChatTemplate, Tokenizer};
 use std::io::IsTerminal;
@@ -44,15 +45,31 @@ pub fn load(arg: Option<&str>) -> Result<LoadedModel> {
     open(&path)
 }
 
-/// Opens a model file or directory.
+/// Opens a model file or directory: GGUF (tokenizer and template from its metadata), a
+/// Hugging Face directory (tokenizer.json beside the weights), or a llama2.c checkpoint (a
+/// tokenizer.json in the same directory).
 pub fn open(path: &Path) -> Result<LoadedModel> {
-    if path.is_dir() {
-        bail!("{}: Hugging Face directories are not supported yet; give a .gguf file", path.display());
+    let context = || format!("cannot load {}", path.display());
+    match detect_format(path).with_context(context)? {
+        ModelFormat::Gguf => {
+            let file = GgufFile::open(path).with_context(context)?;
+            let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: cannot build the tokenizer", path.display()))?;
+            let template = ChatTemplate::for_model(&tokenizer, &arch)?;
+            let model = Model::from_gguf(file).with_context(context)?;
+            Ok(LoadedModel { model, tokenizer, template, path: path.to_path_buf() })
+        }
+        format => {
+            let model = open_model(path).with_context(context)?;
+            let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().map(Path::to_path_buf).unwrap_or_default() };
+            let tokenizer = if format == ModelFormat::HfDir || dir.join("tokenizer_config.json").is_file() {
+                Tokenizer::from_dir(&dir)
+            } else {
+                Tokenizer::from_file(&dir.join("tokenizer.json"))
+            }
+            .with_context(|| format!("{}: cannot load the tokenizer (kiln looks for tokenizer.json beside the model)", dir.display()))?;
+            let template = ChatTemplate::for_model(&tokenizer, model.config.family.architecture())?;
+            Ok(LoadedModel { model, tokenizer, template, path: path.to_path_buf() })
+        }
     }
-    let file = GgufFile::open(path).with_context(|| format!("cannot load {}", path.display()))?;
-    let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: cannot build the tokenizer", path.display()))?;
-    let template = ChatTemplate::for_model(&tokenizer, &arch)?;
-    let model = Model::from_gguf(file).with_context(|| format!("cannot load {}", path.display()))?;
-    Ok(LoadedModel { model, tokenizer, template, path: path.to_path_buf() })
 }

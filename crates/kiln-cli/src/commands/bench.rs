@@ -5,7 +5,6 @@
 use crate::args::BenchArgs;
 use crate::load::resolve;
 use anyhow::{bail, Result};
-use kiln_model::Model;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -36,7 +35,7 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         bail!("-r must be at least 1");
     }
     let path = resolve(args.model.as_deref())?;
-    let model = Model::open_gguf(&path)?;
+    let model = kiln_model::formats::open_model(&path)?;
     let model_size = std::fs::metadata(&path)?.len();
     let mut results = Vec::new();
     for &(n_prompt, n_gen) in &[(args.n_prompt, 0), (0, args.n_gen)] {
