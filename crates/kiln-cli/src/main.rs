@@ -20,11 +20,11 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let threads = cli.threads.unwrap_or_else(default_threads);
+    let threads = cli.threads.unwrap_or_else(kiln_model::threads::default_threads);
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    kiln_model::threads::set_threads(threads);
     match &cli.command {
         Command::Pull(a) => commands::pull::pull(a),
         Command::Run(a) => commands::run::run(a),
@@ -34,8 +34,4 @@ fn run(cli: Cli) -> Result<()> {
         Command::List => commands::pull::list(),
         Command::Bench(a) => commands::bench::bench(a, threads),
     }
-}
-
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

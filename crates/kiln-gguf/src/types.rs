@@ -23,7 +23,8 @@ pub enum GgmlType {
     BF16,
 }
 
-/// Every type with its GGUF id, name, weights per block and bytes per block.
+/// Every type with its GGUF id, name, weights per block and bytes per block (the last two
+/// also as `match`es below, checked against this table by a test).
 const TABLE: &[(GgmlType, u32, &str, usize, usize)] = &[
     (GgmlType::F32, 0, "F32", 1, 4),
     (GgmlType::F16, 1, "F16", 1, 2),
@@ -67,17 +68,41 @@ impl GgmlType {
         self.row().2
     }
 
-    /// Weights per block.
+    /// Weights per block. (A `match`, not a table lookup: kernels ask on every row.)
+    #[inline]
     pub fn block_size(self) -> usize {
-        self.row().3
+        use GgmlType::*;
+        match self {
+            F32 | F16 | BF16 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
+            Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => 256,
+        }
     }
 
     /// Bytes per block.
+    #[inline]
     pub fn type_size(self) -> usize {
-        self.row().4
+        use GgmlType::*;
+        match self {
+            F32 => 4,
+            F16 | BF16 => 2,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2K => 84,
+            Q3K => 110,
+            Q4K => 144,
+            Q5K => 176,
+            Q6K => 210,
+            Q8K => 292,
+        }
     }
 
     /// Bytes taken by `n` weights, or `None` when `n` is not a whole number of blocks.
+    #[inline]
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         if n % self.block_size() != 0 {
             return None;
@@ -94,5 +119,19 @@ impl GgmlType {
 impl fmt::Display for GgmlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_geometry_matches_the_table() {
+        for &(ty, id, name, block, size) in TABLE {
+            assert_eq!((ty.block_size(), ty.type_size()), (block, size), "{name}");
+            assert_eq!(GgmlType::from_id(id), Some(ty));
+            assert_eq!(GgmlType::from_name(name), Some(ty));
+        }
     }
 }

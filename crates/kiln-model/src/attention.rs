@@ -1,13 +1,18 @@
 //! Causal self-attention over the KV cache, with grouped-query heads and an optional sliding
-//! window, computed as llama.cpp's CPU flash attention computes it for short batches and
-//! decoding: queries rounded to f16 before Q·K, an online softmax, and values accumulated in
-//! f16. (Matching its rounding matters: see tests/llama_cpp_greedy.rs.)
+//! window, computed the way llama.cpp's CPU flash attention computes it, because matching its
+//! rounding keeps greedy outputs equal (see tests/llama_cpp_greedy.rs):
+//! - short batches and decoding (fewer than [`TILED_MIN_QUERIES`] queries): queries rounded
+//!   to f16 before Q·K, an online softmax, values accumulated in an f16 vector;
+//! - longer batches (prompts): f32 queries and an f32 accumulator (its tiled kernel).
 
 use half::f16;
 use rayon::prelude::*;
 
-/// The widest head supported (keeps the per-head query copy on the stack).
+/// The widest head supported (keeps per-head buffers on the stack).
 pub const MAX_HEAD_DIM: usize = 512;
+
+/// From this many queries in one call on, llama.cpp switches to its tiled f32 kernel.
+pub const TILED_MIN_QUERIES: usize = 64;
 
 /// Shapes and rules of one layer's attention.
 pub struct AttentionSpec {
@@ -30,50 +35,330 @@ pub fn attend(spec: &AttentionSpec, q: &[f32], pos0: usize, keys: &[f16], values
     let q_dim = spec.n_heads * hd;
     let kv_dim = spec.n_kv_heads * hd;
     let group = spec.n_heads / spec.n_kv_heads;
-    out.par_chunks_mut(hd)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (t, h) = (i / spec.n_heads, i % spec.n_heads);
-            let pos = pos0 + t;
-            let kvh = h / group;
-            let first = match spec.window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            let mut q_buf = [0f32; MAX_HEAD_DIM];
-            let qh = &mut q_buf[..hd];
-            for (dst, &x) in qh.iter_mut().zip(&q[t * q_dim + h * hd..][..hd]) {
-                *dst = f16::from_f32(x).to_f32();
+    let tiled = q.len() / q_dim >= TILED_MIN_QUERIES;
+    let k = kernels();
+    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / spec.n_heads, i % spec.n_heads);
+        let pos = pos0 + t;
+        let kvh = h / group;
+        let first = match spec.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let mut q_buf = [0f32; MAX_HEAD_DIM];
+        let qh = &mut q_buf[..hd];
+        qh.copy_from_slice(&q[t * q_dim + h * hd..][..hd]);
+        let key = |j: usize| &keys[j * kv_dim + kvh * hd..][..hd];
+        let value = |j: usize| &values[j * kv_dim + kvh * hd..][..hd];
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        if tiled {
+            let mut acc = [0f32; MAX_HEAD_DIM];
+            let acc = &mut acc[..hd];
+            for j in first..=pos {
+                let s = (k.dot)(qh, key(j)) * spec.scale;
+                let (ms, vs) = online_softmax_step(&mut m, s);
+                if ms != 1.0 {
+                    acc.iter_mut().for_each(|a| *a *= ms);
+                }
+                (k.mad_f32)(acc, value(j), vs);
+                sum = sum * ms + vs;
             }
-            // Online softmax with an f16 accumulator for V, the order llama.cpp's CPU flash
-            // attention uses.
+            let inv = 1.0 / sum;
+            for (od, &a) in o.iter_mut().zip(acc.iter()) {
+                *od = a * inv;
+            }
+        } else {
+            for x in qh.iter_mut() {
+                *x = f16::from_f32(*x).to_f32();
+            }
             let mut acc = [f16::ZERO; MAX_HEAD_DIM];
             let acc = &mut acc[..hd];
-            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             for j in first..=pos {
-                let k = &keys[j * kv_dim + kvh * hd..][..hd];
-                let dot: f32 = qh.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum();
-                let sj = dot * spec.scale;
-                let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                if sj > m {
-                    let old = m;
-                    m = sj;
-                    ms = (old - m).exp();
-                    for a in acc.iter_mut() {
-                        *a = f16::from_f32(a.to_f32() * ms);
-                    }
-                } else {
-                    vs = (sj - m).exp();
+                let s = (k.dot)(qh, key(j)) * spec.scale;
+                let (ms, vs) = online_softmax_step(&mut m, s);
+                if ms != 1.0 {
+                    (k.scale_f16)(acc, ms);
                 }
-                let v = &values[j * kv_dim + kvh * hd..][..hd];
-                for (a, &vd) in acc.iter_mut().zip(v) {
-                    *a = f16::from_f32(a.to_f32() + vd.to_f32() * vs);
-                }
+                (k.mad_f16)(acc, value(j), vs);
                 sum = sum * ms + vs;
             }
             let inv = 1.0 / sum;
             for (od, a) in o.iter_mut().zip(acc.iter()) {
                 *od = a.to_f32() * inv;
             }
-        });
+        }
+    });
+}
+
+/// One step of the online softmax: returns (rescale of what was accumulated, weight of `s`).
+#[inline]
+fn online_softmax_step(m: &mut f32, s: f32) -> (f32, f32) {
+    if s > *m {
+        let old = *m;
+        *m = s;
+        ((old - s).exp(), 1.0)
+    } else {
+        (1.0, (s - *m).exp())
+    }
+}
+
+/// The inner loops, chosen once: AVX2+F16C where the CPU has them, scalar otherwise.
+struct Kernels {
+    /// `q · k` with `k` in f16, accumulated in f32.
+    dot: fn(&[f32], &[f16]) -> f32,
+    /// `acc += v · w` (f32 accumulator).
+    mad_f32: fn(&mut [f32], &[f16], f32),
+    /// `acc = f16(acc + v · w)` with one rounding (ggml_vec_mad_f16's fused multiply-add).
+    mad_f16: fn(&mut [f16], &[f16], f32),
+    /// `acc = f16(acc · w)` (ggml_vec_scale_f16).
+    scale_f16: fn(&mut [f16], f32),
+}
+
+fn kernels() -> &'static Kernels {
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::simd_available() {
+        return &simd::KERNELS;
+    }
+    &scalar::KERNELS
+}
+
+/// Plain loops: the reference the SIMD kernels are tested against.
+mod scalar {
+    use super::{f16, Kernels};
+
+    pub static KERNELS: Kernels = Kernels { dot, mad_f32, mad_f16, scale_f16 };
+
+    /// ggml_vec_dot_f16 as llama.cpp's AVX-512 build sums it: four 16-lane accumulators over
+    /// steps of 64, reduced (0+2, 1+3), then (0+1), then across lanes as
+    /// `_mm512_reduce_add_ps` does; the tail in f64. The same bits on every CPU.
+    pub fn dot(q: &[f32], k: &[f16]) -> f32 {
+        let n = q.len().min(k.len());
+        let body = n - n % 64;
+        let mut acc = [[0f32; 16]; 4];
+        for i in (0..body).step_by(64) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (l, al) in a.iter_mut().enumerate() {
+                    let e = i + 16 * j + l;
+                    *al = q[e].mul_add(k[e].to_f32(), *al);
+                }
+            }
+        }
+        let mut tail = 0f64;
+        for e in body..n {
+            tail += (q[e] * k[e].to_f32()) as f64;
+        }
+        (reduce_lanes(acc) as f64 + tail) as f32
+    }
+
+    /// The cross-accumulator and cross-lane reduction of [`dot`].
+    pub fn reduce_lanes(mut acc: [[f32; 16]; 4]) -> f32 {
+        for l in 0..16 {
+            acc[0][l] += acc[2][l];
+            acc[1][l] += acc[3][l];
+        }
+        for l in 0..16 {
+            acc[0][l] += acc[1][l];
+        }
+        let x = acc[0];
+        let t3: [f32; 8] = std::array::from_fn(|l| x[8 + l] + x[l]);
+        let t6: [f32; 4] = std::array::from_fn(|l| t3[4 + l] + t3[l]);
+        (t6[0] + t6[2]) + (t6[1] + t6[3])
+    }
+
+    pub fn mad_f32(acc: &mut [f32], v: &[f16], w: f32) {
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a = x.to_f32().mul_add(w, *a);
+        }
+    }
+    pub fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a = f16::from_f32(x.to_f32().mul_add(w, a.to_f32()));
+        }
+    }
+    pub fn scale_f16(acc: &mut [f16], w: f32) {
+        for a in acc.iter_mut() {
+            *a = f16::from_f32(a.to_f32() * w);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{f16, scalar, Kernels};
+    use std::arch::x86_64::*;
+
+    pub static KERNELS: Kernels = Kernels { dot, mad_f32, mad_f16, scale_f16 };
+
+    // SAFETY (all four): only reachable when simd_available() found AVX2, FMA and F16C;
+    // every pointer stays within the slices (8 lanes at a time, the tail in scalar code).
+
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        unsafe { dot_avx2(q, k) }
+    }
+    fn mad_f32(acc: &mut [f32], v: &[f16], w: f32) {
+        unsafe { mad_f32_avx2(acc, v, w) }
+    }
+    fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
+        unsafe { mad_f16_avx2(acc, v, w) }
+    }
+    fn scale_f16(acc: &mut [f16], w: f32) {
+        unsafe { scale_f16_avx2(acc, w) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_h(p: &[f16]) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr() as *const __m128i))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store_h(p: &mut [f16], v: __m256) {
+        _mm_storeu_si128(p.as_mut_ptr() as *mut __m128i, _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v));
+    }
+
+    /// [`scalar::dot`] with each 16-lane accumulator held as two 8-lane halves.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_avx2(q: &[f32], k: &[f16]) -> f32 {
+        let n = q.len().min(k.len());
+        let body = n - n % 64;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for i in (0..body).step_by(64) {
+            for (h, a) in acc.iter_mut().enumerate() {
+                let e = i + 8 * h;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(e)), load_h(&k[e..]), *a);
+            }
+        }
+        if body == 0 {
+            return scalar::dot(q, k);
+        }
+        let mut lanes = [[0f32; 16]; 4];
+        for (h, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(lanes[h / 2].as_mut_ptr().add(8 * (h % 2)), *a);
+        }
+        let mut tail = 0f64;
+        for e in body..n {
+            tail += (q[e] * k[e].to_f32()) as f64;
+        }
+        (scalar::reduce_lanes(lanes) as f64 + tail) as f32
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn mad_f32_avx2(acc: &mut [f32], v: &[f16], w: f32) {
+        let n = acc.len().min(v.len());
+        let body = n - n % 8;
+        let wv = _mm256_set1_ps(w);
+        for i in (0..body).step_by(8) {
+            let p = acc.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(load_h(&v[i..]), wv, _mm256_loadu_ps(p)));
+        }
+        scalar::mad_f32(&mut acc[body..n], &v[body..n], w);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn mad_f16_avx2(acc: &mut [f16], v: &[f16], w: f32) {
+        let n = acc.len().min(v.len());
+        let body = n - n % 8;
+        let wv = _mm256_set1_ps(w);
+        for i in (0..body).step_by(8) {
+            let r = _mm256_fmadd_ps(load_h(&v[i..]), wv, load_h(&acc[i..]));
+            store_h(&mut acc[i..], r);
+        }
+        scalar::mad_f16(&mut acc[body..n], &v[body..n], w);
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale_f16_avx2(acc: &mut [f16], w: f32) {
+        let n = acc.len();
+        let body = n - n % 8;
+        let wv = _mm256_set1_ps(w);
+        for i in (0..body).step_by(8) {
+            let r = _mm256_mul_ps(load_h(&acc[i..]), wv);
+            store_h(&mut acc[i..], r);
+        }
+        scalar::scale_f16(&mut acc[body..], w);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::scalar;
+        use super::*;
+
+
+        fn data(n: usize, seed: u32) -> (Vec<f32>, Vec<f16>) {
+            let mut x = seed.wrapping_mul(2654435761).max(1);
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            };
+            let a: Vec<f32> = (0..n).map(|_| next()).collect();
+            let b: Vec<f16> = (0..n).map(|_| f16::from_f32(next())).collect();
+            (a, b)
+        }
+
+        #[test]
+        fn simd_attention_kernels_match_scalar() {
+            if !crate::quant::simd_available() {
+                eprintln!("SKIP: no AVX2/F16C");
+                return;
+            }
+            for n in [1, 7, 8, 15, 16, 33, 64, 100, 127, 128, 256] {
+                let (a, b) = data(n, n as u32);
+                assert_eq!(dot(&a, &b).to_bits(), scalar::dot(&a, &b).to_bits(), "dot n={n}");
+                // The element-wise kernels do the same operations per element: equal bits.
+                let mut x = a.clone();
+                let mut y = a.clone();
+                mad_f32(&mut x, &b, 0.37);
+                scalar::mad_f32(&mut y, &b, 0.37);
+                assert_eq!(x, y, "mad_f32 n={n}");
+                let mut x: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
+                let mut y = x.clone();
+                mad_f16(&mut x, &b, -1.3);
+                scalar::mad_f16(&mut y, &b, -1.3);
+                assert_eq!(x, y, "mad_f16 n={n}");
+                scale_f16(&mut x, 0.61);
+                scalar::scale_f16(&mut y, 0.61);
+                assert_eq!(x, y, "scale_f16 n={n}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention of one query over three positions, against softmax written out by hand.
+    #[test]
+    fn attention_matches_the_definition() {
+        let spec = AttentionSpec { n_heads: 2, n_kv_heads: 1, head_dim: 2, scale: 0.5, window: None };
+        let keys: Vec<f16> = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0].iter().map(|&x| f16::from_f32(x)).collect();
+        let values: Vec<f16> = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0].iter().map(|&x| f16::from_f32(x)).collect();
+        let q = [1.0f32, 2.0, -1.0, 0.5];
+        let mut out = [0f32; 4];
+        attend(&spec, &q, 2, &keys, &values, &mut out);
+        for h in 0..2 {
+            let qh = &q[h * 2..h * 2 + 2];
+            let s: Vec<f32> = (0..3).map(|j| 0.5 * (qh[0] * keys[2 * j].to_f32() + qh[1] * keys[2 * j + 1].to_f32())).collect();
+            let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let w: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f32 = w.iter().sum();
+            for d in 0..2 {
+                let expect: f32 = (0..3).map(|j| w[j] / z * values[2 * j + d].to_f32()).sum();
+                assert!((out[h * 2 + d] - expect).abs() < 1e-2, "head {h} dim {d}: {} vs {expect}", out[h * 2 + d]);
+            }
+        }
+    }
+
+    #[test]
+    fn sliding_window_hides_old_positions() {
+        let spec = AttentionSpec { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0, window: Some(1) };
+        let keys = vec![f16::from_f32(1.0); 3];
+        let values: Vec<f16> = [10.0, 20.0, 30.0].iter().map(|&x| f16::from_f32(x)).collect();
+        let mut out = [0f32; 1];
+        attend(&spec, &[1.0], 2, &keys, &values, &mut out);
+        assert_eq!(out[0], 30.0);
+    }
 }

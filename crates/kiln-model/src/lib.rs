@@ -9,6 +9,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod ops;
 pub mod quant;
+pub mod threads;
 pub mod transformer;
 pub mod weights;
 

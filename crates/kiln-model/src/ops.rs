@@ -116,18 +116,23 @@ unsafe impl Sync for SendPtr {}
 /// Rows of W are split across threads; each weight row is read once for all activation rows.
 pub fn matmul_prepared(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32]) {
     assert!(out.len() >= n_rows * w.rows);
-    let act_bytes = acts.len() / n_rows.max(1);
-    let chunk = 16usize;
-    let n_chunks = w.rows.div_ceil(chunk);
+    let kernel = quant::RowDot::new(w.ty, w.cols);
+    let act_bytes = kernel.act_bytes();
+    assert!(acts.len() >= n_rows * act_bytes);
+    let data = w.data();
+    let row_bytes = w.row_bytes();
+    // A few chunks per thread evens out the load without paying for many tiny tasks.
+    let n_chunks = (rayon::current_num_threads() * 4).min(w.rows).max(1);
+    let chunk = w.rows.div_ceil(n_chunks);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    (0..n_chunks).into_par_iter().for_each(|c| {
+    (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
         let r0 = c * chunk;
         let r1 = (r0 + chunk).min(w.rows);
         for r in r0..r1 {
-            let wr = w.row(r);
+            let wr = &data[r * row_bytes..(r + 1) * row_bytes];
             for t in 0..n_rows {
-                let v = quant::vec_dot(w.ty, w.cols, wr, &acts[t * act_bytes..(t + 1) * act_bytes]);
+                let v = kernel.dot(wr, &acts[t * act_bytes..]);
                 // SAFETY: each (t, r) is written by exactly one task; `out` outlives the loop.
                 unsafe { *out_ref.0.add(t * w.rows + r) = v };
             }
@@ -139,6 +144,11 @@ pub fn matmul_prepared(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32])
 pub fn matmul(w: &QMatrix, x: &[f32], n_rows: usize, buf: &mut Vec<u8>, out: &mut [f32]) {
     prepare_activations(w, x, n_rows, buf);
     matmul_prepared(w, buf, n_rows, out);
+}
+
+/// Whether activations prepared for `a` can be reused for `b` (same format and width).
+pub fn same_activations(a: &QMatrix, b: &QMatrix) -> bool {
+    quant::vec_dot_type(a.ty) == quant::vec_dot_type(b.ty) && a.cols == b.cols
 }
 
 /// Adds `bias` to every row of `x`.

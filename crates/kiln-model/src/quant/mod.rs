@@ -272,6 +272,49 @@ pub fn vec_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> f3
     reference::dot_unchecked(ty, weights, activations)
 }
 
+/// A row-dot kernel chosen once for a weight type, for loops over many rows: no dispatch and
+/// no length checks per call. Built by [`RowDot::new`], which checks the row length once.
+#[derive(Clone, Copy)]
+pub struct RowDot {
+    ty: GgmlType,
+    weight_bytes: usize,
+    act_bytes: usize,
+    simd: bool,
+}
+
+impl RowDot {
+    /// The kernel for rows of `n` elements of `ty`.
+    ///
+    /// # Panics
+    /// If `ty` has no dot product or `n` is not a whole number of blocks.
+    pub fn new(ty: GgmlType, n: usize) -> RowDot {
+        assert!(has_vec_dot(ty), "{ty} is an activation format; there is no {ty} weight dot product");
+        RowDot { ty, weight_bytes: row_bytes(ty, n), act_bytes: row_bytes(vec_dot_type(ty), n), simd: simd_available() }
+    }
+
+    /// Bytes of one activation row.
+    pub fn act_bytes(&self) -> usize {
+        self.act_bytes
+    }
+
+    /// `weights · activations` for one row of each.
+    ///
+    /// # Panics
+    /// If a slice is shorter than one row (a bounds check, not a per-element cost).
+    #[inline]
+    pub fn dot(&self, weights: &[u8], activations: &[u8]) -> f32 {
+        let (w, a) = (&weights[..self.weight_bytes], &activations[..self.act_bytes]);
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            // SAFETY: `simd` is simd_available() (AVX2, FMA, F16C); lengths sliced above.
+            if let Some(v) = unsafe { avx2_dot(self.ty, w, a) } {
+                return v;
+            }
+        }
+        reference::dot_unchecked(self.ty, w, a)
+    }
+}
+
 /// The AVX2 kernel for `ty`, if there is one.
 ///
 /// # Safety
