@@ -4,6 +4,7 @@
 
 use crate::args::BenchArgs;
 use crate::load::resolve;
+use crate::output::outln;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -76,14 +77,14 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         });
     }
     if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        outln!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        println!("| model | size | threads | test | t/s |");
-        println!("| --- | ---: | ---: | ---: | ---: |");
+        outln!("| model | size | threads | test | t/s |");
+        outln!("| --- | ---: | ---: | ---: | ---: |");
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for r in &results {
             let test = if r.n_prompt > 0 { format!("pp{}", r.n_prompt) } else { format!("tg{}", r.n_gen) };
-            println!(
+            outln!(
                 "| {name} | {:.2} MiB | {} | {test} | {:.2} ± {:.2} |",
                 r.model_size as f64 / (1 << 20) as f64,
                 r.n_threads,
@@ -91,7 +92,7 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
                 r.stddev_ts
             );
         }
-        println!("(tokenization and sampling excluded; {} runs after one warm-up)", args.repetitions);
+        outln!("(tokenization and sampling excluded; {} runs after one warm-up)", args.repetitions);
     }
     Ok(())
 }

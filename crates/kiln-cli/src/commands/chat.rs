@@ -14,9 +14,6 @@ const HELP: &str = "commands: /reset (new conversation), /system TEXT (set the s
 
 /// Runs the command.
 pub fn chat(args: &ChatArgs) -> Result<()> {
-    let lm = load(args.model.model.as_deref())?;
-    let ctx = lm.context(args.model.ctx)?;
-    let mut session = Session::new(&lm.model, ctx);
     let mut opts = GenerateOptions {
         max_tokens: args.sampling.max_tokens,
         stop: args.sampling.stop.clone(),
@@ -24,7 +21,11 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         logprobs: None,
         ignore_eos: false,
     };
+    // Bad flags are reported before a model is loaded (or pulled).
     opts.sampling.validate().map_err(anyhow::Error::msg)?;
+    let lm = load(args.model.model.as_deref())?;
+    let ctx = lm.context(args.model.ctx)?;
+    let mut session = Session::new(&lm.model, ctx);
     let mut system = args.system.clone();
     let mut history: Vec<ChatMessage> = Vec::new();
     let interactive = std::io::stdin().is_terminal();

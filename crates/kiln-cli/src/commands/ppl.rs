@@ -7,8 +7,8 @@
 
 use crate::args::PplArgs;
 use crate::load::load;
+use crate::output::{out, outln};
 use anyhow::{bail, Context, Result};
-use std::io::Write;
 
 /// Running totals of negative log-likelihood.
 #[derive(Default, Debug, Clone, Copy)]
@@ -75,12 +75,11 @@ pub fn ppl(args: &PplArgs) -> Result<()> {
         for pos in first..ctx - 1 {
             stats.add(&logits[pos * vocab..(pos + 1) * vocab], tokens[i * ctx + pos + 1]);
         }
-        print!("[{}]{:.4},", i + 1, stats.ppl().0);
-        std::io::stdout().flush().ok();
+        out!("[{}]{:.4},", i + 1, stats.ppl().0);
     }
-    println!();
+    outln!();
     let (ppl, err) = stats.ppl();
-    println!("PPL = {ppl:.4} +/- {err:.5}");
+    outln!("PPL = {ppl:.4} +/- {err:.5}");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `kiln pull` and `kiln list`.
 
 use crate::args::PullArgs;
+use crate::output::outln;
 use anyhow::Result;
 use kiln_hub::{known_models, Hub};
 use std::io::IsTerminal;
@@ -12,14 +13,14 @@ pub fn pull(args: &PullArgs) -> Result<()> {
     }
     let hub = Hub::from_env();
     let path = hub.pull(args.name.as_deref(), std::io::stderr().is_terminal())?;
-    println!("{}", path.display());
+    outln!("{}", path.display());
     Ok(())
 }
 
 fn list_known() -> Result<()> {
-    println!("{:<16} {}", "NAME", "SOURCE");
+    outln!("{:<16} {}", "NAME", "SOURCE");
     for m in known_models() {
-        println!("{:<16} {}", m.name, m.description);
+        outln!("{:<16} {}", m.name, m.description);
     }
     Ok(())
 }
@@ -28,13 +29,13 @@ fn list_known() -> Result<()> {
 pub fn list() -> Result<()> {
     let hub = Hub::from_env();
     let cached = hub.cached();
-    println!("cache: {}", hub.models_dir().display());
+    outln!("cache: {}", hub.models_dir().display());
     if cached.is_empty() {
-        println!("  (empty: `kiln pull` fetches the default model)");
+        outln!("  (empty: `kiln pull` fetches the default model)");
     }
     for m in cached {
-        println!("  {}", m.path.display());
+        outln!("  {}", m.path.display());
     }
-    println!();
+    outln!();
     list_known()
 }
