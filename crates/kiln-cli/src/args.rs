@@ -32,6 +32,8 @@ pub enum Command {
     List,
     /// Prompt-processing and generation speed, like llama-bench.
     Bench(BenchArgs),
+    /// Write a GGUF model with its weights in another type (q4_0, q8_0, q4_k, f16, …).
+    Quantize(QuantizeArgs),
 }
 
 /// Which model to load.
@@ -184,4 +186,18 @@ pub struct BenchArgs {
     /// Output format: md or json.
     #[arg(short = 'o', long, default_value = "md", value_parser = ["md", "json"])]
     pub output: String,
+}
+
+/// `kiln quantize`.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The GGUF model to convert (path or name; default: the default model).
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// Weight type to write: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, f16, bf16 or f32.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ty: String,
+    /// The GGUF file to write (replaced if it exists).
+    #[arg(short, long)]
+    pub out: PathBuf,
 }

@@ -33,5 +33,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ppl(a) => commands::ppl::ppl(a),
         Command::List => commands::pull::list(),
         Command::Bench(a) => commands::bench::bench(a, threads),
+        Command::Quantize(a) => commands::quantize::quantize(a),
     }
 }

@@ -5,4 +5,5 @@ pub mod chat;
 pub mod info;
 pub mod ppl;
 pub mod pull;
+pub mod quantize;
 pub mod run;

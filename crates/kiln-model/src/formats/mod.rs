@@ -3,6 +3,7 @@
 //! Every reader hands its tensors to [`crate::loader::load_weights`] under GGUF names
 //! ([`names`] is the one table between the naming schemes).
 
+pub mod gguf_export;
 pub mod hf_config;
 pub mod llama2c;
 pub mod names;
