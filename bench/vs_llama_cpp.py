@@ -18,6 +18,8 @@ import sys
 TARGET_TG = 1.10  # generation at least this
 TARGET_PP = 1.00  # prompt processing at least this
 TARGET_RSS = 1.10  # peak RSS at most this
+# CPUs kept busy by other programs above which the table warns that the machine was not idle.
+BUSY_WARN = 0.2
 
 
 def load_tests(path):
@@ -110,6 +112,18 @@ def main():
                 ratio = "–"
             lines.append(f"| {label} | {threads} | {name} | {fmt_ts(lt)} | {fmt_ts(kt)} | {ratio} | {rss} |")
 
+    busy = [float(r["busy"]) for r in rows if r.get("busy")]
+    busy_line = []
+    if busy:
+        busy_line = [
+            "",
+            f"Other load: {min(busy):.2f}–{max(busy):.2f} CPUs busy in the second before each run.",
+        ]
+        if max(busy) > BUSY_WARN:
+            busy_line[-1] += (
+                " **The machine was not idle**: ggml's threads spin at their barriers, so llama.cpp "
+                "loses far more than kiln to other load, and these ratios flatter kiln."
+            )
     out = [
         "## kiln vs llama.cpp",
         "",
@@ -119,6 +133,7 @@ def main():
         f"{a.reps} repetition{'s' if a.reps != 1 else ''} per test, mean ± sd.",
         "",
         *lines,
+        *busy_line,
         "",
         f"Targets (issue 3): tg ≥ {TARGET_TG:.2f}×, pp ≥ {TARGET_PP:.2f}×, peak RSS ≤ {TARGET_RSS:.2f}× "
         "llama.cpp's (✓ met, ✗ not). Peak RSS is the whole process (`/usr/bin/time -v`), both tests "
