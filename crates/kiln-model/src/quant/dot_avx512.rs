@@ -2,7 +2,7 @@
 //! lanes in one instruction), two 32-weight blocks per register. Same block layouts as
 //! `dot_avx2.rs`; tested against the scalar reference like every kernel.
 
-use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use super::blocks::{BlockQ4_1, BlockQ8_1};
 use std::arch::x86_64::*;
 
 /// Q4_1 · Q8_1, two blocks per step: `d_x d_y Σ q_x q_y + m_x s_y` per block.
@@ -53,41 +53,4 @@ pub unsafe fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 #[inline(always)]
 unsafe fn read_u32(d: &[u8; 2], m: &[u8; 2]) -> i32 {
     i32::from_le_bytes([d[0], d[1], m[0], m[1]])
-}
-
-/// Q8_0 · Q8_0, two blocks per step: `|x|` as unsigned bytes against `y` carrying x's sign.
-/// Like ggml's sign trick, this needs activations in [-127, 127], which every kiln activation
-/// quantizer guarantees (their scale maps the largest magnitude to 127).
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW, VL and VNNI, and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    let n = x.len().min(y.len());
-    let mut acc = _mm512_setzero_ps();
-    let mut i = 0;
-    while i + 2 <= n {
-        let (a0, a1, b0, b1) = (&x[i], &x[i + 1], &y[i], &y[i + 1]);
-        let w = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_loadu_si256(a0.qs.as_ptr().cast())),
-            _mm256_loadu_si256(a1.qs.as_ptr().cast()),
-        );
-        let v = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_loadu_si256(b0.qs.as_ptr().cast())),
-            _mm256_loadu_si256(b1.qs.as_ptr().cast()),
-        );
-        let negative = _mm512_movepi8_mask(w);
-        let v = _mm512_mask_sub_epi8(v, negative, _mm512_setzero_si512(), v);
-        let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), v);
-        let d0 = a0.d.to_f32() * b0.d.to_f32();
-        let d1 = a1.d.to_f32() * b1.d.to_f32();
-        let scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
-        acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums), acc);
-        i += 2;
-    }
-    let mut total = _mm512_reduce_add_ps(acc);
-    if i < n {
-        total += super::dot_avx2::q8_0_q8_0(&x[i..n], &y[i..n]);
-    }
-    total
 }

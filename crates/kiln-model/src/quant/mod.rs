@@ -363,7 +363,6 @@ impl RowDot {
 unsafe fn avx512_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
     match ty {
         GgmlType::Q4_1 => Some(dot_avx512::q4_1_q8_1(as_blocks(w), as_blocks(a))),
-        GgmlType::Q8_0 => Some(dot_avx512::q8_0_q8_0(as_blocks(w), as_blocks(a))),
         _ => None,
     }
 }
