@@ -19,8 +19,6 @@ pub mod blocks;
 mod dequant;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
-#[cfg(target_arch = "x86_64")]
-mod dot_avx512;
 mod dot_scalar;
 mod quantize;
 #[cfg(target_arch = "x86_64")]
@@ -73,23 +71,6 @@ pub fn simd_available() -> bool {
     *SIMD.get_or_init(|| {
         let forced_scalar = std::env::var("KILN_FORCE_SCALAR").is_ok_and(|v| v == "1");
         !forced_scalar && cpu_has_avx2()
-    })
-}
-
-/// Whether the AVX-512 VNNI kernels are used (on top of [`simd_available`]);
-/// `KILN_NO_AVX512=1` keeps kiln on the AVX2 kernels.
-pub fn avx512_available() -> bool {
-    static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| {
-        let disabled = std::env::var("KILN_NO_AVX512").is_ok_and(|v| v == "1");
-        #[cfg(target_arch = "x86_64")]
-        let cpu = is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni");
-        #[cfg(not(target_arch = "x86_64"))]
-        let cpu = false;
-        simd_available() && !disabled && cpu
     })
 }
 
@@ -282,13 +263,6 @@ fn check_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) {
 pub fn vec_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     check_dot(ty, n, weights, activations);
     #[cfg(target_arch = "x86_64")]
-    if avx512_available() {
-        // SAFETY: avx512_available() checked the features; lengths checked above.
-        if let Some(v) = unsafe { avx512_dot(ty, weights, activations) } {
-            return v;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
     if simd_available() {
         // SAFETY: simd_available() checked AVX2, FMA and F16C; lengths checked above.
         if let Some(v) = unsafe { avx2_dot(ty, weights, activations) } {
@@ -306,7 +280,6 @@ pub struct RowDot {
     weight_bytes: usize,
     act_bytes: usize,
     simd: bool,
-    avx512: bool,
 }
 
 impl RowDot {
@@ -316,13 +289,7 @@ impl RowDot {
     /// If `ty` has no dot product or `n` is not a whole number of blocks.
     pub fn new(ty: GgmlType, n: usize) -> RowDot {
         assert!(has_vec_dot(ty), "{ty} is an activation format; there is no {ty} weight dot product");
-        RowDot {
-            ty,
-            weight_bytes: row_bytes(ty, n),
-            act_bytes: row_bytes(vec_dot_type(ty), n),
-            simd: simd_available(),
-            avx512: avx512_available(),
-        }
+        RowDot { ty, weight_bytes: row_bytes(ty, n), act_bytes: row_bytes(vec_dot_type(ty), n), simd: simd_available() }
     }
 
     /// Bytes of one activation row.
@@ -338,13 +305,6 @@ impl RowDot {
     pub fn dot(&self, weights: &[u8], activations: &[u8]) -> f32 {
         let (w, a) = (&weights[..self.weight_bytes], &activations[..self.act_bytes]);
         #[cfg(target_arch = "x86_64")]
-        if self.avx512 {
-            // SAFETY: avx512_available() checked the features; lengths sliced above.
-            if let Some(v) = unsafe { avx512_dot(self.ty, w, a) } {
-                return v;
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
         if self.simd {
             // SAFETY: `simd` is simd_available() (AVX2, FMA, F16C); lengths sliced above.
             if let Some(v) = unsafe { avx2_dot(self.ty, w, a) } {
@@ -352,18 +312,6 @@ impl RowDot {
             }
         }
         reference::dot_unchecked(self.ty, w, a)
-    }
-}
-
-/// The AVX-512 VNNI kernel for `ty`, if there is one.
-///
-/// # Safety
-/// The CPU must support what [`avx512_available`] checks.
-#[cfg(target_arch = "x86_64")]
-unsafe fn avx512_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
-    match ty {
-        GgmlType::Q4_1 => Some(dot_avx512::q4_1_q8_1(as_blocks(w), as_blocks(a))),
-        _ => None,
     }
 }
 

@@ -559,34 +559,3 @@ fn bench_simd_against_scalar() {
         );
     }
 }
-
-/// The AVX-512 VNNI kernels against the scalar reference, on odd block counts (the odd block
-/// goes through the AVX2 tail).
-#[test]
-fn avx512_matches_scalar_on_random_rows() {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let cpu = is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-            && cpu_has_avx2();
-        if !cpu {
-            eprintln!("no AVX-512 VNNI on this CPU: those kernels not tested");
-            return;
-        }
-        let mut rng = Rng(3);
-        for ty in [GgmlType::Q4_1] {
-            for blocks in BLOCK_COUNTS {
-                let n = blocks * ty.block_size();
-                let w = random_weights(ty, blocks, &mut rng, |r| r.sym(0.1));
-                let a = random_activations(ty, n, &mut rng);
-                let scalar = reference::vec_dot(ty, n, &w, &a) as f64;
-                // SAFETY: features checked above.
-                let fast = unsafe { avx512_dot(ty, &w, &a) }.expect("a VNNI kernel") as f64;
-                let (_, mag) = f64_dot(ty, &w, &a);
-                assert!((fast - scalar).abs() <= SIMD_REL_TOL * mag, "{ty} x {blocks}: avx512 {fast} scalar {scalar}");
-            }
-        }
-    }
-}
