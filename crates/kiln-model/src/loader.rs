@@ -66,6 +66,12 @@ fn matrix(src: &dyn TensorSource, name: &str, rows: usize, cols: usize) -> Resul
     if t.dims.len() != 2 || t.dims[0] != cols || t.dims[1] != rows {
         return Err(ModelError::Shape { name: name.into(), expected: vec![cols, rows], found: t.dims });
     }
+    if !quant::has_vec_dot(t.ty) {
+        return Err(ModelError::Format(format!(
+            "tensor {name:?} is stored as {}, an activation format that cannot be a weight matrix",
+            t.ty
+        )));
+    }
     Ok(QMatrix::new(t.ty, rows, cols, t.backing, t.offset))
 }
 
@@ -86,6 +92,15 @@ fn required_vector(src: &dyn TensorSource, name: &str, len: usize) -> Result<Vec
 
 /// Assembles the weights of `cfg` from `src`, checking every shape.
 pub fn load_weights(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Weights, ModelError> {
+    // Head counts come from the file: their products must not wrap around to a width some
+    // tensor happens to have (a model with 2^62 heads would load, then never finish a token).
+    let heads_width = |n: usize| {
+        n.checked_mul(cfg.head_dim).ok_or_else(|| {
+            ModelError::Config(format!("{n} heads of width {} overflow; the header is corrupt", cfg.head_dim))
+        })
+    };
+    heads_width(cfg.n_heads)?;
+    heads_width(cfg.n_kv_heads)?;
     let (d, q, kv, f, h) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.head_dim);
     let token_embd = matrix(src, "token_embd.weight", cfg.vocab_size, d)?;
     let output = match src.tensor("output.weight")? {

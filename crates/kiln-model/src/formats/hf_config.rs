@@ -23,6 +23,10 @@ pub fn hf_config(json: &Value) -> Result<ModelConfig, ModelError> {
     parse_hf_config(json).map(|c| c.model)
 }
 
+/// Widest head accepted from a config.json (real models use at most 256). The RoPE tables are
+/// sized by it before any tensor can contradict it, so a nonsense value must stop here.
+const MAX_HEAD_DIM: usize = 1 << 16;
+
 fn bad(msg: String) -> ModelError {
     ModelError::Config(format!("config.json: {msg}"))
 }
@@ -322,6 +326,11 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
             )))
         }
     };
+    if head_dim > MAX_HEAD_DIM {
+        return Err(bad(format!(
+            "head_dim {head_dim} is implausibly large (at most {MAX_HEAD_DIM})"
+        )));
+    }
     let n_layers = f.required_uint("num_hidden_layers")?;
     let gemma = family == Family::Gemma3;
     let rope_theta = match f.explicit_float("rope_theta")? {
