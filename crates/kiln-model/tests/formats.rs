@@ -22,6 +22,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+mod common;
+use common::{logits, rel_diff, Rng};
 
 /// GGUF vs Hugging Face on the same weights: the values agree, but permuted Q/K rows change the
 /// order in which attention sums, so allow float noise relative to the largest logit.
@@ -31,23 +33,6 @@ const WRONG_ROPE_MIN_REL_DIFF: f32 = 1e-2;
 
 const TOKENS: [u32; 12] = [1, 17, 299, 42, 0, 5, 123, 250, 7, 7, 88, 3];
 
-/// splitmix64: a seeded generator, so every run writes the same model.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Shape {
@@ -638,22 +623,7 @@ fn llama2c_bytes(s: &Shape, tensors: &[Tensor], version: u32, gs: usize) -> Vec<
     out
 }
 
-fn logits(model: &Model) -> Vec<f32> {
-    let mut state = model.new_state(TOKENS.len());
-    model.forward(&mut state, &TOKENS, true).unwrap().to_vec()
-}
 
-/// max |a − b| / max |b|.
-fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0 && scale.is_finite(), "degenerate logits");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
 
 fn gguf_model(s: &Shape, tensors: &[Tensor], storage: Storage) -> Model {
     Model::from_gguf(GgufFile::from_vec(gguf_bytes(s, tensors, storage)).unwrap()).unwrap()
@@ -674,7 +644,7 @@ fn check_gguf_matches_hf(s: &Shape, storage: Storage, n_shards: usize, seed: u64
     let hf = load_hf_dir(dir.path()).unwrap();
     let gguf = gguf_model(s, &tensors, storage);
     assert_eq!(hf.config.rope_style, RopeStyle::Halves);
-    let (a, b) = (logits(&hf), logits(&gguf));
+    let (a, b) = (logits(&hf, &TOKENS), logits(&gguf, &TOKENS));
     let diff = rel_diff(&a, &b);
     assert!(
         diff <= GGUF_VS_HF_REL_TOL,
@@ -693,9 +663,9 @@ fn llama_gguf_hf_and_llama2c_agree() {
     write_hf_dir(&hf_dir, &hf_config_json(&s), &tensors, Storage::F32, 1, "");
     let gguf = gguf_model(&s, &tensors, Storage::F32);
     let hf = load_hf_dir(&hf_dir).unwrap();
-    let reference = logits(&gguf);
+    let reference = logits(&gguf, &TOKENS);
     assert_eq!(gguf.config.rope_style, RopeStyle::Interleaved);
-    let diff = rel_diff(&logits(&hf), &reference);
+    let diff = rel_diff(&logits(&hf, &TOKENS), &reference);
     assert!(
         diff <= GGUF_VS_HF_REL_TOL,
         "HF vs GGUF relative difference {diff}"
@@ -704,7 +674,7 @@ fn llama_gguf_hf_and_llama2c_agree() {
     // The comparison can see a RoPE mistake: HF weights rotated as adjacent pairs miss badly.
     let mut wrong = load_hf_dir(&hf_dir).unwrap();
     wrong.config.rope_style = RopeStyle::Interleaved;
-    let miss = rel_diff(&logits(&wrong), &reference);
+    let miss = rel_diff(&logits(&wrong, &TOKENS), &reference);
     assert!(
         miss > WRONG_ROPE_MIN_REL_DIFF,
         "wrong RoPE pairing only moved logits by {miss}"
@@ -716,7 +686,7 @@ fn llama_gguf_hf_and_llama2c_agree() {
         std::fs::write(&path, llama2c_bytes(&s, &tensors, version, 0)).unwrap();
         let model = load_llama2c(&path).unwrap();
         assert_eq!(model.config.rope_style, RopeStyle::Interleaved);
-        assert_eq!(logits(&model), reference, "llama2.c v{version} vs GGUF");
+        assert_eq!(logits(&model, &TOKENS), reference, "llama2.c v{version} vs GGUF");
     }
 }
 
@@ -762,7 +732,7 @@ fn gemma3_gguf_matches_hf_with_norms_plus_one() {
         (hf.config.sliding_window, hf.config.sliding_pattern),
         (Some(GEMMA_WINDOW), GEMMA_PATTERN)
     );
-    let diff = rel_diff(&logits(&hf), &reference);
+    let diff = rel_diff(&logits(&hf, &TOKENS), &reference);
     assert!(
         diff <= GGUF_VS_HF_REL_TOL,
         "multimodal-layout HF vs GGUF relative difference {diff}"
@@ -793,8 +763,8 @@ fn llama2c_v2_int8_matches_v1_of_the_widened_weights() {
     std::fs::write(&v1, llama2c_bytes(&s, &widened, 1, 0)).unwrap();
     std::fs::write(&v2, llama2c_bytes(&s, &tensors, 2, GROUP)).unwrap();
     assert_eq!(
-        logits(&load_llama2c(&v2).unwrap()),
-        logits(&load_llama2c(&v1).unwrap())
+        logits(&load_llama2c(&v2).unwrap(), &TOKENS),
+        logits(&load_llama2c(&v1).unwrap(), &TOKENS)
     );
 }
 
@@ -811,7 +781,7 @@ fn open_model_dispatches_by_format() {
     std::fs::write(&gguf, gguf_bytes(&s, &tensors, Storage::F32)).unwrap();
     std::fs::write(&bin, llama2c_bytes(&s, &tensors, 0, 0)).unwrap();
     write_hf_dir(&hf, &hf_config_json(&s), &tensors, Storage::F32, 1, "");
-    let reference = logits(&Model::open_gguf(&gguf).unwrap());
+    let reference = logits(&Model::open_gguf(&gguf).unwrap(), &TOKENS);
     for (path, format) in [
         (gguf.clone(), ModelFormat::Gguf),
         (bin.clone(), ModelFormat::Llama2c),
@@ -825,7 +795,7 @@ fn open_model_dispatches_by_format() {
             "{}",
             path.display()
         );
-        let diff = rel_diff(&logits(&open_model(&path).unwrap()), &reference);
+        let diff = rel_diff(&logits(&open_model(&path).unwrap(), &TOKENS), &reference);
         assert!(diff <= GGUF_VS_HF_REL_TOL, "{}: {diff}", path.display());
     }
     // A GGUF file is recognised by its magic, whatever its name.

@@ -27,6 +27,8 @@ use kiln_test_models::{TestModel, GEMMA3, SMOLLM2};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+mod common;
+use common::Rng;
 
 /// Inputs per test when `KILN_FUZZ_ITERS` is unset: under 2 s per test in release on 2 cores
 /// (measured: 5000 GGUF inputs 1.0 s, 5000 Hugging Face dirs 1.8 s, 5000 llama2.c files 1.2 s).
@@ -67,39 +69,6 @@ fn keep_going() -> bool {
     std::env::var("KILN_FUZZ_KEEP_GOING").is_ok_and(|v| v == "1")
 }
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    /// The generator for input `i` of a run with base seed `seed`.
-    fn for_input(seed: u64, i: u64) -> Rng {
-        let mut r = Rng(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        r.next_u64();
-        r
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 // ---- mutations -----------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ use kiln_model::formats::gguf_export::{llama_file_type, requantize_gguf, ExportR
 use kiln_model::{GgufFile, Model};
 use kiln_test_models::SMOLLM2;
 use std::path::{Path, PathBuf};
+mod common;
+use common::{logits, rel_diff, Rng};
 
 /// Largest logit difference from the F32 model, relative to its largest logit, per target type.
 /// The random tiny models amplify weight error about 3–4× into the logits (F16's rounding, 0.05 %
@@ -23,23 +25,6 @@ const FALLBACK_REL_TOL: f32 = 0.04;
 
 const TOKENS: [u32; 10] = [1, 17, 299, 42, 0, 5, 123, 250, 7, 88];
 
-/// splitmix64: a seeded generator, so every run writes the same model.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 /// A tiny llama: `dim` wide, `ffn` hidden, 2 layers, 4 query and 2 key/value heads, 300 tokens.
 struct Tiny {
@@ -132,22 +117,7 @@ fn write_tiny(dir: &Path, s: &Tiny, seed: u64) -> PathBuf {
     path
 }
 
-fn logits(model: &Model) -> Vec<f32> {
-    let mut state = model.new_state(TOKENS.len());
-    model.forward(&mut state, &TOKENS, true).unwrap().to_vec()
-}
 
-/// max |a − b| / max |b|.
-fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0 && scale.is_finite(), "degenerate logits");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
 
 /// Requantizes `src` to `target` beside it; returns the report, the written file, and the
 /// relative logit difference from `src`.
@@ -166,8 +136,8 @@ fn requantize(src: &Path, target: GgmlType) -> (ExportReport, GgufFile, f32) {
     );
     assert_eq!(report.bytes_out, std::fs::metadata(&out).unwrap().len());
     let diff = rel_diff(
-        &logits(&Model::open_gguf(&out).unwrap()),
-        &logits(&Model::open_gguf(src).unwrap()),
+        &logits(&Model::open_gguf(&out).unwrap(), &TOKENS),
+        &logits(&Model::open_gguf(src).unwrap(), &TOKENS),
     );
     eprintln!(
         "{target}: relative logit difference {diff:.5}, {} notes",
