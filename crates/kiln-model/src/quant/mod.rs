@@ -21,6 +21,7 @@ mod dequant;
 mod dot_avx2;
 mod dot_scalar;
 mod quantize;
+pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod quantize_avx2;
 mod quantize_k;
