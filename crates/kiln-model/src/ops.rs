@@ -148,20 +148,20 @@ const TILED_MIN_TOKENS: usize = 4;
 
 /// [`matmul_prepared`] with the weights unpacked eight rows at a time ([`quant::tile`]).
 fn matmul_tiled(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, out: &mut [f32]) {
-    use quant::tile::{Q4_1Tile, TILE_ROWS};
+    use quant::tile::{Tile, TILE_ROWS};
     let data = w.data();
     let row_bytes = w.row_bytes();
     let n_tiles = w.rows.div_ceil(TILE_ROWS);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    (0..n_tiles).into_par_iter().for_each_init(Q4_1Tile::default, |tile, i| {
+    (0..n_tiles).into_par_iter().for_each_init(Tile::default, |tile, i| {
         let r0 = i * TILE_ROWS;
         let r1 = (r0 + TILE_ROWS).min(w.rows);
         let mut rows: [&[u8]; TILE_ROWS] = [&[]; TILE_ROWS];
         for (slot, r) in rows.iter_mut().zip(r0..r1) {
             *slot = &data[r * row_bytes..(r + 1) * row_bytes];
         }
-        tile.load(&rows[..r1 - r0]);
+        tile.load(w.ty, &rows[..r1 - r0]);
         for t in 0..n_rows {
             let v = tile.dot(&acts[t * act_bytes..(t + 1) * act_bytes]);
             for (k, &x) in v[..r1 - r0].iter().enumerate() {
