@@ -50,7 +50,8 @@ pub fn load(arg: Option<&str>) -> Result<LoadedModel> {
 /// tokenizer.json in the same directory).
 pub fn open(path: &Path) -> Result<LoadedModel> {
     let context = || format!("cannot load {}", path.display());
-    match detect_format(path).with_context(context)? {
+    // detect_format's errors already name the file.
+    match detect_format(path)? {
         ModelFormat::Gguf => {
             let file = GgufFile::open(path).with_context(context)?;
             let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 /// Runs the command.
 pub fn info(args: &InfoArgs) -> Result<()> {
     let path = resolve(args.model.as_deref())?;
-    if detect_format(&path).with_context(|| format!("cannot read {}", path.display()))? != ModelFormat::Gguf {
+    if detect_format(&path)? != ModelFormat::Gguf {
         return info_other(&path);
     }
     let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
