@@ -185,7 +185,7 @@ impl GgufFile {
             if t.offset % alignment != 0 {
                 return Err(GgufError::Corrupt(format!("tensor {:?} offset {} is not aligned", t.name, t.offset)));
             }
-            let end = t.offset.checked_add(size).unwrap_or(u64::MAX);
+            let end = t.offset.saturating_add(size);
             if end > data_len as u64 {
                 return Err(GgufError::Truncated {
                     offset: data_offset + t.offset as usize,

@@ -157,15 +157,10 @@ mod scalar {
     }
 
     /// The cross-accumulator and cross-lane reduction of [`dot`].
-    pub fn reduce_lanes(mut acc: [[f32; 16]; 4]) -> f32 {
-        for l in 0..16 {
-            acc[0][l] += acc[2][l];
-            acc[1][l] += acc[3][l];
-        }
-        for l in 0..16 {
-            acc[0][l] += acc[1][l];
-        }
-        let x = acc[0];
+    pub fn reduce_lanes(acc: [[f32; 16]; 4]) -> f32 {
+        let a: [f32; 16] = std::array::from_fn(|l| acc[0][l] + acc[2][l]);
+        let b: [f32; 16] = std::array::from_fn(|l| acc[1][l] + acc[3][l]);
+        let x: [f32; 16] = std::array::from_fn(|l| a[l] + b[l]);
         let t3: [f32; 8] = std::array::from_fn(|l| x[8 + l] + x[l]);
         let t6: [f32; 4] = std::array::from_fn(|l| t3[4 + l] + t3[l]);
         (t6[0] + t6[2]) + (t6[1] + t6[3])

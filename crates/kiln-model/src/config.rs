@@ -194,10 +194,10 @@ impl ModelConfig {
         if self.dim == 0 || self.n_layers == 0 || self.head_dim == 0 || self.ffn_dim == 0 || self.vocab_size == 0 {
             return bad(format!("a dimension is zero: {self:?}"));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} query heads cannot share {} key/value heads", self.n_heads, self.n_kv_heads));
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return bad(format!("rope dimension {} does not fit head width {}", self.rope_dim, self.head_dim));
         }
         if !(self.rms_eps > 0.0 && self.rope_theta > 0.0) {

@@ -180,13 +180,12 @@ pub fn quantize_activations(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result
     #[cfg(target_arch = "x86_64")]
     if simd_available() {
         // SAFETY: simd_available() checked AVX2, FMA and F16C; sizes checked above.
-        unsafe {
-            match ty {
-                GgmlType::Q8_0 => return Ok(quantize_avx2::q8_0_activations(src, as_blocks_mut(dst))),
-                GgmlType::Q8_1 => return Ok(quantize_avx2::q8_1_activations(src, as_blocks_mut(dst))),
-                _ => {}
-            }
+        match ty {
+            GgmlType::Q8_0 => unsafe { quantize_avx2::q8_0_activations(src, as_blocks_mut(dst)) },
+            GgmlType::Q8_1 => unsafe { quantize_avx2::q8_1_activations(src, as_blocks_mut(dst)) },
+            _ => return quantize_row(ty, src, dst),
         }
+        return Ok(());
     }
     match ty {
         GgmlType::Q8_0 => quantize::q8_0_activations(src, as_blocks_mut(dst)),
