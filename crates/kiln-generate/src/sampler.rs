@@ -82,13 +82,15 @@ pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
     candidates: Vec<(u32, f32)>,
+    /// (token, count) of the recent window, for the penalties.
+    counts: Vec<(u32, u32)>,
 }
 
 impl Sampler {
     /// A sampler with `params`, its random stream started from `params.seed`.
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = SplitMix64(params.seed);
-        Sampler { params, rng, candidates: Vec::new() }
+        Sampler { params, rng, candidates: Vec::new(), counts: Vec::new() }
     }
 
     /// The settings.
@@ -102,7 +104,7 @@ impl Sampler {
         let c = &mut self.candidates;
         c.clear();
         c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        apply_penalties(c, history, p);
+        apply_penalties(c, history, p, &mut self.counts);
         if p.temperature <= 0.0 {
             return argmax(c);
         }
@@ -148,19 +150,19 @@ impl Sampler {
     }
 }
 
-fn apply_penalties(c: &mut [(u32, f32)], history: &[u32], p: &SamplingParams) {
+fn apply_penalties(c: &mut [(u32, f32)], history: &[u32], p: &SamplingParams, counted: &mut Vec<(u32, u32)>) {
     if history.is_empty() || (p.repeat_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0) {
         return;
     }
     let recent = &history[history.len().saturating_sub(p.penalty_last_n)..];
-    let mut counted: Vec<(u32, u32)> = Vec::with_capacity(recent.len());
+    counted.clear();
     for &t in recent {
         match counted.iter_mut().find(|x| x.0 == t) {
             Some(x) => x.1 += 1,
             None => counted.push((t, 1)),
         }
     }
-    for (tok, count) in counted {
+    for &(tok, count) in counted.iter() {
         let Some(x) = c.get_mut(tok as usize) else { continue };
         if x.1 > 0.0 {
             x.1 /= p.repeat_penalty;
