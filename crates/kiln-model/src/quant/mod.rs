@@ -22,6 +22,8 @@ mod dot_avx2;
 mod dot_scalar;
 mod quantize;
 pub mod tile;
+
+pub use quantize::Q8Rounding;
 #[cfg(target_arch = "x86_64")]
 mod quantize_avx2;
 mod quantize_k;
@@ -181,15 +183,15 @@ pub fn quantize_activations(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result
     if simd_available() {
         // SAFETY: simd_available() checked AVX2, FMA and F16C; sizes checked above.
         match ty {
-            GgmlType::Q8_0 => unsafe { quantize_avx2::q8_0_activations(src, as_blocks_mut(dst)) },
-            GgmlType::Q8_1 => unsafe { quantize_avx2::q8_1_activations(src, as_blocks_mut(dst)) },
+            GgmlType::Q8_0 => unsafe { quantize_avx2::q8_0(src, as_blocks_mut(dst), Q8Rounding::Runtime) },
+            GgmlType::Q8_1 => unsafe { quantize_avx2::q8_1(src, as_blocks_mut(dst), Q8Rounding::Runtime) },
             _ => return quantize_row(ty, src, dst),
         }
         return Ok(());
     }
     match ty {
-        GgmlType::Q8_0 => quantize::q8_0_activations(src, as_blocks_mut(dst)),
-        GgmlType::Q8_1 => quantize::q8_1_activations(src, as_blocks_mut(dst)),
+        GgmlType::Q8_0 => quantize::q8_0(src, as_blocks_mut(dst), Q8Rounding::Runtime),
+        GgmlType::Q8_1 => quantize::q8_1(src, as_blocks_mut(dst), Q8Rounding::Runtime),
         _ => return quantize_row(ty, src, dst),
     }
     Ok(())
@@ -223,8 +225,8 @@ unsafe fn avx2_quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> bool {
     use GgmlType::*;
     match ty {
         F16 => quantize_avx2::f16(src, dst),
-        Q8_0 => quantize_avx2::q8_0(src, as_blocks_mut(dst)),
-        Q8_1 => quantize_avx2::q8_1(src, as_blocks_mut(dst)),
+        Q8_0 => quantize_avx2::q8_0(src, as_blocks_mut(dst), Q8Rounding::Reference),
+        Q8_1 => quantize_avx2::q8_1(src, as_blocks_mut(dst), Q8Rounding::Reference),
         Q8K => quantize_avx2::q8k(src, as_blocks_mut(dst)),
         _ => return false,
     }
@@ -361,8 +363,8 @@ pub mod reference {
             Q4_1 => quantize::q4_1(src, as_blocks_mut(dst)),
             Q5_0 => quantize::q5_0(src, as_blocks_mut(dst)),
             Q5_1 => quantize::q5_1(src, as_blocks_mut(dst)),
-            Q8_0 => quantize::q8_0(src, as_blocks_mut(dst)),
-            Q8_1 => quantize::q8_1(src, as_blocks_mut(dst)),
+            Q8_0 => quantize::q8_0(src, as_blocks_mut(dst), Q8Rounding::Reference),
+            Q8_1 => quantize::q8_1(src, as_blocks_mut(dst), Q8Rounding::Reference),
             Q8K => quantize::q8k(src, as_blocks_mut(dst)),
             Q2K => quantize_k::q2k(src, as_blocks_mut(dst)),
             Q3K => quantize_k::q3k(src, as_blocks_mut(dst)),

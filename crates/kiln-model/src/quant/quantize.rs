@@ -171,61 +171,55 @@ pub fn q5_1(src: &[f32], dst: &mut [BlockQ5_1]) {
     }
 }
 
+/// How a Q8 activation block is rounded. ggml has two: the `_ref` quantizers (multiplier
+/// `1 / (amax / 127)`, ties away from zero), which file writers use, and the x86 run-time ones
+/// (multiplier `127 / amax`, ties to even), which llama.cpp multiplies activations with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Q8Rounding {
+    /// `quantize_row_q8_0_ref` / `_q8_1_ref`.
+    Reference,
+    /// ggml's x86 `quantize_row_q8_0` / `_q8_1`.
+    Runtime,
+}
+
+impl Q8Rounding {
+    /// `(d, multiplier)` for a block whose largest magnitude is `amax`.
+    #[inline(always)]
+    pub(super) fn scale(self, amax: f32) -> (f32, f32) {
+        let d = amax / 127.0;
+        match self {
+            Q8Rounding::Reference => (d, if d != 0.0 { 1.0 / d } else { 0.0 }),
+            Q8Rounding::Runtime => (d, if amax != 0.0 { 127.0 / amax } else { 0.0 }),
+        }
+    }
+}
+
 /// The Q8 scale of a 32-block and the rounded quants; shared by Q8_0 and Q8_1.
 #[inline(always)]
-fn q8_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
-    let amax = absmax(x);
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+fn q8_block(x: &[f32], qs: &mut [i8; QK], rounding: Q8Rounding) -> f32 {
+    let (d, id) = rounding.scale(absmax(x));
     for (q, &v) in qs.iter_mut().zip(x) {
-        *q = nearest_int(round_away(v * id)) as i8;
+        *q = match rounding {
+            Q8Rounding::Reference => nearest_int(round_away(v * id)) as i8,
+            Q8Rounding::Runtime => (v * id).round_ties_even().clamp(-128.0, 127.0) as i8,
+        };
     }
     d
 }
 
-/// `quantize_row_q8_0_ref`.
-pub fn q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+/// Q8_0 blocks (`quantize_row_q8_0_ref` with [`Q8Rounding::Reference`]).
+pub fn q8_0(src: &[f32], dst: &mut [BlockQ8_0], rounding: Q8Rounding) {
     for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let d = q8_block(x, &mut b.qs);
+        let d = q8_block(x, &mut b.qs, rounding);
         b.d = F16Le::from_f32(d);
     }
 }
 
-/// `quantize_row_q8_1_ref`.
-pub fn q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
+/// Q8_1 blocks: Q8_0 plus `d * sum(qs)` (`quantize_row_q8_1_ref` with
+/// [`Q8Rounding::Reference`]).
+pub fn q8_1(src: &[f32], dst: &mut [BlockQ8_1], rounding: Q8Rounding) {
     for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let d = q8_block(x, &mut b.qs);
-        let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
-        b.d = F16Le::from_f32(d);
-        b.s = F16Le::from_f32(sum as f32 * d);
-    }
-}
-
-/// The Q8 scale and quants of a 32-block as ggml's x86 `quantize_row_q8_0` / `_q8_1` compute
-/// them at run time (not the `_ref` versions): multiplier `127 / amax`, ties rounded to even.
-/// This is what llama.cpp multiplies activations with on x86, so kiln does too.
-#[inline(always)]
-fn q8_block_runtime(x: &[f32], qs: &mut [i8; QK]) -> f32 {
-    let amax = absmax(x);
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-    for (q, &v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round_ties_even().clamp(-128.0, 127.0) as i8;
-    }
-    amax / 127.0
-}
-
-/// Activations for a Q4_0 / Q5_0 / Q8_0 dot product (see [`q8_block_runtime`]).
-pub fn q8_0_activations(src: &[f32], dst: &mut [BlockQ8_0]) {
-    for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let d = q8_block_runtime(x, &mut b.qs);
-        b.d = F16Le::from_f32(d);
-    }
-}
-
-/// Activations for a Q4_1 / Q5_1 dot product (see [`q8_block_runtime`]).
-pub fn q8_1_activations(src: &[f32], dst: &mut [BlockQ8_1]) {
-    for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let d = q8_block_runtime(x, &mut b.qs);
+        let d = q8_block(x, &mut b.qs, rounding);
         let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
         b.d = F16Le::from_f32(d);
         b.s = F16Le::from_f32(sum as f32 * d);

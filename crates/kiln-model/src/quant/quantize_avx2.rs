@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::*;
+use super::quantize::Q8Rounding;
 
 /// Sign-cleared bit patterns of 8 floats: their magnitudes, ordered as unsigned integers.
 #[inline]
@@ -81,11 +82,11 @@ unsafe fn pack_i8(q: [__m256i; 4], out: *mut i8) {
     _mm256_storeu_si256(out.cast(), ordered);
 }
 
-/// The Q8 quants and scale of one 32-value block (Q8_0 and Q8_1); returns the scale and the
-/// quants as i32 lanes.
+/// The Q8 scale of a 32-block and its rounded quants (also returned as i32 lanes for sums),
+/// by `rounding`'s rule (see [`Q8Rounding`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_block(x: &[f32], qs: &mut [i8; QK]) -> (f32, [__m256i; 4]) {
+unsafe fn q8_block(x: &[f32], qs: &mut [i8; QK], rounding: Q8Rounding) -> (f32, [__m256i; 4]) {
     let p = x.as_ptr();
     let v = [
         _mm256_loadu_ps(p),
@@ -97,97 +98,42 @@ unsafe fn q8_block(x: &[f32], qs: &mut [i8; QK]) -> (f32, [__m256i; 4]) {
         _mm256_max_epu32(abs_bits(v[0]), abs_bits(v[1])),
         _mm256_max_epu32(abs_bits(v[2]), abs_bits(v[3])),
     );
-    let amax = f32::from_bits(hmax_epu32(m));
-    let d = amax / 127.0;
-    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-    let q = [
-        round_away(_mm256_mul_ps(v[0], id)),
-        round_away(_mm256_mul_ps(v[1], id)),
-        round_away(_mm256_mul_ps(v[2], id)),
-        round_away(_mm256_mul_ps(v[3], id)),
-    ];
+    let (d, mult) = rounding.scale(f32::from_bits(hmax_epu32(m)));
+    let id = _mm256_set1_ps(mult);
+    let q: [__m256i; 4] = std::array::from_fn(|i| {
+        let y = _mm256_mul_ps(v[i], id);
+        match rounding {
+            Q8Rounding::Reference => round_away(y),
+            Q8Rounding::Runtime => {
+                _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y))
+            }
+        }
+    });
     pack_i8(q, qs.as_mut_ptr());
     (d, q)
 }
 
-/// Like `q8_block`, but as ggml's x86 run-time quantizer: multiplier `127 / amax`, ties to even.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_block_runtime(x: &[f32], qs: &mut [i8; QK]) -> (f32, [__m256i; 4]) {
-    let p = x.as_ptr();
-    let v = [
-        _mm256_loadu_ps(p),
-        _mm256_loadu_ps(p.add(8)),
-        _mm256_loadu_ps(p.add(16)),
-        _mm256_loadu_ps(p.add(24)),
-    ];
-    let m = _mm256_max_epu32(
-        _mm256_max_epu32(abs_bits(v[0]), abs_bits(v[1])),
-        _mm256_max_epu32(abs_bits(v[2]), abs_bits(v[3])),
-    );
-    let amax = f32::from_bits(hmax_epu32(m));
-    let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
-    let round = |y: __m256| _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y));
-    let q = [
-        round(_mm256_mul_ps(v[0], id)),
-        round(_mm256_mul_ps(v[1], id)),
-        round(_mm256_mul_ps(v[2], id)),
-        round(_mm256_mul_ps(v[3], id)),
-    ];
-    pack_i8(q, qs.as_mut_ptr());
-    (amax / 127.0, q)
-}
-
-/// [`super::quantize::q8_0_activations`].
+/// [`super::quantize::q8_0`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_activations(src: &[f32], dst: &mut [BlockQ8_0]) {
+pub unsafe fn q8_0(src: &[f32], dst: &mut [BlockQ8_0], rounding: Q8Rounding) {
     for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let (d, _) = q8_block_runtime(x, &mut b.qs);
+        let (d, _) = q8_block(x, &mut b.qs, rounding);
         b.d = f2h(d);
     }
 }
 
-/// [`super::quantize::q8_1_activations`].
+/// [`super::quantize::q8_1`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_1_activations(src: &[f32], dst: &mut [BlockQ8_1]) {
+pub unsafe fn q8_1(src: &[f32], dst: &mut [BlockQ8_1], rounding: Q8Rounding) {
     for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let (d, q) = q8_block_runtime(x, &mut b.qs);
+        let (d, q) = q8_block(x, &mut b.qs, rounding);
         let sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
-        b.d = f2h(d);
-        b.s = f2h(sum as f32 * d);
-    }
-}
-
-/// `quantize_row_q8_0_ref`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
-    for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let (d, _) = q8_block(x, &mut b.qs);
-        b.d = f2h(d);
-    }
-}
-
-/// `quantize_row_q8_1_ref`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
-    for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
-        let (d, q) = q8_block(x, &mut b.qs);
-        let sum = hsum_epi32(_mm256_add_epi32(
-            _mm256_add_epi32(q[0], q[1]),
-            _mm256_add_epi32(q[2], q[3]),
-        ));
         b.d = f2h(d);
         b.s = f2h(sum as f32 * d);
     }

@@ -559,3 +559,35 @@ fn bench_simd_against_scalar() {
         );
     }
 }
+
+/// The run-time activation rounding (ggml's x86 quantizer) gives the same bytes in its SIMD
+/// and scalar forms, for every finite row (NaN activations are garbage in either form).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn runtime_activation_rounding_simd_matches_scalar() {
+    if !cpu_has_avx2() {
+        return;
+    }
+    let mut rng = Rng(11);
+    for ty in [Q8_0, Q8_1] {
+        for blocks in BLOCK_COUNTS {
+            let n = blocks * 32;
+            let rows = awkward_rows(&mut rng, n).into_iter().filter(|x| x.iter().all(|v| v.is_finite()));
+            for (r, x) in rows.enumerate() {
+                let mut want = vec![0u8; ty.bytes_for(n).unwrap()];
+                let mut got = want.clone();
+                // SAFETY: features checked at the top.
+                unsafe {
+                    if ty == Q8_0 {
+                        quantize::q8_0(&x, as_blocks_mut(&mut want), Q8Rounding::Runtime);
+                        quantize_avx2::q8_0(&x, as_blocks_mut(&mut got), Q8Rounding::Runtime);
+                    } else {
+                        quantize::q8_1(&x, as_blocks_mut(&mut want), Q8Rounding::Runtime);
+                        quantize_avx2::q8_1(&x, as_blocks_mut(&mut got), Q8Rounding::Runtime);
+                    }
+                }
+                assert_eq!(got, want, "{ty} x {blocks}, row {r}");
+            }
+        }
+    }
+}
