@@ -34,6 +34,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a GGUF model with its weights in another type (q4_0, q8_0, q4_k, f16, …).
     Quantize(QuantizeArgs),
+    /// Serve a model: an OpenAI-compatible API at /v1 and a chat page at /.
+    Serve(crate::commands::serve::ServeArgs),
 }
 
 /// Which model to load.

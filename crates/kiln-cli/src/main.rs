@@ -34,5 +34,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::List => commands::pull::list(),
         Command::Bench(a) => commands::bench::bench(a, threads),
         Command::Quantize(a) => commands::quantize::quantize(a),
+        Command::Serve(a) => commands::serve::serve(a),
     }
 }

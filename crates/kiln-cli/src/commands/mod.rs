@@ -7,3 +7,4 @@ pub mod ppl;
 pub mod pull;
 pub mod quantize;
 pub mod run;
+pub mod serve;
