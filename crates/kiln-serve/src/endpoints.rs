@@ -21,7 +21,7 @@ const CHAT_PAGE: &str = include_str!("../assets/chat.html");
 /// on the page without rebuilding.
 pub async fn page() -> Html<String> {
     if let Some(path) = std::env::var_os("KILN_CHAT_PAGE") {
-        if let Ok(text) = tokio::fs::read_to_string(&path).await {
+        if let Ok(text) = std::fs::read_to_string(&path) {
             return Html(text);
         }
     }
