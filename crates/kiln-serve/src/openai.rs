@@ -66,6 +66,9 @@ pub struct Common {
     pub seed: Option<i64>,
     /// Stop strings.
     pub stop: Option<Stop>,
+    /// Keep generating past end-of-turn tokens (llama.cpp extension; benchmarks use it).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 /// Limits on what one request may ask.
@@ -157,7 +160,7 @@ impl Common {
             return Err(ApiError::invalid_param("top_logprobs", format!("at most {MAX_TOP_LOGPROBS} alternatives per token")));
         }
         s.validate().map_err(ApiError::invalid)?;
-        Ok(GenerateOptions { max_tokens, stop, sampling: s, logprobs, ignore_eos: false })
+        Ok(GenerateOptions { max_tokens, stop, sampling: s, logprobs, ignore_eos: self.ignore_eos })
     }
 }
 
