@@ -2,7 +2,7 @@
 //! pre-norms (and Gemma's post-norms), final norm, logits. Activations live in buffers owned
 //! by [`State`] and reused from call to call.
 
-use crate::attention::{attend, AttentionSpec};
+use crate::attention::{attend, attend_rows, AttentionSpec, QueryRow};
 use crate::config::{Activation, Family, ModelConfig, RopeStyle};
 use crate::kv_cache::KvCache;
 use crate::ops;
@@ -269,9 +269,22 @@ impl Model {
             for (cache, &len) in caches.iter_mut().zip(lens) {
                 let pos0 = cache.len();
                 cache.store(l, pos0, &k[row * kv_dim..(row + len) * kv_dim], &v[row * kv_dim..(row + len) * kv_dim]);
-                let (keys, values) = cache.layer(l);
-                attend(&spec, &q[row * q_dim..(row + len) * q_dim], pos0, keys, values, &mut att[row * q_dim..(row + len) * q_dim]);
                 row += len;
+            }
+            if lens.len() == 1 {
+                let (keys, values) = caches[0].layer(l);
+                attend(&spec, q, caches[0].len(), keys, values, att);
+            } else {
+                // One query per sequence: all of them in one parallel pass.
+                debug_assert!(lens.iter().all(|&len| len == 1));
+                let rows: Vec<QueryRow> = caches
+                    .iter()
+                    .map(|c| {
+                        let (keys, values) = c.layer(l);
+                        QueryRow { pos: c.len(), keys, values }
+                    })
+                    .collect();
+                attend_rows(&spec, q, &rows, att);
             }
             let xb = &mut s.xb[..n * d];
             mm(&lw.wo, att, &mut s.acts, xb);
