@@ -208,15 +208,16 @@ try {
   check(r.text.includes('<script>window.__pwned = 1</script>'), 'the escaped <script> text should be shown literally');
   const rendered = await page.evaluate(() => window.kilnRenderMarkdown('x <svg onload=alert(1)> **y**'));
   check(!rendered.includes('<svg') && rendered.includes('&lt;svg') && rendered.includes('<strong>y</strong>'), `kilnRenderMarkdown: ${rendered}`);
-  await page.locator(lastAssistant).locator('.copy-code').click();
-  const clip = await page.evaluate(() => navigator.clipboard.readText().catch(() => null));
-  if (clip !== null) check(clip.startsWith('def add(a, b):'), `Copy put ${JSON.stringify(clip)} on the clipboard`);
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.locator('.conversation').evaluate((c) => { c.scrollTop = c.scrollHeight; });
+  await sleep(400); // let the message's fade-in finish
   await page.screenshot({ path: path.join(ARTIFACTS, 'chat-page.png') });
   await page.emulateMedia({ colorScheme: 'dark' });
   await page.screenshot({ path: path.join(ARTIFACTS, 'chat-page-dark.png') });
   await page.emulateMedia({ colorScheme: 'light' });
+  await page.locator(lastAssistant).locator('.copy-code').click();
+  const clip = await page.evaluate(() => navigator.clipboard.readText().catch(() => null));
+  if (clip !== null) check(clip.startsWith('def add(a, b):'), `Copy put ${JSON.stringify(clip)} on the clipboard`);
 
   begin('errors: a busy server (503) is shown inline');
   await page.route('**/v1/chat/completions', (route) => route.fulfill({
