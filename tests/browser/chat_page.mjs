@@ -75,7 +75,7 @@ try {
 
   begin('ask a question, watch the answer stream');
   // Record the length of the reply each time the DOM changes, until the speed line appears.
-  await page.evaluate(() => {
+  const observe = () => page.evaluate(() => {
     window.__lengths = [];
     const obs = new MutationObserver(() => {
       const msgs = document.querySelectorAll('.message.assistant');
@@ -88,14 +88,23 @@ try {
     });
     obs.observe(document.getElementById('messages'), { childList: true, subtree: true, characterData: true });
   });
+  await observe();
   await page.fill('#prompt', 'What is the capital of France?');
   await page.press('#prompt', 'Enter');
   await page.waitForSelector('.message.user');
   check((await page.locator('.message.user').last().innerText()).includes('capital of France'), 'the user message is not shown');
   check((await page.inputValue('#prompt')) === '', 'the composer should be cleared after sending');
-  await page.waitForSelector(lastAssistant + ' >> .tps', { timeout: 60_000 });
-  const lengths = await page.evaluate(() => window.__lengths);
-  const growth = lengths.filter((x) => typeof x === 'number');
+  let growth = [], lengths = [];
+  for (let attempt = 1; ; attempt++) {
+    await page.waitForSelector(lastAssistant + ' >> .tps', { timeout: 60_000 });
+    lengths = await page.evaluate(() => window.__lengths);
+    growth = lengths.filter((x) => typeof x === 'number');
+    if (growth.length >= 2 || attempt === 3) break;
+    // A one-token answer can arrive in a single frame: ask again (Regenerate) for a longer one.
+    console.log(`    the answer arrived in ${growth.length} step(s); regenerating`);
+    await observe();
+    await page.locator(lastAssistant).locator('.regenerate').click();
+  }
   check(growth.length >= 2 && growth.every((n, i) => i === 0 || n > growth[i - 1]),
     `the reply should grow over at least two observations before it completes; saw lengths ${JSON.stringify(lengths)}`);
   const answer = (await assistantText()).trim();
@@ -120,33 +129,46 @@ try {
   page.once('request', (r) => { if (r.url().endsWith('/v1/chat/completions')) sentBody = r.postDataJSON(); });
   await page.fill('#prompt', 'Write a very long story about a dragon who learns to bake bread. Make it at least twenty paragraphs long.');
   await page.press('#prompt', 'Enter');
-  await page.waitForSelector('#stop', { state: 'visible' });
-  check(!(await page.isVisible('#send')), '#send should turn into #stop while generating');
-  await page.waitForFunction(() => {
-    const m = [...document.querySelectorAll('.message.assistant')].pop();
-    return m && m.querySelector('.content').textContent.length > 40;
-  }, null, { timeout: 30_000 });
+  for (let attempt = 1; ; attempt++) {
+    await page.waitForSelector('#stop', { state: 'visible' });
+    check(!(await page.isVisible('#send')), '#send should turn into #stop while generating');
+    // Wait for some text, or for the model to end the story on its own.
+    await page.waitForFunction(() => {
+      const m = [...document.querySelectorAll('.message.assistant')].pop();
+      return m && (m.querySelector('.content').textContent.length > 40 || m.querySelector('.tps'));
+    }, null, { timeout: 30_000 });
+    if (await page.isVisible('#stop')) break;
+    check(attempt < 3, 'the model ended the story three times before Stop could be clicked');
+    console.log('    the model ended the story early; regenerating');
+    await page.locator(lastAssistant).locator('.regenerate').click();
+  }
   check(sentBody && sentBody.max_tokens === 3000 && sentBody.stream === true && sentBody.stream_options?.include_usage === true,
     `the request should carry the settings: ${JSON.stringify(sentBody)}`);
   const runningBefore = await metric('kiln_requests_running');
-  check(await page.isVisible('#stop'), 'the story finished before Stop could be clicked (the model stopped early)');
   await page.click('#stop');
   const stoppedAt = Date.now();
   await page.waitForSelector('#send', { state: 'visible', timeout: 5_000 });
   check(!(await page.isVisible('#stop')), '#stop should be hidden after stopping');
   const len1 = (await assistantText()).length;
-  await sleep(1_000);
-  const len2 = (await assistantText()).length;
-  check(len1 === len2, `the reply kept growing after Stop (${len1} -> ${len2} characters)`);
-  check(await page.locator(lastAssistant).getAttribute('data-stopped') !== null, 'the stopped reply should be marked as stopped');
   let running = NaN;
   while (Date.now() - stoppedAt < 3_000) {
     running = await metric('kiln_requests_running');
     if (running === 0) break;
-    await sleep(100);
+    await sleep(50);
   }
   check(running === 0, `kiln_requests_running is ${running} 3 s after Stop (the server did not free the slot)`);
-  console.log(`    stopped after ${len1} characters; kiln_requests_running ${runningBefore} -> 0 in ${Date.now() - stoppedAt} ms`);
+  const freedMs = Date.now() - stoppedAt;
+  await sleep(1_000);
+  const len2 = (await assistantText()).length;
+  check(len1 === len2, `the reply kept growing after Stop (${len1} -> ${len2} characters)`);
+  check(await page.locator(lastAssistant).getAttribute('data-stopped') !== null, 'the stopped reply should be marked as stopped');
+  console.log(`    stopped after ${len1} characters; kiln_requests_running ${runningBefore} -> 0 within ${freedMs} ms of the click`);
+
+  // Shorter replies for the rest of the test.
+  await page.click('#settings-btn');
+  await page.fill('#set-max_tokens', '200');
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => !document.getElementById('settings').open);
 
   begin('a prompt that asks for code');
   await page.fill('#prompt', 'Write a Python function that adds two numbers. Use a code block.');

@@ -84,7 +84,7 @@ export KILN_CHAT_PAGE="${KILN_CHAT_PAGE-$root/crates/kiln-serve/assets/chat.html
 server_log="$(mktemp "${TMPDIR:-/tmp}/kiln-serve.XXXXXX.log")"
 model_args=()
 if [ -n "${KILN_MODEL:-}" ]; then model_args=(-m "$KILN_MODEL"); fi
-"$KILN_BIN" serve "${model_args[@]}" --port 0 --parallel 2 2>"$server_log" >&2 &
+"$KILN_BIN" serve ${model_args[@]+"${model_args[@]}"} --port 0 --parallel 2 2>"$server_log" >&2 &
 server_pid=$!
 cleanup() {
   if kill -0 "$server_pid" 2>/dev/null; then
