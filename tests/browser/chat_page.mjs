@@ -230,6 +230,33 @@ try {
   check(r.text.includes('<script>window.__pwned = 1</script>'), 'the escaped <script> text should be shown literally');
   const rendered = await page.evaluate(() => window.kilnRenderMarkdown('x <svg onload=alert(1)> **y**'));
   check(!rendered.includes('<svg') && rendered.includes('&lt;svg') && rendered.includes('<strong>y</strong>'), `kilnRenderMarkdown: ${rendered}`);
+  // Random Markdown-ish soup: the output may only hold the renderer's own tags and attributes.
+  const soup = await page.evaluate(() => {
+    const parts = ['<', '>', '"', "'", '&', '`', '```', '\n', '\n\n', '*', '**', '_', '[', ']', '(', ')', '](', '|', '-', '1.', '#', '>', ' ',
+      'javascript:', 'https://a.b/', 'mailto:x@y', 'data:text/html,', '<script>', '</script>', '<img src=x onerror=alert(1)>', 'onload=', '<a href="', '&#106;', '\u0000', '\uE000', 'x', 'word'];
+    const tags = new Set(['P', 'BR', 'STRONG', 'EM', 'DEL', 'CODE', 'PRE', 'A', 'H1', 'H2', 'H3', 'H4', 'H5', 'H6', 'UL', 'OL', 'LI', 'BLOCKQUOTE', 'HR',
+      'TABLE', 'THEAD', 'TBODY', 'TR', 'TH', 'TD', 'DIV', 'SPAN', 'BUTTON', 'svg', 'use']);
+    const attrs = new Set(['href', 'target', 'rel', 'class', 'type', 'aria-label', 'aria-hidden', 'data-action', 'start', 'style', 'width', 'height']);
+    let seed = 12345;
+    const rnd = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; };
+    for (let k = 0; k < 400; k++) {
+      let text = '';
+      for (let j = 0, n = 5 + rnd(40); j < n; j++) text += parts[rnd(parts.length)];
+      const t = document.createElement('template');
+      t.innerHTML = window.kilnRenderMarkdown(text);
+      for (const e of t.content.querySelectorAll('*')) {
+        if (!tags.has(e.tagName)) return `tag <${e.tagName}> from ${JSON.stringify(text)}`;
+        for (const a of e.attributes) {
+          if (!attrs.has(a.name)) return `attribute ${a.name} from ${JSON.stringify(text)}`;
+          if (a.name === 'href' && !(e.tagName === 'use' ? a.value === '#i-copy' : /^(https?:\/\/|mailto:)/i.test(a.value))) return `href ${a.value} from ${JSON.stringify(text)}`;
+          if (a.name === 'style' && !/^text-align:(left|right|center)$/.test(a.value)) return `style ${a.value} from ${JSON.stringify(text)}`;
+        }
+      }
+    }
+    return null;
+  });
+  check(soup === null, 'unsafe Markdown output: ' + soup);
+
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.locator('.conversation').evaluate((c) => { c.scrollTop = c.scrollHeight; });
   await sleep(400); // let the message's fade-in finish
