@@ -260,6 +260,7 @@ try {
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.locator('.conversation').evaluate((c) => { c.scrollTop = c.scrollHeight; });
   await sleep(400); // let the message's fade-in finish
+  await page.mouse.move(760, 420); // no hover highlight on the header buttons
   await page.screenshot({ path: path.join(ARTIFACTS, 'chat-page.png') });
   await page.emulateMedia({ colorScheme: 'dark' });
   await page.screenshot({ path: path.join(ARTIFACTS, 'chat-page-dark.png') });
