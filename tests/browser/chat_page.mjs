@@ -272,14 +272,14 @@ try {
   begin('errors: a busy server (503) is shown inline');
   await page.route('**/v1/chat/completions', (route) => route.fulfill({
     status: 503, contentType: 'application/json',
-    body: JSON.stringify({ error: { message: 'the queue is full', type: 'server_error', code: 'busy' } }),
+    body: JSON.stringify({ error: { message: 'the server is busy: 2 requests running and 32 queued (the limit); retry in a moment', type: 'server_error', code: 'server_busy' } }),
   }), { times: 1 });
   await page.fill('#prompt', 'Hello?');
   await page.press('#prompt', 'Enter');
   const busy = page.locator(lastAssistant).locator('.error-box');
   await busy.waitFor();
   const busyText = await busy.innerText();
-  check(/busy/i.test(busyText) && busyText.includes('the queue is full'), `503 message: ${busyText}`);
+  check(/busy/i.test(busyText) && busyText.includes('2 requests running and 32 queued'), `503 message: ${busyText}`);
   await page.waitForSelector('#send', { state: 'visible' });
 
   begin('errors: 401 asks for an API key and sends it');
