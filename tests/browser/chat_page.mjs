@@ -73,6 +73,18 @@ try {
   check((await page.locator('.message').count()) === 0, 'Shift+Enter must not send');
   await page.fill('#prompt', '');
 
+  begin('settings: keep replies short (max tokens 200), kept in localStorage');
+  const setMaxTokens = async (n) => {
+    await page.click('#settings-btn');
+    await page.waitForSelector('#settings[open]');
+    await page.fill('#set-max_tokens', String(n));
+    await page.keyboard.press('Escape');
+    await page.waitForFunction(() => !document.getElementById('settings').open);
+    const saved = await page.evaluate(() => JSON.parse(localStorage.getItem('kiln.settings')));
+    check(saved.max_tokens === n, `settings not persisted: ${JSON.stringify(saved)}`);
+  };
+  await setMaxTokens(200);
+
   begin('ask a question, watch the answer stream');
   // Record the length of the reply each time the DOM changes, until the speed line appears.
   const observe = () => page.evaluate(() => {
@@ -114,17 +126,8 @@ try {
   check(await page.isVisible('#send') && !(await page.isVisible('#stop')), 'after the reply, #send should be back');
   console.log(`    answer (${growth.length} growth steps): ${JSON.stringify(answer.slice(0, 120))}  [${tps.replace(/\s+/g, ' ')}]`);
 
-  begin('settings: a large max tokens, kept in localStorage');
-  await page.click('#settings-btn');
-  await page.waitForSelector('#settings[open]');
-  await page.fill('#set-max_tokens', '3000');
-  await page.fill('#set-temperature', '0.9');
-  await page.keyboard.press('Escape');
-  await page.waitForFunction(() => !document.getElementById('settings').open);
-  const saved = await page.evaluate(() => JSON.parse(localStorage.getItem('kiln.settings')));
-  check(saved.max_tokens === 3000 && saved.temperature === 0.9, `settings not persisted: ${JSON.stringify(saved)}`);
-
-  begin('long generation, then Stop');
+  begin('long generation (max tokens 3000), then Stop');
+  await setMaxTokens(3000);
   let sentBody = null;
   page.once('request', (r) => { if (r.url().endsWith('/v1/chat/completions')) sentBody = r.postDataJSON(); });
   await page.fill('#prompt', 'Write a very long story about a dragon who learns to bake bread. Make it at least twenty paragraphs long.');
@@ -142,7 +145,7 @@ try {
     console.log('    the model ended the story early; regenerating');
     await page.locator(lastAssistant).locator('.regenerate').click();
   }
-  check(sentBody && sentBody.max_tokens === 3000 && sentBody.stream === true && sentBody.stream_options?.include_usage === true,
+  check(sentBody && sentBody.max_tokens === 3000 && typeof sentBody.temperature === 'number' && Number.isInteger(sentBody.seed) && sentBody.stream === true && sentBody.stream_options?.include_usage === true,
     `the request should carry the settings: ${JSON.stringify(sentBody)}`);
   const runningBefore = await metric('kiln_requests_running');
   await page.click('#stop');
@@ -164,11 +167,7 @@ try {
   check(await page.locator(lastAssistant).getAttribute('data-stopped') !== null, 'the stopped reply should be marked as stopped');
   console.log(`    stopped after ${len1} characters; kiln_requests_running ${runningBefore} -> 0 within ${freedMs} ms of the click`);
 
-  // Shorter replies for the rest of the test.
-  await page.click('#settings-btn');
-  await page.fill('#set-max_tokens', '200');
-  await page.keyboard.press('Escape');
-  await page.waitForFunction(() => !document.getElementById('settings').open);
+  await setMaxTokens(200);
 
   begin('a prompt that asks for code');
   await page.fill('#prompt', 'Write a Python function that adds two numbers. Use a code block.');
@@ -304,11 +303,24 @@ try {
   await page.waitForSelector('.message.user');
   check((await page.locator('.message.user').count()) === userCount, 'the conversation was not restored after reload');
   check((await page.locator('#chat-list .chat-item').count()) >= 1, 'the sidebar lists no chats');
+  await page.click('#settings-btn');
+  check((await page.inputValue('#set-max_tokens')) === '200', 'the settings were not restored after reload');
+  await page.keyboard.press('Escape');
   await page.click('#new-chat');
   check((await page.locator('.message').count()) === 0, 'New chat should start an empty conversation');
   check(await page.isVisible('#welcome'), 'the empty state should show');
   await page.locator('#chat-list .open-chat').first().click();
   check((await page.locator('.message.user').count()) === userCount, 'reopening the chat from the sidebar failed');
+
+  begin('edit the first message; keyboard only');
+  const first = page.locator('.message.user').first();
+  await first.hover();
+  await first.locator('[data-action="edit"]').click();
+  check((await page.inputValue('#prompt')).includes('capital of France'), 'Edit should put the message back in the composer');
+  check((await page.locator('.message').count()) === 0, 'Edit should drop the message and everything after it');
+  await page.keyboard.press('Enter'); // the composer has focus after Edit
+  await page.waitForSelector(lastAssistant + ' >> .tps', { timeout: 60_000 });
+  check((await page.locator('.message.user').count()) === 1, 'the edited message was not sent');
 
   check(pageErrors.length === 0, 'errors in the page: ' + pageErrors.join(' | '));
   console.log(`[${secs()}] PASS chat page (screenshots in ${ARTIFACTS}/chat-page.png, chat-page-dark.png)`);
