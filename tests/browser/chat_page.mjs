@@ -322,6 +322,22 @@ try {
   await page.waitForSelector(lastAssistant + ' >> .tps', { timeout: 60_000 });
   check((await page.locator('.message.user').count()) === 1, 'the edited message was not sent');
 
+  begin('accessibility smoke check: names for buttons and fields');
+  const unnamed = await page.evaluate(() => {
+    const bad = [];
+    for (const b of document.querySelectorAll('button')) {
+      if (!(b.getAttribute('aria-label') || b.textContent.trim() || b.title)) bad.push(b.outerHTML.slice(0, 80));
+    }
+    for (const f of document.querySelectorAll('input, textarea')) {
+      if (!(f.labels && f.labels.length) && !f.getAttribute('aria-label')) bad.push(f.outerHTML.slice(0, 80));
+    }
+    return bad;
+  });
+  check(unnamed.length === 0, 'controls without an accessible name: ' + unnamed.join(', '));
+  await page.focus('#prompt');
+  await page.keyboard.press('Shift+Tab');
+  check(await page.evaluate(() => document.activeElement && document.activeElement !== document.body), 'keyboard focus got lost');
+
   check(pageErrors.length === 0, 'errors in the page: ' + pageErrors.join(' | '));
   console.log(`[${secs()}] PASS chat page (screenshots in ${ARTIFACTS}/chat-page.png, chat-page-dark.png)`);
 } catch (e) {

@@ -42,7 +42,7 @@ apt_install() {
 
 # --- Chromium ---
 if [ ! -x "$CHROMIUM" ] && [ "${CI:-}" = "true" ]; then
-  apt_install chromium || log "could not install chromium"
+  apt_install chromium fonts-dejavu-core || log "could not install chromium"
 fi
 if [ ! -x "$CHROMIUM" ]; then
   log "SKIP: no Chromium at $CHROMIUM (install the chromium package, or set CHROMIUM=/path/to/chromium)"
