@@ -38,8 +38,14 @@ async function metric(name) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const lastAssistant = '.message.assistant >> nth=-1';
 
-const { chromium } = loadPlaywright();
-const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+let browser;
+try {
+  const { chromium } = loadPlaywright();
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+} catch (e) {
+  console.error(`FAIL chat page: could not start Chromium (${CHROMIUM}): ${e.message}`);
+  process.exit(1);
+}
 const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, colorScheme: 'light' });
 try { await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE }); } catch {}
 const page = await context.newPage();
