@@ -14,6 +14,8 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+// `step` indexes the per-sequence logs of the alone runs, not one slice.
+#[allow(clippy::needless_range_loop)]
 fn check(test_model: &TestModel) {
     let Some(path) = test_model.path() else { return };
     let model = Model::open_gguf(&path).unwrap();
