@@ -45,6 +45,10 @@ if [ ! -x "$CHROMIUM" ] && [ "${CI:-}" = "true" ]; then
   apt_install chromium fonts-dejavu-core || log "could not install chromium"
 fi
 if [ ! -x "$CHROMIUM" ]; then
+  if [ "${CI:-}" = "true" ]; then
+    log "FAIL: no Chromium at $CHROMIUM and apt-get could not install it"
+    exit 1
+  fi
   log "SKIP: no Chromium at $CHROMIUM (install the chromium package, or set CHROMIUM=/path/to/chromium)"
   exit 0
 fi
