@@ -393,9 +393,11 @@ impl<'m> Engine<'m> {
             }
         }
         let vocab = model.config.vocab_size;
-        match model.decode_batch(&mut self.batch, &mut states, &tokens) {
+        // The batch's buffers are lent out for the step, so its logits can be read while the
+        // slots are updated (no copy of batch × vocab floats per step).
+        let mut batch = std::mem::take(&mut self.batch);
+        match model.decode_batch(&mut batch, &mut states, &tokens) {
             Ok(logits) => {
-                let logits = logits.to_vec();
                 for (k, &i) in decoding.iter().enumerate() {
                     self.slots[i].fed.push(tokens[k]);
                     self.emit(i, &logits[k * vocab..(k + 1) * vocab]);
@@ -408,6 +410,7 @@ impl<'m> Engine<'m> {
                 }
             }
         }
+        self.batch = batch;
         let generated = decoding.len();
         self.recent.push_back((Instant::now(), generated));
     }
