@@ -34,6 +34,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a GGUF model with its weights in another type (q4_0, q8_0, q4_k, f16, …).
     Quantize(QuantizeArgs),
+    /// Benchmarks (HellaSwag, MMLU, ARC, TruthfulQA, GSM8K, HumanEval), perplexity, regression suites.
+    Eval(crate::commands::eval::EvalArgs),
+    /// A Markdown report card over a pipeline's runs (metrics, evals, plots, samples).
+    Report(crate::commands::report::ReportArgs),
 }
 
 /// Which model to load.

@@ -34,5 +34,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::List => commands::pull::list(),
         Command::Bench(a) => commands::bench::bench(a, threads),
         Command::Quantize(a) => commands::quantize::quantize(a),
+        Command::Eval(a) => commands::eval::eval(a),
+        Command::Report(a) => commands::report::report(a),
     }
 }

@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod chat;
+pub mod eval;
 pub mod info;
 pub mod ppl;
 pub mod pull;
 pub mod quantize;
+pub mod report;
 pub mod run;
