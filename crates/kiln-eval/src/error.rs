@@ -26,7 +26,7 @@ pub enum EvalError {
         msg: String,
     },
     /// `--task` names a task kiln does not know.
-    #[error("unknown task {0:?}: kiln knows hellaswag, mmlu, mmlu0, arc, arc_easy, arc_challenge, truthfulqa, gsm8k, humaneval and ppl:FILE")]
+    #[error("unknown task {0:?}: kiln knows hellaswag, mmlu, mmlu0, mmlu_cloze, arc, arc_easy, arc_challenge, truthfulqa, gsm8k, humaneval and ppl:FILE")]
     UnknownTask(String),
     /// The data directory does not hold a task's files.
     #[error("{path} not found: {hint}")]

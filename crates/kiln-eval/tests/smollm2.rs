@@ -49,6 +49,7 @@ fn context(lm: &Loaded, data_dir: PathBuf) -> EvalContext<'_> {
         template: &lm.template,
         data_dir,
         ctx: 512,
+        ppl_chunk: 512,
         limit: None,
         seed: 1,
         max_tokens: None,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Tasks, comma-separated: hellaswag, mmlu (5-shot), mmlu0, arc (arc_easy + arc_challenge),
+    /// Tasks, comma-separated: hellaswag, mmlu (5-shot), mmlu0, mmlu_cloze, arc (arc_easy + arc_challenge),
     /// truthfulqa, gsm8k, humaneval, ppl:FILE.
     #[arg(long, value_name = "TASKS")]
     pub task: Option<String>,
@@ -70,6 +70,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     }
     let path = resolve(args.model.model.as_deref())?;
     let lm = load(Some(&path.to_string_lossy()))?;
+    // Room for 5-shot MMLU; perplexity chunks are --ctx or 512, as llama-perplexity's.
     let ctx = args.model.ctx.unwrap_or_else(|| lm.model.config.context_length.clamp(1, 2048));
     let sha = sha256_file(&path).with_context(|| format!("cannot hash {}", path.display()))?;
     let cx = EvalContext {
@@ -78,6 +79,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         template: &lm.template,
         data_dir: args.data.clone(),
         ctx,
+        ppl_chunk: args.model.ctx.unwrap_or(512),
         limit: args.limit,
         seed: args.seed,
         max_tokens: args.max_tokens,

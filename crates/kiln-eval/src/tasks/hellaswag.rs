@@ -33,7 +33,7 @@ pub struct Item {
 /// Parses the six-lines-per-item text.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Item>, EvalError> {
     let lines: Vec<&str> = text.lines().collect();
-    if lines.len() % 6 != 0 {
+    if !lines.len().is_multiple_of(6) {
         return Err(EvalError::parse(path, lines.len(), format!("{} lines is not a multiple of 6 (context, gold, 4 endings)", lines.len())));
     }
     lines

@@ -1,6 +1,7 @@
 //! MMLU (Hendrycks et al.) in lm-evaluation-harness's original format: a header naming the
 //! subject, `shots` solved examples from the subject's dev split, then the test question; the
 //! choices are the letters " A" … " D". 5-shot is the standard setting, 0-shot an option.
+//! The cloze form (`mmlu_cloze`) asks `Question: …\nAnswer:` and scores each option's text.
 
 use super::mc::{run_items, McItem};
 use super::EvalContext;
@@ -66,8 +67,8 @@ pub fn prompt(subject: &str, shots: &[Question], q: &Question) -> String {
     s
 }
 
-/// Runs the task over the test split of every subject.
-pub fn run(cx: &EvalContext, shots: usize) -> Result<TaskResult, EvalError> {
+/// Every subject's test questions with the subject's first `shots` dev questions.
+fn load(cx: &EvalContext, shots: usize) -> Result<Vec<(String, Vec<Question>, Question)>, EvalError> {
     let test_dir = cx.data("mmlu/test")?;
     let mut subjects: Vec<String> = std::fs::read_dir(&test_dir)
         .map_err(|e| EvalError::io(&test_dir, e))?
@@ -77,21 +78,56 @@ pub fn run(cx: &EvalContext, shots: usize) -> Result<TaskResult, EvalError> {
     subjects.sort();
     let mut all = Vec::new();
     for subject in &subjects {
-        let dev_path = cx.data(&format!("mmlu/dev/{subject}_dev.csv"))?;
-        let dev = parse(&read_text(&dev_path)?, &dev_path)?;
-        let examples: Vec<Question> = dev.into_iter().take(shots).collect();
+        let examples = if shots > 0 {
+            let dev_path = cx.data(&format!("mmlu/dev/{subject}_dev.csv"))?;
+            parse(&read_text(&dev_path)?, &dev_path)?.into_iter().take(shots).collect()
+        } else {
+            Vec::new()
+        };
         let test_path = test_dir.join(format!("{subject}_test.csv"));
         for q in parse(&read_text(&test_path)?, &test_path)? {
-            let context = prompt(subject, &examples, &q);
-            all.push(McItem { context, choices: [" A", " B", " C", " D"].map(String::from).to_vec(), gold: q.answer });
+            all.push((subject.clone(), examples.clone(), q));
         }
     }
+    Ok(all)
+}
+
+/// Runs the task over the test split of every subject.
+pub fn run(cx: &EvalContext, shots: usize) -> Result<TaskResult, EvalError> {
+    let loaded = load(cx, shots)?;
+    let subjects = loaded.iter().map(|(s, _, _)| s.as_str()).collect::<std::collections::HashSet<_>>().len();
+    let all: Vec<McItem> = loaded
+        .iter()
+        .map(|(subject, examples, q)| McItem {
+            context: prompt(subject, examples, q),
+            choices: [" A", " B", " C", " D"].map(String::from).to_vec(),
+            gold: q.answer,
+        })
+        .collect();
     // Sorted, so items of one subject stay together and share their cached few-shot prefix.
     let mut chosen = cx.select(all.len());
     chosen.sort_unstable();
     let items: Vec<McItem> = chosen.iter().map(|&i| all[i].clone()).collect();
-    let setting = format!("{shots}-shot from dev, harness format, {} subjects, choices \" A\"…\" D\"", subjects.len());
+    let setting = format!("{shots}-shot from dev, harness format, {subjects} subjects, choices \" A\"…\" D\"");
     run_items(cx, &format!("mmlu_{shots}shot"), &items, all.len(), &setting)
+}
+
+/// Runs the cloze form, 0-shot.
+pub fn run_cloze(cx: &EvalContext) -> Result<TaskResult, EvalError> {
+    let all: Vec<McItem> = load(cx, 0)?.into_iter().map(|(_, _, q)| cloze_item(&q)).collect();
+    let mut chosen = cx.select(all.len());
+    chosen.sort_unstable();
+    let items: Vec<McItem> = chosen.iter().map(|&i| all[i].clone()).collect();
+    run_items(cx, "mmlu_cloze", &items, all.len(), "0-shot cloze: \"Question: …\\nAnswer:\" + \" option text\"")
+}
+
+/// `Question: …\nAnswer:` with each option's text as a continuation.
+pub fn cloze_item(q: &Question) -> McItem {
+    McItem {
+        context: format!("Question: {}\nAnswer:", q.question.trim()),
+        choices: q.options.iter().map(|o| format!(" {}", o.trim())).collect(),
+        gold: q.answer,
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +146,15 @@ mod tests {
         let e = parse("q,a,b,c,d,E\n", Path::new("d.csv")).expect_err("bad letter");
         assert_eq!(e.to_string(), "d.csv:1: answer \"E\" is not A–D");
         assert!(parse("q,a,b\n", Path::new("d.csv")).is_err());
+    }
+
+    #[test]
+    fn cloze_items() {
+        let qs = parse(DEV, Path::new("d.csv")).expect("valid");
+        let it = cloze_item(&qs[1]);
+        assert_eq!(it.context, "Question: Statement 1 | a, b. Statement 2 | c.\nAnswer:");
+        assert_eq!(it.choices[3], " False, True");
+        assert_eq!(it.gold, 2);
     }
 
     #[test]

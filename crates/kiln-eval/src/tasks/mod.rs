@@ -27,6 +27,9 @@ pub enum Task {
         /// Examples per prompt (5 is the standard setting).
         shots: usize,
     },
+    /// MMLU test split in the cloze form (`Question: …\nAnswer:` + the option's text), 0-shot:
+    /// the form SmolLM2's authors report.
+    MmluCloze,
     /// ARC-Easy (from the CORE suite files).
     ArcEasy,
     /// ARC-Challenge.
@@ -50,6 +53,7 @@ impl Task {
                 "hellaswag" => out.push(Task::Hellaswag),
                 "mmlu" => out.push(Task::Mmlu { shots: mmlu_shots }),
                 "mmlu0" => out.push(Task::Mmlu { shots: 0 }),
+                "mmlu_cloze" => out.push(Task::MmluCloze),
                 "arc" => out.extend([Task::ArcEasy, Task::ArcChallenge]),
                 "arc_easy" => out.push(Task::ArcEasy),
                 "arc_challenge" => out.push(Task::ArcChallenge),
@@ -73,6 +77,7 @@ impl Task {
         match self {
             Task::Hellaswag => "hellaswag".into(),
             Task::Mmlu { shots } => format!("mmlu_{shots}shot"),
+            Task::MmluCloze => "mmlu_cloze".into(),
             Task::ArcEasy => "arc_easy".into(),
             Task::ArcChallenge => "arc_challenge".into(),
             Task::TruthfulQa => "truthfulqa_mc1".into(),
@@ -95,6 +100,8 @@ pub struct EvalContext<'a> {
     pub data_dir: PathBuf,
     /// Context length.
     pub ctx: usize,
+    /// Chunk length for perplexity (llama-perplexity's default is 512).
+    pub ppl_chunk: usize,
     /// At most this many items per task, chosen by `seed` as llama-perplexity chooses.
     pub limit: Option<usize>,
     /// Seed for item selection (and sampling, were it not greedy).
@@ -151,6 +158,7 @@ pub fn run(cx: &EvalContext, task: &Task) -> Result<TaskResult, EvalError> {
     let mut result = match task {
         Task::Hellaswag => hellaswag::run(cx)?,
         Task::Mmlu { shots } => mmlu::run(cx, *shots)?,
+        Task::MmluCloze => mmlu::run_cloze(cx)?,
         Task::ArcEasy => choice::run_arc(cx, "arc_easy", "core/world_knowledge_arc_easy.jsonl")?,
         Task::ArcChallenge => choice::run_arc(cx, "arc_challenge", "core/world_knowledge_arc_challenge.jsonl")?,
         Task::TruthfulQa => choice::run_truthfulqa(cx)?,

@@ -53,7 +53,7 @@ impl NllTotals {
 pub fn run(cx: &EvalContext, file: &Path) -> Result<TaskResult, EvalError> {
     let text = crate::data::read_text(file)?;
     let tokens = cx.tokenizer.encode_with(&text, true, false)?;
-    let ctx = cx.ctx.min(512).max(8);
+    let ctx = cx.ppl_chunk.clamp(8, cx.ctx.max(8));
     let available = tokens.len() / ctx;
     if available == 0 {
         return Err(EvalError::Other(format!("{} tokenizes to {} tokens, fewer than one chunk of {ctx}", file.display(), tokens.len())));
