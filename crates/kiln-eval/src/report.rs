@@ -1,12 +1,15 @@
 //! The report card: one Markdown file over a pipeline's runs (tokenizer, pretraining, SFT,
 //! DPO, evals), after nanochat's report.md.
 //!
-//! A run is any directory (the root or below, three levels deep at most) holding one of:
-//! `metrics.jsonl` (one JSON object per line: `step`, `loss`, `lr`, `tokens_per_s`, optional
-//! `val_loss`, `val_bpb`, and whatever else a stage logs, e.g. `rewards/chosen`),
-//! `config.json`, `tokenizer_report.json`, `kiln eval --out` results (any `*.json` that parses
-//! as them), plots (`*.png`, `*.svg`), `samples.jsonl`. Reading is liberal: unknown fields are
-//! shown, unreadable lines are counted and skipped, a missing file leaves its section out.
+//! A run is any directory (the root or below, three levels deep at most, `checkpoints/` not
+//! entered) holding one of: `metrics.jsonl` (one JSON object per line: `step`, `loss`, `lr`,
+//! `tokens_per_s`, optional `val_loss`, `val_bpb`, and whatever else a stage logs, e.g.
+//! `rewards/chosen`), `tokenizer_report.json`, `kiln eval --out` results (any `*.json` that
+//! parses as them), plots (`*.png`, `*.svg`), `samples.jsonl`. Its settings (`config.json`,
+//! `train_config.json`, any other `*config.json` but the tokenizer's and generation's, and
+//! `run.json`) are shown with it; a directory with only a config (an exported model) is not a
+//! run. Reading is liberal: unknown fields are shown, unreadable lines are counted and skipped,
+//! a missing file leaves its section out.
 
 pub use crate::report_render::render;
 use crate::results::EvalResults;
@@ -110,8 +113,8 @@ pub struct Run {
     pub dir: PathBuf,
     /// Its name relative to the runs root (`.` for the root).
     pub name: String,
-    /// `config.json`.
-    pub config: Option<Value>,
+    /// Settings files (`config.json`, `train_config.json`, `run.json` …), by file name.
+    pub configs: Vec<(String, Value)>,
     /// `tokenizer_report.json` (or `tokenizer.json`-adjacent report).
     pub tokenizer: Option<Value>,
     /// `metrics.jsonl`.
@@ -126,8 +129,7 @@ pub struct Run {
 
 impl Run {
     fn is_empty(&self) -> bool {
-        self.config.is_none()
-            && self.tokenizer.is_none()
+        self.tokenizer.is_none()
             && self.metrics.is_none()
             && self.evals.is_empty()
             && self.plots.is_empty()
@@ -163,8 +165,13 @@ pub fn read_run(dir: &Path, root: &Path) -> Result<Run, EvalError> {
                 let text = std::fs::read_to_string(&f).unwrap_or_default();
                 run.samples = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
             }
-            ("config.json", _) => run.config = read_json(&f),
             (n, "json") if n.starts_with("tokenizer_report") => run.tokenizer = read_json(&f),
+            ("tokenizer_config.json" | "generation_config.json", _) => {}
+            (n, "json") if n.ends_with("config.json") || n == "run.json" => {
+                if let Some(v) = read_json(&f) {
+                    run.configs.push((fname.clone(), v));
+                }
+            }
             (_, "json") => {
                 if let Some(r) = read_json(&f).and_then(|v| serde_json::from_value::<EvalResults>(v).ok()) {
                     run.evals.push((f, r));
@@ -190,8 +197,8 @@ pub fn gather(root: &Path) -> Result<Vec<Run>, EvalError> {
             let Ok(entries) = std::fs::read_dir(d) else { continue };
             for e in entries.flatten() {
                 let p = e.path();
-                let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-                if p.is_dir() && !hidden {
+                let skip = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') || n == "checkpoints");
+                if p.is_dir() && !skip {
                     next.push(p);
                 }
             }

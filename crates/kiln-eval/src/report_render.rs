@@ -28,8 +28,8 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
             let _ = writeln!(md, "**Tokenizer**\n");
             key_values(&mut md, t, CONFIG_SHOWN);
         }
-        if let Some(c) = &run.config {
-            let _ = writeln!(md, "<details><summary>config.json</summary>\n");
+        for (name, c) in &run.configs {
+            let _ = writeln!(md, "<details><summary>{name}</summary>\n");
             key_values(&mut md, c, CONFIG_SHOWN);
             let _ = writeln!(md, "</details>\n");
         }
@@ -63,7 +63,7 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
 
 /// One row per run: the numbers a reader compares across stages.
 fn summary(md: &mut String, runs: &[Run]) {
-    let _ = writeln!(md, "| run | steps | final loss | best val_loss | best val_bpb | tokens/s | evals |\n|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "| run | steps | final loss | best val_loss | best val_bpb | tokens/s | bytes/token | evals |\n|---|---:|---:|---:|---:|---:|---:|---|");
     for run in runs {
         let m = run.metrics.as_ref();
         let num = |key: &str, f: fn(&crate::report::Series) -> f64| {
@@ -79,14 +79,16 @@ fn summary(md: &mut String, runs: &[Run]) {
                 }
             }
         }
+        let bpt = run.tokenizer.as_ref().and_then(|t| t.get("bytes_per_token")).and_then(Value::as_f64).map(fmt);
         let _ = writeln!(
             md,
-            "| {} | {steps} | {} | {} | {} | {} | {} |",
+            "| {} | {steps} | {} | {} | {} | {} | {} | {} |",
             run.name,
             num("loss", |s| s.last()),
             num("val_loss", |s| s.min()),
             num("val_bpb", |s| s.min()),
             num("tokens_per_s", |s| s.mean()),
+            bpt.unwrap_or_else(|| "–".into()),
             if evals.is_empty() { "–".into() } else { evals.join("; ") }
         );
     }
@@ -184,7 +186,12 @@ mod tests {
         let pre = r.join("pretrain");
         std::fs::create_dir_all(&pre).expect("mkdir");
         std::fs::write(pre.join("metrics.jsonl"), "{\"step\":0,\"loss\":9.0,\"lr\":0.0006,\"tokens_per_s\":1000}\n{\"step\":100,\"loss\":3.25,\"lr\":0.0003,\"tokens_per_s\":1200,\"val_loss\":3.5,\"val_bpb\":1.125}\n").expect("w");
-        std::fs::write(pre.join("config.json"), "{\"dim\": 256, \"n_layers\": 4}").expect("w");
+        std::fs::write(pre.join("train_config.json"), "{\"dim\": 256, \"n_layers\": 4}").expect("w");
+        // An exported model (config only) and checkpoints are not runs.
+        std::fs::create_dir_all(pre.join("model")).expect("mkdir");
+        std::fs::write(pre.join("model/config.json"), "{}").expect("w");
+        std::fs::create_dir_all(pre.join("checkpoints/step_1")).expect("mkdir");
+        std::fs::write(pre.join("checkpoints/step_1/metrics.jsonl"), "{\"step\": 1}").expect("w");
         std::fs::write(pre.join("loss.svg"), "<svg/>").expect("w");
         std::fs::write(pre.join("samples.jsonl"), "{\"prompt\":\"Once\",\"answer\":\"upon a time\"}\n").expect("w");
         let tok = r.join("tokenizer");
@@ -194,10 +201,12 @@ mod tests {
         let runs = gather(r).expect("gather");
         assert_eq!(runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["pretrain", "tokenizer"]);
         let md = render(&runs, r, r);
-        assert!(md.contains("| pretrain | 100 | 3.2500 | 3.5000 | 1.1250 | 1100 | – |"), "{md}");
+        assert!(md.contains("| pretrain | 100 | 3.2500 | 3.5000 | 1.1250 | 1100 | – | – |"), "{md}");
+        assert!(md.contains("| tokenizer | – | – | – | – | – | 3.9000 | – |"), "{md}");
         assert!(md.contains("| loss | 9 | 3.2500 | 3.2500 | 9 | 2 |"), "{md}");
         assert!(md.contains("![loss.svg](pretrain/loss.svg)"), "{md}");
         assert!(md.contains("| bytes_per_token | 3.9000 |"), "{md}");
+        assert!(md.contains("<summary>train_config.json</summary>") && md.contains("| n_layers | 4 |"), "{md}");
         assert!(md.contains("> **A:** upon a time"), "{md}");
     }
 }
