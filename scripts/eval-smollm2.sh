@@ -16,9 +16,9 @@ run() { # name, then kiln eval arguments
 }
 run hellaswag   --task hellaswag --limit 400
 run mmlu        --task mmlu --limit 200
-run mmlu_cloze  --task mmlu_cloze --limit 400
-run arc         --task arc --limit 400
-run truthfulqa  --task truthfulqa --limit 200
-run ppl         --task ppl:../shared/data/eval/wikitext2_test.txt --limit 40
-run gsm8k       --task gsm8k --limit 50
-run humaneval   --task humaneval --limit 40
+run mmlu_cloze  --task mmlu_cloze --limit 200
+run arc         --task arc --limit 200
+run truthfulqa  --task truthfulqa --limit 100
+run ppl         --task ppl:../shared/data/eval/wikitext2_test.txt --limit 20
+run gsm8k       --task gsm8k --limit 25
+run humaneval   --task humaneval --limit 20

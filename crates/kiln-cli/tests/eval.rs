@@ -64,7 +64,7 @@ fn eval_hellaswag_writes_results_a_report_reads() {
     write(&pre, "metrics.jsonl", "{\"step\": 0, \"loss\": 8.5, \"lr\": 0.001, \"tokens_per_s\": 5000}\n{\"step\": 50, \"loss\": 4.0, \"lr\": 0.001, \"tokens_per_s\": 5000, \"val_loss\": 4.5, \"val_bpb\": 1.5}\n");
     Kiln::new(home.path()).arg("report").arg(runs.path()).run().success();
     let md = std::fs::read_to_string(runs.path().join("report.md")).expect("report.md");
-    assert!(md.contains("| eval | – | – | – | – | – | – | hellaswag acc_llama_cpp "), "{md}");
+    assert!(md.contains("| eval | – | – | – | – | – | – | results: hellaswag acc_llama_cpp "), "{md}");
     assert!(md.contains("| pretrain | 50 | 4 | 4.5000 | 1.5000 | 5000 | – | – |"), "{md}");
 }
 

@@ -71,11 +71,12 @@ fn summary(md: &mut String, runs: &[Run]) {
         };
         let steps = m.and_then(|m| m.last_step).map(|s| format!("{s}")).unwrap_or_else(|| "–".into());
         let mut evals = Vec::new();
-        for (_, r) in &run.evals {
+        for (file, r) in &run.evals {
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             for t in &r.tasks {
                 if let Some(h) = t.metrics.first() {
                     let v = if h.hits.is_some() { format!("{:.1} %", 100.0 * h.value) } else { fmt(h.value) };
-                    evals.push(format!("{} {} {v}", t.task, h.name));
+                    evals.push(format!("{stem}: {} {} {v}", short_task(&t.task), h.name));
                 }
             }
         }
@@ -163,6 +164,14 @@ fn field(v: &Value, keys: &[&str]) -> String {
 fn quote(s: &str) -> String {
     let s: String = if s.chars().count() > 400 { format!("{}…", s.chars().take(400).collect::<String>()) } else { s.to_string() };
     s.replace('\n', "\n> ")
+}
+
+/// `ppl:../long/path/file.txt` → `ppl:file.txt`.
+fn short_task(task: &str) -> String {
+    match task.split_once(':') {
+        Some((kind, path)) => format!("{kind}:{}", Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path)),
+        None => task.to_string(),
+    }
 }
 
 fn short(sha: &str) -> &str {
