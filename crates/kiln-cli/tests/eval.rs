@@ -105,3 +105,33 @@ fn bad_eval_inputs_are_one_line_errors() {
     let e = Kiln::new(d).args(["eval", "-q", "--task", "mmlu", "--data", "/nonexistent/eval", "-m"]).arg(&model).run();
     assert!(e.error_line(Some(1)).starts_with("error: /nonexistent/eval/mmlu/test not found: pass --data DIR"), "{e:?}");
 }
+
+#[test]
+fn eval_ppl_equals_kiln_ppl_and_reports_bits_per_byte() {
+    let Some(data) = eval_data() else { return };
+    let Some(model) = SMOLLM2.path() else { return };
+    let home = temp_dir();
+    let text = data.join("wikitext2_test.txt");
+    let ppl = Kiln::new(home.path()).args(["ppl", "-t", "2", "-c", "128", "--chunks", "3", "-m"]).arg(&model).arg("--text").arg(&text).run();
+    ppl.success();
+    let want: f64 = ppl
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PPL = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no PPL line: {ppl:?}"));
+    let out_json = home.path().join("ppl.json");
+    let task = format!("ppl:{}", text.display());
+    let out = Kiln::new(home.path()).args(["eval", "-q", "-t", "2", "-c", "128", "--limit", "3", "--task", &task, "-m"]).arg(&model).arg("--out").arg(&out_json).run();
+    out.success();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out_json).expect("results")).expect("JSON");
+    let metrics = &v["tasks"][0]["metrics"];
+    let got = metrics[0]["value"].as_f64().expect("ppl");
+    // The same method on the same chunks: equal to kiln ppl's four printed decimals.
+    assert!((got - want).abs() < 1e-3, "eval {got} vs ppl {want}");
+    assert_eq!(metrics[1]["name"], "bpb");
+    // English text under a 135M model: about one bit per byte, never 0 or 8.
+    let bpb = metrics[1]["value"].as_f64().expect("bpb");
+    assert!((0.5..2.0).contains(&bpb), "{bpb}");
+}
