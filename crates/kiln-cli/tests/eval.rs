@@ -112,7 +112,8 @@ fn eval_ppl_equals_kiln_ppl_and_reports_bits_per_byte() {
     let Some(model) = SMOLLM2.path() else { return };
     let home = temp_dir();
     let text = data.join("wikitext2_test.txt");
-    let ppl = Kiln::new(home.path()).args(["ppl", "-t", "2", "-c", "128", "--chunks", "3", "-m"]).arg(&model).arg("--text").arg(&text).run();
+    let ppl =
+        Kiln::new(home.path()).args(["ppl", "-t", "2", "-c", "128", "--chunks", "3", "-m"]).arg(&model).arg("--text").arg(&text).run();
     ppl.success();
     let want: f64 = ppl
         .stdout
@@ -123,7 +124,12 @@ fn eval_ppl_equals_kiln_ppl_and_reports_bits_per_byte() {
         .unwrap_or_else(|| panic!("no PPL line: {ppl:?}"));
     let out_json = home.path().join("ppl.json");
     let task = format!("ppl:{}", text.display());
-    let out = Kiln::new(home.path()).args(["eval", "-q", "-t", "2", "-c", "128", "--limit", "3", "--task", &task, "-m"]).arg(&model).arg("--out").arg(&out_json).run();
+    let out = Kiln::new(home.path())
+        .args(["eval", "-q", "-t", "2", "-c", "128", "--limit", "3", "--task", &task, "-m"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out_json)
+        .run();
     out.success();
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out_json).expect("results")).expect("JSON");
     let metrics = &v["tasks"][0]["metrics"];

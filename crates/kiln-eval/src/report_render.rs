@@ -18,7 +18,10 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
     let _ = writeln!(md, "# kiln report card\n");
     let _ = writeln!(md, "Runs under `{}`: {}.\n", root.display(), runs.len());
     if runs.is_empty() {
-        let _ = writeln!(md, "No runs found (looked for metrics.jsonl, config.json, tokenizer_report.json, eval results, plots, samples.jsonl).");
+        let _ = writeln!(
+            md,
+            "No runs found (looked for metrics.jsonl, config.json, tokenizer_report.json, eval results, plots, samples.jsonl)."
+        );
         return md;
     }
     summary(&mut md, runs);
@@ -41,7 +44,13 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
             let _ = writeln!(md, "![{name}]({})\n", link(p, report_dir));
         }
         for (file, r) in &run.evals {
-            let _ = writeln!(md, "**Evaluation** (`{}`, model sha256 `{}`, {:.0} s)\n", link(file, report_dir), short(&r.model_sha256), r.elapsed_s);
+            let _ = writeln!(
+                md,
+                "**Evaluation** (`{}`, model sha256 `{}`, {:.0} s)\n",
+                link(file, report_dir),
+                short(&r.model_sha256),
+                r.elapsed_s
+            );
             let _ = writeln!(md, "| task | items | scores |\n|---|---:|---|");
             for t in &r.tasks {
                 let scores: Vec<String> = t.metrics.iter().map(|m| m.display()).collect();
@@ -66,9 +75,8 @@ fn summary(md: &mut String, runs: &[Run]) {
     let _ = writeln!(md, "| run | steps | final loss | best val_loss | best val_bpb | tokens/s | bytes/token | evals |\n|---|---:|---:|---:|---:|---:|---:|---|");
     for run in runs {
         let m = run.metrics.as_ref();
-        let num = |key: &str, f: fn(&crate::report::Series) -> f64| {
-            m.and_then(|m| m.get(key)).map(|s| fmt(f(s))).unwrap_or_else(|| "–".into())
-        };
+        let num =
+            |key: &str, f: fn(&crate::report::Series) -> f64| m.and_then(|m| m.get(key)).map(|s| fmt(f(s))).unwrap_or_else(|| "–".into());
         let steps = m.and_then(|m| m.last_step).map(|s| format!("{s}")).unwrap_or_else(|| "–".into());
         let mut evals = Vec::new();
         for (file, r) in &run.evals {
@@ -96,13 +104,19 @@ fn summary(md: &mut String, runs: &[Run]) {
 }
 
 fn metrics_table(md: &mut String, m: &Metrics) {
-    let _ = writeln!(md, "**Training metrics** ({} lines{})\n", m.lines, if m.skipped > 0 { format!(", {} unreadable skipped", m.skipped) } else { String::new() });
+    let _ = writeln!(
+        md,
+        "**Training metrics** ({} lines{})\n",
+        m.lines,
+        if m.skipped > 0 { format!(", {} unreadable skipped", m.skipped) } else { String::new() }
+    );
     let _ = writeln!(md, "| metric | first | last | min | max | points |\n|---|---:|---:|---:|---:|---:|");
     let mut keys: Vec<&str> = KNOWN.iter().copied().filter(|k| m.get(k).is_some()).collect();
     keys.extend(m.series.iter().map(|s| s.key.as_str()).filter(|k| !KNOWN.contains(k)));
     for k in keys {
         if let Some(s) = m.get(k) {
-            let _ = writeln!(md, "| {k} | {} | {} | {} | {} | {} |", fmt(s.first()), fmt(s.last()), fmt(s.min()), fmt(s.max()), s.points.len());
+            let _ =
+                writeln!(md, "| {k} | {} | {} | {} | {} | {} |", fmt(s.first()), fmt(s.last()), fmt(s.min()), fmt(s.max()), s.points.len());
         }
     }
     md.push('\n');

@@ -61,9 +61,7 @@ A: The 1992 Olympics were held in Barcelona, Spain.";
 pub fn parse_truthfulqa(text: &str, path: &Path) -> Result<Vec<McItem>, EvalError> {
     let rows = parse_csv(text, path)?;
     let header = rows.first().ok_or_else(|| EvalError::parse(path, 1, "empty file"))?;
-    let col = |name: &str| {
-        header.iter().position(|h| h == name).ok_or_else(|| EvalError::parse(path, 1, format!("no {name:?} column")))
-    };
+    let col = |name: &str| header.iter().position(|h| h == name).ok_or_else(|| EvalError::parse(path, 1, format!("no {name:?} column")));
     let (q, best, wrong) = (col("Question")?, col("Best Answer")?, col("Incorrect Answers")?);
     let mut items = Vec::new();
     for (i, r) in rows.iter().enumerate().skip(1) {

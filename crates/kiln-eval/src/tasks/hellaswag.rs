@@ -34,7 +34,11 @@ pub struct Item {
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Item>, EvalError> {
     let lines: Vec<&str> = text.lines().collect();
     if !lines.len().is_multiple_of(6) {
-        return Err(EvalError::parse(path, lines.len(), format!("{} lines is not a multiple of 6 (context, gold, 4 endings)", lines.len())));
+        return Err(EvalError::parse(
+            path,
+            lines.len(),
+            format!("{} lines is not a multiple of 6 (context, gold, 4 endings)", lines.len()),
+        ));
     }
     lines
         .chunks(6)

@@ -160,7 +160,12 @@ pub fn run(cx: &EvalContext, path: &Path) -> Result<TaskResult, EvalError> {
         let failed = case.check(&generation.text, generation.finish == FinishReason::Stop);
         passed.add(failed.is_empty());
         let name = l.name.clone().unwrap_or_default();
-        samples.push(Sample { prompt: format!("{name}: {}", clip(&l.prompt, 200)), answer: clip(&generation.text, 600), correct: failed.is_empty(), note: failed.join("; ") });
+        samples.push(Sample {
+            prompt: format!("{name}: {}", clip(&l.prompt, 200)),
+            answer: clip(&generation.text, 600),
+            correct: failed.is_empty(),
+            note: failed.join("; "),
+        });
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -185,7 +190,9 @@ mod tests {
 
     #[test]
     fn checks_pass_and_fail() {
-        let c = one(r#"{"prompt": "capital?", "contains": "Paris", "not_contains": ["London", "cannot"], "regex": "(?i)\\bparis\\b", "max_tokens": 8}"#);
+        let c = one(
+            r#"{"prompt": "capital?", "contains": "Paris", "not_contains": ["London", "cannot"], "regex": "(?i)\\bparis\\b", "max_tokens": 8}"#,
+        );
         assert_eq!(c.line.name.as_deref(), Some("line 1"));
         assert!(c.check("The capital is Paris.", true).is_empty());
         assert_eq!(c.check("London, not paris", true), ["does not contain \"Paris\"", "contains \"London\""]);
