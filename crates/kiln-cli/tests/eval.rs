@@ -141,3 +141,11 @@ fn eval_ppl_equals_kiln_ppl_and_reports_bits_per_byte() {
     let bpb = metrics[1]["value"].as_f64().expect("bpb");
     assert!((0.5..2.0).contains(&bpb), "{bpb}");
 }
+
+#[test]
+fn missing_text_file_is_named_once() {
+    let Some(model) = SMOLLM2.path() else { return };
+    let home = temp_dir();
+    let e = Kiln::new(home.path()).args(["eval", "-q", "--task", "ppl:/nonexistent/text.txt", "-m"]).arg(&model).run();
+    assert_eq!(e.error_line(Some(1)), "error: /nonexistent/text.txt: No such file or directory (os error 2)");
+}

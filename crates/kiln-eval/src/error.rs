@@ -8,12 +8,12 @@ use kiln_text::TextError;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// A data or results file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {err}")]
     Io {
         /// The file.
         path: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (shown in the message, so not chained again as a source).
+        err: std::io::Error,
     },
     /// A data file has a malformed line or row.
     #[error("{path}:{line}: {msg}")]
@@ -53,7 +53,7 @@ pub enum EvalError {
 impl EvalError {
     /// An I/O error on `path`.
     pub fn io(path: &std::path::Path, source: std::io::Error) -> EvalError {
-        EvalError::Io { path: path.display().to_string(), source }
+        EvalError::Io { path: path.display().to_string(), err: source }
     }
 
     /// A parse error at `line` of `path`.

@@ -18,10 +18,7 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
     let _ = writeln!(md, "# kiln report card\n");
     let _ = writeln!(md, "Runs under `{}`: {}.\n", root.display(), runs.len());
     if runs.is_empty() {
-        let _ = writeln!(
-            md,
-            "No runs found (looked for metrics.jsonl, config.json, tokenizer_report.json, eval results, plots, samples.jsonl)."
-        );
+        let _ = writeln!(md, "No runs found (looked for metrics.jsonl, tokenizer_report.json, kiln eval results, plots, samples.jsonl).");
         return md;
     }
     summary(&mut md, runs);

@@ -88,7 +88,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Case>, EvalError> {
     for (mut line, n) in lines.into_iter().zip(numbered) {
         let mut regexes = Vec::new();
         for r in line.regex.items() {
-            regexes.push(Regex::new(r).map_err(|e| EvalError::parse(path, n, format!("bad regex {r:?}: {e}")))?);
+            // regex's messages span lines (a caret under the pattern); one line here.
+            let one_line = |e: regex::Error| e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            regexes.push(Regex::new(r).map_err(|e| EvalError::parse(path, n, format!("bad regex {r:?}: {}", one_line(e))))?);
         }
         if line.contains.items().is_empty() && line.not_contains.items().is_empty() && regexes.is_empty() && line.max_tokens.is_none() {
             return Err(EvalError::parse(path, n, "no checks: give contains, not_contains, regex or max_tokens"));
@@ -206,7 +208,7 @@ mod tests {
         let e = parse("{\"prompt\": \"x\"}\n", p).expect_err("no checks");
         assert_eq!(e.to_string(), "s.jsonl:1: no checks: give contains, not_contains, regex or max_tokens");
         let e = parse("\n{\"prompt\": \"x\", \"regex\": \"(\"}\n", p).expect_err("bad regex");
-        assert!(e.to_string().starts_with("s.jsonl:2: bad regex"), "{e}");
+        assert_eq!(e.to_string(), "s.jsonl:2: bad regex \"(\": regex parse error: ( ^ error: unclosed group");
         let e = parse("{\"prompt\": \"x\", \"contain\": \"y\"}\n", p).expect_err("typo");
         assert!(e.to_string().contains("unknown field `contain`"), "{e}");
         assert!(parse("", p).is_err());
