@@ -49,6 +49,9 @@ fn eval_hellaswag_writes_results_a_report_reads() {
     let task = &v["tasks"][0];
     assert_eq!(task["task"], "hellaswag");
     assert_eq!(task["items"], HELLASWAG_ITEMS);
+    let per_item = task["per_item"].as_str().expect("per_item");
+    assert_eq!(per_item.len(), HELLASWAG_ITEMS);
+    assert_eq!(per_item.matches('1').count() as u64, task["metrics"][0]["hits"].as_u64().expect("hits"));
     let names: Vec<&str> = task["metrics"].as_array().expect("metrics").iter().filter_map(|m| m["name"].as_str()).collect();
     assert_eq!(names, ["acc_llama_cpp", "acc", "acc_norm"]);
     for m in task["metrics"].as_array().expect("metrics") {

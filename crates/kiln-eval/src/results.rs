@@ -72,6 +72,10 @@ pub struct TaskResult {
     /// A few model answers (generative tasks and suites), for reading.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
+    /// The headline metric's outcome per item in evaluation order (`1` right, `0` wrong), so
+    /// two runs (or kiln and llama.cpp) compare item by item.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub per_item: String,
 }
 
 impl TaskResult {

@@ -19,6 +19,12 @@ pub struct Proportion {
 }
 
 impl Proportion {
+    /// Records one trial and appends it to `log` as `1` or `0`.
+    pub fn add_logged(&mut self, hit: bool, log: &mut String) {
+        self.add(hit);
+        log.push(if hit { '1' } else { '0' });
+    }
+
     /// Records one trial.
     pub fn add(&mut self, hit: bool) {
         self.hits += hit as usize;

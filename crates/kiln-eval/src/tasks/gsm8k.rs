@@ -97,6 +97,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let mut session = Session::new(cx.model, cx.ctx);
     let mut acc = Proportion::default();
     let mut samples = Vec::new();
+    let mut per_item = String::with_capacity(chosen.len());
     let bar = cx.bar(chosen.len(), "gsm8k");
     for &i in &chosen {
         let p = &all[i];
@@ -105,7 +106,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         let generation = session.generate(cx.tokenizer, &ids, &opts, |_| true)?;
         let got = extract_answer(&generation.text);
         let correct = got.as_deref() == Some(gold.as_str());
-        acc.add(correct);
+        acc.add_logged(correct, &mut per_item);
         if samples.len() < 5 {
             let note =
                 if correct { String::new() } else { format!("expected {gold}, extracted {}", got.unwrap_or_else(|| "nothing".into())) };
@@ -123,6 +124,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         elapsed_s: 0.0,
         setting: format!("0-shot, chat template when the model has one, greedy, at most {} tokens", opts.max_tokens),
         samples,
+        per_item,
     })
 }
 

@@ -74,13 +74,14 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let order = crate::rng::pick(all.len(), cx.limit.unwrap_or(all.len()), cx.seed);
     let mut scorer = Scorer::new(cx.model, cx.ctx);
     let (mut acc, mut acc_norm, mut llama) = (Proportion::default(), Proportion::default(), Proportion::default());
+    let mut per_item = String::with_capacity(order.len());
     let bar = cx.bar(order.len(), "hellaswag");
     for &i in &order {
         let p = score_item(cx, &mut scorer, &all[i])?;
         let gold = all[i].gold;
         acc.add(p.acc == gold);
         acc_norm.add(p.acc_norm == gold);
-        llama.add(p.llama_cpp == gold);
+        llama.add_logged(p.llama_cpp == gold, &mut per_item);
         bar.inc(1);
         bar.set_message(format!("{:.1} %", 100.0 * llama.value()));
     }
@@ -97,6 +98,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         elapsed_s: 0.0,
         setting: format!("0-shot, items drawn by mt19937({}) as llama-perplexity, BOS + context + \" \" + ending", cx.seed),
         samples: Vec::new(),
+        per_item,
     })
 }
 

@@ -51,6 +51,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let mut session = Session::new(cx.model, cx.ctx);
     let mut pass = Proportion::default();
     let mut samples = Vec::new();
+    let mut per_item = String::with_capacity(chosen.len());
     let bar = cx.bar(chosen.len(), "humaneval");
     for &i in &chosen {
         let p = &all[i];
@@ -58,7 +59,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         let generation = session.generate(cx.tokenizer, &ids, &opts, |_| true)?;
         let outcome = sandbox.run_python(&program(p, &generation.text), limits)?;
         let ok = outcome == Outcome::Passed;
-        pass.add(ok);
+        pass.add_logged(ok, &mut per_item);
         if samples.len() < 5 {
             let note = match outcome {
                 Outcome::Passed => String::new(),
@@ -83,6 +84,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
             opts.max_tokens, limits.timeout, limits.memory_mib
         ),
         samples,
+        per_item,
     })
 }
 

@@ -49,13 +49,14 @@ pub fn tokenize_item(cx: &EvalContext, item: &McItem) -> Result<(Vec<Vec<u32>>, 
 pub fn run_items(cx: &EvalContext, name: &str, items: &[McItem], available: usize, setting: &str) -> Result<TaskResult, EvalError> {
     let mut scorer = Scorer::new(cx.model, cx.ctx);
     let (mut acc, mut acc_norm) = (Proportion::default(), Proportion::default());
+    let mut per_item = String::with_capacity(items.len());
     let bar = cx.bar(items.len(), name);
     for item in items {
         let (seqs, start) = tokenize_item(cx, item)?;
         let scores = scorer.score(&seqs, start)?;
         let sums: Vec<f64> = scores.iter().map(|c| c.sum()).collect();
         let norm: Vec<f64> = sums.iter().zip(&item.choices).map(|(s, c)| s / c.chars().count().max(1) as f64).collect();
-        acc.add(argmax(&sums) == item.gold);
+        acc.add_logged(argmax(&sums) == item.gold, &mut per_item);
         acc_norm.add(argmax(&norm) == item.gold);
         bar.inc(1);
         bar.set_message(format!("acc {:.1} %", 100.0 * acc.value()));
@@ -72,6 +73,7 @@ pub fn run_items(cx: &EvalContext, name: &str, items: &[McItem], available: usiz
         elapsed_s: 0.0,
         setting: setting.into(),
         samples: Vec::new(),
+        per_item,
     })
 }
 

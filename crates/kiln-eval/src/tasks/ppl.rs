@@ -105,6 +105,7 @@ pub fn run(cx: &EvalContext, file: &Path) -> Result<TaskResult, EvalError> {
         elapsed_s: 0.0,
         setting: format!("chunks of {ctx} tokens, {n_chunks} of {available}, BOS first, second half scored"),
         samples: Vec::new(),
+        per_item: String::new(),
     })
 }
 

@@ -138,6 +138,7 @@ pub fn run(cx: &EvalContext, path: &Path) -> Result<TaskResult, EvalError> {
     let mut session = Session::new(cx.model, cx.ctx);
     let mut passed = Proportion::default();
     let mut samples = Vec::new();
+    let mut per_item = String::with_capacity(cases.len());
     let bar = cx.bar(cases.len(), "suite");
     for case in &cases {
         let l = &case.line;
@@ -160,7 +161,7 @@ pub fn run(cx: &EvalContext, path: &Path) -> Result<TaskResult, EvalError> {
         };
         let generation = session.generate(cx.tokenizer, &ids, &opts, |_| true)?;
         let failed = case.check(&generation.text, generation.finish == FinishReason::Stop);
-        passed.add(failed.is_empty());
+        passed.add_logged(failed.is_empty(), &mut per_item);
         let name = l.name.clone().unwrap_or_default();
         samples.push(Sample {
             prompt: format!("{name}: {}", clip(&l.prompt, 200)),
@@ -179,6 +180,7 @@ pub fn run(cx: &EvalContext, path: &Path) -> Result<TaskResult, EvalError> {
         elapsed_s: t0.elapsed().as_secs_f64(),
         setting: "greedy, chat template unless raw".into(),
         samples,
+        per_item,
     })
 }
 
