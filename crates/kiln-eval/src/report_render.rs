@@ -54,6 +54,13 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
                 let _ = writeln!(md, "| {} | {} | {} |", t.task, t.items, scores.join(", "));
             }
             md.push('\n');
+            for t in r.tasks.iter().filter(|t| !t.samples.is_empty()) {
+                let _ = writeln!(md, "*{} answers* ({} of {} shown)\n", t.task, t.samples.len().min(SAMPLES_SHOWN), t.items);
+                for s in t.samples.iter().take(SAMPLES_SHOWN) {
+                    let verdict = if s.correct { "right".to_string() } else { format!("wrong: {}", s.note) };
+                    let _ = writeln!(md, "> **Q:** {}\n>\n> **A:** {}\n>\n> *{}*\n", quote(&s.prompt), quote(&s.answer), quote(&verdict));
+                }
+            }
         }
         if !run.samples.is_empty() {
             let _ = writeln!(md, "**Samples** ({} of {})\n", run.samples.len().min(SAMPLES_SHOWN), run.samples.len());
@@ -218,15 +225,43 @@ mod tests {
         std::fs::create_dir_all(&tok).expect("mkdir");
         std::fs::write(tok.join("tokenizer_report.json"), "{\"vocab_size\": 4096, \"bytes_per_token\": 3.9}").expect("w");
         std::fs::write(r.join("unrelated.txt"), "x").expect("w");
+        let ev = crate::results::EvalResults {
+            kiln_version: "0".into(),
+            model: "m.gguf".into(),
+            model_sha256: "ab".repeat(32),
+            ctx: 512,
+            limit: Some(1),
+            seed: 1,
+            started_unix: 0,
+            elapsed_s: 3.0,
+            tasks: vec![crate::results::TaskResult {
+                task: "gsm8k".into(),
+                items: 1,
+                available: 1319,
+                metrics: vec![crate::results::Metric::accuracy("exact_match", crate::stats::Proportion { hits: 0, total: 1 }, "")],
+                elapsed_s: 3.0,
+                setting: String::new(),
+                samples: vec![crate::results::Sample {
+                    prompt: "2+2?".into(),
+                    answer: "5".into(),
+                    correct: false,
+                    note: "expected 4, extracted 5".into(),
+                }],
+                per_item: "0".into(),
+            }],
+        };
+        ev.write(&pre.join("eval.json")).expect("write results");
         let runs = gather(r).expect("gather");
         assert_eq!(runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["pretrain", "tokenizer"]);
         let md = render(&runs, r, r);
-        assert!(md.contains("| pretrain | 100 | 3.2500 | 3.5000 | 1.1250 | 1100 | – | – |"), "{md}");
+        assert!(md.contains("| pretrain | 100 | 3.2500 | 3.5000 | 1.1250 | 1100 | – | eval: gsm8k exact_match 0.0 % |"), "{md}");
         assert!(md.contains("| tokenizer | – | – | – | – | – | 3.9000 | – |"), "{md}");
         assert!(md.contains("| loss | 9 | 3.2500 | 3.2500 | 9 | 2 |"), "{md}");
         assert!(md.contains("![loss.svg](pretrain/loss.svg)"), "{md}");
         assert!(md.contains("| bytes_per_token | 3.9000 |"), "{md}");
         assert!(md.contains("<summary>train_config.json</summary>") && md.contains("| n_layers | 4 |"), "{md}");
         assert!(md.contains("> **A:** upon a time"), "{md}");
+        assert!(md.contains("| gsm8k | 1 | exact_match 0.00 % [0.00, 79.35] |"), "{md}");
+        assert!(md.contains("> *wrong: expected 4, extracted 5*"), "{md}");
     }
 }
