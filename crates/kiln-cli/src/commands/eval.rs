@@ -1,7 +1,7 @@
 //! `kiln eval`: benchmarks, perplexity and regression suites on any model kiln runs.
 
 use crate::args::ModelArgs;
-use crate::load::{load, resolve};
+use crate::load::{open, resolve};
 use crate::output::Stdout;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -69,7 +69,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         }
     }
     let path = resolve(args.model.model.as_deref())?;
-    let lm = load(Some(&path.to_string_lossy()))?;
+    let lm = open(&path)?;
     // Room for 5-shot MMLU; perplexity chunks are --ctx or 512, as llama-perplexity's.
     let ctx = args.model.ctx.unwrap_or_else(|| lm.model.config.context_length.clamp(1, 2048));
     let sha = sha256_file(&path).with_context(|| format!("cannot hash {}", path.display()))?;
