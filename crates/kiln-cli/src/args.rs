@@ -36,6 +36,10 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Serve a model: an OpenAI-compatible API at /v1 and a chat page at /.
     Serve(crate::commands::serve::ServeArgs),
+    /// Benchmarks (HellaSwag, MMLU, ARC, TruthfulQA, GSM8K, HumanEval), perplexity, regression suites.
+    Eval(crate::commands::eval::EvalArgs),
+    /// A Markdown report card over a pipeline's runs (metrics, evals, plots, samples).
+    Report(crate::commands::report::ReportArgs),
 }
 
 /// Which model to load.

@@ -35,5 +35,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => commands::bench::bench(a, threads),
         Command::Quantize(a) => commands::quantize::quantize(a),
         Command::Serve(a) => commands::serve::serve(a),
+        Command::Eval(a) => commands::eval::eval(a),
+        Command::Report(a) => commands::report::report(a),
     }
 }

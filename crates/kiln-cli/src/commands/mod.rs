@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod chat;
+pub mod eval;
 pub mod info;
 pub mod ppl;
 pub mod pull;
 pub mod quantize;
+pub mod report;
 pub mod run;
 pub mod serve;

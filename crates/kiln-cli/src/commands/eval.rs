@@ -1,0 +1,140 @@
+//! `kiln eval`: benchmarks, perplexity and regression suites on any model kiln runs.
+
+use crate::args::ModelArgs;
+use crate::load::{open, resolve};
+use crate::output::Stdout;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kiln_eval::results::sha256_file;
+use kiln_eval::tasks::{self, EvalContext, Task};
+use kiln_eval::{EvalResults, TaskResult};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// `kiln eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tasks, comma-separated: hellaswag, mmlu (5-shot), mmlu0, mmlu_cloze, arc (arc_easy + arc_challenge),
+    /// truthfulqa, gsm8k, humaneval, ppl:FILE.
+    #[arg(long, value_name = "TASKS")]
+    pub task: Option<String>,
+    /// A regression suite: JSON lines of prompts with checks (contains, not_contains, regex,
+    /// max_tokens); the exit status is 1 when a check fails.
+    #[arg(long, value_name = "FILE")]
+    pub suite: Option<PathBuf>,
+    /// At most this many items per task (chosen by --seed as llama-perplexity chooses HellaSwag tasks).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed for choosing items (1 is llama-perplexity's).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u32,
+    /// Write the results as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Directory with the benchmark data (hellaswag_val_full.txt.bz2, mmlu/, core/, …).
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/eval")]
+    pub data: PathBuf,
+    /// Examples per MMLU prompt.
+    #[arg(long, default_value_t = 5)]
+    pub shots: usize,
+    /// Most tokens per generated answer (default: gsm8k 256, humaneval 384, suite 256).
+    #[arg(short = 'n', long = "max-tokens")]
+    pub max_tokens: Option<usize>,
+    /// Seconds each HumanEval program may run.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// No progress bars.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Runs the command.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    if args.task.is_none() && args.suite.is_none() {
+        bail!("nothing to evaluate: give --task (e.g. hellaswag,mmlu) or --suite FILE");
+    }
+    if args.limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    let task_list = match &args.task {
+        Some(t) => Task::parse_list(t, args.shots)?,
+        None => Vec::new(),
+    };
+    if let Some(s) = &args.suite {
+        if !s.is_file() {
+            bail!("{}: no such suite file", s.display());
+        }
+    }
+    let path = resolve(args.model.model.as_deref())?;
+    let lm = open(&path)?;
+    // Room for 5-shot MMLU; perplexity chunks are --ctx or 512, as llama-perplexity's.
+    let ctx = args.model.ctx.unwrap_or_else(|| lm.model.config.context_length.clamp(1, 2048));
+    let sha = sha256_file(&path).with_context(|| format!("cannot hash {}", path.display()))?;
+    let cx = EvalContext {
+        model: &lm.model,
+        tokenizer: &lm.tokenizer,
+        template: &lm.template,
+        data_dir: args.data.clone(),
+        ctx,
+        ppl_chunk: args.model.ctx.unwrap_or(512),
+        limit: args.limit,
+        seed: args.seed,
+        max_tokens: args.max_tokens,
+        exec_timeout: Duration::from_secs(args.timeout.max(1)),
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+    };
+    let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let t0 = Instant::now();
+    let mut out = Stdout::new();
+    let mut results = Vec::new();
+    for task in &task_list {
+        if !args.quiet {
+            eprintln!("{}: running", task.name());
+        }
+        let r = tasks::run(&cx, task)?;
+        print_result(&mut out, &r)?;
+        results.push(r);
+    }
+    let mut suite_failed = 0;
+    if let Some(suite) = &args.suite {
+        let r = tasks::suite::run(&cx, suite)?;
+        for s in r.samples.iter().filter(|s| !s.correct) {
+            out.write(&format!("FAIL {}\n  answer: {:?}\n  {}\n", s.prompt, s.answer, s.note))?;
+        }
+        suite_failed = r.items - r.metrics[0].hits.unwrap_or(0);
+        print_result(&mut out, &r)?;
+        results.push(r);
+    }
+    let all = EvalResults {
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        model: path.display().to_string(),
+        model_sha256: sha,
+        ctx,
+        limit: args.limit,
+        seed: args.seed,
+        started_unix,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        tasks: results,
+    };
+    if let Some(p) = &args.out {
+        all.write(p)?;
+        if !args.quiet {
+            eprintln!("results written to {}", p.display());
+        }
+    }
+    if suite_failed > 0 {
+        bail!("{suite_failed} suite case(s) failed");
+    }
+    Ok(())
+}
+
+/// `hellaswag  400 items  acc_llama_cpp 41.25 % [36.5, 46.2]  acc …  (83.1 s)`.
+fn print_result(out: &mut Stdout, r: &TaskResult) -> Result<()> {
+    let metrics: Vec<String> = r.metrics.iter().map(|m| m.display()).collect();
+    let of = if r.items < r.available { format!(" of {}", r.available) } else { String::new() };
+    out.write(&format!("{:<16} {} items{of}  {}  ({:.1} s)\n", r.task, r.items, metrics.join("  "), r.elapsed_s))?;
+    Ok(())
+}
