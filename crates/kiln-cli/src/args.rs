@@ -34,6 +34,12 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a GGUF model with its weights in another type (q4_0, q8_0, q4_k, f16, …).
     Quantize(QuantizeArgs),
+    /// Train a tokenizer (`kiln tokenizer train`).
+    Tokenizer(crate::commands::tokenizer::TokenizerArgs),
+    /// Pretrain a model from raw text into a run directory, or continue one (--resume).
+    Train(crate::commands::train::TrainArgs),
+    /// Write a trained model as GGUF (f32, f16, q8_0, q4_0…) or a Hugging Face directory.
+    Export(crate::commands::export::ExportArgs),
 }
 
 /// Which model to load.

@@ -34,5 +34,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::List => commands::pull::list(),
         Command::Bench(a) => commands::bench::bench(a, threads),
         Command::Quantize(a) => commands::quantize::quantize(a),
+        Command::Tokenizer(a) => commands::tokenizer::tokenizer(a),
+        Command::Train(a) => commands::train::train(a, threads),
+        Command::Export(a) => commands::export::export(a),
     }
 }

@@ -2,8 +2,11 @@
 
 pub mod bench;
 pub mod chat;
+pub mod export;
 pub mod info;
 pub mod ppl;
 pub mod pull;
 pub mod quantize;
 pub mod run;
+pub mod tokenizer;
+pub mod train;
