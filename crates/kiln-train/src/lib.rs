@@ -14,6 +14,7 @@ pub mod optim;
 pub mod plot;
 pub mod preset;
 pub mod rng;
+pub mod runtime;
 pub mod schedule;
 pub mod tokenizer_train;
 pub mod train;

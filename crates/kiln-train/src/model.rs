@@ -28,6 +28,9 @@ pub struct Llama {
     pub config: ModelConfig,
     /// The output projection is the embedding matrix (no `lm_head.weight`).
     pub tied: bool,
+    /// Round keys and values to f16 as kiln's (and llama.cpp's) KV cache stores them: makes the
+    /// forward pass reproduce inference logits to f32 rounding, for parity tests. Off in training.
+    pub round_kv_f16: bool,
     params: Vec<(String, Var)>,
     index: HashMap<String, usize>,
     dtype: DType,
@@ -146,6 +149,7 @@ impl Llama {
         Ok(Llama {
             config,
             tied,
+            round_kv_f16: false,
             params,
             index,
             dtype,
@@ -294,7 +298,12 @@ impl Llama {
             kvh,
         )?;
         let q = rope(&q, tab)?;
-        let k = repeat_kv(rope(&k, tab)?, h / kvh)?;
+        let (mut k, mut v) = (rope(&k, tab)?, v);
+        if self.round_kv_f16 {
+            k = k.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
+            v = v.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
+        }
+        let k = repeat_kv(k, h / kvh)?;
         let v = repeat_kv(v, h / kvh)?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? * f64::from(c.attn_scale))?
             .broadcast_add(&tab.mask)?;

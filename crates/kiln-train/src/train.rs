@@ -138,6 +138,7 @@ impl Trainer {
     }
 
     fn open(run: &Path, ckpt: Option<PathBuf>, quiet: bool) -> Result<Trainer> {
+        crate::runtime::tune();
         let cfg: TrainConfig = read_json(&run.join("train_config.json"))?;
         let info: RunInfo = read_json(&run.join("run.json"))?;
         let tok_dir = run.join("tokenizer");
