@@ -53,13 +53,16 @@ pub fn hf_config_json(cfg: &ModelConfig, tied: bool, bos: Option<u32>, eos: Opti
 }
 
 /// Writes a Hugging Face model directory at `dir` from parameters named as Hugging Face names
-/// them. The directory is assembled beside `dir` and swapped in, so readers never see a mix.
+/// them, with the tokenizer of `tokenizer_dir` and, when given, `chat_template` in place of the
+/// tokenizer's. The directory is assembled beside `dir` and swapped in, so readers never see a
+/// mix.
 pub fn write_hf_dir(
     dir: &Path,
     tensors: &HashMap<String, Tensor>,
     cfg: &ModelConfig,
     tied: bool,
     tokenizer_dir: &Path,
+    chat_template: Option<&str>,
 ) -> Result<()> {
     let name = dir
         .file_name()
@@ -78,6 +81,14 @@ pub fn write_hf_dir(
     for f in TOKENIZER_FILES {
         let src = tokenizer_dir.join(f);
         std::fs::copy(&src, tmp.join(f)).map_err(io_err(&src))?;
+    }
+    if let Some(template) = chat_template {
+        let path = tmp.join("tokenizer_config.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let mut cfg: Json = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: not valid JSON ({e})", path.display())))?;
+        cfg["chat_template"] = template.into();
+        write_atomic(&path, serde_json::to_string_pretty(&cfg).expect("json serializes").as_bytes())?;
     }
     let tok = kiln_text::Tokenizer::from_dir(tokenizer_dir)?;
     let config = hf_config_json(cfg, tied, tok.bos_id(), tok.eos_id());

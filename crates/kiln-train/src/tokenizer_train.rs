@@ -34,6 +34,11 @@ pub const SPECIALS: &[&str] = &[BOS, IM_START, IM_END];
 /// The ChatML template written into tokenizer_config.json.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/// The template of a pretrained (base) model: the messages' text as it is. A base model continues
+/// documents and has no chat format until fine-tuning gives it one, so `kiln run RUN "ROMEO:"`
+/// continues "ROMEO:" rather than a ChatML turn it has never seen.
+pub const BASE_TEMPLATE: &str = "{% for message in messages %}{{ message['content'] }}{% endfor %}";
+
 /// Compression measured after training, saved as tokenizer_report.json.
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenizerReport {

@@ -164,7 +164,7 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
 
     // Saved as a Hugging Face directory, kiln's own forward pass gives the same logits...
     let hf = dir.path().join("model");
-    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, true, &dir.path().join("tok")).unwrap();
+    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, true, &dir.path().join("tok"), None).unwrap();
     let mut model = model;
     model.round_kv_f16 = true;
     let probe: Vec<u32> = ids.iter().cycle().take(64).copied().collect();
@@ -212,7 +212,7 @@ fn untied_gqa_model_logits_match_kiln() {
     model.round_kv_f16 = true;
     let ours = model.forward(&input).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let hf = dir.path().join("model");
-    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, false, &dir.path().join("tok")).unwrap();
+    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, false, &dir.path().join("tok"), None).unwrap();
     let kiln = kiln_logits(&kiln_model::formats::load_hf_dir(&hf).unwrap(), &ids);
     let d = max_rel_diff(&ours, &kiln);
     assert!(d < LOGIT_REL_TOL, "safetensors: {d}");
