@@ -24,6 +24,10 @@ fn run(cli: Cli) -> Result<()> {
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
+    if matches!(cli.command, Command::Train(_)) {
+        // Allocator and candle settings for training; must precede the worker threads.
+        kiln_train::runtime::tune();
+    }
     kiln_model::threads::set_threads(threads);
     match &cli.command {
         Command::Pull(a) => commands::pull::pull(a),

@@ -155,8 +155,10 @@ fn config(args: &TrainArgs, vocab_size: usize) -> Result<TrainConfig> {
 
 /// Runs the command.
 pub fn train(args: &TrainArgs, threads: usize) -> Result<()> {
+    // main.rs has called kiln_train::runtime::tune() before starting the worker threads.
+    let pool = kiln_model::threads::pool();
     let mut trainer = match (&args.resume, &args.out, &args.data, &args.tokenizer) {
-        (Some(run), _, _, _) => kiln_model::threads::pool()
+        (Some(run), _, _, _) => pool
             .install(|| Trainer::resume(run, args.steps, args.quiet))
             .with_context(|| format!("cannot resume {}", run.display()))?,
         (None, Some(out), Some(data), Some(tok_dir)) => {
@@ -167,8 +169,7 @@ pub fn train(args: &TrainArgs, threads: usize) -> Result<()> {
                 )
             })?;
             let cfg = config(args, tok.vocab_size())?;
-            kiln_model::threads::pool()
-                .install(|| Trainer::start(data, tok_dir, out, cfg, args.quiet))
+            pool.install(|| Trainer::start(data, tok_dir, out, cfg, args.quiet))
                 .with_context(|| format!("cannot start a run in {}", out.display()))?
         }
         _ => bail!("kiln train needs --data, --tokenizer and --out, or --resume RUN"),
@@ -189,7 +190,7 @@ pub fn train(args: &TrainArgs, threads: usize) -> Result<()> {
         trainer.step
     );
     let quiet = args.quiet;
-    let summary = kiln_model::threads::pool()
+    let summary = pool
         .install(|| {
             trainer.train(threads, &mut |line| {
                 if !quiet {
