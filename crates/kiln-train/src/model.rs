@@ -55,11 +55,11 @@ impl Llama {
         }
         if config.rope_style != RopeStyle::Halves
             || config.rope_dim != config.head_dim
-            || config.head_dim % 2 != 0
+            || !config.head_dim.is_multiple_of(2)
         {
             return bad("RoPE must rotate whole heads of even width in half-split order".into());
         }
-        if config.n_kv_heads == 0 || config.n_heads % config.n_kv_heads != 0 {
+        if config.n_kv_heads == 0 || !config.n_heads.is_multiple_of(config.n_kv_heads) {
             return bad(format!(
                 "{} heads cannot share {} key/value heads",
                 config.n_heads, config.n_kv_heads

@@ -13,8 +13,11 @@ fn perr(e: impl std::fmt::Display) -> TrainError {
     TrainError::Plot(e.to_string())
 }
 
+/// Points (step, loss).
+type Points = Vec<(f64, f64)>;
+
 /// The series to draw: training loss per step and validation loss on evaluation steps.
-fn series(records: &[Record]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+fn series(records: &[Record]) -> (Points, Points) {
     let train = records
         .iter()
         .map(|r| (r.step as f64, r.loss))

@@ -156,16 +156,16 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let s = &self.shape;
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
-        if s.n_heads == 0 || s.dim % s.n_heads != 0 || (s.dim / s.n_heads) % 2 != 0 {
+        if s.n_heads == 0 || !s.dim.is_multiple_of(s.n_heads) || !(s.dim / s.n_heads).is_multiple_of(2) {
             return bad("--dim must be a multiple of --heads with an even head width");
         }
-        if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+        if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {
             return bad("--heads must be a multiple of --kv-heads");
         }
         if s.context < 2 || self.micro_batch == 0 || self.steps == 0 {
             return bad("--context must be at least 2, --micro-batch and --steps at least 1");
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(0.0..=1.0).contains(&self.min_lr_frac) {
+        if !(self.lr > 0.0 && self.lr.is_finite() && (0.0..=1.0).contains(&self.min_lr_frac)) {
             return bad("--lr must be positive and --min-lr-frac in [0, 1]");
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {

@@ -94,7 +94,7 @@ pub fn train_tokenizer(
         }
         crate::data::for_each_chunk(&file, &mut |text| {
             k += 1;
-            if k % VAL_EVERY == 0 {
+            if k.is_multiple_of(VAL_EVERY) {
                 heldout.push(text);
             } else if taken < max_bytes {
                 taken += text.len() as u64;

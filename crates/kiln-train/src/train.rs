@@ -279,7 +279,7 @@ impl Trainer {
                 )));
             }
             let eval_now =
-                (cfg.eval_every > 0 && self.step % cfg.eval_every == 0) || self.step == cfg.steps;
+                (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every)) || self.step == cfg.steps;
             let val = if eval_now {
                 Some(self.evaluate()?)
             } else {
@@ -310,10 +310,10 @@ impl Trainer {
                 line.push_str(&format!(" | val {vl:.4} ({bpb:.3} bpb)"));
             }
             report(&line);
-            if cfg.sample_every > 0 && self.step % cfg.sample_every == 0 {
+            if cfg.sample_every > 0 && self.step.is_multiple_of(cfg.sample_every) {
                 report(&format!("sample: {}", self.sample()?));
             }
-            if (cfg.ckpt_every > 0 && self.step % cfg.ckpt_every == 0) || self.step == cfg.steps {
+            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every)) || self.step == cfg.steps {
                 self.checkpoint()?;
             }
             last = Summary {
