@@ -37,7 +37,7 @@ pub enum Command {
     /// Train a tokenizer (`kiln tokenizer train`).
     Tokenizer(crate::commands::tokenizer::TokenizerArgs),
     /// Pretrain a model from raw text into a run directory, or continue one (--resume).
-    Train(crate::commands::train::TrainArgs),
+    Train(Box<crate::commands::train::TrainArgs>),
     /// Write a trained model as GGUF (f32, f16, q8_0, q4_0…) or a Hugging Face directory.
     Export(crate::commands::export::ExportArgs),
 }

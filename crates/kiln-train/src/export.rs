@@ -85,10 +85,16 @@ pub fn write_hf_dir(
     if let Some(template) = chat_template {
         let path = tmp.join("tokenizer_config.json");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let mut cfg: Json = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: not valid JSON ({e})", path.display())))?;
+        let mut cfg: Json = serde_json::from_str(&text).map_err(|e| {
+            TrainError::Checkpoint(format!("{}: not valid JSON ({e})", path.display()))
+        })?;
         cfg["chat_template"] = template.into();
-        write_atomic(&path, serde_json::to_string_pretty(&cfg).expect("json serializes").as_bytes())?;
+        write_atomic(
+            &path,
+            serde_json::to_string_pretty(&cfg)
+                .expect("json serializes")
+                .as_bytes(),
+        )?;
     }
     let tok = kiln_text::Tokenizer::from_dir(tokenizer_dir)?;
     let config = hf_config_json(cfg, tied, tok.bos_id(), tok.eos_id());

@@ -156,7 +156,10 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let s = &self.shape;
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
-        if s.n_heads == 0 || !s.dim.is_multiple_of(s.n_heads) || !(s.dim / s.n_heads).is_multiple_of(2) {
+        if s.n_heads == 0
+            || !s.dim.is_multiple_of(s.n_heads)
+            || !(s.dim / s.n_heads).is_multiple_of(2)
+        {
             return bad("--dim must be a multiple of --heads with an even head width");
         }
         if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {

@@ -278,8 +278,8 @@ impl Trainer {
                     self.step
                 )));
             }
-            let eval_now =
-                (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every)) || self.step == cfg.steps;
+            let eval_now = (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every))
+                || self.step == cfg.steps;
             let val = if eval_now {
                 Some(self.evaluate()?)
             } else {
@@ -313,7 +313,9 @@ impl Trainer {
             if cfg.sample_every > 0 && self.step.is_multiple_of(cfg.sample_every) {
                 report(&format!("sample: {}", self.sample()?));
             }
-            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every)) || self.step == cfg.steps {
+            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every))
+                || self.step == cfg.steps
+            {
                 self.checkpoint()?;
             }
             last = Summary {
@@ -376,7 +378,7 @@ impl Trainer {
             &self.model.config,
             self.model.tied,
             &self.run.join("tokenizer"),
-        Some(crate::tokenizer_train::BASE_TEMPLATE),
+            Some(crate::tokenizer_train::BASE_TEMPLATE),
         )?;
         plot::plot_loss(&self.run, &self.log.records()?)
     }

@@ -88,20 +88,31 @@ fn every_parameter_gradient_matches_finite_differences() {
         let y = Tensor::from_vec(targets, (2, 7), &Device::Cpu).unwrap();
         let grads = model.loss(&x, &y).unwrap().backward().unwrap();
         for (name, var) in model.params() {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
             let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let w0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let w0 = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             for _ in 0..4 {
                 let i = rng.below(w0.len() as u64) as usize;
                 let h = 1e-5;
                 let at = |delta: f64| {
                     let mut w = w0.clone();
                     w[i] += delta;
-                    var.set(&Tensor::from_vec(w, var.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
+                    var.set(&Tensor::from_vec(w, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                        .unwrap();
                     loss_of(&model, &x, &y)
                 };
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
-                var.set(&Tensor::from_vec(w0.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(
+                    &Tensor::from_vec(w0.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
                 let tol = GRAD_ABS_TOL + GRAD_REL_TOL * numeric.abs();
                 assert!(
                     (numeric - g[i]).abs() <= tol,
@@ -135,7 +146,11 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 fn argmaxes(logits: &[f32], vocab: usize) -> Vec<usize> {
     logits
         .chunks(vocab)
-        .map(|row| row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b }))
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
+        })
         .collect()
 }
 
@@ -149,27 +164,51 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
     let n = ids.len() - 1;
     let cfg = tiny_config(tok.vocab_size(), 32, 4, 2, 128);
     let model = Llama::init(cfg.clone(), true, 3, DType::F32).unwrap();
-    let x = Tensor::new(&ids[..n], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let y = Tensor::new(&ids[1..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let x = Tensor::new(&ids[..n], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let y = Tensor::new(&ids[1..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mut opt = AdamW::new(model.params(), (0.9, 0.99), 1e-8, 0.0);
     let mut loss = f32::MAX;
     for _ in 0..200 {
         let l = model.loss(&x, &y).unwrap();
         loss = l.to_scalar::<f32>().unwrap();
         let mut acc = GradAccum::new(model.params());
-        acc.add(model.params(), &l.backward().unwrap(), 1.0).unwrap();
+        acc.add(model.params(), &l.backward().unwrap(), 1.0)
+            .unwrap();
         opt.step(model.params(), acc.grads(), 1e-2).unwrap();
     }
     assert!(loss < 0.05, "loss {loss} after 200 full-batch steps");
 
     // Saved as a Hugging Face directory, kiln's own forward pass gives the same logits...
     let hf = dir.path().join("model");
-    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, true, &dir.path().join("tok"), None).unwrap();
+    kiln_train::export::write_hf_dir(
+        &hf,
+        &model.tensors(),
+        &cfg,
+        true,
+        &dir.path().join("tok"),
+        None,
+    )
+    .unwrap();
     let mut model = model;
     model.round_kv_f16 = true;
     let probe: Vec<u32> = ids.iter().cycle().take(64).copied().collect();
-    let probe_t = Tensor::new(probe.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let ours = model.forward(&probe_t).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let probe_t = Tensor::new(probe.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ours = model
+        .forward(&probe_t)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let kiln = kiln_model::formats::load_hf_dir(&hf).unwrap();
     let theirs = kiln_logits(&kiln, &probe);
     let d = max_rel_diff(&ours, &theirs);
@@ -187,16 +226,29 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
     assert_eq!(tok.decode(&out, true).unwrap(), text);
 
     // GGUF export: f32 gives the same logits, q8_0 nearly the same and the same predictions.
-    for (ty, tol) in [(GgmlType::F32, LOGIT_REL_TOL), (GgmlType::F16, 0.01), (GgmlType::Q8_0, Q8_REL_TOL)] {
+    for (ty, tol) in [
+        (GgmlType::F32, LOGIT_REL_TOL),
+        (GgmlType::F16, 0.01),
+        (GgmlType::Q8_0, Q8_REL_TOL),
+    ] {
         let path = dir.path().join(format!("m-{ty}.gguf"));
         kiln_train::export::export_gguf(&hf, ty, &path, |_, _| {}).unwrap();
         let g = Model::open_gguf(&path).unwrap();
         let logits = kiln_logits(&g, &probe);
         let d = max_rel_diff(&ours, &logits);
         assert!(d < tol, "{ty}: {d}");
-        assert_eq!(argmaxes(&logits, cfg.vocab_size), argmaxes(&ours, cfg.vocab_size), "{ty}");
-        let gtok = kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&path).unwrap()).unwrap();
-        assert_eq!(gtok.encode(text, false).unwrap(), ids[1..].to_vec(), "GGUF tokenizer ({ty})");
+        assert_eq!(
+            argmaxes(&logits, cfg.vocab_size),
+            argmaxes(&ours, cfg.vocab_size),
+            "{ty}"
+        );
+        let gtok =
+            kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(
+            gtok.encode(text, false).unwrap(),
+            ids[1..].to_vec(),
+            "GGUF tokenizer ({ty})"
+        );
     }
 }
 
@@ -207,17 +259,43 @@ fn untied_gqa_model_logits_match_kiln() {
     let cfg = tiny_config(tok.vocab_size(), 48, 6, 2, 80);
     let mut model = random_model(&cfg, false, DType::F32, 9);
     let ids: Vec<u32> = (0..64).map(|i| (i * 7 % tok.vocab_size()) as u32).collect();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let plain = model.forward(&input).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let plain = model
+        .forward(&input)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     model.round_kv_f16 = true;
-    let ours = model.forward(&input).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let ours = model
+        .forward(&input)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let hf = dir.path().join("model");
-    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, false, &dir.path().join("tok"), None).unwrap();
+    kiln_train::export::write_hf_dir(
+        &hf,
+        &model.tensors(),
+        &cfg,
+        false,
+        &dir.path().join("tok"),
+        None,
+    )
+    .unwrap();
     let kiln = kiln_logits(&kiln_model::formats::load_hf_dir(&hf).unwrap(), &ids);
     let d = max_rel_diff(&ours, &kiln);
     assert!(d < LOGIT_REL_TOL, "safetensors: {d}");
     let d = max_rel_diff(&plain, &kiln);
-    assert!(d < F16_CACHE_REL_TOL, "safetensors, f32 keys and values: {d}");
+    assert!(
+        d < F16_CACHE_REL_TOL,
+        "safetensors, f32 keys and values: {d}"
+    );
     let path = dir.path().join("m.gguf");
     kiln_train::export::export_gguf(&hf, GgmlType::F32, &path, |_, _| {}).unwrap();
     let d = max_rel_diff(&ours, &kiln_logits(&Model::open_gguf(&path).unwrap(), &ids));
