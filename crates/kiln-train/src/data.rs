@@ -38,6 +38,9 @@ pub struct Manifest {
     pub val_tokens: u64,
     /// UTF-8 bytes of the validation text (for bits per byte).
     pub val_bytes: u64,
+    /// UTF-8 bytes of the training text.
+    #[serde(default)]
+    pub train_bytes: u64,
     /// Fingerprint of tokenizer.json, so a different tokenizer re-tokenizes.
     pub tokenizer_hash: String,
 }
@@ -292,6 +295,7 @@ pub fn prepare(
         m.train_tokens += shard_len(&train_path)?;
         m.val_tokens += shard_len(&val_path)?;
         m.val_bytes += val_bytes;
+        m.train_bytes += docs.iter().map(|d| d.text.len() as u64).sum::<u64>() - val_bytes;
         Ok(())
     };
     for file in &files {

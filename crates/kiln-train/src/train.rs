@@ -169,7 +169,7 @@ impl Trainer {
         } else {
             // Too little text to hold some out: validate on the training stream.
             val_tokens = train_tokens.clone();
-            0.0
+            manifest.train_tokens as f64 / manifest.train_bytes.max(1) as f64
         };
         let model_cfg = cfg.model_config();
         let mut train = Batches::new(train_tokens, cfg.seed ^ 0x5eed);
