@@ -40,6 +40,12 @@ pub enum Command {
     Eval(crate::commands::eval::EvalArgs),
     /// A Markdown report card over a pipeline's runs (metrics, evals, plots, samples).
     Report(crate::commands::report::ReportArgs),
+    /// Train a tokenizer (`kiln tokenizer train`).
+    Tokenizer(crate::commands::tokenizer::TokenizerArgs),
+    /// Pretrain a model from raw text into a run directory, or continue one (--resume).
+    Train(Box<crate::commands::train::TrainArgs>),
+    /// Write a trained model as GGUF (f32, f16, q8_0, q4_0…) or a Hugging Face directory.
+    Export(crate::commands::export::ExportArgs),
 }
 
 /// Which model to load.

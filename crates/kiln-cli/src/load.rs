@@ -36,7 +36,13 @@ impl LoadedModel {
 /// Resolves `arg` (path, name or default) to a file on disk, pulling a known model on first use.
 pub fn resolve(arg: Option<&str>) -> Result<PathBuf> {
     let hub = Hub::from_env();
-    Ok(hub.resolve_model(arg, std::io::stderr().is_terminal())?)
+    let path = hub.resolve_model(arg, std::io::stderr().is_terminal())?;
+    // A training run directory (`kiln train --out RUN`) keeps its latest weights in RUN/model.
+    let inner = path.join("model");
+    if path.is_dir() && !path.join("config.json").exists() && inner.join("config.json").is_file() {
+        return Ok(inner);
+    }
+    Ok(path)
 }
 
 /// Opens the model named by `arg`.

@@ -24,6 +24,10 @@ fn run(cli: Cli) -> Result<()> {
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
+    if matches!(cli.command, Command::Train(_)) {
+        // Allocator and candle settings for training; must precede the worker threads.
+        kiln_train::runtime::tune();
+    }
     kiln_model::threads::set_threads(threads);
     match &cli.command {
         Command::Pull(a) => commands::pull::pull(a),
@@ -37,5 +41,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => commands::serve::serve(a),
         Command::Eval(a) => commands::eval::eval(a),
         Command::Report(a) => commands::report::report(a),
+        Command::Tokenizer(a) => commands::tokenizer::tokenizer(a),
+        Command::Train(a) => commands::train::train(a, threads),
+        Command::Export(a) => commands::export::export(a),
     }
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod eval;
+pub mod export;
 pub mod info;
 pub mod ppl;
 pub mod pull;
@@ -10,3 +11,5 @@ pub mod quantize;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,413 @@
+//! The llama-family transformer (Touvron et al. 2023) written with candle tensors so that it can
+//! be differentiated: RMSNorm, rotary embeddings in Hugging Face's half-split ("neox") order,
+//! grouped-query attention, SwiGLU, tied or untied output embeddings.
+//!
+//! It is the same architecture `kiln run` executes (kiln-model's `transformer.rs`), configured by
+//! the same [`ModelConfig`], and its parameters carry the Hugging Face tensor names, so the
+//! safetensors a run writes are read by `kiln run` (and `transformers`) with no conversion.
+
+use crate::rng::Rng;
+use crate::{Result, TrainError};
+use candle_core::{DType, Device, Tensor, Var, D};
+use kiln_model::config::{Activation, Family, RopeStyle};
+use kiln_model::ModelConfig;
+use std::collections::HashMap;
+
+/// Standard deviation of the initial weights (GPT-2's 0.02).
+const INIT_STD: f64 = 0.02;
+
+/// Names of the tensors of block `i`, Hugging Face style.
+fn layer_name(i: usize, what: &str) -> String {
+    format!("model.layers.{i}.{what}")
+}
+
+/// A differentiable llama: its configuration and its parameters as candle [`Var`]s, in a fixed
+/// order (the optimizer and checkpoints rely on it).
+pub struct Llama {
+    /// Hyper-parameters (family llama, half-split RoPE).
+    pub config: ModelConfig,
+    /// The output projection is the embedding matrix (no `lm_head.weight`).
+    pub tied: bool,
+    /// Round keys and values to f16 as kiln's (and llama.cpp's) KV cache stores them: makes the
+    /// forward pass reproduce inference logits to f32 rounding, for parity tests. Off in training.
+    pub round_kv_f16: bool,
+    params: Vec<(String, Var)>,
+    index: HashMap<String, usize>,
+    dtype: DType,
+}
+
+/// What a forward pass needs besides the parameters: rotary tables and the causal mask for a
+/// sequence length, computed once per length.
+struct Tables {
+    /// `[t, head_dim]`, each half repeated (Hugging Face's `cat(freqs, freqs)`).
+    cos: Tensor,
+    sin: Tensor,
+    /// `[t, t]`: 0 on and below the diagonal, -inf above.
+    mask: Tensor,
+}
+
+impl Llama {
+    /// Checks that `config` is a model this trainer differentiates.
+    pub fn check_config(config: &ModelConfig) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if config.family != Family::Llama || config.activation != Activation::Silu {
+            return bad("kiln train builds llama models (SwiGLU)".into());
+        }
+        if config.rope_style != RopeStyle::Halves
+            || config.rope_dim != config.head_dim
+            || !config.head_dim.is_multiple_of(2)
+        {
+            return bad("RoPE must rotate whole heads of even width in half-split order".into());
+        }
+        if config.n_kv_heads == 0 || !config.n_heads.is_multiple_of(config.n_kv_heads) {
+            return bad(format!(
+                "{} heads cannot share {} key/value heads",
+                config.n_heads, config.n_kv_heads
+            ));
+        }
+        if config.vocab_size == 0 || config.dim == 0 || config.n_layers == 0 || config.ffn_dim == 0
+        {
+            return bad("vocabulary, width, layers and feed-forward width must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The parameter names and shapes, in optimizer/checkpoint order.
+    pub fn param_shapes(config: &ModelConfig, tied: bool) -> Vec<(String, Vec<usize>)> {
+        let (c, q, kv, f) = (config.dim, config.q_dim(), config.kv_dim(), config.ffn_dim);
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![config.vocab_size, c],
+        )];
+        for i in 0..config.n_layers {
+            out.push((layer_name(i, "input_layernorm.weight"), vec![c]));
+            out.push((layer_name(i, "self_attn.q_proj.weight"), vec![q, c]));
+            out.push((layer_name(i, "self_attn.k_proj.weight"), vec![kv, c]));
+            out.push((layer_name(i, "self_attn.v_proj.weight"), vec![kv, c]));
+            out.push((layer_name(i, "self_attn.o_proj.weight"), vec![c, q]));
+            out.push((layer_name(i, "post_attention_layernorm.weight"), vec![c]));
+            out.push((layer_name(i, "mlp.gate_proj.weight"), vec![f, c]));
+            out.push((layer_name(i, "mlp.up_proj.weight"), vec![f, c]));
+            out.push((layer_name(i, "mlp.down_proj.weight"), vec![c, f]));
+        }
+        out.push(("model.norm.weight".to_string(), vec![c]));
+        if !tied {
+            out.push(("lm_head.weight".to_string(), vec![config.vocab_size, c]));
+        }
+        out
+    }
+
+    /// A freshly initialised model: norms at 1, matrices N(0, 0.02²), and the projections that
+    /// write into the residual stream (`o_proj`, `down_proj`) scaled by 1/√(2·layers) as in GPT-2,
+    /// so the stream's variance does not grow with depth. Deterministic in `seed`.
+    pub fn init(config: ModelConfig, tied: bool, seed: u64, dtype: DType) -> Result<Llama> {
+        Llama::check_config(&config)?;
+        let mut rng = Rng::new(seed);
+        let residual_scale = 1.0 / (2.0 * config.n_layers as f64).sqrt();
+        let mut tensors = HashMap::new();
+        for (name, shape) in Llama::param_shapes(&config, tied) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f64> = if shape.len() == 1 {
+                vec![1.0; n]
+            } else {
+                let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+                    INIT_STD * residual_scale
+                } else {
+                    INIT_STD
+                };
+                (0..n).map(|_| rng.normal() * std).collect()
+            };
+            let t = Tensor::from_vec(data, shape, &Device::Cpu)?.to_dtype(dtype)?;
+            tensors.insert(name, t);
+        }
+        Llama::from_tensors(config, tied, tensors, dtype)
+    }
+
+    /// A model from named tensors (a checkpoint); every parameter must be present with its shape.
+    pub fn from_tensors(
+        config: ModelConfig,
+        tied: bool,
+        mut tensors: HashMap<String, Tensor>,
+        dtype: DType,
+    ) -> Result<Llama> {
+        Llama::check_config(&config)?;
+        let mut params = Vec::new();
+        let mut index = HashMap::new();
+        for (name, shape) in Llama::param_shapes(&config, tied) {
+            let t = tensors.remove(&name).ok_or_else(|| {
+                TrainError::Checkpoint(format!("the weights have no tensor {name:?}"))
+            })?;
+            if t.dims() != shape.as_slice() {
+                return Err(TrainError::Checkpoint(format!(
+                    "tensor {name:?} has shape {:?}, expected {shape:?}",
+                    t.dims()
+                )));
+            }
+            index.insert(name.clone(), params.len());
+            params.push((name, Var::from_tensor(&t.to_dtype(dtype)?)?));
+        }
+        Ok(Llama {
+            config,
+            tied,
+            round_kv_f16: false,
+            params,
+            index,
+            dtype,
+        })
+    }
+
+    /// The parameters in their fixed order.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// Number of trainable scalars.
+    pub fn n_params(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// The parameter called `name` (a Hugging Face tensor name).
+    pub fn param(&self, name: &str) -> Option<&Var> {
+        self.index.get(name).map(|&i| &self.params[i].1)
+    }
+
+    fn p(&self, name: &str) -> &Tensor {
+        // Every name used in `forward` is created by `param_shapes`.
+        self.param(name)
+            .expect("parameter exists by construction")
+            .as_tensor()
+    }
+
+    /// The parameters as plain tensors by name (for safetensors).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    fn tables(&self, t: usize) -> Result<Tables> {
+        let d = self.config.head_dim;
+        let theta = f64::from(self.config.rope_theta);
+        let half = d / 2;
+        let mut cos = Vec::with_capacity(t * d);
+        let mut sin = Vec::with_capacity(t * d);
+        for pos in 0..t {
+            // f32 angles, as Hugging Face computes them.
+            let row: Vec<f32> = (0..half)
+                .map(|i| pos as f32 * (1.0 / theta.powf(2.0 * i as f64 / d as f64)) as f32)
+                .collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|a| f64::from(a.cos())));
+                sin.extend(row.iter().map(|a| f64::from(a.sin())));
+            }
+        }
+        let mask: Vec<f64> = (0..t * t)
+            .map(|k| {
+                if k % t > k / t {
+                    f64::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let dev = &Device::Cpu;
+        Ok(Tables {
+            cos: Tensor::from_vec(cos, (t, d), dev)?.to_dtype(self.dtype)?,
+            sin: Tensor::from_vec(sin, (t, d), dev)?.to_dtype(self.dtype)?,
+            mask: Tensor::from_vec(mask, (t, t), dev)?.to_dtype(self.dtype)?,
+        })
+    }
+
+    /// Logits `[b, t, vocab]` for token ids `[b, t]` (u32).
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let h = self.hidden(tokens)?;
+        let logits = self.logits(&h)?;
+        Ok(logits.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// Mean cross-entropy of predicting `targets` `[b, t]` from `tokens` `[b, t]`.
+    pub fn loss(&self, tokens: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let h = self.hidden(tokens)?;
+        let logits = self.logits(&h)?;
+        cross_entropy(&logits, &targets.flatten_all()?)
+    }
+
+    /// Final-normed hidden states `[b·t, dim]`.
+    fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let tables = self.tables(t)?;
+        let mut x = self
+            .p("model.embed_tokens.weight")
+            .index_select(&tokens.flatten_all()?, 0)?;
+        for i in 0..self.config.n_layers {
+            let n = self.rms_norm(&x, &layer_name(i, "input_layernorm.weight"))?;
+            x = (x + self.attention(&n, i, b, t, &tables)?)?;
+            let n = self.rms_norm(&x, &layer_name(i, "post_attention_layernorm.weight"))?;
+            x = (x + self.mlp(&n, i)?)?;
+        }
+        self.rms_norm(&x, "model.norm.weight")
+    }
+
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let out = if self.tied {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        Ok(h.matmul(&self.p(out).t()?)?)
+    }
+
+    /// `x / √(mean(x²) + ε) · w` over the last dimension of `x` `[n, dim]`.
+    fn rms_norm(&self, x: &Tensor, weight: &str) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let r = (ms + f64::from(self.config.rms_eps))?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&r)?.broadcast_mul(self.p(weight))?)
+    }
+
+    /// `x·wᵀ` for `x` `[n, in]` and a Hugging Face weight `[out, in]`.
+    fn linear(&self, x: &Tensor, weight: &str) -> Result<Tensor> {
+        Ok(x.matmul(&self.p(weight).t()?)?)
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        b: usize,
+        t: usize,
+        tab: &Tables,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (h, kvh, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        // [b·t, heads·d] → [b, heads, t, d]
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(
+            self.linear(x, &layer_name(layer, "self_attn.q_proj.weight"))?,
+            h,
+        )?;
+        let k = heads(
+            self.linear(x, &layer_name(layer, "self_attn.k_proj.weight"))?,
+            kvh,
+        )?;
+        let v = heads(
+            self.linear(x, &layer_name(layer, "self_attn.v_proj.weight"))?,
+            kvh,
+        )?;
+        let q = rope(&q, tab)?;
+        let (mut k, mut v) = (rope(&k, tab)?, v);
+        if self.round_kv_f16 {
+            k = k.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
+            v = v.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
+        }
+        let k = repeat_kv(k, h / kvh)?;
+        let v = repeat_kv(v, h / kvh)?;
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * f64::from(c.attn_scale))?
+            .broadcast_add(&tab.mask)?;
+        let p = softmax_last(&scores)?;
+        let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h * d))?;
+        self.linear(&y, &layer_name(layer, "self_attn.o_proj.weight"))
+    }
+
+    fn mlp(&self, x: &Tensor, layer: usize) -> Result<Tensor> {
+        let gate = self.linear(x, &layer_name(layer, "mlp.gate_proj.weight"))?;
+        let up = self.linear(x, &layer_name(layer, "mlp.up_proj.weight"))?;
+        self.linear(
+            &(gate.silu()? * up)?,
+            &layer_name(layer, "mlp.down_proj.weight"),
+        )
+    }
+
+    /// Greedy or sampled continuation of `prompt`, recomputing the whole window each token (no
+    /// cache: only used for the small samples printed during training).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        n: usize,
+        temperature: f64,
+        rng: &mut Rng,
+    ) -> Result<Vec<u32>> {
+        let mut ids = prompt.to_vec();
+        let ctx = self.config.context_length;
+        for _ in 0..n {
+            let window = &ids[ids.len().saturating_sub(ctx)..];
+            let input = Tensor::new(window, &Device::Cpu)?.unsqueeze(0)?;
+            let logits = self
+                .forward(&input)?
+                .squeeze(0)?
+                .get(window.len() - 1)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
+            ids.push(sample(&logits, temperature, rng));
+        }
+        Ok(ids[prompt.len()..].to_vec())
+    }
+}
+
+/// The index of the largest logit at temperature 0, else a draw from softmax(logits / T).
+pub fn sample(logits: &[f64], temperature: f64, rng: &mut Rng) -> u32 {
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &x)| if x > logits[best] { i } else { best });
+    if temperature <= 0.0 {
+        return argmax as u32;
+    }
+    let max = logits[argmax];
+    let w: Vec<f64> = logits
+        .iter()
+        .map(|&x| ((x - max) / temperature).exp())
+        .collect();
+    let mut r = rng.next_f64() * w.iter().sum::<f64>();
+    for (i, &wi) in w.iter().enumerate() {
+        r -= wi;
+        if r <= 0.0 {
+            return i as u32;
+        }
+    }
+    argmax as u32
+}
+
+/// Rotary embedding, half-split order: `x·cos + rotate_half(x)·sin` with
+/// `rotate_half([a, b]) = [-b, a]` (Hugging Face `apply_rotary_pos_emb`). `x` is `[b, h, t, d]`.
+fn rope(x: &Tensor, tab: &Tables) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let a = x.narrow(D::Minus1, 0, d / 2)?;
+    let b = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&b.neg()?, &a], D::Minus1)?;
+    Ok((x.broadcast_mul(&tab.cos)? + rotated.broadcast_mul(&tab.sin)?)?)
+}
+
+/// `[b, kv, t, d]` → `[b, kv·rep, t, d]`, each key/value head serving `rep` query heads.
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, kv, rep, t, d))?
+        .contiguous()?
+        .reshape((b, kv * rep, t, d))?)
+}
+
+/// Softmax over the last dimension. The max is subtracted for stability and treated as a
+/// constant (softmax does not depend on it, so its gradient is zero anyway).
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// Mean of `-log softmax(logits)[target]` over rows; `logits` `[n, vocab]`, `targets` `[n]` u32.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok(picked.mean_all()?.neg()?)
+}

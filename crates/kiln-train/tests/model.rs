@@ -1,0 +1,303 @@
+//! The trainer's model is the model `kiln run` executes: gradients against finite differences,
+//! a tiny model memorizes a text and kiln's inference path (safetensors and GGUF) reproduces
+//! its logits and its greedy continuation.
+
+use candle_core::{DType, Device, Tensor};
+use kiln_gguf::GgmlType;
+use kiln_model::config::{Activation, Family, RopeStyle};
+use kiln_model::{Model, ModelConfig};
+use kiln_train::model::Llama;
+use kiln_train::optim::{AdamW, GradAccum};
+use kiln_train::rng::Rng;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Central differences in f64 with step 1e-5 are accurate to ~1e-9; a wrong backward rule is
+/// off by O(gradient).
+const GRAD_ABS_TOL: f64 = 1e-7;
+const GRAD_REL_TOL: f64 = 1e-5;
+/// With keys and values rounded to f16 as kiln's KV cache stores them, and exactly 64 positions
+/// (kiln's `TILED_MIN_QUERIES` and `MAX_BATCH`) so that kiln takes its f32-query attention path
+/// in one pass (shorter batches round queries and the value accumulator to f16 as llama.cpp
+/// does), candle and kiln
+/// differ only in f32 summation order: logits agree to this fraction of the largest logit.
+const LOGIT_REL_TOL: f32 = 1e-4;
+/// Without that rounding, the f16 cache alone moves logits of a model with large weights by
+/// about 0.3% of their range.
+const F16_CACHE_REL_TOL: f32 = 1e-2;
+/// Q8_0 weights move logits by about 1% of their range.
+const Q8_REL_TOL: f32 = 0.05;
+
+fn tiny_config(vocab: usize, dim: usize, heads: usize, kv_heads: usize, ctx: usize) -> ModelConfig {
+    let head_dim = dim / heads;
+    ModelConfig {
+        family: Family::Llama,
+        vocab_size: vocab,
+        dim,
+        n_layers: 2,
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim,
+        ffn_dim: 2 * dim + 8,
+        context_length: ctx,
+        rms_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_theta_local: 10_000.0,
+        rope_dim: head_dim,
+        rope_style: RopeStyle::Halves,
+        sliding_window: None,
+        sliding_pattern: 0,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        activation: Activation::Silu,
+        scale_embeddings: false,
+        final_logit_softcap: None,
+    }
+}
+
+/// A model with large random weights (so every nonlinearity is exercised) in `dtype`.
+fn random_model(cfg: &ModelConfig, tied: bool, dtype: DType, seed: u64) -> Llama {
+    let mut rng = Rng::new(seed);
+    let tensors: HashMap<String, Tensor> = Llama::param_shapes(cfg, tied)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let data: Vec<f64> = if shape.len() == 1 {
+                (0..n).map(|_| 1.0 + 0.3 * rng.normal()).collect()
+            } else {
+                (0..n).map(|_| 0.4 * rng.normal()).collect()
+            };
+            (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap())
+        })
+        .collect();
+    Llama::from_tensors(cfg.clone(), tied, tensors, dtype).unwrap()
+}
+
+fn loss_of(model: &Llama, x: &Tensor, y: &Tensor) -> f64 {
+    model.loss(x, y).unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn every_parameter_gradient_matches_finite_differences() {
+    for (tied, kv_heads) in [(true, 2), (false, 4)] {
+        let cfg = tiny_config(37, 16, 4, kv_heads, 8);
+        let model = random_model(&cfg, tied, DType::F64, 11);
+        let mut rng = Rng::new(5);
+        let ids: Vec<u32> = (0..2 * 7).map(|_| rng.below(37) as u32).collect();
+        let targets: Vec<u32> = (0..2 * 7).map(|_| rng.below(37) as u32).collect();
+        let x = Tensor::from_vec(ids, (2, 7), &Device::Cpu).unwrap();
+        let y = Tensor::from_vec(targets, (2, 7), &Device::Cpu).unwrap();
+        let grads = model.loss(&x, &y).unwrap().backward().unwrap();
+        for (name, var) in model.params() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let w0 = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for _ in 0..4 {
+                let i = rng.below(w0.len() as u64) as usize;
+                let h = 1e-5;
+                let at = |delta: f64| {
+                    let mut w = w0.clone();
+                    w[i] += delta;
+                    var.set(&Tensor::from_vec(w, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss_of(&model, &x, &y)
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                var.set(
+                    &Tensor::from_vec(w0.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
+                )
+                .unwrap();
+                let tol = GRAD_ABS_TOL + GRAD_REL_TOL * numeric.abs();
+                assert!(
+                    (numeric - g[i]).abs() <= tol,
+                    "{name}[{i}] (tied {tied}): backprop {} vs finite differences {numeric}",
+                    g[i]
+                );
+            }
+        }
+    }
+}
+
+fn tokenizer_dir(dir: &Path, text: &str) -> kiln_text::Tokenizer {
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, text.repeat(20)).unwrap();
+    kiln_train::tokenizer_train::train_tokenizer(&corpus, 320, u64::MAX, &dir.join("tok")).unwrap();
+    kiln_text::Tokenizer::from_dir(&dir.join("tok")).unwrap()
+}
+
+/// Logits of kiln's inference forward pass, all positions.
+fn kiln_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
+    let mut state = model.new_state(model.config.context_length);
+    model.forward(&mut state, ids, true).unwrap().to_vec()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn argmaxes(logits: &[f32], vocab: usize) -> Vec<usize> {
+    logits
+        .chunks(vocab)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
+    let tok = tokenizer_dir(dir.path(), text);
+    let mut ids = vec![tok.bos_id().unwrap()];
+    ids.extend(tok.encode(text, false).unwrap());
+    let n = ids.len() - 1;
+    let cfg = tiny_config(tok.vocab_size(), 32, 4, 2, 128);
+    let model = Llama::init(cfg.clone(), true, 3, DType::F32).unwrap();
+    let x = Tensor::new(&ids[..n], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let y = Tensor::new(&ids[1..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut opt = AdamW::new(model.params(), (0.9, 0.99), 1e-8, 0.0);
+    let mut loss = f32::MAX;
+    for _ in 0..200 {
+        let l = model.loss(&x, &y).unwrap();
+        loss = l.to_scalar::<f32>().unwrap();
+        let mut acc = GradAccum::new(model.params());
+        acc.add(model.params(), &l.backward().unwrap(), 1.0)
+            .unwrap();
+        opt.step(model.params(), acc.grads(), 1e-2).unwrap();
+    }
+    assert!(loss < 0.05, "loss {loss} after 200 full-batch steps");
+
+    // Saved as a Hugging Face directory, kiln's own forward pass gives the same logits...
+    let hf = dir.path().join("model");
+    kiln_train::export::write_hf_dir(
+        &hf,
+        &model.tensors(),
+        &cfg,
+        true,
+        &dir.path().join("tok"),
+        None,
+    )
+    .unwrap();
+    let mut model = model;
+    model.round_kv_f16 = true;
+    let probe: Vec<u32> = ids.iter().cycle().take(64).copied().collect();
+    let probe_t = Tensor::new(probe.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ours = model
+        .forward(&probe_t)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let kiln = kiln_model::formats::load_hf_dir(&hf).unwrap();
+    let theirs = kiln_logits(&kiln, &probe);
+    let d = max_rel_diff(&ours, &theirs);
+    assert!(d < LOGIT_REL_TOL, "candle vs kiln (safetensors): {d}");
+
+    // ...and greedy decoding through kiln's KV-cached path reproduces the text.
+    let mut state = kiln.new_state(64);
+    let mut out = vec![ids[0]];
+    let mut logits = kiln.forward(&mut state, &ids[..1], false).unwrap().to_vec();
+    while out.len() < ids.len() {
+        let next = argmaxes(&logits, cfg.vocab_size)[0] as u32;
+        out.push(next);
+        logits = kiln.forward(&mut state, &[next], false).unwrap().to_vec();
+    }
+    assert_eq!(tok.decode(&out, true).unwrap(), text);
+
+    // GGUF export: f32 gives the same logits, q8_0 nearly the same and the same predictions.
+    for (ty, tol) in [
+        (GgmlType::F32, LOGIT_REL_TOL),
+        (GgmlType::F16, 0.01),
+        (GgmlType::Q8_0, Q8_REL_TOL),
+    ] {
+        let path = dir.path().join(format!("m-{ty}.gguf"));
+        kiln_train::export::export_gguf(&hf, ty, &path, |_, _| {}).unwrap();
+        let g = Model::open_gguf(&path).unwrap();
+        let logits = kiln_logits(&g, &probe);
+        let d = max_rel_diff(&ours, &logits);
+        assert!(d < tol, "{ty}: {d}");
+        assert_eq!(
+            argmaxes(&logits, cfg.vocab_size),
+            argmaxes(&ours, cfg.vocab_size),
+            "{ty}"
+        );
+        let gtok =
+            kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(
+            gtok.encode(text, false).unwrap(),
+            ids[1..].to_vec(),
+            "GGUF tokenizer ({ty})"
+        );
+    }
+}
+
+#[test]
+fn untied_gqa_model_logits_match_kiln() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer_dir(dir.path(), "abc def ghi jkl mno pqr stu vwx yz\n");
+    let cfg = tiny_config(tok.vocab_size(), 48, 6, 2, 80);
+    let mut model = random_model(&cfg, false, DType::F32, 9);
+    let ids: Vec<u32> = (0..64).map(|i| (i * 7 % tok.vocab_size()) as u32).collect();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let plain = model
+        .forward(&input)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    model.round_kv_f16 = true;
+    let ours = model
+        .forward(&input)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let hf = dir.path().join("model");
+    kiln_train::export::write_hf_dir(
+        &hf,
+        &model.tensors(),
+        &cfg,
+        false,
+        &dir.path().join("tok"),
+        None,
+    )
+    .unwrap();
+    let kiln = kiln_logits(&kiln_model::formats::load_hf_dir(&hf).unwrap(), &ids);
+    let d = max_rel_diff(&ours, &kiln);
+    assert!(d < LOGIT_REL_TOL, "safetensors: {d}");
+    let d = max_rel_diff(&plain, &kiln);
+    assert!(
+        d < F16_CACHE_REL_TOL,
+        "safetensors, f32 keys and values: {d}"
+    );
+    let path = dir.path().join("m.gguf");
+    kiln_train::export::export_gguf(&hf, GgmlType::F32, &path, |_, _| {}).unwrap();
+    let d = max_rel_diff(&ours, &kiln_logits(&Model::open_gguf(&path).unwrap(), &ids));
+    assert!(d < LOGIT_REL_TOL, "gguf: {d}");
+}
