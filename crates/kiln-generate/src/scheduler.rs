@@ -294,9 +294,9 @@ impl<'m> Engine<'m> {
                 // A bug must not take the server down: fail what was running, start clean.
                 for slot in &mut self.slots {
                     if let Some(mut a) = slot.active.take() {
-                        (a.sink)(Event::Failed("internal error while generating; the request was dropped".into()));
                         self.counters.running.fetch_sub(1, Ordering::SeqCst);
                         self.counters.admitted.fetch_sub(1, Ordering::SeqCst);
+                        (a.sink)(Event::Failed("internal error while generating; the request was dropped".into()));
                     }
                     slot.state.cache.clear();
                     slot.fed.clear();
@@ -319,8 +319,8 @@ impl<'m> Engine<'m> {
             let decoder = match Decoder::new(self.tokenizer, &prompt, &options) {
                 Ok(d) => d,
                 Err(e) => {
-                    sink(Event::Failed(e.to_string()));
                     self.counters.admitted.fetch_sub(1, Ordering::SeqCst);
+                    sink(Event::Failed(e.to_string()));
                     continue;
                 }
             };
@@ -461,18 +461,19 @@ impl<'m> Engine<'m> {
             prompt_time: first - a.joined,
             generate_time: now - first,
         };
-        (a.sink)(Event::Done(summary));
+        // Counters first: a caller that sees Done may read them at once.
         self.release();
+        (a.sink)(Event::Done(summary));
     }
 
     fn fail(&mut self, i: usize, e: &GenerateError) {
         let slot = &mut self.slots[i];
         if let Some(mut a) = slot.active.take() {
-            (a.sink)(Event::Failed(e.to_string()));
             // The cache may hold a partial pass: forget it.
             slot.state.cache.clear();
             slot.fed.clear();
             self.release();
+            (a.sink)(Event::Failed(e.to_string()));
         }
     }
 
