@@ -11,7 +11,8 @@ fi
 log=$(mktemp)
 ./target/release/kiln serve --port 0 --parallel 2 --ctx 2048 2>"$log" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
+# (|| true: under set -e a failing command in the trap would become the script's status)
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 300); do
     grep -q "listening on" "$log" && break
     kill -0 $server 2>/dev/null || { cat "$log"; exit 1; }
