@@ -40,6 +40,8 @@ pub enum Command {
     Train(crate::commands::train::TrainArgs),
     /// Write a trained model as GGUF (f32, f16, q8_0, q4_0…) or a Hugging Face directory.
     Export(crate::commands::export::ExportArgs),
+    /// Serve a model: an OpenAI-compatible API at /v1 and a chat page at /.
+    Serve(crate::commands::serve::ServeArgs),
 }
 
 /// Which model to load.

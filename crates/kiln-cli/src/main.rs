@@ -41,5 +41,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(a) => commands::tokenizer::tokenizer(a),
         Command::Train(a) => commands::train::train(a, threads),
         Command::Export(a) => commands::export::export(a),
+        Command::Serve(a) => commands::serve::serve(a),
     }
 }

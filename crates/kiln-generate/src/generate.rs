@@ -136,71 +136,146 @@ impl<'m> Session<'m> {
         opts: &GenerateOptions,
         mut on_token: impl FnMut(&TokenEvent) -> bool,
     ) -> Result<Generation, GenerateError> {
-        opts.sampling.validate().map_err(GenerateError::Options)?;
-        let eog = tokenizer.end_of_generation_ids();
-        let mut sampler = Sampler::new(opts.sampling.clone());
+        let mut decoder = Decoder::new(tokenizer, prompt, opts)?;
         let t0 = Instant::now();
         let (logits, computed) = self.prefill(prompt)?;
         let mut logits = logits.to_vec();
         let prompt_time = t0.elapsed();
         let t1 = Instant::now();
-
-        let mut stream = TokenStream::new(tokenizer, true);
-        let mut text = String::new();
-        let mut emitted = 0usize;
-        let mut tokens = Vec::new();
-        let mut history: Vec<u32> = prompt.to_vec();
-        let mut finish = FinishReason::Length;
-        while tokens.len() < opts.max_tokens {
-            let tok = sampler.sample(&logits, &history);
-            if !opts.ignore_eos && eog.contains(&tok) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            let lp = opts.logprobs.map(|n| logprobs(&logits, tok, n));
-            tokens.push(tok);
-            history.push(tok);
-            text.push_str(&stream.push(tok)?);
-            let (safe, stopped) = stop_scan(&text, emitted, &opts.stop);
-            if stopped {
-                text.truncate(safe);
-            }
-            let event = TokenEvent { token: tok, text: &text[emitted..safe], logprobs: lp };
-            emitted = safe;
+        while let Some(event) = decoder.next(&logits)? {
+            let tok = event.token;
             if !on_token(&event) {
-                finish = FinishReason::Cancelled;
+                decoder.cancel();
                 break;
             }
-            if stopped {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if self.cached.len() >= self.context() {
+            if !decoder.wants_more() || self.cached.len() >= self.context() {
                 break;
             }
             logits.copy_from_slice(self.model.forward(&mut self.state, &[tok], false)?);
             self.cached.push(tok);
         }
-        if finish != FinishReason::Stop || !text.is_empty() {
-            text.push_str(&stream.finish());
+        if let Some(tail) = decoder.finish() {
+            on_token(&tail);
         }
-        if emitted < text.len() && finish != FinishReason::Cancelled {
-            let (safe, stopped) = stop_scan(&text, emitted, &opts.stop);
-            let end = if stopped { safe } else { text.len() };
-            text.truncate(end);
-            if emitted < end {
-                on_token(&TokenEvent { token: *tokens.last().unwrap_or(&0), text: &text[emitted..end], logprobs: None });
+        Ok(decoder.into_generation(computed, prompt_time, t1.elapsed()))
+    }
+}
+
+/// One sequence's side of generation, apart from the model: sampling, end-of-generation and
+/// stop strings, the token limit, and turning tokens into text. [`Session::generate`] and the
+/// batch scheduler both drive it, so a request decodes the same way in either.
+pub struct Decoder<'t> {
+    eog: Vec<u32>,
+    opts: GenerateOptions,
+    sampler: Sampler,
+    stream: TokenStream<'t>,
+    text: String,
+    emitted: usize,
+    tokens: Vec<u32>,
+    history: Vec<u32>,
+    finish: Option<FinishReason>,
+    prompt_tokens: usize,
+}
+
+impl<'t> Decoder<'t> {
+    /// A decoder for a reply to `prompt`; checks the options.
+    pub fn new(tokenizer: &'t Tokenizer, prompt: &[u32], opts: &GenerateOptions) -> Result<Decoder<'t>, GenerateError> {
+        opts.sampling.validate().map_err(GenerateError::Options)?;
+        Ok(Decoder {
+            eog: tokenizer.end_of_generation_ids(),
+            opts: opts.clone(),
+            sampler: Sampler::new(opts.sampling.clone()),
+            stream: TokenStream::new(tokenizer, true),
+            text: String::new(),
+            emitted: 0,
+            tokens: Vec::new(),
+            history: prompt.to_vec(),
+            finish: if opts.max_tokens == 0 { Some(FinishReason::Length) } else { None },
+            prompt_tokens: prompt.len(),
+        })
+    }
+
+    /// Picks the next token from the logits that followed the last one. None once generation
+    /// is over ([`Decoder::finish_reason`] says why).
+    pub fn next(&mut self, logits: &[f32]) -> Result<Option<TokenEvent<'_>>, GenerateError> {
+        if !self.wants_more() {
+            return Ok(None);
+        }
+        let tok = self.sampler.sample(logits, &self.history);
+        if !self.opts.ignore_eos && self.eog.contains(&tok) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(None);
+        }
+        let lp = self.opts.logprobs.map(|n| logprobs(logits, tok, n));
+        self.tokens.push(tok);
+        self.history.push(tok);
+        let piece = self.stream.push(tok)?;
+        self.text.push_str(&piece);
+        let (safe, stopped) = stop_scan(&self.text, self.emitted, &self.opts.stop);
+        if stopped {
+            self.text.truncate(safe);
+            self.finish = Some(FinishReason::Stop);
+        }
+        let from = std::mem::replace(&mut self.emitted, safe);
+        Ok(Some(TokenEvent { token: tok, text: &self.text[from..safe], logprobs: lp }))
+    }
+
+    /// Whether another token should be generated (no stop yet, under the token limit).
+    pub fn wants_more(&self) -> bool {
+        self.finish.is_none() && self.tokens.len() < self.opts.max_tokens
+    }
+
+    /// The last token generated.
+    pub fn last_token(&self) -> Option<u32> {
+        self.tokens.last().copied()
+    }
+
+    /// Stops here because the caller asked.
+    pub fn cancel(&mut self) {
+        self.finish.get_or_insert(FinishReason::Cancelled);
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Ends generation (at the limit or the end of the context, unless it already stopped)
+    /// and returns the text still held back, if any, as a last event.
+    pub fn finish(&mut self) -> Option<TokenEvent<'_>> {
+        let finish = *self.finish.get_or_insert(FinishReason::Length);
+        if finish != FinishReason::Stop || !self.text.is_empty() {
+            let rest = self.stream.finish();
+            self.text.push_str(&rest);
+        }
+        if self.emitted < self.text.len() && finish != FinishReason::Cancelled {
+            let (safe, stopped) = stop_scan(&self.text, self.emitted, &self.opts.stop);
+            let end = if stopped { safe } else { self.text.len() };
+            self.text.truncate(end);
+            if self.emitted < end {
+                let from = std::mem::replace(&mut self.emitted, end);
+                return Some(TokenEvent { token: self.last_token().unwrap_or(0), text: &self.text[from..end], logprobs: None });
             }
         }
-        Ok(Generation {
-            tokens,
-            text,
-            finish,
-            prompt_tokens: prompt.len(),
-            prompt_tokens_computed: computed,
+        None
+    }
+
+    /// The finished generation.
+    pub fn into_generation(self, prompt_tokens_computed: usize, prompt_time: Duration, generate_time: Duration) -> Generation {
+        Generation {
+            tokens: self.tokens,
+            text: self.text,
+            finish: self.finish.unwrap_or(FinishReason::Length),
+            prompt_tokens: self.prompt_tokens,
+            prompt_tokens_computed,
             prompt_time,
-            generate_time: t1.elapsed(),
-        })
+            generate_time,
+        }
     }
 }
 

@@ -1,8 +1,11 @@
-//! kiln-generate: sampling, stop rules and the generation loop over a [`kiln_model::Model`].
+//! kiln-generate: sampling, stop rules, the generation loop over a [`kiln_model::Model`], and
+//! the continuous-batching scheduler that serves many requests at once.
 #![deny(missing_docs)]
 
 pub mod generate;
 pub mod sampler;
+pub mod scheduler;
 
-pub use generate::{FinishReason, GenerateError, GenerateOptions, Generation, Session, TokenEvent};
+pub use generate::{Decoder, FinishReason, GenerateError, GenerateOptions, Generation, Session, TokenEvent};
 pub use sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
+pub use scheduler::{Event, Job, Metrics, Scheduler, SchedulerConfig, SubmitError, Summary};

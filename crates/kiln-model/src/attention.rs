@@ -33,61 +33,89 @@ pub struct AttentionSpec {
 pub fn attend(spec: &AttentionSpec, q: &[f32], pos0: usize, keys: &[f16], values: &[f16], out: &mut [f32]) {
     let hd = spec.head_dim;
     let q_dim = spec.n_heads * hd;
-    let kv_dim = spec.n_kv_heads * hd;
-    let group = spec.n_heads / spec.n_kv_heads;
     let tiled = q.len() / q_dim >= TILED_MIN_QUERIES;
-    let k = kernels();
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (t, h) = (i / spec.n_heads, i % spec.n_heads);
-        let pos = pos0 + t;
-        let kvh = h / group;
-        let first = match spec.window {
-            Some(w) => (pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let mut q_buf = [0f32; MAX_HEAD_DIM];
-        let qh = &mut q_buf[..hd];
-        qh.copy_from_slice(&q[t * q_dim + h * hd..][..hd]);
-        let key = |j: usize| &keys[j * kv_dim + kvh * hd..][..hd];
-        let value = |j: usize| &values[j * kv_dim + kvh * hd..][..hd];
-        let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-        if tiled {
-            let mut acc = [0f32; MAX_HEAD_DIM];
-            let acc = &mut acc[..hd];
-            for j in first..=pos {
-                let s = (k.dot_fast)(qh, key(j)) * spec.scale;
-                let (ms, vs) = online_softmax_step(&mut m, s);
-                if ms != 1.0 {
-                    acc.iter_mut().for_each(|a| *a *= ms);
-                }
-                (k.mad_f32)(acc, value(j), vs);
-                sum = sum * ms + vs;
-            }
-            let inv = 1.0 / sum;
-            for (od, &a) in o.iter_mut().zip(acc.iter()) {
-                *od = a * inv;
-            }
-        } else {
-            for x in qh.iter_mut() {
-                *x = f16::from_f32(*x).to_f32();
-            }
-            let mut acc = [f16::ZERO; MAX_HEAD_DIM];
-            let acc = &mut acc[..hd];
-            for j in first..=pos {
-                let s = (k.dot)(qh, key(j)) * spec.scale;
-                let (ms, vs) = online_softmax_step(&mut m, s);
-                if ms != 1.0 {
-                    (k.scale_f16)(acc, ms);
-                }
-                (k.mad_f16)(acc, value(j), vs);
-                sum = sum * ms + vs;
-            }
-            let inv = 1.0 / sum;
-            for (od, a) in o.iter_mut().zip(acc.iter()) {
-                *od = a.to_f32() * inv;
-            }
-        }
+        attend_head(spec, &q[t * q_dim + h * hd..][..hd], h, pos0 + t, keys, values, o, tiled);
     });
+}
+
+/// One query of one sequence: its position and that sequence's cached keys and values.
+pub struct QueryRow<'a> {
+    /// Position of the query (the cache holds `0..=pos`).
+    pub pos: usize,
+    /// The sequence's keys, `n_kv_heads·head_dim` per position.
+    pub keys: &'a [f16],
+    /// The sequence's values, likewise.
+    pub values: &'a [f16],
+}
+
+/// Attention for one query per sequence (batched decoding), all heads of all rows in one
+/// parallel pass. Each row is computed exactly as [`attend`] computes a single query.
+pub fn attend_rows(spec: &AttentionSpec, q: &[f32], rows: &[QueryRow], out: &mut [f32]) {
+    let hd = spec.head_dim;
+    let q_dim = spec.n_heads * hd;
+    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / spec.n_heads, i % spec.n_heads);
+        let row = &rows[t];
+        // A lone query never takes the tiled path (fewer than TILED_MIN_QUERIES).
+        attend_head(spec, &q[t * q_dim + h * hd..][..hd], h, row.pos, row.keys, row.values, o, false);
+    });
+}
+
+/// Head `h` of the query `q_head` at position `pos`, written to `o`.
+#[allow(clippy::too_many_arguments)]
+fn attend_head(spec: &AttentionSpec, q_head: &[f32], h: usize, pos: usize, keys: &[f16], values: &[f16], o: &mut [f32], tiled: bool) {
+    let hd = spec.head_dim;
+    let kv_dim = spec.n_kv_heads * hd;
+    let kvh = h / (spec.n_heads / spec.n_kv_heads);
+    let k = kernels();
+    let first = match spec.window {
+        Some(w) => (pos + 1).saturating_sub(w),
+        None => 0,
+    };
+    let mut q_buf = [0f32; MAX_HEAD_DIM];
+    let qh = &mut q_buf[..hd];
+    qh.copy_from_slice(q_head);
+    let key = |j: usize| &keys[j * kv_dim + kvh * hd..][..hd];
+    let value = |j: usize| &values[j * kv_dim + kvh * hd..][..hd];
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    if tiled {
+        let mut acc = [0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..hd];
+        for j in first..=pos {
+            let s = (k.dot_fast)(qh, key(j)) * spec.scale;
+            let (ms, vs) = online_softmax_step(&mut m, s);
+            if ms != 1.0 {
+                acc.iter_mut().for_each(|a| *a *= ms);
+            }
+            (k.mad_f32)(acc, value(j), vs);
+            sum = sum * ms + vs;
+        }
+        let inv = 1.0 / sum;
+        for (od, &a) in o.iter_mut().zip(acc.iter()) {
+            *od = a * inv;
+        }
+    } else {
+        for x in qh.iter_mut() {
+            *x = f16::from_f32(*x).to_f32();
+        }
+        let mut acc = [f16::ZERO; MAX_HEAD_DIM];
+        let acc = &mut acc[..hd];
+        for j in first..=pos {
+            let s = (k.dot)(qh, key(j)) * spec.scale;
+            let (ms, vs) = online_softmax_step(&mut m, s);
+            if ms != 1.0 {
+                (k.scale_f16)(acc, ms);
+            }
+            (k.mad_f16)(acc, value(j), vs);
+            sum = sum * ms + vs;
+        }
+        let inv = 1.0 / sum;
+        for (od, a) in o.iter_mut().zip(acc.iter()) {
+            *od = a.to_f32() * inv;
+        }
+    }
 }
 
 /// One step of the online softmax: returns (rescale of what was accumulated, weight of `s`).

@@ -15,7 +15,7 @@ pub mod weights;
 
 pub use config::{Family, ModelConfig};
 pub use kiln_gguf::{GgmlType, GgufFile};
-pub use transformer::{Model, State};
+pub use transformer::{BatchState, Model, State};
 
 use std::path::Path;
 

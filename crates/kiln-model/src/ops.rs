@@ -115,6 +115,12 @@ unsafe impl Sync for SendPtr {}
 /// `out[t][r] = W[r] · x[t]` for `n_rows` activation rows prepared by [`prepare_activations`].
 /// Rows of W are split across threads; each weight row is read once for all activation rows.
 pub fn matmul_prepared(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32]) {
+    matmul_prepared_with(w, acts, n_rows, out, true)
+}
+
+/// [`matmul_prepared`]; `tiled: false` keeps every row on the single-row kernel, so each
+/// output row is bit-identical to a one-row product whatever `n_rows` is.
+pub fn matmul_prepared_with(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32], tiled: bool) {
     assert!(out.len() >= n_rows * w.rows);
     let kernel = quant::RowDot::new(w.ty, w.cols);
     let act_bytes = kernel.act_bytes();
@@ -126,7 +132,7 @@ pub fn matmul_prepared(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32])
     let chunk = w.rows.div_ceil(n_chunks);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    if n_rows >= TILED_MIN_TOKENS && quant::tile::supported(w.ty) {
+    if tiled && n_rows >= TILED_MIN_TOKENS && quant::tile::supported(w.ty) {
         return matmul_tiled(w, acts, act_bytes, n_rows, out);
     }
     (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
@@ -174,8 +180,13 @@ fn matmul_tiled(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, out: 
 
 /// `out = W·x` for `n_rows` rows of `x`, using `buf` for the converted activations.
 pub fn matmul(w: &QMatrix, x: &[f32], n_rows: usize, buf: &mut Vec<u8>, out: &mut [f32]) {
+    matmul_with(w, x, n_rows, buf, out, true)
+}
+
+/// [`matmul`], with the multi-row kernels allowed or not (see [`matmul_prepared_with`]).
+pub fn matmul_with(w: &QMatrix, x: &[f32], n_rows: usize, buf: &mut Vec<u8>, out: &mut [f32], tiled: bool) {
     prepare_activations(w, x, n_rows, buf);
-    matmul_prepared(w, buf, n_rows, out);
+    matmul_prepared_with(w, buf, n_rows, out, tiled);
 }
 
 /// Whether activations prepared for `a` can be reused for `b` (same format and width).

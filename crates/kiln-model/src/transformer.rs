@@ -2,7 +2,7 @@
 //! pre-norms (and Gemma's post-norms), final norm, logits. Activations live in buffers owned
 //! by [`State`] and reused from call to call.
 
-use crate::attention::{attend, AttentionSpec};
+use crate::attention::{attend, attend_rows, AttentionSpec, QueryRow};
 use crate::config::{Activation, Family, ModelConfig, RopeStyle};
 use crate::kv_cache::KvCache;
 use crate::ops;
@@ -41,6 +41,25 @@ struct Scratch {
     acts: Vec<u8>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    pos: Vec<usize>,
+}
+
+/// What a pass produces.
+enum Output<'a> {
+    /// Nothing (a prompt chunk before the last).
+    None,
+    /// Logits of the last `rows` rows.
+    Logits { rows: usize, out: &'a mut [f32] },
+    /// Normalised final hidden states of every row.
+    Hidden(&'a mut [f32]),
+}
+
+/// Scratch for [`Model::decode_batch`]: shared by all the sequences of a step, reused from
+/// step to step.
+#[derive(Default)]
+pub struct BatchState {
+    scratch: Scratch,
+    logits: Vec<f32>,
 }
 
 fn grow(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -48,15 +67,6 @@ fn grow(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
         buf.resize(n, 0.0);
     }
     &mut buf[..n]
-}
-
-/// `out = w·x`, reusing the activations `acts` already holds for `previous` when they fit.
-fn matmul_reusing(w: &QMatrix, previous: &QMatrix, x: &[f32], n: usize, acts: &mut Vec<u8>, out: &mut [f32]) {
-    if ops::same_activations(w, previous) {
-        ops::matmul_prepared(w, acts, n, out);
-    } else {
-        ops::matmul(w, x, n, acts, out);
-    }
 }
 
 impl State {
@@ -92,16 +102,7 @@ impl Model {
 
     fn forward_in_pool(&self, state: &mut State, tokens: &[u32], all_logits: bool) -> Result<(), ModelError> {
         let vocab = self.config.vocab_size;
-        if tokens.is_empty() {
-            return Err(ModelError::EmptyInput);
-        }
-        let needed = state.len() + tokens.len();
-        if needed > state.capacity() {
-            return Err(ModelError::ContextOverflow { needed, context: state.capacity() });
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::TokenOutOfRange { token: bad, vocab });
-        }
+        self.check_input(&state.cache, tokens)?;
         let n_out = if all_logits { tokens.len() } else { 1 };
         let mut logits = std::mem::take(&mut state.logits);
         logits.resize(n_out * vocab, 0.0);
@@ -109,27 +110,87 @@ impl Model {
         let n_batches = batches.len();
         for (b, batch) in batches.enumerate() {
             let last = b + 1 == n_batches;
+            let mut seq = [&mut state.cache];
+            let s = &mut state.scratch;
             if all_logits {
                 let out = &mut logits[b * MAX_BATCH * vocab..][..batch.len() * vocab];
-                self.forward_batch(state, batch, batch.len(), out);
+                self.step(s, &mut seq, &[batch.len()], batch, Output::Logits { rows: batch.len(), out }, true);
             } else if last {
-                self.forward_batch(state, batch, 1, &mut logits[..vocab]);
+                self.step(s, &mut seq, &[batch.len()], batch, Output::Logits { rows: 1, out: &mut logits[..vocab] }, true);
             } else {
-                self.forward_batch(state, batch, 0, &mut []);
+                self.step(s, &mut seq, &[batch.len()], batch, Output::None, true);
             }
         }
         state.logits = logits;
         Ok(())
     }
 
-    /// One pass over at most MAX_BATCH tokens; logits for the last `n_out` of them.
-    fn forward_batch(&self, state: &mut State, tokens: &[u32], n_out: usize, logits: &mut [f32]) {
+    fn check_input(&self, cache: &KvCache, tokens: &[u32]) -> Result<(), ModelError> {
+        let vocab = self.config.vocab_size;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        let needed = cache.len() + tokens.len();
+        if needed > cache.capacity() {
+            return Err(ModelError::ContextOverflow { needed, context: cache.capacity() });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange { token: bad, vocab });
+        }
+        Ok(())
+    }
+
+    /// Runs one next token for each of several sequences in a single pass, so the weights are
+    /// read once for all of them (continuous batching). Returns `states.len() × vocab` logits.
+    ///
+    /// The result for each sequence is bit-identical to `forward(state, &[token], false)`:
+    /// every row goes through the same single-row kernels and its own attention, so a request
+    /// answers the same whatever else shares its batch.
+    pub fn decode_batch<'b>(&self, batch: &'b mut BatchState, states: &mut [&mut State], tokens: &[u32]) -> Result<&'b [f32], ModelError> {
+        assert_eq!(states.len(), tokens.len(), "one token per sequence");
+        let vocab = self.config.vocab_size;
+        for (state, &t) in states.iter().zip(tokens) {
+            self.check_input(&state.cache, &[t])?;
+        }
+        batch.logits.resize(tokens.len() * vocab, 0.0);
+        for (chunk, (states, tokens)) in states.chunks_mut(MAX_BATCH).zip(tokens.chunks(MAX_BATCH)).enumerate() {
+            let mut caches: Vec<&mut KvCache> = states.iter_mut().map(|s| &mut s.cache).collect();
+            let lens = vec![1; tokens.len()];
+            let out = &mut batch.logits[chunk * MAX_BATCH * vocab..][..tokens.len() * vocab];
+            crate::threads::pool().install(|| {
+                self.step(&mut batch.scratch, &mut caches, &lens, tokens, Output::Logits { rows: tokens.len(), out }, false)
+            });
+        }
+        Ok(&batch.logits)
+    }
+
+    /// The final hidden state (after the output norm) of every token of `tokens`, run from an
+    /// empty cache: `tokens.len() × dim` values, for embeddings.
+    pub fn hidden_states(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        state.cache.clear();
+        self.check_input(&state.cache, tokens)?;
+        let d = self.config.dim;
+        let mut hidden = vec![0f32; tokens.len() * d];
+        crate::threads::pool().install(|| {
+            for (b, batch) in tokens.chunks(MAX_BATCH).enumerate() {
+                let out = &mut hidden[b * MAX_BATCH * d..][..batch.len() * d];
+                self.step(&mut state.scratch, &mut [&mut state.cache], &[batch.len()], batch, Output::Hidden(out), true);
+            }
+        });
+        Ok(hidden)
+    }
+
+    /// One pass over at most MAX_BATCH rows: `tokens` holds the next `lens[i]` tokens of
+    /// sequence `i` back to back, at the positions following what `caches[i]` holds.
+    /// `tiled` allows the multi-row weight kernels (faster for prompts, but rounding then
+    /// depends on how many rows share the pass).
+    fn step(&self, s: &mut Scratch, caches: &mut [&mut KvCache], lens: &[usize], tokens: &[u32], output: Output<'_>, tiled: bool) {
         let c = &self.config;
         let w = &self.weights;
         let n = tokens.len();
-        let pos0 = state.cache.len();
+        debug_assert_eq!(lens.iter().sum::<usize>(), n);
         let (d, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
-        let s = &mut state.scratch;
+        let mm = |w: &QMatrix, x: &[f32], acts: &mut Vec<u8>, out: &mut [f32]| ops::matmul_with(w, x, n, acts, out, tiled);
 
         let x = grow(&mut s.x, n * d);
         for (t, &tok) in tokens.iter().enumerate() {
@@ -140,15 +201,19 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= scale);
         }
 
-        // RoPE angles per position, for the global base and (Gemma) the local one.
+        // Each row's position, then its RoPE angles for the global base and (Gemma) the local one.
+        s.pos.clear();
+        for (cache, &len) in caches.iter().zip(lens) {
+            s.pos.extend(cache.len()..cache.len() + len);
+        }
         let half = c.rope_dim / 2;
         let bases = [c.rope_theta, c.rope_theta_local];
         grow(&mut s.cos, 2 * n * half);
         grow(&mut s.sin, 2 * n * half);
         for (bi, &base) in bases.iter().enumerate() {
-            for t in 0..n {
+            for (t, &pos) in s.pos.iter().enumerate() {
                 let at = (bi * n + t) * half;
-                ops::rope_angles(pos0 + t, base, c.rope_dim, w.rope_freqs.as_deref(), &mut s.cos[at..at + half], &mut s.sin[at..at + half]);
+                ops::rope_angles(pos, base, c.rope_dim, w.rope_freqs.as_deref(), &mut s.cos[at..at + half], &mut s.sin[at..at + half]);
             }
         }
 
@@ -158,11 +223,19 @@ impl Model {
             let xb = grow(&mut s.xb, n * d);
             ops::rms_norm(x, &lw.attn_norm, c.rms_eps, xb);
             let q = grow(&mut s.q, n * q_dim);
-            ops::matmul(&lw.wq, xb, n, &mut s.acts, q);
+            mm(&lw.wq, xb, &mut s.acts, q);
             let k = grow(&mut s.k, n * kv_dim);
-            matmul_reusing(&lw.wk, &lw.wq, xb, n, &mut s.acts, k);
+            if ops::same_activations(&lw.wk, &lw.wq) {
+                ops::matmul_prepared_with(&lw.wk, &s.acts, n, k, tiled);
+            } else {
+                mm(&lw.wk, xb, &mut s.acts, k);
+            }
             let v = grow(&mut s.v, n * kv_dim);
-            matmul_reusing(&lw.wv, &lw.wk, xb, n, &mut s.acts, v);
+            if ops::same_activations(&lw.wv, &lw.wk) {
+                ops::matmul_prepared_with(&lw.wv, &s.acts, n, v, tiled);
+            } else {
+                mm(&lw.wv, xb, &mut s.acts, v);
+            }
             if let (Some(bq), Some(bk), Some(bv)) = (&lw.bq, &lw.bk, &lw.bv) {
                 ops::add_bias(q, bq);
                 ops::add_bias(k, bk);
@@ -184,8 +257,6 @@ impl Model {
             if scale_queries {
                 q.iter_mut().for_each(|v| *v *= c.attn_scale);
             }
-            state.cache.store(l, pos0, k, v);
-            let (keys, values) = state.cache.layer(l);
             let spec = AttentionSpec {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
@@ -194,9 +265,29 @@ impl Model {
                 window: if sliding { c.sliding_window } else { None },
             };
             let att = grow(&mut s.att, n * q_dim);
-            attend(&spec, q, pos0, keys, values, att);
+            let mut row = 0;
+            for (cache, &len) in caches.iter_mut().zip(lens) {
+                let pos0 = cache.len();
+                cache.store(l, pos0, &k[row * kv_dim..(row + len) * kv_dim], &v[row * kv_dim..(row + len) * kv_dim]);
+                row += len;
+            }
+            if lens.len() == 1 {
+                let (keys, values) = caches[0].layer(l);
+                attend(&spec, q, caches[0].len(), keys, values, att);
+            } else {
+                // One query per sequence: all of them in one parallel pass.
+                debug_assert!(lens.iter().all(|&len| len == 1));
+                let rows: Vec<QueryRow> = caches
+                    .iter()
+                    .map(|c| {
+                        let (keys, values) = c.layer(l);
+                        QueryRow { pos: c.len(), keys, values }
+                    })
+                    .collect();
+                attend_rows(&spec, q, &rows, att);
+            }
             let xb = &mut s.xb[..n * d];
-            ops::matmul(&lw.wo, att, n, &mut s.acts, xb);
+            mm(&lw.wo, att, &mut s.acts, xb);
             if let Some(pn) = &lw.post_attn_norm {
                 ops::rms_norm_in_place(xb, pn, c.rms_eps);
             }
@@ -204,28 +295,40 @@ impl Model {
 
             ops::rms_norm(x, &lw.ffn_norm, c.rms_eps, xb);
             let gate = grow(&mut s.gate, n * c.ffn_dim);
-            ops::matmul(&lw.w_gate, xb, n, &mut s.acts, gate);
+            mm(&lw.w_gate, xb, &mut s.acts, gate);
             let up = grow(&mut s.up, n * c.ffn_dim);
-            matmul_reusing(&lw.w_up, &lw.w_gate, xb, n, &mut s.acts, up);
+            if ops::same_activations(&lw.w_up, &lw.w_gate) {
+                ops::matmul_prepared_with(&lw.w_up, &s.acts, n, up, tiled);
+            } else {
+                mm(&lw.w_up, xb, &mut s.acts, up);
+            }
             match c.activation {
                 Activation::Silu => ops::swiglu(gate, up),
                 Activation::GeluTanh => ops::geglu(gate, up),
             }
-            ops::matmul(&lw.w_down, gate, n, &mut s.acts, xb);
+            mm(&lw.w_down, gate, &mut s.acts, xb);
             if let Some(pn) = &lw.post_ffn_norm {
                 ops::rms_norm_in_place(xb, pn, c.rms_eps);
             }
             ops::add_in_place(x, xb);
         }
-        state.cache.set_len(pos0 + n);
+        for (cache, &len) in caches.iter_mut().zip(lens) {
+            let end = cache.len() + len;
+            cache.set_len(end);
+        }
 
-        if n_out > 0 {
-            let rows = &s.x[(n - n_out) * d..n * d];
-            let xb = grow(&mut s.xb, n_out * d);
-            ops::rms_norm(rows, &w.output_norm, c.rms_eps, xb);
-            ops::matmul(&w.output, xb, n_out, &mut s.acts, logits);
-            if let Some(cap) = c.final_logit_softcap {
-                logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        match output {
+            Output::None => {}
+            Output::Hidden(out) => ops::rms_norm(&s.x[..n * d], &w.output_norm, c.rms_eps, out),
+            Output::Logits { rows, out } => {
+                // With one row per sequence every row is wanted; with one sequence, its last `rows`.
+                let picked = &s.x[(n - rows) * d..n * d];
+                let xb = grow(&mut s.xb, rows * d);
+                ops::rms_norm(picked, &w.output_norm, c.rms_eps, xb);
+                ops::matmul_with(&w.output, xb, rows, &mut s.acts, out, tiled);
+                if let Some(cap) = c.final_logit_softcap {
+                    out.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+                }
             }
         }
     }

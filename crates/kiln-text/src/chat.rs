@@ -115,6 +115,50 @@ impl ChatTemplate {
     }
 }
 
+/// A piece of a rendered conversation, and whether training learns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The text.
+    pub text: String,
+    /// True for what the assistant says (its turns and their end markers).
+    pub train: bool,
+}
+
+impl ChatTemplate {
+    /// Renders a conversation for supervised training, cut where inference would cut it: the
+    /// text up to each assistant turn is what `render(…, true)` gives as a prompt, and the
+    /// assistant's turn (with the template's end-of-turn marker) is what the model generates.
+    /// Fails when the template is not prefix-stable (rendering more turns rewrites earlier
+    /// ones), since no mask would then match inference.
+    pub fn render_for_training(&self, messages: &[ChatMessage]) -> Result<Vec<Segment>, TextError> {
+        let full = self.render(messages, false)?;
+        let mut segments = Vec::new();
+        let mut done = 0;
+        for (i, m) in messages.iter().enumerate() {
+            if m.role != "assistant" {
+                continue;
+            }
+            let prompt = self.render(&messages[..i], true)?;
+            let through = self.render(&messages[..=i], false)?;
+            if !through.starts_with(&prompt) || !full.starts_with(&through) || prompt.len() < done {
+                return Err(TextError::Template(format!(
+                    "the chat template is not prefix-stable at message {} (rendering later turns changes earlier text), so assistant turns cannot be masked as at inference",
+                    i + 1
+                )));
+            }
+            if prompt.len() > done {
+                segments.push(Segment { text: full[done..prompt.len()].to_string(), train: false });
+            }
+            segments.push(Segment { text: full[prompt.len()..through.len()].to_string(), train: true });
+            done = through.len();
+        }
+        if done < full.len() {
+            segments.push(Segment { text: full[done..].to_string(), train: false });
+        }
+        Ok(segments)
+    }
+}
+
 fn raise_exception(msg: String) -> Result<Value, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
 }

@@ -4,10 +4,12 @@
 //!   Hugging Face tokenizer.json / model directory. Wraps the `tokenizers` crate.
 //! - [`TokenStream`]: detokenizing one token at a time without splitting characters.
 //! - [`ChatTemplate`]: the model's Jinja chat template (or a built-in one), rendered as Hugging
-//!   Face transformers renders it.
+//!   Face transformers renders it, also cut into trained and untrained [`Segment`]s for SFT.
+//! - [`conversation`]: conversations and comparisons in the ecosystem's JSON shapes.
 #![deny(missing_docs)]
 
 mod chat;
+pub mod conversation;
 mod error;
 mod gguf_vocab;
 mod hf_config;
@@ -17,7 +19,7 @@ mod stream;
 mod strftime;
 mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, Segment};
 pub use error::TextError;
 pub use stream::TokenStream;
 pub use tokenizer::Tokenizer;

@@ -187,6 +187,20 @@ impl Tokenizer {
         Ok(())
     }
 
+    /// Encodes [`crate::Segment`]s of a rendered conversation: ids, and for each id whether
+    /// training learns it. The first segment is encoded as a prompt (BOS as
+    /// [`Tokenizer::encode_prompt`] adds it), the rest without BOS; special tokens written in
+    /// the text (`<|im_end|>`) are parsed, as in templates.
+    pub fn encode_segments(&self, segments: &[crate::Segment]) -> Result<(Vec<u32>, Vec<bool>), TextError> {
+        let (mut ids, mut train) = (Vec::new(), Vec::new());
+        for (i, seg) in segments.iter().enumerate() {
+            let part = if i == 0 { self.encode_prompt(&seg.text)? } else { self.encode_with(&seg.text, false, true)? };
+            train.extend(std::iter::repeat_n(seg.train, part.len()));
+            ids.extend(part);
+        }
+        Ok((ids, train))
+    }
+
     /// Encodes a rendered chat prompt: like `encode(text, true)`, except that no second BOS is
     /// added when the text already begins with the BOS token (chat templates such as Gemma's and
     /// Llama 3's write `bos_token` themselves).

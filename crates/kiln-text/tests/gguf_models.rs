@@ -243,3 +243,38 @@ fn gemma3_to_json_round_trip() {
         assert_eq!(back.encode(text, true).unwrap(), tok.encode(text, true).unwrap(), "{text:?}");
     }
 }
+
+/// SFT masks: the SmolLM2 (ChatML) and Gemma 3 templates cut so that exactly the assistant
+/// replies and their end-of-turn markers are trained, and the pieces tokenize to the same
+/// prompt ids inference uses.
+#[test]
+fn training_segments_mask_exactly_the_assistant_turns() {
+    for test_model in [&kiln_test_models::SMOLLM2, &kiln_test_models::GEMMA3] {
+        let Some(path) = test_model.path() else { continue };
+        let file = kiln_gguf::GgufFile::open(&path).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let template = ChatTemplate::for_model(&tok, &arch).unwrap();
+        let messages = vec![
+            ChatMessage::new("user", "What is 2+2?"),
+            ChatMessage::new("assistant", "4."),
+            ChatMessage::new("user", "And 3+3?"),
+            ChatMessage::new("assistant", "6."),
+        ];
+        let segments = template.render_for_training(&messages).unwrap();
+        let joined: String = segments.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(joined, template.render(&messages, false).unwrap());
+        let trained: Vec<&str> = segments.iter().filter(|s| s.train).map(|s| s.text.trim_end()).collect();
+        assert_eq!(trained.len(), 2, "{segments:?}");
+        assert!(trained[0].starts_with("4.") && trained[1].starts_with("6."), "{trained:?}");
+        // Each reply ends with the template's end-of-turn marker, which stops generation.
+        let (ids, train) = tok.encode_segments(&segments).unwrap();
+        let eog = tok.end_of_generation_ids();
+        let ends: Vec<u32> = ids.iter().zip(&train).filter(|(_, &t)| t).map(|(&id, _)| id).filter(|id| eog.contains(id)).collect();
+        assert_eq!(ends.len(), 2, "each trained turn holds one end-of-turn token");
+        // The untrained prefix before the first reply is exactly the inference prompt.
+        let prompt = tok.encode_prompt(&template.render(&messages[..1], true).unwrap()).unwrap();
+        let first_trained = train.iter().position(|&t| t).unwrap();
+        assert_eq!(&ids[..first_trained], prompt.as_slice());
+    }
+}

@@ -10,3 +10,4 @@ pub mod quantize;
 pub mod run;
 pub mod tokenizer;
 pub mod train;
+pub mod serve;

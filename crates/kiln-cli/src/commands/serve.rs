@@ -1,0 +1,84 @@
+//! `kiln serve`: the OpenAI-compatible server and chat page (kiln-serve) over one model.
+
+use crate::load::{load, LoadedModel};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kiln_serve::{ServeOptions, ServedModel};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Flags of `kiln serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: crate::args::ModelArgs,
+    /// Address to listen on; loopback by default, so nothing outside this machine can reach it.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests decoded together at most (each with its own KV cache of --ctx positions).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Requests waiting for a slot at most; beyond that the server answers 503.
+    #[arg(long, default_value_t = 32)]
+    pub queue: usize,
+    /// Require `Authorization: Bearer KEY` on the API (also read from KILN_API_KEY).
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// Runs the command until Ctrl-C.
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let lm = load(args.model.model.as_deref())?;
+    let context = lm.context(args.model.ctx)?;
+    if context < 2 {
+        bail!("--ctx must be at least 2 to serve");
+    }
+    let (id, aliases) = names(args.model.model.as_deref(), &lm.path);
+    let LoadedModel { model, tokenizer, template, .. } = lm;
+    let served = ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: id.clone(), aliases };
+    let options = ServeOptions {
+        host: args.host.clone(),
+        port: args.port,
+        parallel: args.parallel,
+        queue: args.queue,
+        context,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kiln-http")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (parallel, queue) = (args.parallel, args.queue);
+    runtime
+        .block_on(kiln_serve::serve(served, options, |addr| {
+            // Tests and scripts read this line for the port.
+            eprintln!("kiln serve: model {id}, {parallel} slots × {context} positions, queue {queue}");
+            eprintln!("listening on http://{addr} (chat page at /, API at /v1)");
+        }))
+        .with_context(|| format!("cannot serve on {}:{}", args.host, args.port))
+}
+
+/// The model's name in the API, and the other names accepted for it.
+fn names(arg: Option<&str>, path: &Path) -> (String, Vec<String>) {
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let id = match arg {
+        Some(a) if !Path::new(a).exists() => a.to_string(),
+        _ => stem.clone(),
+    };
+    let mut aliases = vec![file, stem];
+    if let Some(a) = arg {
+        aliases.push(a.to_string());
+    }
+    aliases.retain(|a| !a.is_empty() && *a != id);
+    aliases.dedup();
+    (id, aliases)
+}

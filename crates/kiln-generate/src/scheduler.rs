@@ -1,0 +1,501 @@
+//! Continuous batching: many requests decoded together on one model.
+//!
+//! One engine thread owns `parallel` slots, each a sequence with its own KV cache. Between
+//! steps, finished or abandoned sequences leave and queued requests join; every step feeds
+//! one prompt chunk to each sequence still reading its prompt, then decodes the next token of
+//! all the others in a single pass ([`Model::decode_batch`]), so the weights are read once
+//! per step however many sequences run. A request answers the same whatever shares its
+//! batch: decode rows are batch-invariant and prompt chunks are aligned to absolute
+//! positions, so a prompt is cut exactly as `Model::forward` would cut it alone.
+//!
+//! Requests and their callers meet through [`Job::sink`]: the engine calls it with each
+//! piece of text, and a `false` return (the client went away) frees the slot at once.
+
+use crate::generate::{Decoder, FinishReason, GenerateError, GenerateOptions, TokenEvent};
+use crate::sampler::TokenLogprob;
+use kiln_model::{BatchState, Model, State};
+use kiln_text::Tokenizer;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Prompt tokens fed per chunk: `Model::forward`'s own pass size, so that a chunked prompt
+/// rounds exactly as the whole prompt would.
+const PROMPT_CHUNK: usize = 64;
+
+/// Most prompt tokens fed per step across all sequences, so running decodes are not stalled
+/// for long by a newcomer's prompt.
+const PROMPT_BUDGET: usize = 256;
+
+/// How the scheduler is sized.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Sequences decoded together at most (slots).
+    pub parallel: usize,
+    /// Requests waiting for a slot at most; beyond that `submit` answers [`SubmitError::Busy`].
+    pub queue: usize,
+    /// Positions per slot (prompt plus reply).
+    pub context: usize,
+}
+
+/// Something the engine tells a request's caller.
+#[derive(Debug)]
+pub enum Event {
+    /// New text (possibly empty while a stop string is pending) for one generated token.
+    Token {
+        /// The token id.
+        token: u32,
+        /// Text to show.
+        text: String,
+        /// Log-probability of the token and the top alternatives, when asked for.
+        logprobs: Option<(TokenLogprob, Vec<TokenLogprob>)>,
+    },
+    /// The request finished.
+    Done(Summary),
+    /// The request failed; nothing more follows.
+    Failed(String),
+}
+
+/// How a request went.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Why generation ended.
+    pub finish: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were reused from the slot's cache.
+    pub cached_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// From joining a slot to the first token.
+    pub prompt_time: Duration,
+    /// From the first token to the end.
+    pub generate_time: Duration,
+}
+
+/// A request: a tokenized prompt, what to generate, and where the results go.
+pub struct Job {
+    /// Prompt tokens (checked against the context by [`Scheduler::submit`]).
+    pub prompt: Vec<u32>,
+    /// Generation settings.
+    pub options: GenerateOptions,
+    /// Receives the events in order; returning false abandons the request.
+    pub sink: Box<dyn FnMut(Event) -> bool + Send>,
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Every slot is busy and the queue is full: try again later.
+    #[error("the server is busy: {running} requests running and {queued} queued (the limit)")]
+    Busy {
+        /// Requests decoding.
+        running: usize,
+        /// Requests waiting.
+        queued: usize,
+    },
+    /// The prompt leaves no room to generate.
+    #[error("the prompt is {prompt} tokens, but the context is {context} tokens (room is needed for at least one generated token)")]
+    TooLong {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Context length.
+        context: usize,
+    },
+    /// An empty prompt.
+    #[error("the prompt is empty")]
+    Empty,
+    /// Bad generation settings.
+    #[error("{0}")]
+    Options(String),
+    /// The engine has stopped.
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// Counters the engine keeps for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    /// Requests accepted and not yet finished (running + queued).
+    admitted: AtomicUsize,
+    running: AtomicUsize,
+    requests_total: AtomicU64,
+    prompt_tokens_total: AtomicU64,
+    generated_tokens_total: AtomicU64,
+    kv_positions_used: AtomicUsize,
+    /// f64 bits: generated tokens per second over the last few seconds.
+    tokens_per_second: AtomicU64,
+}
+
+/// A snapshot of the engine's counters.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Requests decoding now.
+    pub running: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Requests finished or failed since start.
+    pub requests_total: u64,
+    /// Prompt tokens processed since start (reused ones included).
+    pub prompt_tokens_total: u64,
+    /// Tokens generated since start.
+    pub generated_tokens_total: u64,
+    /// Generated tokens per second over the last few seconds.
+    pub tokens_per_second: f64,
+    /// KV-cache positions in use, over all slots.
+    pub kv_positions_used: usize,
+    /// KV-cache positions allocated, over all slots.
+    pub kv_positions_total: usize,
+}
+
+/// The handle the server holds: submit requests, read metrics. Dropping it stops the engine
+/// once running requests are done.
+pub struct Scheduler {
+    jobs: Option<Sender<Job>>,
+    counters: Arc<Counters>,
+    config: SchedulerConfig,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts the engine thread.
+    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: SchedulerConfig) -> Scheduler {
+        assert!(config.parallel > 0 && config.context > 1, "scheduler needs a slot and room in the context");
+        let (tx, rx) = channel();
+        let counters = Arc::new(Counters::default());
+        let engine_counters = counters.clone();
+        let engine_config = config.clone();
+        let worker = std::thread::Builder::new()
+            .name("kiln-engine".into())
+            .spawn(move || Engine::new(&model, &tokenizer, engine_config, engine_counters).run(rx))
+            .expect("spawn the engine thread");
+        Scheduler { jobs: Some(tx), counters, config, worker: Some(worker) }
+    }
+
+    /// Positions per slot.
+    pub fn context(&self) -> usize {
+        self.config.context
+    }
+
+    /// Accepts a group of requests (the `n` choices of one API call) together or not at all.
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
+        for job in &jobs {
+            if job.prompt.is_empty() {
+                return Err(SubmitError::Empty);
+            }
+            if job.prompt.len() >= self.config.context {
+                return Err(SubmitError::TooLong { prompt: job.prompt.len(), context: self.config.context });
+            }
+            job.options.sampling.validate().map_err(SubmitError::Options)?;
+        }
+        let limit = self.config.parallel + self.config.queue;
+        let n = jobs.len();
+        let before = self.counters.admitted.fetch_add(n, Ordering::SeqCst);
+        if before + n > limit {
+            self.counters.admitted.fetch_sub(n, Ordering::SeqCst);
+            let running = self.counters.running.load(Ordering::SeqCst);
+            return Err(SubmitError::Busy { running, queued: before.saturating_sub(running) });
+        }
+        let sender = self.jobs.as_ref().ok_or(SubmitError::Stopped)?;
+        for job in jobs {
+            if sender.send(job).is_err() {
+                return Err(SubmitError::Stopped);
+            }
+        }
+        Ok(())
+    }
+
+    /// The counters now.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.counters;
+        let running = c.running.load(Ordering::SeqCst);
+        Metrics {
+            running,
+            queued: c.admitted.load(Ordering::SeqCst).saturating_sub(running),
+            requests_total: c.requests_total.load(Ordering::Relaxed),
+            prompt_tokens_total: c.prompt_tokens_total.load(Ordering::Relaxed),
+            generated_tokens_total: c.generated_tokens_total.load(Ordering::Relaxed),
+            tokens_per_second: f64::from_bits(c.tokens_per_second.load(Ordering::Relaxed)),
+            kv_positions_used: c.kv_positions_used.load(Ordering::Relaxed),
+            kv_positions_total: self.config.parallel * self.config.context,
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// One sequence of the batch.
+struct Slot<'t> {
+    state: State,
+    /// Tokens whose keys and values the cache holds, in order (for prefix reuse).
+    fed: Vec<u32>,
+    active: Option<Active<'t>>,
+}
+
+/// A request in a slot.
+struct Active<'t> {
+    sink: Box<dyn FnMut(Event) -> bool + Send>,
+    decoder: Decoder<'t>,
+    prompt: Vec<u32>,
+    /// Prompt tokens in the cache so far.
+    prompt_done: usize,
+    cached_tokens: usize,
+    joined: Instant,
+    first_token: Option<Instant>,
+    /// When the request joined the queue, for fairness among prompts.
+    order: u64,
+}
+
+struct Engine<'m> {
+    model: &'m Model,
+    tokenizer: &'m Tokenizer,
+    slots: Vec<Slot<'m>>,
+    queue: VecDeque<Job>,
+    batch: BatchState,
+    counters: Arc<Counters>,
+    next_order: u64,
+    /// (when, tokens generated) per step, for the recent throughput.
+    recent: VecDeque<(Instant, usize)>,
+}
+
+impl<'m> Engine<'m> {
+    fn new(model: &'m Model, tokenizer: &'m Tokenizer, config: SchedulerConfig, counters: Arc<Counters>) -> Engine<'m> {
+        // Caches are zero-filled lazily by the OS, so idle slots cost address space, not memory.
+        let slots = (0..config.parallel).map(|_| Slot { state: model.new_state(config.context), fed: Vec::new(), active: None }).collect();
+        Engine { model, tokenizer, slots, queue: VecDeque::new(), batch: BatchState::default(), counters, next_order: 0, recent: VecDeque::new() }
+    }
+
+    fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            let idle = self.slots.iter().all(|s| s.active.is_none()) && self.queue.is_empty();
+            if idle {
+                match jobs.recv() {
+                    Ok(job) => self.queue.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = jobs.try_recv() {
+                self.queue.push_back(job);
+            }
+            self.admit();
+            let step = catch_unwind(AssertUnwindSafe(|| self.step()));
+            if step.is_err() {
+                // A bug must not take the server down: fail what was running, start clean.
+                for slot in &mut self.slots {
+                    if let Some(mut a) = slot.active.take() {
+                        (a.sink)(Event::Failed("internal error while generating; the request was dropped".into()));
+                        self.counters.running.fetch_sub(1, Ordering::SeqCst);
+                        self.counters.admitted.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    slot.state.cache.clear();
+                    slot.fed.clear();
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// Moves queued requests into free slots, each to the slot whose cache shares the longest
+    /// prefix with its prompt.
+    fn admit(&mut self) {
+        while self.slots.iter().any(|s| s.active.is_none()) {
+            let Some(job) = self.queue.pop_front() else { break };
+            let best = (0..self.slots.len())
+                .filter(|&i| self.slots[i].active.is_none())
+                .max_by_key(|&i| (common_prefix(&self.slots[i].fed, &job.prompt), usize::MAX - self.slots[i].fed.len()))
+                .expect("a free slot");
+            let Job { prompt, options, mut sink } = job;
+            let decoder = match Decoder::new(self.tokenizer, &prompt, &options) {
+                Ok(d) => d,
+                Err(e) => {
+                    sink(Event::Failed(e.to_string()));
+                    self.counters.admitted.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+            };
+            let slot = &mut self.slots[best];
+            // Reuse whole prompt chunks only, so the rest is cut as a fresh prompt would be,
+            // and leave at least one token to compute the logits from.
+            let common = common_prefix(&slot.fed, &prompt).min(prompt.len() - 1) / PROMPT_CHUNK * PROMPT_CHUNK;
+            slot.state.cache.truncate(common);
+            slot.fed.truncate(common);
+            self.counters.running.fetch_add(1, Ordering::SeqCst);
+            self.counters.prompt_tokens_total.fetch_add(prompt.len() as u64, Ordering::Relaxed);
+            slot.active = Some(Active {
+                sink,
+                decoder,
+                prompt,
+                prompt_done: common,
+                cached_tokens: common,
+                joined: Instant::now(),
+                first_token: None,
+                order: self.next_order,
+            });
+            self.next_order += 1;
+        }
+    }
+
+    /// Feeds prompt chunks, then decodes one token for every sequence past its prompt.
+    fn step(&mut self) {
+        let model = self.model;
+        // Prompts, oldest request first, within the step's budget.
+        let mut reading: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].active.as_ref().is_some_and(|a| a.prompt_done < a.prompt.len()))
+            .collect();
+        reading.sort_by_key(|&i| self.slots[i].active.as_ref().map(|a| a.order));
+        let mut budget = PROMPT_BUDGET;
+        for i in reading {
+            if budget == 0 {
+                break;
+            }
+            let slot = &mut self.slots[i];
+            let a = slot.active.as_mut().expect("active");
+            let end = (a.prompt_done / PROMPT_CHUNK + 1) * PROMPT_CHUNK;
+            let end = end.min(a.prompt.len());
+            let chunk = &a.prompt[a.prompt_done..end];
+            budget = budget.saturating_sub(chunk.len());
+            let result = model.forward(&mut slot.state, chunk, false).map(|l| l.to_vec());
+            slot.fed.extend_from_slice(chunk);
+            a.prompt_done = end;
+            match result {
+                Err(e) => self.fail(i, &GenerateError::from(e)),
+                Ok(logits) if end == a.prompt.len() => self.emit(i, &logits),
+                Ok(_) => {}
+            }
+        }
+
+        // Decode: every sequence with a token waiting to be fed.
+        let decoding: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].active.as_ref().is_some_and(|a| a.prompt_done == a.prompt.len() && a.first_token.is_some()))
+            .collect();
+        if decoding.is_empty() {
+            return;
+        }
+        let tokens: Vec<u32> = decoding
+            .iter()
+            .map(|&i| self.slots[i].active.as_ref().and_then(|a| a.decoder.last_token()).expect("a token to feed"))
+            .collect();
+        let mut states: Vec<&mut State> = Vec::with_capacity(decoding.len());
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if decoding.contains(&i) {
+                states.push(&mut slot.state);
+            }
+        }
+        let vocab = model.config.vocab_size;
+        match model.decode_batch(&mut self.batch, &mut states, &tokens) {
+            Ok(logits) => {
+                let logits = logits.to_vec();
+                for (k, &i) in decoding.iter().enumerate() {
+                    self.slots[i].fed.push(tokens[k]);
+                    self.emit(i, &logits[k * vocab..(k + 1) * vocab]);
+                }
+            }
+            Err(e) => {
+                let e = GenerateError::from(e);
+                for &i in &decoding {
+                    self.fail(i, &e);
+                }
+            }
+        }
+        let generated = decoding.len();
+        self.recent.push_back((Instant::now(), generated));
+    }
+
+    /// Samples slot `i`'s next token from `logits` and hands the text to its caller; ends the
+    /// request when it is done or its caller has gone.
+    fn emit(&mut self, i: usize, logits: &[f32]) {
+        let capacity = self.slots[i].state.capacity();
+        let slot = &mut self.slots[i];
+        let a = slot.active.as_mut().expect("active");
+        let alive = match a.decoder.next(logits) {
+            Err(e) => {
+                self.fail(i, &e);
+                return;
+            }
+            Ok(None) => true,
+            Ok(Some(TokenEvent { token, text, logprobs })) => {
+                a.first_token.get_or_insert_with(Instant::now);
+                self.counters.generated_tokens_total.fetch_add(1, Ordering::Relaxed);
+                (a.sink)(Event::Token { token, text: text.to_string(), logprobs })
+            }
+        };
+        if !alive {
+            a.decoder.cancel();
+        }
+        let room = slot.fed.len() < capacity;
+        if a.decoder.wants_more() && room && alive {
+            return;
+        }
+        self.finish(i);
+    }
+
+    /// Ends slot `i`'s request normally (stop, limit, context end, or its caller left).
+    fn finish(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let Some(mut a) = slot.active.take() else { return };
+        let now = Instant::now();
+        if let Some(TokenEvent { token, text, .. }) = a.decoder.finish() {
+            let text = text.to_string();
+            (a.sink)(Event::Token { token, text, logprobs: None });
+        }
+        let first = a.first_token.unwrap_or(now);
+        let summary = Summary {
+            finish: a.decoder.finish_reason().unwrap_or(FinishReason::Length),
+            prompt_tokens: a.prompt.len(),
+            cached_tokens: a.cached_tokens,
+            completion_tokens: a.decoder.tokens().len(),
+            prompt_time: first - a.joined,
+            generate_time: now - first,
+        };
+        (a.sink)(Event::Done(summary));
+        self.release();
+    }
+
+    fn fail(&mut self, i: usize, e: &GenerateError) {
+        let slot = &mut self.slots[i];
+        if let Some(mut a) = slot.active.take() {
+            (a.sink)(Event::Failed(e.to_string()));
+            // The cache may hold a partial pass: forget it.
+            slot.state.cache.clear();
+            slot.fed.clear();
+            self.release();
+        }
+    }
+
+    fn release(&self) {
+        self.counters.running.fetch_sub(1, Ordering::SeqCst);
+        self.counters.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.counters.requests_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn publish(&mut self) {
+        let used: usize = self.slots.iter().map(|s| s.state.len()).sum();
+        self.counters.kv_positions_used.store(used, Ordering::Relaxed);
+        let now = Instant::now();
+        let window = Duration::from_secs(5);
+        while self.recent.front().is_some_and(|&(t, _)| now - t > window) {
+            self.recent.pop_front();
+        }
+        let tokens: usize = self.recent.iter().map(|&(_, n)| n).sum();
+        let rate = match self.recent.front() {
+            Some(&(t0, _)) if tokens > 0 => tokens as f64 / (now - t0).as_secs_f64().max(1e-3),
+            _ => 0.0,
+        };
+        self.counters.tokens_per_second.store(rate.to_bits(), Ordering::Relaxed);
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}

@@ -1,0 +1,139 @@
+//! The continuous-batching scheduler against the one-request generation loop, on the default
+//! model: same answers together as alone, a bounded queue, and abandoned requests freed.
+
+use kiln_generate::{Event, FinishReason, GenerateOptions, Job, SamplingParams, Scheduler, SchedulerConfig, Session, SubmitError};
+use kiln_model::Model;
+use kiln_text::Tokenizer;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn load() -> Option<(Arc<Model>, Arc<Tokenizer>)> {
+    let path = kiln_test_models::SMOLLM2.path()?;
+    let file = kiln_gguf::GgufFile::open(&path).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    Some((Arc::new(Model::from_gguf(file).unwrap()), Arc::new(tokenizer)))
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), ..Default::default() }
+}
+
+/// A job whose events arrive on the returned channel.
+fn job(prompt: Vec<u32>, options: GenerateOptions) -> (Job, Receiver<Event>) {
+    let (tx, rx) = channel();
+    (Job { prompt, options, sink: Box::new(move |e| tx.send(e).is_ok()) }, rx)
+}
+
+/// Collects a job's text and summary.
+fn collect(rx: &Receiver<Event>) -> (String, FinishReason, usize) {
+    let mut text = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)).expect("an event") {
+            Event::Token { text: t, .. } => text.push_str(&t),
+            Event::Done(s) => return (text, s.finish, s.completion_tokens),
+            Event::Failed(e) => panic!("request failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn together_equals_alone() {
+    let Some((model, tokenizer)) = load() else { return };
+    // Prompts of different lengths, one past a prompt chunk, so sequences join mid-prompt.
+    let texts = [
+        "The capital of France is".to_string(),
+        "Write a haiku about the sea:".to_string(),
+        "1, 2, 3, 4,".to_string(),
+        "Once upon a time".to_string(),
+        format!("{} Summarise the text above in one line:", "The quick brown fox jumps over the lazy dog. ".repeat(8)),
+        "def fibonacci(n):".to_string(),
+    ];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode_prompt(t).unwrap()).collect();
+    assert!(prompts[4].len() > 64);
+    let opts = greedy(24);
+
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let mut session = Session::new(&model, 512);
+            session.generate(&tokenizer, p, &opts, |_| true).unwrap().text
+        })
+        .collect();
+
+    let scheduler = Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: 4, queue: 2, context: 512 });
+    let mut receivers = Vec::new();
+    for p in &prompts {
+        let (j, rx) = job(p.clone(), opts.clone());
+        scheduler.submit(vec![j]).unwrap();
+        receivers.push(rx);
+    }
+    // All six slots and queue places are taken: the seventh is refused, not queued.
+    let (extra, _rx) = job(prompts[0].clone(), opts.clone());
+    assert!(matches!(scheduler.submit(vec![extra]), Err(SubmitError::Busy { .. })));
+
+    for (i, rx) in receivers.iter().enumerate() {
+        let (text, _, n) = collect(rx);
+        assert!(n > 0);
+        assert_eq!(text, alone[i], "prompt {i} answered differently beside others");
+    }
+    let m = scheduler.metrics();
+    assert_eq!((m.running, m.queued), (0, 0));
+    assert_eq!(m.requests_total, 6);
+}
+
+#[test]
+fn an_abandoned_request_frees_its_slot() {
+    let Some((model, tokenizer)) = load() else { return };
+    let scheduler = Scheduler::start(model, tokenizer.clone(), SchedulerConfig { parallel: 1, queue: 0, context: 256 });
+    let prompt = tokenizer.encode_prompt("Tell me a very long story.").unwrap();
+    // The caller goes away after three tokens.
+    let mut seen = 0;
+    let (done_tx, done_rx) = channel();
+    let sink = Box::new(move |e: Event| {
+        if let Event::Token { .. } = e {
+            seen += 1;
+        }
+        if seen >= 3 {
+            let _ = done_tx.send(());
+            return false;
+        }
+        true
+    });
+    let options = GenerateOptions { ignore_eos: true, ..greedy(200) };
+    scheduler.submit(vec![Job { prompt: prompt.clone(), options, sink }]).unwrap();
+    done_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    // The one slot frees without waiting for the 200 tokens.
+    let mut freed = false;
+    for _ in 0..200 {
+        if scheduler.metrics().running == 0 {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(freed, "the slot stayed busy after its caller left");
+    let (j, rx) = job(prompt, GenerateOptions { ignore_eos: true, ..greedy(4) });
+    scheduler.submit(vec![j]).unwrap();
+    let (_, finish, n) = collect(&rx);
+    assert_eq!((finish, n), (FinishReason::Length, 4));
+}
+
+#[test]
+fn bad_requests_are_refused_up_front() {
+    let Some((model, tokenizer)) = load() else { return };
+    let scheduler = Scheduler::start(model, tokenizer, SchedulerConfig { parallel: 1, queue: 1, context: 16 });
+    let (j, _) = job((1..40).collect(), greedy(4));
+    let err = scheduler.submit(vec![j]).unwrap_err();
+    assert!(err.to_string().contains("39 tokens") && err.to_string().contains("16 tokens"), "{err}");
+    let (j, _) = job(vec![], greedy(4));
+    assert!(matches!(scheduler.submit(vec![j]), Err(SubmitError::Empty)));
+    let mut bad = greedy(4);
+    bad.sampling.temperature = -1.0;
+    let (j, _) = job(vec![1, 2], bad);
+    assert!(matches!(scheduler.submit(vec![j]), Err(SubmitError::Options(_))));
+    // A group larger than the room is refused whole.
+    let jobs: Vec<Job> = (0..3).map(|_| job(vec![1, 2], greedy(2)).0).collect();
+    assert!(matches!(scheduler.submit(jobs), Err(SubmitError::Busy { .. })));
+    assert_eq!(scheduler.metrics().queued, 0);
+}

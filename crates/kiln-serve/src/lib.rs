@@ -1,0 +1,163 @@
+//! kiln-serve: an OpenAI-compatible HTTP API and a chat page over one model.
+//!
+//! Requests are parsed and checked here, then handed to the continuous-batching
+//! [`Scheduler`] of kiln-generate, which runs them on its own thread; this crate never
+//! touches the model's state itself, apart from computing embeddings.
+#![deny(missing_docs)]
+
+mod completions;
+mod endpoints;
+mod error;
+mod openai;
+
+pub use error::ApiError;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use kiln_generate::{Scheduler, SchedulerConfig};
+use kiln_model::Model;
+use kiln_text::{ChatTemplate, Tokenizer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// A model with what is needed to talk to it.
+pub struct ServedModel {
+    /// The weights.
+    pub model: Arc<Model>,
+    /// Its tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// Its chat template.
+    pub template: ChatTemplate,
+    /// The name clients use (`/v1/models` lists it).
+    pub id: String,
+    /// Other names accepted in requests (the file name, say).
+    pub aliases: Vec<String>,
+}
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to bind (loopback unless told otherwise).
+    pub host: String,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// Requests decoded together at most.
+    pub parallel: usize,
+    /// Requests waiting at most; beyond, 503.
+    pub queue: usize,
+    /// Positions per request (prompt plus reply).
+    pub context: usize,
+    /// Required as `Authorization: Bearer KEY` on the API when set.
+    pub api_key: Option<String>,
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    scheduler: Scheduler,
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    model_id: String,
+    aliases: Vec<String>,
+    api_key: Option<String>,
+    parallel: usize,
+    created: u64,
+    fingerprint: String,
+    embedding_permit: tokio::sync::Semaphore,
+    http_counts: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+impl AppState {
+    /// Starts the scheduler for `served`.
+    pub fn new(served: ServedModel, options: &ServeOptions) -> AppState {
+        let scheduler = Scheduler::start(
+            served.model.clone(),
+            served.tokenizer.clone(),
+            SchedulerConfig { parallel: options.parallel, queue: options.queue, context: options.context },
+        );
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        AppState {
+            scheduler,
+            model: served.model,
+            tokenizer: served.tokenizer,
+            template: served.template,
+            fingerprint: format!("kiln-{}", env!("CARGO_PKG_VERSION")),
+            model_id: served.id,
+            aliases: served.aliases,
+            api_key: options.api_key.clone(),
+            parallel: options.parallel,
+            created,
+            embedding_permit: tokio::sync::Semaphore::new(1),
+            http_counts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Accepts no model name (the one served), its id, or an alias.
+    fn check_model(&self, asked: Option<&str>) -> Result<(), ApiError> {
+        match asked {
+            None | Some("") => Ok(()),
+            Some(m) if m == self.model_id || self.aliases.iter().any(|a| a == m) => Ok(()),
+            Some(m) => Err(ApiError::unknown_model(m, &self.model_id)),
+        }
+    }
+}
+
+/// The routes, for [`serve`] and for tests that drive the app in-process.
+pub fn router(app: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(endpoints::models))
+        .route("/v1/chat/completions", post(completions::chat))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(endpoints::embeddings))
+        .route("/tokenize", post(endpoints::tokenize))
+        .route("/detokenize", post(endpoints::detokenize))
+        .route("/metrics", get(endpoints::metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_key));
+    Router::new()
+        .route("/", get(endpoints::page))
+        .route("/health", get(endpoints::health))
+        .merge(api)
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            let _ = method;
+            ApiError::not_found(uri.path())
+        })
+        .layer(middleware::from_fn_with_state(app.clone(), count_requests))
+        .with_state(app)
+}
+
+/// Refuses API calls without the right key, when the server has one.
+async fn require_key(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &app.api_key {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if given.map(str::trim) != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Counts answers by route and status for `/metrics`.
+async fn count_requests(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let response = next.run(request).await;
+    let key = (path, response.status().as_u16());
+    *app.http_counts.lock().expect("counts lock").entry(key).or_insert(0) += 1;
+    response
+}
+
+/// Binds and serves until Ctrl-C; `on_ready` gets the bound address (useful with port 0).
+pub async fn serve(served: ServedModel, options: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind((options.host.as_str(), options.port)).await?;
+    let app = Arc::new(AppState::new(served, &options));
+    on_ready(listener.local_addr()?);
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
