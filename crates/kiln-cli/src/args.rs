@@ -42,6 +42,10 @@ pub enum Command {
     Export(crate::commands::export::ExportArgs),
     /// Serve a model: an OpenAI-compatible API at /v1 and a chat page at /.
     Serve(crate::commands::serve::ServeArgs),
+    /// Supervised fine-tuning on conversations (full or --lora) into a run directory.
+    Sft(crate::commands::sft::SftArgs),
+    /// Fold LoRA adapters into a model's weights.
+    Merge(crate::commands::sft::MergeArgs),
 }
 
 /// Which model to load.

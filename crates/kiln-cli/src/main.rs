@@ -24,7 +24,7 @@ fn run(cli: Cli) -> Result<()> {
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    if matches!(cli.command, Command::Train(_)) {
+    if matches!(cli.command, Command::Train(_) | Command::Sft(_) | Command::Merge(_)) {
         // Allocator and candle settings for training; must precede the worker threads.
         kiln_train::runtime::tune();
     }
@@ -42,5 +42,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => commands::train::train(a, threads),
         Command::Export(a) => commands::export::export(a),
         Command::Serve(a) => commands::serve::serve(a),
+        Command::Sft(a) => commands::sft::sft(a),
+        Command::Merge(a) => commands::sft::merge(a),
     }
 }

@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod data;
 mod data_parquet;
 pub mod export;
+pub mod finetune;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod optim;
@@ -16,6 +18,7 @@ pub mod preset;
 pub mod rng;
 pub mod runtime;
 pub mod schedule;
+pub mod sft;
 pub mod tokenizer_train;
 pub mod train;
 

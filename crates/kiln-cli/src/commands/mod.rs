@@ -11,3 +11,4 @@ pub mod run;
 pub mod tokenizer;
 pub mod train;
 pub mod serve;
+pub mod sft;
