@@ -46,6 +46,10 @@ pub enum Command {
     Sft(crate::commands::sft::SftArgs),
     /// Fold LoRA adapters into a model's weights.
     Merge(crate::commands::sft::MergeArgs),
+    /// Direct preference optimization on comparisons (full or --lora) into a run directory.
+    Dpo(crate::commands::dpo::DpoArgs),
+    /// Train a reward model on comparisons; `kiln rm score` scores answers with one.
+    Rm(crate::commands::rm::RmArgs),
 }
 
 /// Which model to load.

@@ -24,7 +24,7 @@ fn run(cli: Cli) -> Result<()> {
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    if matches!(cli.command, Command::Train(_) | Command::Sft(_) | Command::Merge(_)) {
+    if matches!(cli.command, Command::Train(_) | Command::Sft(_) | Command::Merge(_) | Command::Dpo(_) | Command::Rm(_)) {
         // Allocator and candle settings for training; must precede the worker threads.
         kiln_train::runtime::tune();
     }
@@ -44,5 +44,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => commands::serve::serve(a),
         Command::Sft(a) => commands::sft::sft(a),
         Command::Merge(a) => commands::sft::merge(a),
+        Command::Dpo(a) => commands::dpo::dpo(a),
+        Command::Rm(a) => commands::rm::rm(a),
     }
 }

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod data;
 mod data_parquet;
+pub mod dpo;
 pub mod export;
 pub mod finetune;
 pub mod lora;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod preset;
+pub mod reward;
 pub mod rng;
 pub mod runtime;
 pub mod schedule;

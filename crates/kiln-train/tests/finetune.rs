@@ -227,3 +227,93 @@ fn gguf_base_is_dequantized_into_the_trainers_layout() {
     let from_dir = load_base(&hf).unwrap();
     assert_eq!(from_dir.tensors.len(), model.params().len());
 }
+
+/// Synthetic comparisons: a shared prompt, then a reply that is one of two fixed patterns
+/// (chosen: tokens 0–3, rejected: tokens 4–7), so a model can learn to tell them apart and
+/// generalize to held-out pairs.
+fn synthetic_pairs(n: usize, vocab: usize, seed: u64) -> Vec<kiln_train::dpo::Pair> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let prompt: Vec<u32> = (0..6).map(|_| rng.below(vocab as u64) as u32).collect();
+            let side = |parity: u32, rng: &mut Rng| {
+                let reply: Vec<u32> = (0..5).map(|_| rng.below(4) as u32 + 4 * parity).collect();
+                let ids: Vec<u32> = prompt.iter().chain(&reply).copied().collect();
+                let weights = (1..ids.len()).map(|i| if i >= prompt.len() { 1.0 } else { 0.0 }).collect();
+                Example { ids, weights }
+            };
+            kiln_train::dpo::Pair { chosen: side(0, &mut rng), rejected: side(1, &mut rng) }
+        })
+        .collect()
+}
+
+fn train_steps(task: &mut dyn kiln_train::finetune::Task, net: &kiln_train::finetune::Net, steps: usize, lr: f64) -> Vec<f64> {
+    let params = net.trainable();
+    let mut opt = AdamW::new(&params, (0.9, 0.999), 1e-8, 0.0);
+    let mut loader = kiln_train::finetune::Loader::new(task.n_train(), 1, 0);
+    (0..steps)
+        .map(|_| {
+            let mut acc = GradAccum::new(&params);
+            let s = task.step(net, &mut loader, &mut acc).unwrap();
+            opt.step(&params, acc.grads(), lr).unwrap();
+            s.loss
+        })
+        .collect()
+}
+
+#[test]
+fn dpo_starts_at_ln2_moves_the_margin_the_right_way_and_learns() {
+    use kiln_train::dpo::{dpo_stats, pair_logps, Dpo};
+    use kiln_train::finetune::{Net, Task};
+    let cfg = config(40);
+    let net = Net { model: random_model(&cfg, 21), extra: Vec::new() };
+    let pairs = synthetic_pairs(12, 40, 4);
+    let (train, val) = (pairs[..8].to_vec(), pairs[8..].to_vec());
+    let ref_train = pair_logps(&net, &train).unwrap();
+    let ref_val = pair_logps(&net, &val).unwrap();
+    // Policy = reference: every margin is 0 and the loss is exactly ln 2.
+    let s0 = dpo_stats(0.1, &pair_logps(&net, &train).unwrap(), &ref_train);
+    assert!((s0.loss - std::f64::consts::LN_2).abs() < 1e-12, "{}", s0.loss);
+    assert_eq!((s0.margin, s0.accuracy), (0.0, 0.0));
+    let mut dpo = Dpo::new(train.clone(), val, ref_train.clone(), ref_val, 0.1, 8);
+    // One small step along the gradient raises π_c − π_r on the batch (gradient sign).
+    let first = train_steps(&mut dpo, &net, 1, 1e-3);
+    assert!((first[0] - std::f64::consts::LN_2).abs() < 1e-9, "step 0 loss {}", first[0]);
+    let s1 = dpo_stats(0.1, &pair_logps(&net, &train).unwrap(), &ref_train);
+    assert!(s1.margin > 0.0 && s1.loss < s0.loss, "after one step: margin {} loss {}", s1.margin, s1.loss);
+    assert!(s1.chosen > s1.rejected);
+    let losses = train_steps(&mut dpo, &net, 30, 1e-2);
+    let end = dpo_stats(0.1, &pair_logps(&net, &train).unwrap(), &ref_train);
+    assert!(end.loss < 0.4 && end.accuracy == 1.0, "after 30 steps: {end:?} (losses {losses:?})");
+    let v = dpo.evaluate(&net).unwrap();
+    assert_eq!(v.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["val_loss", "val_rewards/margins", "val_rewards/accuracies", "val_logp_accuracy"]);
+}
+
+#[test]
+fn reward_model_starts_at_ln2_and_separates_held_out_pairs() {
+    use kiln_train::finetune::Net;
+    use kiln_train::reward::{pair_metrics, zero_head, Rm, HEAD};
+    let cfg = config(40);
+    let head = candle_core::Var::from_tensor(&zero_head(cfg.dim).unwrap()).unwrap();
+    let net = Net { model: random_model(&cfg, 8), extra: vec![(HEAD.to_string(), head)] };
+    let pairs = synthetic_pairs(50, 40, 9);
+    let (train, val) = (pairs[..30].to_vec(), rm_val(&pairs));
+    let w = net.extra[0].1.as_tensor().clone();
+    let (loss0, _) = pair_metrics(&net.model, &w, &val).unwrap();
+    assert!((loss0 - std::f64::consts::LN_2).abs() < 1e-12, "zero head: {loss0}");
+    let mut rm = Rm::new(train, val, 6);
+    let losses = train_steps(&mut rm, &net, 25, 5e-3);
+    assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-9);
+    let (loss, acc) = rm.held_out(&net).unwrap();
+    // Chance would give 50% (P(≥ 80% of 20) < 0.6%); the model overfits its 30 pairs, so the
+    // held-out loss is only asked to be below the start.
+    assert!(acc >= 0.8 && loss < loss0, "held out: loss {loss} accuracy {acc} (train losses {losses:?})");
+    // A wrong-way head (negated) gets the complementary accuracy.
+    let neg = (net.extra[0].1.as_tensor() * -1.0).unwrap();
+    let (_, flipped) = pair_metrics(&net.model, &neg, &rm_val(&pairs)).unwrap();
+    assert!((flipped - (1.0 - acc)).abs() < 1e-9);
+}
+
+fn rm_val(pairs: &[kiln_train::dpo::Pair]) -> Vec<kiln_train::dpo::Pair> {
+    pairs[30..].to_vec()
+}
