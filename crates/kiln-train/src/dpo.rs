@@ -87,11 +87,22 @@ pub fn pair_logps(net: &Net, pairs: &[Pair]) -> Result<Vec<(f64, f64)>> {
         .collect()
 }
 
-/// `reference_logps.json`.
+/// `reference_logps.json`. The numbers are f32 sums (exact as f32), stored as f32 so that
+/// reading them back gives the same bits: a resumed run repeats the uninterrupted one.
 #[derive(Serialize, Deserialize)]
 struct RefCache {
-    train: Vec<(f64, f64)>,
-    val: Vec<(f64, f64)>,
+    train: Vec<(f32, f32)>,
+    val: Vec<(f32, f32)>,
+}
+
+fn to_f32(v: Vec<(f64, f64)>) -> Vec<(f32, f32)> {
+    v.into_iter().map(|(a, b)| (a as f32, b as f32)).collect()
+}
+
+fn to_f64(v: Vec<(f32, f32)>) -> Vec<(f64, f64)> {
+    v.into_iter()
+        .map(|(a, b)| (f64::from(a), f64::from(b)))
+        .collect()
 }
 
 /// DPO's data and reference numbers.
@@ -187,8 +198,8 @@ impl Dpo {
                 ));
                 run.net.set_training(false);
                 let c = RefCache {
-                    train: pair_logps(&run.net, &train)?,
-                    val: pair_logps(&run.net, &val)?,
+                    train: to_f32(pair_logps(&run.net, &train)?),
+                    val: to_f32(pair_logps(&run.net, &val)?),
                 };
                 write_cache(&path, &c)?;
                 c
@@ -198,8 +209,8 @@ impl Dpo {
         Ok(Dpo {
             train,
             val,
-            ref_train: cache.train,
-            ref_val: cache.val,
+            ref_train: to_f64(cache.train),
+            ref_val: to_f64(cache.val),
             beta: run.cfg.beta,
             batch_pairs: run.cfg.batch_pairs,
         })

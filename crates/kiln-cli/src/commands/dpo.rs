@@ -35,9 +35,9 @@ pub fn dpo(args: &DpoArgs) -> Result<()> {
         },
         |_| Ok(Vec::new()),
     )?;
-    describe(&run);
     let mut data =
         kiln_model::threads::pool().install(|| Dpo::load(&run, &mut |l| eprintln!("{l}")))?;
+    describe(&run);
     let before = data.reference_stats();
     eprintln!(
         "held-out preference accuracy of the starting model (summed reply log-prob): {:.3}",

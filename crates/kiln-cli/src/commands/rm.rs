@@ -72,8 +72,8 @@ pub fn rm(args: &RmArgs) -> Result<()> {
             )])
         },
     )?;
-    describe(&run);
     let mut data = Rm::load(&run, &mut |l| eprintln!("{l}"))?;
+    describe(&run);
     let last = train_and_write(&mut run, &mut data, args.common.quiet)?;
     let head = run
         .net

@@ -236,8 +236,8 @@ pub fn sft(args: &SftArgs) -> Result<()> {
         },
         |_| Ok(Vec::new()),
     )?;
-    describe(&run);
     let mut data = kiln_train::sft::load(&run, &mut |l| eprintln!("{l}"))?;
+    describe(&run);
     let last = train_and_write(&mut run, &mut data, args.common.quiet)?;
     let val = last["val_loss"]
         .as_f64()
