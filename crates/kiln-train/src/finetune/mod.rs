@@ -6,6 +6,7 @@
 //!
 //! A fine-tuning run directory holds `finetune.json` (the resolved [`FinetuneConfig`]),
 //! `tokenizer/` (the starting model's tokenizer with the chat template training used),
+//! `start.json` (the starting model's held-out numbers),
 //! `checkpoints/step_NNNNNN/` (the trainable tensors: the whole model, or only the LoRA
 //! adapters and heads, with AdamW's moments), `metrics.jsonl`, `loss.png`/`loss.svg`, and at the
 //! end `model/` (a Hugging Face directory; LoRA adapters merged) and, with LoRA, `adapter/`.

@@ -444,6 +444,21 @@ impl Run {
         let cfg = self.cfg.clone();
         let mut loader = Loader::new(task.n_train(), cfg.seed, self.resume_cursor);
         let mut last = json!({});
+        if self.step == 0 {
+            // The starting model's held-out numbers, for comparison with the end (start.json).
+            let start = task.evaluate(&self.net)?;
+            if !start.is_empty() {
+                let mut line = json!({"step": 0});
+                let mut text = "before training".to_string();
+                for (k, v) in &start {
+                    line[k] = json!(v);
+                    text.push_str(&format!(" | {k} {v:.4}"));
+                }
+                report(&text);
+                let path = self.dir.join("start.json");
+                checkpoint::write_atomic(&path, line.to_string().as_bytes())?;
+            }
+        }
         while self.step < cfg.steps {
             let t0 = Instant::now();
             let lr = lr_at(
