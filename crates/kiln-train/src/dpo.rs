@@ -269,15 +269,27 @@ impl Task for Dpo {
     }
 
     fn evaluate(&mut self, net: &Net) -> Result<Vec<(String, f64)>> {
+        let policy = pair_logps(net, &self.val)?;
+        Ok(self.val_metrics(&policy))
+    }
+
+    fn evaluate_start(&mut self, _net: &Net) -> Result<Vec<(String, f64)>> {
+        // The starting model is the reference: its numbers are cached.
+        Ok(self.val_metrics(&self.ref_val.clone()))
+    }
+}
+
+impl Dpo {
+    fn val_metrics(&self, policy: &[(f64, f64)]) -> Vec<(String, f64)> {
         if self.val.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        let s = dpo_stats(self.beta, &pair_logps(net, &self.val)?, &self.ref_val);
-        Ok(vec![
+        let s = dpo_stats(self.beta, policy, &self.ref_val);
+        vec![
             ("val_loss".into(), s.loss),
             ("val_rewards/margins".into(), s.margin),
             ("val_rewards/accuracies".into(), s.accuracy),
             ("val_logp_accuracy".into(), s.logp_accuracy),
-        ])
+        ]
     }
 }

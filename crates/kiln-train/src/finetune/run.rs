@@ -273,6 +273,10 @@ pub trait Task: Send {
     fn step(&mut self, net: &Net, loader: &mut Loader, acc: &mut GradAccum) -> Result<StepStats>;
     /// Validation metrics (`val_loss`, …).
     fn evaluate(&mut self, net: &Net) -> Result<Vec<(String, f64)>>;
+    /// Validation metrics of the starting model (DPO knows them from its reference numbers).
+    fn evaluate_start(&mut self, net: &Net) -> Result<Vec<(String, f64)>> {
+        self.evaluate(net)
+    }
     /// Training rows.
     fn n_train(&self) -> usize;
 }
@@ -446,7 +450,7 @@ impl Run {
         let mut last = json!({});
         if self.step == 0 {
             // The starting model's held-out numbers, for comparison with the end (start.json).
-            let start = task.evaluate(&self.net)?;
+            let start = task.evaluate_start(&self.net)?;
             if !start.is_empty() {
                 let mut line = json!({"step": 0});
                 let mut text = "before training".to_string();
@@ -505,8 +509,8 @@ impl Run {
                 line[k] = json!(v);
                 text.push_str(&format!(" | {k} {v:.4}"));
             }
-            let eval_now =
-                (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every)) || self.step == cfg.steps;
+            let eval_now = (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every))
+                || self.step == cfg.steps;
             if eval_now {
                 for (k, v) in task.evaluate(&self.net)? {
                     line[&k] = json!(v);
@@ -515,7 +519,9 @@ impl Run {
             }
             self.log.append(&line)?;
             report(&text);
-            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every)) || self.step == cfg.steps {
+            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every))
+                || self.step == cfg.steps
+            {
                 self.checkpoint(loader.cursor)?;
             }
             last = line;
