@@ -96,7 +96,9 @@ impl FinetuneArgs {
                 bail!("--data {}: no such file", d.display());
             }
         }
-        let mut c = FinetuneConfig::new(task, model.clone(), self.data.clone());
+        // Absolute paths, so that --resume works from any directory.
+        let abs = |p: &PathBuf| p.canonicalize().unwrap_or_else(|_| p.clone());
+        let mut c = FinetuneConfig::new(task, abs(model), self.data.iter().map(abs).collect());
         if let Some(s) = self.steps {
             c.steps = s;
             c.warmup = (s / 10).clamp(1, 20);
