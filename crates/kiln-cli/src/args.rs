@@ -36,6 +36,14 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Serve a model: an OpenAI-compatible API at /v1 and a chat page at /.
     Serve(crate::commands::serve::ServeArgs),
+    /// Supervised fine-tuning on conversations (full or --lora) into a run directory.
+    Sft(crate::commands::sft::SftArgs),
+    /// Fold LoRA adapters into a model's weights.
+    Merge(crate::commands::sft::MergeArgs),
+    /// Direct preference optimization on comparisons (full or --lora) into a run directory.
+    Dpo(crate::commands::dpo::DpoArgs),
+    /// Train a reward model on comparisons; `kiln rm score` scores answers with one.
+    Rm(crate::commands::rm::RmArgs),
     /// Benchmarks (HellaSwag, MMLU, ARC, TruthfulQA, GSM8K, HumanEval), perplexity, regression suites.
     Eval(crate::commands::eval::EvalArgs),
     /// A Markdown report card over a pipeline's runs (metrics, evals, plots, samples).

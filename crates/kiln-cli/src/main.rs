@@ -24,7 +24,7 @@ fn run(cli: Cli) -> Result<()> {
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    if matches!(cli.command, Command::Train(_)) {
+    if matches!(cli.command, Command::Train(_) | Command::Sft(_) | Command::Merge(_) | Command::Dpo(_) | Command::Rm(_)) {
         // Allocator and candle settings for training; must precede the worker threads.
         kiln_train::runtime::tune();
     }
@@ -44,5 +44,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(a) => commands::tokenizer::tokenizer(a),
         Command::Train(a) => commands::train::train(a, threads),
         Command::Export(a) => commands::export::export(a),
+        Command::Sft(a) => commands::sft::sft(a),
+        Command::Merge(a) => commands::sft::merge(a),
+        Command::Dpo(a) => commands::dpo::dpo(a),
+        Command::Rm(a) => commands::rm::rm(a),
     }
 }

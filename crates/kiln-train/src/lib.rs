@@ -7,15 +7,20 @@
 pub mod checkpoint;
 pub mod data;
 mod data_parquet;
+pub mod dpo;
 pub mod export;
+pub mod finetune;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod preset;
+pub mod reward;
 pub mod rng;
 pub mod runtime;
 pub mod schedule;
+pub mod sft;
 pub mod tokenizer_train;
 pub mod train;
 

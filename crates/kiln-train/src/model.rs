@@ -31,6 +31,11 @@ pub struct Llama {
     /// Round keys and values to f16 as kiln's (and llama.cpp's) KV cache stores them: makes the
     /// forward pass reproduce inference logits to f32 rounding, for parity tests. Off in training.
     pub round_kv_f16: bool,
+    /// Fine-tuning hook: LoRA adapters added to the outputs of chosen linear layers.
+    pub adapters: Option<crate::lora::Lora>,
+    /// Fine-tuning hook: the base parameters enter the graph detached, so backward computes no
+    /// gradient for them (LoRA, reward heads on a frozen body) and skips their matmuls.
+    pub frozen: bool,
     params: Vec<(String, Var)>,
     index: HashMap<String, usize>,
     dtype: DType,
@@ -150,6 +155,8 @@ impl Llama {
             config,
             tied,
             round_kv_f16: false,
+            adapters: None,
+            frozen: false,
             params,
             index,
             dtype,
@@ -171,11 +178,17 @@ impl Llama {
         self.index.get(name).map(|&i| &self.params[i].1)
     }
 
-    fn p(&self, name: &str) -> &Tensor {
+    fn p(&self, name: &str) -> Tensor {
         // Every name used in `forward` is created by `param_shapes`.
-        self.param(name)
+        let t = self
+            .param(name)
             .expect("parameter exists by construction")
-            .as_tensor()
+            .as_tensor();
+        if self.frozen {
+            t.detach()
+        } else {
+            t.clone()
+        }
     }
 
     /// The parameters as plain tensors by name (for safetensors).
@@ -234,8 +247,8 @@ impl Llama {
         cross_entropy(&logits, &targets.flatten_all()?)
     }
 
-    /// Final-normed hidden states `[b·t, dim]`.
-    fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+    /// Final-normed hidden states `[b·t, dim]` (public for heads other than the LM head).
+    pub fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let tables = self.tables(t)?;
         let mut x = self
@@ -263,12 +276,16 @@ impl Llama {
     fn rms_norm(&self, x: &Tensor, weight: &str) -> Result<Tensor> {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let r = (ms + f64::from(self.config.rms_eps))?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&r)?.broadcast_mul(self.p(weight))?)
+        Ok(x.broadcast_mul(&r)?.broadcast_mul(&self.p(weight))?)
     }
 
     /// `x·wᵀ` for `x` `[n, in]` and a Hugging Face weight `[out, in]`.
     fn linear(&self, x: &Tensor, weight: &str) -> Result<Tensor> {
-        Ok(x.matmul(&self.p(weight).t()?)?)
+        let y = x.matmul(&self.p(weight).t()?)?;
+        match &self.adapters {
+            Some(lora) => lora.apply(weight, x, y),
+            None => Ok(y),
+        }
     }
 
     fn attention(

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod dpo;
 pub mod eval;
 pub mod export;
 pub mod info;
@@ -9,7 +10,9 @@ pub mod ppl;
 pub mod pull;
 pub mod quantize;
 pub mod report;
+pub mod rm;
 pub mod run;
 pub mod serve;
+pub mod sft;
 pub mod tokenizer;
 pub mod train;

@@ -1,0 +1,295 @@
+//! Direct preference optimization (Rafailov et al. 2023), sigmoid loss as TRL computes it:
+//! `−log σ(β·((π_c − ref_c) − (π_r − ref_r)))`, where π and ref are the summed log-probabilities
+//! of the reply tokens under the policy and the frozen starting model. The reference numbers are
+//! computed once, before the first update, and cached in the run directory
+//! (`reference_logps.json`), so a resumed run does not recompute them (it could not: the policy
+//! has moved). Metrics follow TRL: `rewards/chosen` = β·(π_c − ref_c), `rewards/rejected`,
+//! `rewards/margins` (their difference) and `rewards/accuracies` (margin > 0), batch means.
+
+use crate::finetune::{
+    encode_example, log_sigmoid, read_data, scalar, sigmoid, split, weighted_logp, Example, Loader,
+    Net, Run, StepStats, Task,
+};
+use crate::optim::GradAccum;
+use crate::{checkpoint, io_err, Result, TrainError};
+use kiln_text::conversation::{preference_from_json, Preference};
+use kiln_text::{ChatTemplate, Tokenizer};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A comparison encoded for training: the prompt followed by each reply, weights on the reply.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    /// Prompt + preferred reply.
+    pub chosen: Example,
+    /// Prompt + other reply.
+    pub rejected: Example,
+}
+
+/// Encodes a comparison; None when a reply does not fit in `max_len` tokens after the prompt.
+pub fn encode_pair(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    p: &Preference,
+    max_len: usize,
+) -> std::result::Result<Option<Pair>, String> {
+    let before = p.prompt.iter().filter(|m| m.role == "assistant").count();
+    let side = |reply: &[kiln_text::ChatMessage]| {
+        let mut msgs = p.prompt.clone();
+        msgs.extend_from_slice(reply);
+        encode_example(tok, template, &msgs, before, max_len)
+    };
+    Ok(match (side(&p.chosen)?, side(&p.rejected)?) {
+        (Some(chosen), Some(rejected)) => Some(Pair { chosen, rejected }),
+        _ => None,
+    })
+}
+
+/// Reads and encodes the comparisons of `run`'s data, split into training and held-out pairs.
+pub fn load_pairs(run: &Run, report: &mut dyn FnMut(&str)) -> Result<(Vec<Pair>, Vec<Pair>)> {
+    let cfg = &run.cfg;
+    let rows = read_data(&cfg.data, preference_from_json, cfg.fail_on_bad_row, report)?;
+    let mut pairs = Vec::new();
+    for (loc, p) in &rows {
+        match encode_pair(&run.tok, &run.template, p, cfg.max_len) {
+            Ok(Some(pair)) => pairs.push(pair),
+            Ok(None) => report(&format!(
+                "skipped {loc}: the prompt leaves no room for a reply within {} tokens",
+                cfg.max_len
+            )),
+            Err(e) if cfg.fail_on_bad_row => return Err(TrainError::Data(format!("{loc}: {e}"))),
+            Err(e) => report(&format!("skipped {loc}: {e}")),
+        }
+    }
+    if pairs.len() < 2 {
+        return Err(TrainError::Data("fewer than two usable comparisons".into()));
+    }
+    let (train, val) = split(&pairs, cfg.val_rows, cfg.seed);
+    report(&format!(
+        "{} comparisons: {} for training, {} held out",
+        pairs.len(),
+        train.len(),
+        val.len()
+    ));
+    Ok((train, val))
+}
+
+/// Summed reply log-probabilities (chosen, rejected) of each pair under `net` as it is now.
+pub fn pair_logps(net: &Net, pairs: &[Pair]) -> Result<Vec<(f64, f64)>> {
+    pairs
+        .iter()
+        .map(|p| {
+            Ok((
+                scalar(&weighted_logp(&net.model, &p.chosen)?.detach())?,
+                scalar(&weighted_logp(&net.model, &p.rejected)?.detach())?,
+            ))
+        })
+        .collect()
+}
+
+/// `reference_logps.json`. The numbers are f32 sums (exact as f32), stored as f32 so that
+/// reading them back gives the same bits: a resumed run repeats the uninterrupted one.
+#[derive(Serialize, Deserialize)]
+struct RefCache {
+    train: Vec<(f32, f32)>,
+    val: Vec<(f32, f32)>,
+}
+
+fn to_f32(v: Vec<(f64, f64)>) -> Vec<(f32, f32)> {
+    v.into_iter().map(|(a, b)| (a as f32, b as f32)).collect()
+}
+
+fn to_f64(v: Vec<(f32, f32)>) -> Vec<(f64, f64)> {
+    v.into_iter()
+        .map(|(a, b)| (f64::from(a), f64::from(b)))
+        .collect()
+}
+
+/// DPO's data and reference numbers.
+pub struct Dpo {
+    train: Vec<Pair>,
+    val: Vec<Pair>,
+    ref_train: Vec<(f64, f64)>,
+    ref_val: Vec<(f64, f64)>,
+    beta: f64,
+    batch_pairs: usize,
+}
+
+/// Batch means of TRL's DPO metrics, and the loss.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DpoStats {
+    /// Mean sigmoid DPO loss.
+    pub loss: f64,
+    /// β·(π_c − ref_c).
+    pub chosen: f64,
+    /// β·(π_r − ref_r).
+    pub rejected: f64,
+    /// chosen − rejected.
+    pub margin: f64,
+    /// Fraction with margin > 0.
+    pub accuracy: f64,
+    /// Fraction where the model gives the chosen reply the higher summed log-probability.
+    pub logp_accuracy: f64,
+}
+
+/// The DPO numbers of policy and reference log-probabilities.
+pub fn dpo_stats(beta: f64, policy: &[(f64, f64)], reference: &[(f64, f64)]) -> DpoStats {
+    let n = policy.len().max(1) as f64;
+    let mut s = DpoStats::default();
+    for (&(pc, pr), &(rc, rr)) in policy.iter().zip(reference) {
+        let (c, r) = (beta * (pc - rc), beta * (pr - rr));
+        s.loss -= log_sigmoid(c - r) / n;
+        s.chosen += c / n;
+        s.rejected += r / n;
+        s.margin += (c - r) / n;
+        s.accuracy += f64::from(u8::from(c > r)) / n;
+        s.logp_accuracy += f64::from(u8::from(pc > pr)) / n;
+    }
+    s
+}
+
+impl Dpo {
+    /// DPO over `train` and `val` pairs with their reference log-probabilities.
+    pub fn new(
+        train: Vec<Pair>,
+        val: Vec<Pair>,
+        ref_train: Vec<(f64, f64)>,
+        ref_val: Vec<(f64, f64)>,
+        beta: f64,
+        batch_pairs: usize,
+    ) -> Dpo {
+        Dpo {
+            train,
+            val,
+            ref_train,
+            ref_val,
+            beta,
+            batch_pairs,
+        }
+    }
+
+    /// Loads the pairs and the reference log-probabilities: from the cache in the run directory,
+    /// or computed now with the model as it starts (only before the first update).
+    pub fn load(run: &Run, report: &mut dyn FnMut(&str)) -> Result<Dpo> {
+        let (train, val) = load_pairs(run, report)?;
+        let path = run.dir.join("reference_logps.json");
+        let cache = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let c: RefCache = serde_json::from_str(&text).map_err(|e| {
+                    TrainError::Checkpoint(format!("{}: corrupted ({e})", path.display()))
+                })?;
+                if c.train.len() != train.len() || c.val.len() != val.len() {
+                    return Err(TrainError::Checkpoint(format!(
+                        "{}: cached for {} + {} pairs, the data now gives {} + {}",
+                        path.display(),
+                        c.train.len(),
+                        c.val.len(),
+                        train.len(),
+                        val.len()
+                    )));
+                }
+                c
+            }
+            Err(_) if run.step == 0 => {
+                report(&format!(
+                    "reference log-probabilities of {} pairs (once; cached in {})",
+                    train.len() + val.len(),
+                    path.display()
+                ));
+                run.net.set_training(false);
+                let c = RefCache {
+                    train: to_f32(pair_logps(&run.net, &train)?),
+                    val: to_f32(pair_logps(&run.net, &val)?),
+                };
+                write_cache(&path, &c)?;
+                c
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        Ok(Dpo {
+            train,
+            val,
+            ref_train: to_f64(cache.train),
+            ref_val: to_f64(cache.val),
+            beta: run.cfg.beta,
+            batch_pairs: run.cfg.batch_pairs,
+        })
+    }
+
+    /// The held-out numbers of the reference (starting) model: margin and DPO accuracy are 0
+    /// by definition; `logp_accuracy` is its preference accuracy.
+    pub fn reference_stats(&self) -> DpoStats {
+        dpo_stats(self.beta, &self.ref_val, &self.ref_val)
+    }
+}
+
+fn write_cache(path: &Path, c: &RefCache) -> Result<()> {
+    let text = serde_json::to_string(c).expect("cache serializes");
+    checkpoint::write_atomic(path, text.as_bytes())
+}
+
+impl Task for Dpo {
+    fn n_train(&self) -> usize {
+        self.train.len()
+    }
+
+    fn step(&mut self, net: &Net, loader: &mut Loader, acc: &mut GradAccum) -> Result<StepStats> {
+        let params = net.trainable();
+        let (mut policy, mut reference) = (Vec::new(), Vec::new());
+        let mut tokens = 0;
+        let n = self.batch_pairs as f64;
+        for _ in 0..self.batch_pairs {
+            let i = loader.next_index();
+            let pair = &self.train[i];
+            let c = weighted_logp(&net.model, &pair.chosen)?;
+            let r = weighted_logp(&net.model, &pair.rejected)?;
+            let (pc, pr) = (scalar(&c)?, scalar(&r)?);
+            let (rc, rr) = self.ref_train[i];
+            // d/dπ_c of −log σ(z), z = β((π_c − rc) − (π_r − rr)), is −β·σ(−z); backward through
+            // (π_c − π_r) scaled by it gives the loss gradient without forming the loss graph.
+            let z = self.beta * ((pc - rc) - (pr - rr));
+            let coef = -self.beta * sigmoid(-z) / n;
+            let surrogate = ((c - r)? * coef)?;
+            acc.add(&params, &surrogate.backward()?, 1.0)?;
+            policy.push((pc, pr));
+            reference.push((rc, rr));
+            tokens += pair.chosen.ids.len() + pair.rejected.ids.len() - 2;
+        }
+        let s = dpo_stats(self.beta, &policy, &reference);
+        Ok(StepStats {
+            loss: s.loss,
+            tokens,
+            extra: vec![
+                ("rewards/chosen".into(), s.chosen),
+                ("rewards/rejected".into(), s.rejected),
+                ("rewards/margins".into(), s.margin),
+                ("rewards/accuracies".into(), s.accuracy),
+            ],
+        })
+    }
+
+    fn evaluate(&mut self, net: &Net) -> Result<Vec<(String, f64)>> {
+        let policy = pair_logps(net, &self.val)?;
+        Ok(self.val_metrics(&policy))
+    }
+
+    fn evaluate_start(&mut self, _net: &Net) -> Result<Vec<(String, f64)>> {
+        // The starting model is the reference: its numbers are cached.
+        Ok(self.val_metrics(&self.ref_val.clone()))
+    }
+}
+
+impl Dpo {
+    fn val_metrics(&self, policy: &[(f64, f64)]) -> Vec<(String, f64)> {
+        if self.val.is_empty() {
+            return Vec::new();
+        }
+        let s = dpo_stats(self.beta, policy, &self.ref_val);
+        vec![
+            ("val_loss".into(), s.loss),
+            ("val_rewards/margins".into(), s.margin),
+            ("val_rewards/accuracies".into(), s.accuracy),
+            ("val_logp_accuracy".into(), s.logp_accuracy),
+        ]
+    }
+}

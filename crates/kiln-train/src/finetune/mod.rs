@@ -1,0 +1,400 @@
+//! What supervised fine-tuning, DPO and the reward model share: loading the starting model from
+//! any format kiln reads (dequantized to f32 candle tensors under Hugging Face names), conversation
+//! and comparison data encoded with the chat template exactly as inference renders it, masked
+//! log-probabilities, and a run directory with the pretraining conventions (`metrics.jsonl` with
+//! `step` and `loss`, `checkpoints/`, `loss.png`, `--resume`, a final `model/`).
+//!
+//! A fine-tuning run directory holds `finetune.json` (the resolved [`FinetuneConfig`]),
+//! `tokenizer/` (the starting model's tokenizer with the chat template training used),
+//! `start.json` (the starting model's held-out numbers),
+//! `checkpoints/step_NNNNNN/` (the trainable tensors: the whole model, or only the LoRA
+//! adapters and heads, with AdamW's moments), `metrics.jsonl`, `loss.png`/`loss.svg`, and at the
+//! end `model/` (a Hugging Face directory; LoRA adapters merged) and, with LoRA, `adapter/`.
+
+use crate::checkpoint;
+use crate::export::{model_dir, read_hf_dir};
+use crate::model::Llama;
+use crate::{io_err, Result, TrainError};
+use candle_core::{DType, Device, Tensor, D};
+use kiln_gguf::GgufFile;
+use kiln_model::config::{Family, RopeStyle};
+use kiln_model::formats::names::gguf_to_hf;
+use kiln_model::ModelConfig;
+use kiln_text::conversation::{read_rows, BadRow};
+use kiln_text::{ChatMessage, ChatTemplate, Tokenizer};
+use serde_json::{json, Value as Json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The starting model of a fine-tuning run, as f32 tensors with Hugging Face names.
+pub struct Base {
+    /// Shape (half-split RoPE, as the trainer computes it).
+    pub config: ModelConfig,
+    /// Whether the output projection is the embedding.
+    pub tied: bool,
+    /// Parameters by Hugging Face name.
+    pub tensors: HashMap<String, Tensor>,
+    /// tokenizer.json text.
+    pub tokenizer_json: String,
+    /// tokenizer_config.json (special tokens, chat template).
+    pub tokenizer_config: Json,
+}
+
+/// Inverse of [`crate::export::permute_rope_rows`]: GGUF llama's interleaved Q/K rows back to
+/// Hugging Face's half-split order.
+pub fn unpermute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let d = rows / heads;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let hf = h * d + j * (d / 2) + i;
+                let gg = h * d + 2 * i + j;
+                out[hf * cols..(hf + 1) * cols].copy_from_slice(&w[gg * cols..(gg + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Loads the model at `path`: a kiln run directory (its `model/`), a Hugging Face llama
+/// directory, or a llama GGUF file (every tensor dequantized to f32).
+pub fn load_base(path: &Path) -> Result<Base> {
+    if path.is_dir() {
+        let dir = model_dir(path)?;
+        let (config, tied, tensors) = read_hf_dir(&dir)?;
+        let tj = dir.join("tokenizer.json");
+        let tokenizer_json = std::fs::read_to_string(&tj).map_err(io_err(&tj))?;
+        let tc = dir.join("tokenizer_config.json");
+        let tokenizer_config = match std::fs::read_to_string(&tc) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                TrainError::Checkpoint(format!("{}: not valid JSON ({e})", tc.display()))
+            })?,
+            Err(_) => json!({}),
+        };
+        return Ok(Base {
+            config,
+            tied,
+            tensors,
+            tokenizer_json,
+            tokenizer_config,
+        });
+    }
+    let file = GgufFile::open(path).map_err(|e| {
+        TrainError::Config(format!(
+            "{}: not a run directory, a Hugging Face directory or a readable GGUF file ({e})",
+            path.display()
+        ))
+    })?;
+    let mut config = ModelConfig::from_gguf(&file).map_err(TrainError::Model)?;
+    if config.family != Family::Llama {
+        return Err(TrainError::Config(format!(
+            "{}: fine-tuning supports llama-family models, this is {:?}",
+            path.display(),
+            config.family
+        )));
+    }
+    config.rope_style = RopeStyle::Halves;
+    let mut tensors = HashMap::new();
+    for info in &file.tensors {
+        let Some(hf) = gguf_to_hf(&info.name, config.family) else {
+            continue;
+        };
+        let cols = info.dims[0] as usize;
+        let rows = (info.n_elements() as usize) / cols.max(1);
+        let data = file.tensor_data(info);
+        let row_bytes = info.ty.bytes_for(cols).ok_or_else(|| {
+            TrainError::Config(format!(
+                "{}: tensor {} has a bad row length",
+                path.display(),
+                info.name
+            ))
+        })?;
+        let mut values = vec![0f32; rows * cols];
+        for (r, out) in values.chunks_mut(cols).enumerate() {
+            kiln_model::quant::dequantize_row(
+                info.ty,
+                &data[r * row_bytes..(r + 1) * row_bytes],
+                out,
+            );
+        }
+        if hf.ends_with("q_proj.weight") {
+            values = unpermute_rope_rows(&values, config.n_heads, cols);
+        } else if hf.ends_with("k_proj.weight") {
+            values = unpermute_rope_rows(&values, config.n_kv_heads, cols);
+        }
+        let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        tensors.insert(hf, Tensor::from_vec(values, shape, &Device::Cpu)?);
+    }
+    let tied = !tensors.contains_key("lm_head.weight");
+    let tok = Tokenizer::from_gguf(&file)?;
+    let piece = |id: Option<u32>| id.and_then(|i| tok.id_to_piece(i));
+    let tokenizer_config = json!({
+        "bos_token": piece(tok.bos_id()),
+        "eos_token": piece(tok.eos_id()),
+        "add_bos_token": tok.adds_bos(),
+        "add_eos_token": false,
+        "chat_template": tok.chat_template(),
+    });
+    Ok(Base {
+        config,
+        tied,
+        tensors,
+        tokenizer_json: tok.to_json()?,
+        tokenizer_config,
+    })
+}
+
+/// Writes the base's tokenizer into `dir` with the chat template fine-tuning trains: the
+/// model's own, or ChatML when it has none or only kiln's pass-through template for base models.
+pub fn write_tokenizer(base: &Base, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    checkpoint::write_atomic(&dir.join("tokenizer.json"), base.tokenizer_json.as_bytes())?;
+    let mut cfg = base.tokenizer_config.clone();
+    let template = cfg.get("chat_template").and_then(Json::as_str);
+    if template.is_none() || template == Some(crate::tokenizer_train::BASE_TEMPLATE) {
+        cfg["chat_template"] = crate::tokenizer_train::CHATML.into();
+    }
+    let text = serde_json::to_string_pretty(&cfg).expect("json serializes");
+    checkpoint::write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
+}
+
+/// The chat template of the tokenizer in `dir`.
+pub fn template_of(tok: &Tokenizer) -> Result<ChatTemplate> {
+    Ok(ChatTemplate::for_model(tok, "llama")?)
+}
+
+/// Reads the rows of `paths` with `parse`, reporting rows that fit no shape by file and line:
+/// skipped (each reported through `report`) or, with `fail`, the first one is the error.
+pub fn read_data<T>(
+    paths: &[PathBuf],
+    parse: impl Fn(&Json) -> std::result::Result<T, String> + Copy,
+    fail: bool,
+    report: &mut dyn FnMut(&str),
+) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let rows = read_rows(path, parse)?;
+        let bad: Vec<BadRow> = rows.bad;
+        if let Some(first) = bad.first() {
+            if fail {
+                return Err(TrainError::Data(format!(
+                    "{} {}: {} (--on-bad-row skip skips such rows)",
+                    path.display(),
+                    first.location,
+                    first.message
+                )));
+            }
+            for b in &bad {
+                report(&format!(
+                    "skipped {} {}: {}",
+                    path.display(),
+                    b.location,
+                    b.message
+                ));
+            }
+        }
+        out.extend(
+            rows.rows
+                .into_iter()
+                .map(|(loc, r)| (format!("{} {loc}", path.display()), r)),
+        );
+    }
+    if out.is_empty() {
+        return Err(TrainError::Data(format!(
+            "no usable rows in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+/// A token sequence and, per next-token target, its weight in the loss (1 where the target is
+/// learned, 0 elsewhere).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// `weights[i]` is the weight of predicting `ids[i + 1]`; length `ids.len() - 1`.
+    pub weights: Vec<f32>,
+}
+
+impl Example {
+    /// Targets with positive weight.
+    pub fn n_trained(&self) -> usize {
+        self.weights.iter().filter(|&&w| w > 0.0).count()
+    }
+}
+
+/// Encodes `messages` for training on the assistant turns from the `from_turn`-th assistant
+/// message on (0: all of them; DPO counts only the reply after the prompt), cut to `max_len`
+/// tokens. None when nothing trainable is left.
+pub fn encode_example(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[ChatMessage],
+    from_turn: usize,
+    max_len: usize,
+) -> std::result::Result<Option<Example>, String> {
+    let mut segments = template
+        .render_for_training(messages)
+        .map_err(|e| e.to_string())?;
+    let mut k = 0;
+    for s in &mut segments {
+        if s.train {
+            if k < from_turn {
+                s.train = false;
+            }
+            k += 1;
+        }
+    }
+    let (mut ids, mask) = tok.encode_segments(&segments).map_err(|e| e.to_string())?;
+    ids.truncate(max_len + 1);
+    if ids.len() < 2 {
+        return Ok(None);
+    }
+    let weights: Vec<f32> = mask[1..ids.len()]
+        .iter()
+        .map(|&m| if m { 1.0 } else { 0.0 })
+        .collect();
+    let ex = Example { ids, weights };
+    Ok((ex.n_trained() > 0).then_some(ex))
+}
+
+/// Concatenates examples into rows of at most `max_len + 1` tokens, in order. The target that
+/// crosses from one example into the next has weight 0. Examples in a row attend to the ones
+/// before them in the row (no block-diagonal mask): packing as TRL's `packing=True` did before
+/// padding-free batches.
+pub fn pack(examples: &[&Example], max_len: usize) -> Vec<Example> {
+    let mut rows: Vec<Example> = Vec::new();
+    let mut cur: Option<Example> = None;
+    for ex in examples {
+        match &mut cur {
+            Some(c) if c.ids.len() + ex.ids.len() <= max_len + 1 => {
+                c.weights.push(0.0);
+                c.weights.extend_from_slice(&ex.weights);
+                c.ids.extend_from_slice(&ex.ids);
+            }
+            _ => {
+                if let Some(c) = cur.take() {
+                    rows.push(c);
+                }
+                cur = Some((*ex).clone());
+            }
+        }
+    }
+    rows.extend(cur);
+    rows
+}
+
+/// The output projection as the forward pass uses it (detached when the model is frozen).
+fn output_weight(model: &Llama) -> Result<Tensor> {
+    let name = if model.tied {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    let w = model
+        .param(name)
+        .ok_or_else(|| TrainError::Checkpoint(format!("the model has no {name}")))?
+        .as_tensor();
+    Ok(if model.frozen { w.detach() } else { w.clone() })
+}
+
+/// `Σ weights[i]·log p(ids[i+1] | ids[..=i])` as a scalar tensor (differentiable). Logits are
+/// computed only from the first weighted position on.
+pub fn weighted_logp(model: &Llama, ex: &Example) -> Result<Tensor> {
+    let t = ex.ids.len() - 1;
+    let start = ex.weights.iter().position(|&w| w > 0.0).unwrap_or(0);
+    let x = Tensor::new(&ex.ids[..t], &Device::Cpu)?.unsqueeze(0)?;
+    let h = model.hidden(&x)?.narrow(0, start, t - start)?;
+    let logits = h.matmul(&output_weight(model)?.t()?)?;
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&m)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let targets = Tensor::new(&ex.ids[start + 1..], &Device::Cpu)?.unsqueeze(1)?;
+    let picked = shifted.gather(&targets, 1)?.sub(&lse)?.squeeze(1)?;
+    let w = Tensor::new(&ex.weights[start..], &Device::Cpu)?.to_dtype(picked.dtype())?;
+    Ok((picked * w)?.sum_all()?)
+}
+
+/// A scalar tensor as f64.
+pub fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// `log σ(z)`, stable for large |z|.
+pub fn log_sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        -(-z).exp().ln_1p()
+    } else {
+        z - z.exp().ln_1p()
+    }
+}
+
+/// σ(z).
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+mod run;
+pub use run::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_permute() {
+        let w: Vec<f32> = (0..48).map(|x| x as f32).collect();
+        for heads in [1, 2, 3] {
+            let p = crate::export::permute_rope_rows(&w, heads, 2);
+            assert_ne!(p, w, "{heads} heads");
+            assert_eq!(unpermute_rope_rows(&p, heads, 2), w);
+        }
+    }
+
+    #[test]
+    fn packing_zeroes_the_boundary_target() {
+        let a = Example {
+            ids: vec![1, 2, 3],
+            weights: vec![0.0, 1.0],
+        };
+        let b = Example {
+            ids: vec![4, 5],
+            weights: vec![1.0],
+        };
+        let rows = pack(&[&a, &b, &a], 6);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].ids, vec![1, 2, 3, 4, 5]);
+        assert_eq!(rows[0].weights, vec![0.0, 1.0, 0.0, 1.0]);
+        assert_eq!(rows[1], a);
+    }
+
+    #[test]
+    fn loader_visits_every_row_once_per_epoch_and_resumes() {
+        let mut l = Loader::new(7, 3, 0);
+        let first: Vec<usize> = (0..14).map(|_| l.next_index()).collect();
+        let mut e0 = first[..7].to_vec();
+        e0.sort();
+        assert_eq!(e0, (0..7).collect::<Vec<_>>());
+        let mut r = Loader::new(7, 3, 5);
+        assert_eq!(
+            (5..14).map(|_| r.next_index()).collect::<Vec<_>>(),
+            first[5..].to_vec()
+        );
+    }
+
+    #[test]
+    fn log_sigmoid_is_stable() {
+        assert!((log_sigmoid(0.0) + std::f64::consts::LN_2).abs() < 1e-12);
+        assert!((log_sigmoid(-800.0) + 800.0).abs() < 1e-9);
+        assert!(log_sigmoid(800.0).abs() < 1e-12);
+        assert!((sigmoid(2.0) - 1.0 / (1.0 + (-2f64).exp())).abs() < 1e-15);
+    }
+}
