@@ -129,14 +129,20 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelConfig, bool, HashMap<String, Ten
 /// pairs, as `convert_hf_to_gguf.py`'s `permute`: within each head, row `j·d/2 + i` moves to
 /// `2i + j`.
 pub fn permute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    move_rope_rows(w, heads, cols, true)
+}
+
+/// The row moves of [`permute_rope_rows`] (`to_interleaved`) or of their inverse.
+pub(crate) fn move_rope_rows(w: &[f32], heads: usize, cols: usize, to_interleaved: bool) -> Vec<f32> {
     let rows = w.len() / cols;
     let d = rows / heads;
     let mut out = vec![0.0; w.len()];
     for h in 0..heads {
         for i in 0..d / 2 {
             for j in 0..2 {
-                let src = h * d + j * (d / 2) + i;
-                let dst = h * d + 2 * i + j;
+                let half_split = h * d + j * (d / 2) + i;
+                let interleaved = h * d + 2 * i + j;
+                let (src, dst) = if to_interleaved { (half_split, interleaved) } else { (interleaved, half_split) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }

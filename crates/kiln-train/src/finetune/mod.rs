@@ -43,19 +43,7 @@ pub struct Base {
 /// Inverse of [`crate::export::permute_rope_rows`]: GGUF llama's interleaved Q/K rows back to
 /// Hugging Face's half-split order.
 pub fn unpermute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let d = rows / heads;
-    let mut out = vec![0.0; w.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let hf = h * d + j * (d / 2) + i;
-                let gg = h * d + 2 * i + j;
-                out[hf * cols..(hf + 1) * cols].copy_from_slice(&w[gg * cols..(gg + 1) * cols]);
-            }
-        }
-    }
-    out
+    crate::export::move_rope_rows(w, heads, cols, false)
 }
 
 /// Loads the model at `path`: a kiln run directory (its `model/`), a Hugging Face llama
