@@ -9,39 +9,8 @@ use crate::args::PplArgs;
 use crate::load::load;
 use crate::output::{out, outln};
 use anyhow::{bail, Context, Result};
-
-/// Running totals of negative log-likelihood.
-#[derive(Default, Debug, Clone, Copy)]
-pub struct NllStats {
-    /// Σ −log p.
-    pub nll: f64,
-    /// Σ (−log p)².
-    pub nll2: f64,
-    /// Tokens scored.
-    pub count: usize,
-}
-
-impl NllStats {
-    /// Adds the score of `target` under `logits`.
-    pub fn add(&mut self, logits: &[f32], target: u32) {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        let v = -((logits[target as usize] - max) as f64 - sum.ln());
-        self.nll += v;
-        self.nll2 += v * v;
-        self.count += 1;
-    }
-
-    /// Perplexity and its standard error, llama-perplexity's formula.
-    pub fn ppl(&self) -> (f64, f64) {
-        let n = self.count as f64;
-        let mean = self.nll / n;
-        let ppl = mean.exp();
-        let var = self.nll2 / n - mean * mean;
-        let err = if var > 0.0 && self.count > 1 { (var / (n - 1.0)).sqrt() * ppl } else { 0.0 };
-        (ppl, err)
-    }
-}
+use kiln_eval::score::log_softmax_at;
+use kiln_eval::tasks::ppl::NllTotals;
 
 /// Runs the command.
 pub fn ppl(args: &PplArgs) -> Result<()> {
@@ -62,7 +31,7 @@ pub fn ppl(args: &PplArgs) -> Result<()> {
     eprintln!("perplexity: {} tokens, {n_chunks} chunks of {ctx}", tokens.len());
     let mut state = lm.model.new_state(ctx);
     let first = ctx / 2;
-    let mut stats = NllStats::default();
+    let mut stats = NllTotals::default();
     let mut chunk = vec![0u32; ctx];
     let vocab = lm.model.config.vocab_size;
     for i in 0..n_chunks {
@@ -73,7 +42,7 @@ pub fn ppl(args: &PplArgs) -> Result<()> {
         state.cache.clear();
         let logits = lm.model.forward(&mut state, &chunk, true)?;
         for pos in first..ctx - 1 {
-            stats.add(&logits[pos * vocab..(pos + 1) * vocab], tokens[i * ctx + pos + 1]);
+            stats.add(-log_softmax_at(&logits[pos * vocab..(pos + 1) * vocab], tokens[i * ctx + pos + 1]));
         }
         out!("[{}]{:.4},", i + 1, stats.ppl().0);
     }
@@ -81,20 +50,4 @@ pub fn ppl(args: &PplArgs) -> Result<()> {
     let (ppl, err) = stats.ppl();
     outln!("PPL = {ppl:.4} +/- {err:.5}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::NllStats;
-
-    #[test]
-    fn uniform_logits_give_vocab_size_perplexity() {
-        let mut s = NllStats::default();
-        for t in 0..10 {
-            s.add(&[0.0; 8], t % 8);
-        }
-        let (ppl, err) = s.ppl();
-        assert!((ppl - 8.0).abs() < 1e-9);
-        assert!(err < 1e-6, "{err}");
-    }
 }
