@@ -9,7 +9,7 @@
 //! saved (the shared prefix) is the same.
 
 use crate::EvalError;
-use kiln_model::{Model, State};
+use kiln_model::{BatchState, Model, State};
 
 /// The log-probabilities of one continuation's tokens, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,13 +42,17 @@ pub fn common_prefix(seqs: &[Vec<u32>]) -> usize {
     n
 }
 
-/// Scores continuations with one model state, keeping the last prefix cached.
+/// Scores continuations with one model state, keeping the last prefix cached; the choices of a
+/// question run together in one pass, each over its own copy of the prefix's cache.
 pub struct Scorer<'m> {
     model: &'m Model,
     state: State,
     /// Tokens whose keys and values are in the cache.
     cached: Vec<u32>,
     prefix_logits: Vec<f32>,
+    /// States the choices of a question run in, each starting from a copy of the prefix.
+    copies: Vec<State>,
+    batch: BatchState,
     /// Tokens run through the model so far (for speed reports).
     pub tokens_computed: usize,
 }
@@ -56,7 +60,7 @@ pub struct Scorer<'m> {
 impl<'m> Scorer<'m> {
     /// A scorer with room for `ctx` positions.
     pub fn new(model: &'m Model, ctx: usize) -> Scorer<'m> {
-        Scorer { model, state: model.new_state(ctx), cached: Vec::new(), prefix_logits: Vec::new(), tokens_computed: 0 }
+        Scorer { model, state: model.new_state(ctx), cached: Vec::new(), prefix_logits: Vec::new(), copies: Vec::new(), batch: BatchState::default(), tokens_computed: 0 }
     }
 
     /// The context length.
@@ -88,14 +92,18 @@ impl<'m> Scorer<'m> {
         }
         self.run_prefix(&seqs[0][..p])?;
         let vocab = self.model.config.vocab_size;
+        // Logits for positions p-1 (cached) and p..len-1 (run now); the last token needs none.
+        let rests: Vec<&[u32]> = seqs.iter().map(|s| if s.len() > p + 1 { &s[p..s.len() - 1] } else { &[][..] }).collect();
+        let batched = self.run_batched(p, &rests)?;
         let mut out = Vec::with_capacity(seqs.len());
-        for s in &seqs {
+        for (i, s) in seqs.iter().enumerate() {
             let mut logprobs = Vec::with_capacity(s.len().saturating_sub(start));
-            // Logits for positions p-1 (cached) and p..len-1 (run now); the last token needs none.
-            let rest = if s.len() > p + 1 { &s[p..s.len() - 1] } else { &[][..] };
+            let rest = rests[i];
             self.state.cache.truncate(p);
             let logits: &[f32] = if rest.is_empty() {
                 &[]
+            } else if let Some(offset) = batched.as_ref().map(|b| b[i]) {
+                &self.batch.logits()[offset * vocab..(offset + rest.len()) * vocab]
             } else {
                 self.tokens_computed += rest.len();
                 self.model.forward(&mut self.state, rest, true)?
@@ -114,6 +122,33 @@ impl<'m> Scorer<'m> {
         }
         self.state.cache.truncate(p);
         Ok(out)
+    }
+
+    /// Runs every non-empty `rests[i]` after the cached `p`-token prefix in one pass (each in a
+    /// copy of the prefix's cache), when there are several and each fits in a pass. Returns
+    /// where each one's logits start in the batch's logits; None means run them one by one.
+    fn run_batched(&mut self, p: usize, rests: &[&[u32]]) -> Result<Option<Vec<usize>>, EvalError> {
+        let busy: Vec<usize> = (0..rests.len()).filter(|&i| !rests[i].is_empty()).collect();
+        if busy.len() < 2 || busy.iter().any(|&i| rests[i].len() > Model::max_rows()) {
+            return Ok(None);
+        }
+        while self.copies.len() < busy.len() {
+            self.copies.push(self.model.new_state(self.context()));
+        }
+        for copy in &mut self.copies[..busy.len()] {
+            copy.cache.copy_prefix_from(&self.state.cache, p);
+        }
+        let tokens: Vec<&[u32]> = busy.iter().map(|&i| rests[i]).collect();
+        let mut states: Vec<&mut State> = self.copies[..busy.len()].iter_mut().collect();
+        self.model.forward_many(&mut self.batch, &mut states, &tokens)?;
+        self.tokens_computed += tokens.iter().map(|t| t.len()).sum::<usize>();
+        let mut offsets = vec![0; rests.len()];
+        let mut at = 0;
+        for &i in &busy {
+            offsets[i] = at;
+            at += rests[i].len();
+        }
+        Ok(Some(offsets))
     }
 
     /// Makes the cache hold exactly `prefix`, computing only what differs from the last one,

@@ -44,6 +44,20 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// Makes this cache hold the first `len` positions of `other` (same shape), so several
+    /// continuations can each start from one computed prefix.
+    pub fn copy_prefix_from(&mut self, other: &KvCache, len: usize) {
+        assert!(len <= other.len && len <= self.capacity && self.kv_dim == other.kv_dim && self.keys.len() == other.keys.len());
+        let n = len * self.kv_dim;
+        for (dst, src) in self.keys.iter_mut().zip(&other.keys) {
+            dst[..n].copy_from_slice(&src[..n]);
+        }
+        for (dst, src) in self.values.iter_mut().zip(&other.values) {
+            dst[..n].copy_from_slice(&src[..n]);
+        }
+        self.len = len;
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.len = 0;

@@ -62,6 +62,13 @@ pub struct BatchState {
     logits: Vec<f32>,
 }
 
+impl BatchState {
+    /// The logits of the last pass.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
 fn grow(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if buf.len() < n {
         buf.resize(n, 0.0);
@@ -162,6 +169,49 @@ impl Model {
             });
         }
         Ok(&batch.logits)
+    }
+
+    /// Runs several short sequences in one pass (scoring the choices of a question): each
+    /// `tokens[i]` follows what `states[i]` holds. Returns the logits of every token of every
+    /// sequence, back to back (`Σ len × vocab`). Sequences whose tokens together pass
+    /// [`Model::max_rows`] are run in several passes.
+    pub fn forward_many<'b>(&self, batch: &'b mut BatchState, states: &mut [&mut State], tokens: &[&[u32]]) -> Result<&'b [f32], ModelError> {
+        assert_eq!(states.len(), tokens.len(), "one token list per sequence");
+        let vocab = self.config.vocab_size;
+        for (state, t) in states.iter().zip(tokens) {
+            self.check_input(&state.cache, t)?;
+            if t.len() > MAX_BATCH {
+                return Err(ModelError::Format(format!("forward_many takes at most {MAX_BATCH} tokens per sequence, got {}", t.len())));
+            }
+        }
+        let total: usize = tokens.iter().map(|t| t.len()).sum();
+        batch.logits.resize(total * vocab, 0.0);
+        let mut first = 0;
+        let mut row0 = 0;
+        while first < tokens.len() {
+            // As many whole sequences as fit in one pass.
+            let mut end = first;
+            let mut rows = 0;
+            while end < tokens.len() && rows + tokens[end].len() <= MAX_BATCH {
+                rows += tokens[end].len();
+                end += 1;
+            }
+            let flat: Vec<u32> = tokens[first..end].iter().flat_map(|t| t.iter().copied()).collect();
+            let lens: Vec<usize> = tokens[first..end].iter().map(|t| t.len()).collect();
+            let mut caches: Vec<&mut KvCache> = states[first..end].iter_mut().map(|s| &mut s.cache).collect();
+            let out = &mut batch.logits[row0 * vocab..(row0 + rows) * vocab];
+            crate::threads::pool().install(|| {
+                self.step(&mut batch.scratch, &mut caches, &lens, &flat, Output::Logits { rows, out }, true)
+            });
+            row0 += rows;
+            first = end;
+        }
+        Ok(&batch.logits)
+    }
+
+    /// Most tokens one pass holds (longer inputs are split into passes of this size).
+    pub fn max_rows() -> usize {
+        MAX_BATCH
     }
 
     /// The final hidden state (after the output norm) of every token of `tokens`, run from an
@@ -274,9 +324,16 @@ impl Model {
             if lens.len() == 1 {
                 let (keys, values) = caches[0].layer(l);
                 attend(&spec, q, caches[0].len(), keys, values, att);
+            } else if lens.iter().any(|&len| len > 1) {
+                // Several tokens per sequence: each sequence as `forward` would attend it.
+                let mut row = 0;
+                for (cache, &len) in caches.iter().zip(lens) {
+                    let (keys, values) = cache.layer(l);
+                    attend(&spec, &q[row * q_dim..(row + len) * q_dim], cache.len(), keys, values, &mut att[row * q_dim..(row + len) * q_dim]);
+                    row += len;
+                }
             } else {
                 // One query per sequence: all of them in one parallel pass.
-                debug_assert!(lens.iter().all(|&len| len == 1));
                 let rows: Vec<QueryRow> = caches
                     .iter()
                     .map(|c| {

@@ -93,3 +93,41 @@ fn hidden_states_are_causal_rows() {
     assert_eq!(prefix.as_slice(), &h[..2 * d]);
     assert!(h[2 * d..] != h[d..2 * d]);
 }
+
+#[test]
+fn several_sequences_in_one_pass_equal_each_alone() {
+    let Some(path) = SMOLLM2.path() else { return };
+    let model = Model::open_gguf(&path).unwrap();
+    let vocab = model.config.vocab_size;
+    let prefix: Vec<u32> = (20..60).collect();
+    let mut base = model.new_state(256);
+    model.forward(&mut base, &prefix, false).unwrap();
+    // Continuations of four or more tokens take the same kernels alone and together.
+    let conts: Vec<Vec<u32>> = vec![vec![5, 6, 7, 8], (100..130).collect(), vec![9, 9, 9, 9, 9], (300..340).collect()];
+    let alone: Vec<Vec<f32>> = conts
+        .iter()
+        .map(|c| {
+            let mut s = model.new_state(256);
+            s.cache.copy_prefix_from(&base.cache, prefix.len());
+            model.forward(&mut s, c, true).unwrap().to_vec()
+        })
+        .collect();
+    let mut states: Vec<_> = conts.iter().map(|_| model.new_state(256)).collect();
+    for s in &mut states {
+        s.cache.copy_prefix_from(&base.cache, prefix.len());
+    }
+    let mut refs: Vec<_> = states.iter_mut().collect();
+    let tokens: Vec<&[u32]> = conts.iter().map(|c| c.as_slice()).collect();
+    let mut batch = BatchState::default();
+    // 79 rows: two passes (4 + 30 + 5 = 39 fit in 64, then 40).
+    let together = model.forward_many(&mut batch, &mut refs, &tokens).unwrap();
+    let mut at = 0;
+    for (i, c) in conts.iter().enumerate() {
+        let rows = &together[at * vocab..(at + c.len()) * vocab];
+        assert!(rows == alone[i].as_slice(), "continuation {i} differs in one pass with others");
+        at += c.len();
+    }
+    for (s, c) in states.iter().zip(&conts) {
+        assert_eq!(s.len(), prefix.len() + c.len());
+    }
+}
