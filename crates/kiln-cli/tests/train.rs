@@ -223,6 +223,14 @@ fn bad_inputs_get_one_error_line() {
         .run();
     assert!(out.error_line(Some(1)).contains("not a kiln run directory"));
 
+    // A resumed run keeps its settings: flags that would change them are refused, not ignored.
+    let out = Kiln::new(home.path())
+        .args(["train", "--lr", "0.1", "--steps", "9", "--resume"])
+        .arg(dir.path())
+        .run();
+    let line = out.error_line(Some(1));
+    assert!(line.contains("only --steps can change") && line.ends_with("drop --lr"), "{line}");
+
     let out = Kiln::new(home.path())
         .args(["export", "--type", "q8_0", "--model"])
         .arg(dir.path())

@@ -18,9 +18,9 @@ pub struct TrainArgs {
     /// Tokenizer directory made by `kiln tokenizer train`.
     #[arg(long, required_unless_present = "resume")]
     pub tokenizer: Option<PathBuf>,
-    /// Model size: nano, micro, mini, small, gpt2-small.
-    #[arg(long, default_value = "micro")]
-    pub preset: String,
+    /// Model size: nano, micro, mini, small, gpt2-small (default micro).
+    #[arg(long)]
+    pub preset: Option<String>,
     /// Run directory to create.
     #[arg(
         short,
@@ -109,6 +109,37 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// The run-shaping flags present on the command line (which a resumed run cannot take).
+fn settings_given(a: &TrainArgs) -> Vec<&'static str> {
+    let flags: [(&str, bool); 24] = [
+        ("--preset", a.preset.is_some()),
+        ("--dim", a.dim.is_some()),
+        ("--layers", a.layers.is_some()),
+        ("--heads", a.heads.is_some()),
+        ("--kv-heads", a.kv_heads.is_some()),
+        ("--ffn", a.ffn.is_some()),
+        ("--context", a.context.is_some()),
+        ("--untied", a.untied),
+        ("--micro-batch", a.micro_batch.is_some()),
+        ("--batch-tokens", a.batch_tokens.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--min-lr-frac", a.min_lr_frac.is_some()),
+        ("--warmup", a.warmup.is_some()),
+        ("--decay", a.decay.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
+        ("--beta1", a.beta1.is_some()),
+        ("--beta2", a.beta2.is_some()),
+        ("--grad-clip", a.grad_clip.is_some()),
+        ("--eval-every", a.eval_every.is_some()),
+        ("--eval-batches", a.eval_batches.is_some()),
+        ("--sample-every", a.sample_every.is_some()),
+        ("--ckpt-every", a.ckpt_every.is_some()),
+        ("--keep", a.keep.is_some()),
+        ("--seed", a.seed.is_some()),
+    ];
+    flags.iter().filter(|(_, given)| *given).map(|(name, _)| *name).collect()
+}
+
 fn decay(name: &str) -> Result<Decay> {
     Ok(match name {
         "cosine" => Decay::Cosine,
@@ -120,7 +151,7 @@ fn decay(name: &str) -> Result<Decay> {
 
 /// The preset with the flags applied.
 fn config(args: &TrainArgs, vocab_size: usize) -> Result<TrainConfig> {
-    let mut c = TrainConfig::preset(&args.preset, vocab_size)
+    let mut c = TrainConfig::preset(args.preset.as_deref().unwrap_or("micro"), vocab_size)
         .with_context(|| format!("presets: {}", PRESETS.join(", ")))?;
     if let Some(steps) = args.steps {
         // Schedules and intervals follow the step count unless set explicitly.
@@ -158,9 +189,14 @@ pub fn train(args: &TrainArgs, threads: usize) -> Result<()> {
     // main.rs has called kiln_train::runtime::tune() before starting the worker threads.
     let pool = kiln_model::threads::pool();
     let mut trainer = match (&args.resume, &args.out, &args.data, &args.tokenizer) {
-        (Some(run), _, _, _) => pool
-            .install(|| Trainer::resume(run, args.steps, args.quiet))
-            .with_context(|| format!("cannot resume {}", run.display()))?,
+        (Some(run), _, _, _) => {
+            let given = settings_given(args);
+            if !given.is_empty() {
+                bail!("--resume continues a run with the settings it was started with (only --steps can change); drop {}", given.join(", "));
+            }
+            pool.install(|| Trainer::resume(run, args.steps, args.quiet))
+                .with_context(|| format!("cannot resume {}", run.display()))?
+        }
         (None, Some(out), Some(data), Some(tok_dir)) => {
             let tok = kiln_text::Tokenizer::from_dir(tok_dir).with_context(|| {
                 format!(
