@@ -123,7 +123,9 @@ try {
     await observe();
     await page.locator(lastAssistant).locator('.regenerate').click();
   }
-  check(growth.length >= 2 && growth.every((n, i) => i === 0 || n > growth[i - 1]),
+  // Overall growth, not strictly at every step: re-rendering Markdown can shorten the visible
+  // text for a moment (a `**` that closes becomes bold and its markers vanish).
+  check(growth.length >= 2 && growth[growth.length - 1] > growth[0],
     `the reply should grow over at least two observations before it completes; saw lengths ${JSON.stringify(lengths)}`);
   const answer = (await assistantText()).trim();
   check(answer.length > 0, 'the answer is empty');
