@@ -114,30 +114,21 @@ unsafe impl Sync for SendPtr {}
 
 /// `out[t][r] = W[r] · x[t]` for `n_rows` activation rows prepared by [`prepare_activations`].
 /// Rows of W are split across threads; each weight row is read once for all activation rows.
+/// Every output row is bit-identical to a one-row product, whatever `n_rows` is: batching
+/// requests together or splitting a prompt differently never changes a result.
 pub fn matmul_prepared(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32]) {
-    matmul_prepared_with(w, acts, n_rows, out, true)
-}
-
-/// [`matmul_prepared`]; `tiled: false` keeps every row on the single-row kernel, so each
-/// output row is bit-identical to a one-row product whatever `n_rows` is.
-pub fn matmul_prepared_with(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32], tiled: bool) {
     assert!(out.len() >= n_rows * w.rows);
     let kernel = quant::RowDot::new(w.ty, w.cols);
     let act_bytes = kernel.act_bytes();
     assert!(acts.len() >= n_rows * act_bytes);
+    if quant::tile::supported(w.ty) {
+        return matmul_eight_rows(w, acts, act_bytes, n_rows, out);
+    }
     let data = w.data();
     let row_bytes = w.row_bytes();
-    // A few chunks per thread evens out the load without paying for many tiny tasks.
-    let n_chunks = (rayon::current_num_threads() * 4).min(w.rows).max(1);
-    let chunk = w.rows.div_ceil(n_chunks);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    if tiled && n_rows >= TILED_MIN_TOKENS && quant::tile::supported(w.ty) {
-        return matmul_tiled(w, acts, act_bytes, n_rows, out);
-    }
-    (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let r0 = c * chunk;
-        let r1 = (r0 + chunk).min(w.rows);
+    for_chunks(w.rows, |r0, r1, _: &mut ()| {
         for r in r0..r1 {
             let wr = &data[r * row_bytes..(r + 1) * row_bytes];
             for t in 0..n_rows {
@@ -149,30 +140,57 @@ pub fn matmul_prepared_with(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [
     });
 }
 
-/// From this many activation rows on, unpacking weights into tiles pays for itself.
-const TILED_MIN_TOKENS: usize = 4;
+/// Splits `0..n` into a few contiguous chunks per thread (evening out the load without paying
+/// for many tiny tasks) and runs `f(start, end, per-task state)` on each in parallel.
+fn for_chunks<S: Default>(n: usize, f: impl Fn(usize, usize, &mut S) + Sync + Send) {
+    let n_chunks = (rayon::current_num_threads() * 4).min(n).max(1);
+    let chunk = n.div_ceil(n_chunks);
+    (0..n.div_ceil(chunk)).into_par_iter().for_each_init(S::default, |state, c| {
+        f(c * chunk, ((c + 1) * chunk).min(n), state);
+    });
+}
 
-/// [`matmul_prepared`] with the weights unpacked eight rows at a time ([`quant::tile`]).
-fn matmul_tiled(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, out: &mut [f32]) {
-    use quant::tile::{Tile, TILE_ROWS};
+/// From this many activation rows on, unpacking weights into a tile pays for itself.
+const UNPACK_MIN_ROWS: usize = 4;
+
+/// [`matmul_prepared`] eight weight rows at a time ([`quant::tile`]): unpacked into a tile
+/// when several activation rows share it, read in place otherwise (both give the same bits).
+fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, out: &mut [f32]) {
+    use quant::tile::{dot_in_place, Tile, TILE_ROWS};
     let data = w.data();
     let row_bytes = w.row_bytes();
-    let n_tiles = w.rows.div_ceil(TILE_ROWS);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    (0..n_tiles).into_par_iter().for_each_init(Tile::default, |tile, i| {
-        let r0 = i * TILE_ROWS;
-        let r1 = (r0 + TILE_ROWS).min(w.rows);
-        let mut rows: [&[u8]; TILE_ROWS] = [&[]; TILE_ROWS];
-        for (slot, r) in rows.iter_mut().zip(r0..r1) {
-            *slot = &data[r * row_bytes..(r + 1) * row_bytes];
-        }
-        tile.load(w.ty, &rows[..r1 - r0]);
-        for t in 0..n_rows {
-            let v = tile.dot(&acts[t * act_bytes..(t + 1) * act_bytes]);
-            for (k, &x) in v[..r1 - r0].iter().enumerate() {
-                // SAFETY: each (t, r) is written by exactly one task; `out` outlives the loop.
-                unsafe { *out_ref.0.add(t * w.rows + r0 + k) = x };
+    for_chunks(w.rows.div_ceil(TILE_ROWS), |t0, t1, tile: &mut Tile| {
+        for i in t0..t1 {
+            let r0 = i * TILE_ROWS;
+            let r1 = (r0 + TILE_ROWS).min(w.rows);
+            let mut rows: [&[u8]; TILE_ROWS] = [&[]; TILE_ROWS];
+            for (slot, r) in rows.iter_mut().zip(r0..r1) {
+                *slot = &data[r * row_bytes..(r + 1) * row_bytes];
+            }
+            let rows = &rows[..r1 - r0];
+            // The next eight rows lie right after these: fetched while these are computed.
+            let next_end = if i + 1 < t1 { (r1 + TILE_ROWS).min(w.rows) } else { r1 };
+            let next = &data[r1 * row_bytes..next_end * row_bytes];
+            if i == t0 {
+                quant::prefetch(&data[r0 * row_bytes..r1 * row_bytes]);
+            }
+            let unpack = n_rows >= UNPACK_MIN_ROWS;
+            if unpack {
+                tile.load(w.ty, rows);
+            }
+            for t in 0..n_rows {
+                let act = &acts[t * act_bytes..(t + 1) * act_bytes];
+                let v = if unpack {
+                    tile.dot(act)
+                } else {
+                    dot_in_place(w.ty, rows, act, if t == 0 { next } else { &[] })
+                };
+                for (k, &x) in v[..r1 - r0].iter().enumerate() {
+                    // SAFETY: each (t, r) is written by exactly one task; `out` outlives the loop.
+                    unsafe { *out_ref.0.add(t * w.rows + r0 + k) = x };
+                }
             }
         }
     });
@@ -180,13 +198,8 @@ fn matmul_tiled(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, out: 
 
 /// `out = W·x` for `n_rows` rows of `x`, using `buf` for the converted activations.
 pub fn matmul(w: &QMatrix, x: &[f32], n_rows: usize, buf: &mut Vec<u8>, out: &mut [f32]) {
-    matmul_with(w, x, n_rows, buf, out, true)
-}
-
-/// [`matmul`], with the multi-row kernels allowed or not (see [`matmul_prepared_with`]).
-pub fn matmul_with(w: &QMatrix, x: &[f32], n_rows: usize, buf: &mut Vec<u8>, out: &mut [f32], tiled: bool) {
     prepare_activations(w, x, n_rows, buf);
-    matmul_prepared_with(w, buf, n_rows, out, tiled);
+    matmul_prepared(w, buf, n_rows, out);
 }
 
 /// Whether activations prepared for `a` can be reused for `b` (same format and width).
@@ -267,6 +280,43 @@ mod tests {
             let mut g = [x];
             geglu(&mut g, &[1.0]);
             assert!((g[0] - gelu_tanh(x)).abs() < 1e-2 * (1.0 + x.abs()), "{x}");
+        }
+    }
+
+    /// Batching must never change a result: each row of a many-row product equals the same
+    /// row computed alone, bit for bit, for every weight format and across the row counts
+    /// where the kernels switch (in place below UNPACK_MIN_ROWS, unpacked tiles from it on).
+    #[test]
+    fn matmul_rows_do_not_depend_on_the_batch() {
+        use kiln_gguf::GgmlType;
+        let (rows, cols) = (37, 96);
+        let mut seed = 12345u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % 2000) as f32 / 1000.0 - 1.0
+        };
+        let x: Vec<f32> = (0..9 * cols).map(|_| next()).collect();
+        let w_f32: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F32] {
+            let row_bytes = ty.bytes_for(cols).unwrap();
+            let mut bytes = vec![0u8; rows * row_bytes];
+            for (src, dst) in w_f32.chunks(cols).zip(bytes.chunks_mut(row_bytes)) {
+                quant::quantize_row(ty, src, dst).unwrap();
+            }
+            let w = QMatrix::from_bytes(ty, rows, cols, bytes);
+            let mut buf = Vec::new();
+            let mut alone = vec![0f32; 9 * rows];
+            for t in 0..9 {
+                matmul(&w, &x[t * cols..(t + 1) * cols], 1, &mut buf, &mut alone[t * rows..(t + 1) * rows]);
+            }
+            for n in [2, 3, 4, 9] {
+                let mut together = vec![0f32; n * rows];
+                matmul(&w, &x[..n * cols], n, &mut buf, &mut together);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&together), bits(&alone[..n * rows]), "{ty}, {n} rows");
+            }
         }
     }
 

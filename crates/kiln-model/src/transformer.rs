@@ -121,11 +121,11 @@ impl Model {
             let s = &mut state.scratch;
             if all_logits {
                 let out = &mut logits[b * MAX_BATCH * vocab..][..batch.len() * vocab];
-                self.step(s, &mut seq, &[batch.len()], batch, Output::Logits { rows: batch.len(), out }, true);
+                self.step(s, &mut seq, &[batch.len()], batch, Output::Logits { rows: batch.len(), out });
             } else if last {
-                self.step(s, &mut seq, &[batch.len()], batch, Output::Logits { rows: 1, out: &mut logits[..vocab] }, true);
+                self.step(s, &mut seq, &[batch.len()], batch, Output::Logits { rows: 1, out: &mut logits[..vocab] });
             } else {
-                self.step(s, &mut seq, &[batch.len()], batch, Output::None, true);
+                self.step(s, &mut seq, &[batch.len()], batch, Output::None);
             }
         }
         state.logits = logits;
@@ -165,7 +165,7 @@ impl Model {
             let lens = vec![1; tokens.len()];
             let out = &mut batch.logits[chunk * MAX_BATCH * vocab..][..tokens.len() * vocab];
             crate::threads::pool().install(|| {
-                self.step(&mut batch.scratch, &mut caches, &lens, tokens, Output::Logits { rows: tokens.len(), out }, false)
+                self.step(&mut batch.scratch, &mut caches, &lens, tokens, Output::Logits { rows: tokens.len(), out })
             });
         }
         Ok(&batch.logits)
@@ -201,7 +201,7 @@ impl Model {
             let mut caches: Vec<&mut KvCache> = states[first..end].iter_mut().map(|s| &mut s.cache).collect();
             let out = &mut batch.logits[row0 * vocab..(row0 + rows) * vocab];
             crate::threads::pool().install(|| {
-                self.step(&mut batch.scratch, &mut caches, &lens, &flat, Output::Logits { rows, out }, true)
+                self.step(&mut batch.scratch, &mut caches, &lens, &flat, Output::Logits { rows, out })
             });
             row0 += rows;
             first = end;
@@ -224,7 +224,7 @@ impl Model {
         crate::threads::pool().install(|| {
             for (b, batch) in tokens.chunks(MAX_BATCH).enumerate() {
                 let out = &mut hidden[b * MAX_BATCH * d..][..batch.len() * d];
-                self.step(&mut state.scratch, &mut [&mut state.cache], &[batch.len()], batch, Output::Hidden(out), true);
+                self.step(&mut state.scratch, &mut [&mut state.cache], &[batch.len()], batch, Output::Hidden(out));
             }
         });
         Ok(hidden)
@@ -232,15 +232,13 @@ impl Model {
 
     /// One pass over at most MAX_BATCH rows: `tokens` holds the next `lens[i]` tokens of
     /// sequence `i` back to back, at the positions following what `caches[i]` holds.
-    /// `tiled` allows the multi-row weight kernels (faster for prompts, but rounding then
-    /// depends on how many rows share the pass).
-    fn step(&self, s: &mut Scratch, caches: &mut [&mut KvCache], lens: &[usize], tokens: &[u32], output: Output<'_>, tiled: bool) {
+    fn step(&self, s: &mut Scratch, caches: &mut [&mut KvCache], lens: &[usize], tokens: &[u32], output: Output<'_>) {
         let c = &self.config;
         let w = &self.weights;
         let n = tokens.len();
         debug_assert_eq!(lens.iter().sum::<usize>(), n);
         let (d, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
-        let mm = |w: &QMatrix, x: &[f32], acts: &mut Vec<u8>, out: &mut [f32]| ops::matmul_with(w, x, n, acts, out, tiled);
+        let mm = |w: &QMatrix, x: &[f32], acts: &mut Vec<u8>, out: &mut [f32]| ops::matmul(w, x, n, acts, out);
 
         let x = grow(&mut s.x, n * d);
         for (t, &tok) in tokens.iter().enumerate() {
@@ -276,13 +274,13 @@ impl Model {
             mm(&lw.wq, xb, &mut s.acts, q);
             let k = grow(&mut s.k, n * kv_dim);
             if ops::same_activations(&lw.wk, &lw.wq) {
-                ops::matmul_prepared_with(&lw.wk, &s.acts, n, k, tiled);
+                ops::matmul_prepared(&lw.wk, &s.acts, n, k);
             } else {
                 mm(&lw.wk, xb, &mut s.acts, k);
             }
             let v = grow(&mut s.v, n * kv_dim);
             if ops::same_activations(&lw.wv, &lw.wk) {
-                ops::matmul_prepared_with(&lw.wv, &s.acts, n, v, tiled);
+                ops::matmul_prepared(&lw.wv, &s.acts, n, v);
             } else {
                 mm(&lw.wv, xb, &mut s.acts, v);
             }
@@ -355,7 +353,7 @@ impl Model {
             mm(&lw.w_gate, xb, &mut s.acts, gate);
             let up = grow(&mut s.up, n * c.ffn_dim);
             if ops::same_activations(&lw.w_up, &lw.w_gate) {
-                ops::matmul_prepared_with(&lw.w_up, &s.acts, n, up, tiled);
+                ops::matmul_prepared(&lw.w_up, &s.acts, n, up);
             } else {
                 mm(&lw.w_up, xb, &mut s.acts, up);
             }
@@ -382,7 +380,7 @@ impl Model {
                 let picked = &s.x[(n - rows) * d..n * d];
                 let xb = grow(&mut s.xb, rows * d);
                 ops::rms_norm(picked, &w.output_norm, c.rms_eps, xb);
-                ops::matmul_with(&w.output, xb, rows, &mut s.acts, out, tiled);
+                ops::matmul(&w.output, xb, rows, &mut s.acts, out);
                 if let Some(cap) = c.final_logit_softcap {
                     out.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
                 }

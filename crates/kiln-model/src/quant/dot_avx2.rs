@@ -30,7 +30,7 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 /// every block's scale conversion to the previous block's accumulation.)
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn h2f8(h: F16Le) -> __m256 {
+pub(super) unsafe fn h2f8(h: F16Le) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(h.0) as i16))
 }
 
@@ -51,14 +51,14 @@ unsafe fn load_f16x8(p: *const u8, i: usize) -> __m256 {
 /// 16 i8 at `p`, sign-extended to i16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen16(p: *const i8) -> __m256i {
+pub(super) unsafe fn widen16(p: *const i8) -> __m256i {
     _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast()))
 }
 
 /// 32 unaligned bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load32<T>(p: *const T) -> __m256i {
+pub(super) unsafe fn load32<T>(p: *const T) -> __m256i {
     _mm256_loadu_si256(p.cast())
 }
 
@@ -66,7 +66,7 @@ unsafe fn load32<T>(p: *const T) -> __m256i {
 /// 0..16), high nibbles in lanes 16..32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     let b = _mm_loadu_si128(qs.as_ptr().cast());
     _mm256_and_si256(
         _mm256_set_m128i(_mm_srli_epi16(b, 4), b),
@@ -77,7 +77,7 @@ unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
 /// 0xFF in byte j where bit j of `bits` is set, 0 elsewhere.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+pub(super) unsafe fn bytes_from_bits(bits: u32) -> __m256i {
     // Byte j takes source byte j / 8, then keeps only bit j % 8 by or-ing in all other bits.
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
@@ -96,7 +96,7 @@ unsafe fn bytes_from_bits(bits: u32) -> __m256i {
 /// i8 activations `v`; exact.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_u8_i8_offset(q: __m256i, v: __m256i, offset: i8) -> __m256i {
+pub(super) unsafe fn dot_u8_i8_offset(q: __m256i, v: __m256i, offset: i8) -> __m256i {
     let p = _mm256_maddubs_epi16(q, v);
     let s = _mm256_maddubs_epi16(_mm256_set1_epi8(offset), v);
     _mm256_madd_epi16(_mm256_sub_epi16(p, s), _mm256_set1_epi16(1))
@@ -105,7 +105,7 @@ unsafe fn dot_u8_i8_offset(q: __m256i, v: __m256i, offset: i8) -> __m256i {
 /// Per-lane i32 sums of `sum_j q_j * v_j` over 32 unsigned quants `q` (< 128) and i8 `v`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_u8_i8(q: __m256i, v: __m256i) -> __m256i {
+pub(super) unsafe fn dot_u8_i8(q: __m256i, v: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(q, v), _mm256_set1_epi16(1))
 }
 

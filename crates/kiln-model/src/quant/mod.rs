@@ -22,6 +22,8 @@ mod dot_avx2;
 mod dot_scalar;
 mod quantize;
 pub mod tile;
+#[cfg(target_arch = "x86_64")]
+mod tile_avx2;
 
 pub use quantize::Q8Rounding;
 #[cfg(target_arch = "x86_64")]
@@ -75,6 +77,20 @@ pub fn simd_available() -> bool {
         let forced_scalar = std::env::var("KILN_FORCE_SCALAR").is_ok_and(|v| v == "1");
         !forced_scalar && cpu_has_avx2()
     })
+}
+
+/// Asks the CPU to bring `data` into cache ahead of use (a hint; a no-op where unsupported).
+/// Readers of several rows at once need it: the hardware prefetchers follow one stream well,
+/// eight short interleaved ones badly.
+#[inline]
+pub fn prefetch(data: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..data.len()).step_by(64) {
+        // SAFETY: a prefetch never faults, and the address lies inside `data`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(data.as_ptr().add(line).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Whether the CPU can run the AVX2 kernels, regardless of `KILN_FORCE_SCALAR`.

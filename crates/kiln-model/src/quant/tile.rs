@@ -8,6 +8,8 @@
 
 use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
 use kiln_gguf::GgmlType;
+#[cfg(target_arch = "x86_64")]
+use super::tile_avx2;
 
 /// Weight rows per tile: one per f32 lane of an AVX2 register.
 pub const TILE_ROWS: usize = 8;
@@ -103,21 +105,37 @@ impl Tile {
     }
 
     /// The dot product of every tile row with one activation row (in the weight type's
-    /// activation format: Q8_1 for Q4_1, Q8_0 otherwise; same length).
+    /// activation format: Q8_1 for Q4_1, Q8_0 otherwise; same length). Rows past those loaded
+    /// give 0.
     pub fn dot(&self, activations: &[u8]) -> [f32; TILE_ROWS] {
         let ty = self.ty.expect("a loaded tile");
         #[cfg(target_arch = "x86_64")]
         if super::simd_available() {
-            // SAFETY: simd_available() checked AVX2, FMA and F16C; lengths checked inside.
+            // SAFETY: simd_available() checked AVX2, FMA and F16C; lengths checked in `act`.
             unsafe {
                 return match ty {
-                    GgmlType::Q4_1 => avx2::dot_q8_1(self, self.act(activations)),
-                    GgmlType::Q8_0 => avx2::dot_signed(self, self.act(activations)),
-                    _ => avx2::dot_offset(self, self.act(activations), offset(ty)),
+                    GgmlType::Q4_1 => tile_avx2::tile_q4_1(self, self.act(activations)),
+                    GgmlType::Q8_0 => tile_avx2::tile_q8_0(self, self.act(activations)),
+                    _ => tile_avx2::tile_offset(self, self.act(activations), offset(ty) as i8),
                 };
             }
         }
         self.dot_scalar(activations)
+    }
+
+    /// The 32 quants of block `b` of each row.
+    pub(super) fn quants(&self, b: usize) -> &[[u8; 32]] {
+        &self.quants[b * TILE_ROWS..(b + 1) * TILE_ROWS]
+    }
+
+    /// The scales of block `b` of each row.
+    pub(super) fn scales(&self, b: usize) -> &[f32; TILE_ROWS] {
+        &self.scales[b]
+    }
+
+    /// The minimums of block `b` of each row (Q4_1).
+    pub(super) fn mins(&self, b: usize) -> &[f32; TILE_ROWS] {
+        &self.mins[b]
     }
 
     fn act<'a, B: super::blocks::Block>(&self, activations: &'a [u8]) -> &'a [B] {
@@ -160,115 +178,48 @@ impl Tile {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{BlockQ8_0, BlockQ8_1, Tile, TILE_ROWS};
-    use std::arch::x86_64::*;
-
-    /// Eight vectors of eight i32 in, one vector out whose lane r is the sum of vector r.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn transpose_sum(s: [__m256i; 8]) -> __m256i {
-        let a01 = _mm256_hadd_epi32(s[0], s[1]);
-        let a23 = _mm256_hadd_epi32(s[2], s[3]);
-        let a45 = _mm256_hadd_epi32(s[4], s[5]);
-        let a67 = _mm256_hadd_epi32(s[6], s[7]);
-        let b0 = _mm256_hadd_epi32(a01, a23);
-        let b1 = _mm256_hadd_epi32(a45, a67);
-        _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(b0, b1),
-            _mm256_permute2x128_si256::<0x31>(b0, b1),
-        )
-    }
-
-    /// Unsigned quants with a per-block minimum (Q4_1 · Q8_1).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `act` has the tile's number of blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_1(tile: &Tile, act: &[BlockQ8_1]) -> [f32; TILE_ROWS] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut offsets = _mm256_setzero_ps();
-        for (b, y) in act.iter().enumerate() {
-            let v = _mm256_loadu_si256(y.qs.as_ptr().cast());
-            let q = tile.quants.as_ptr().add(b * TILE_ROWS);
-            let sums: [__m256i; 8] = std::array::from_fn(|r| {
-                let w = _mm256_loadu_si256((*q.add(r)).as_ptr().cast());
-                _mm256_madd_epi16(_mm256_maddubs_epi16(w, v), ones)
-            });
-            let total = _mm256_cvtepi32_ps(transpose_sum(sums));
-            let dy = _mm256_set1_ps(y.d.to_f32());
-            let sy = _mm256_set1_ps(y.s.to_f32());
-            let scales = _mm256_loadu_ps(tile.scales.as_ptr().add(b).cast());
-            let mins = _mm256_loadu_ps(tile.mins.as_ptr().add(b).cast());
-            acc = _mm256_fmadd_ps(_mm256_mul_ps(scales, dy), total, acc);
-            offsets = _mm256_fmadd_ps(mins, sy, offsets);
+/// The dot products of up to [`TILE_ROWS`] weight rows (whole rows of `ty`, the same length)
+/// with one activation row, the weights read where they lie: for one or two activation rows,
+/// where unpacking a [`Tile`] would not pay. Gives exactly the bits [`Tile::dot`] gives for
+/// the same rows, so results do not depend on which path a matrix product takes. Rows past
+/// `rows.len()` give unspecified values. `next` (the rows to be read after these, or
+/// nothing) is prefetched along the way. Needs [`supported`]`(ty)`.
+pub fn dot_in_place(ty: GgmlType, rows: &[&[u8]], activations: &[u8], next: &[u8]) -> [f32; TILE_ROWS] {
+    assert!(supported(ty), "{ty} has no tile kernel on this CPU");
+    assert!(!rows.is_empty() && rows.len() <= TILE_ROWS);
+    let row_bytes = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == row_bytes), "rows of one length");
+    let blocks = row_bytes / ty.type_size();
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Missing rows repeat the first, so that the kernels always read eight whole rows.
+        let ptrs: [*const u8; TILE_ROWS] = std::array::from_fn(|r| rows.get(r).unwrap_or(&rows[0]).as_ptr());
+        let ahead = tile_avx2::Ahead::new(next, blocks);
+        // SAFETY: supported() checked AVX2, FMA and F16C; every pointer starts a row of
+        // `blocks` blocks of `ty`, and the activations are checked to have as many.
+        unsafe {
+            match ty {
+                GgmlType::Q4_1 => {
+                    let act: &[BlockQ8_1] = as_blocks(activations);
+                    assert_eq!(act.len(), blocks, "activation row length");
+                    tile_avx2::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead)
+                }
+                _ => {
+                    let act: &[BlockQ8_0] = as_blocks(activations);
+                    assert_eq!(act.len(), blocks, "activation row length");
+                    match ty {
+                        GgmlType::Q4_0 => tile_avx2::in_place_q4_0(ptrs.map(|p| p.cast()), act, &ahead),
+                        GgmlType::Q5_0 => tile_avx2::in_place_q5_0(ptrs.map(|p| p.cast()), act, &ahead),
+                        _ => tile_avx2::in_place_q8_0(ptrs.map(|p| p.cast()), act, &ahead),
+                    }
+                }
+            }
         }
-        let mut out = [0f32; TILE_ROWS];
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, offsets));
-        out
     }
-    /// Unsigned quants with a zero point (Q4_0, Q5_0 · Q8_0): `Σ q·y − offset·Σ y`.
-    ///
-    /// # Safety
-    /// As [`dot_q8_1`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_offset(tile: &Tile, act: &[BlockQ8_0], offset: i32) -> [f32; TILE_ROWS] {
-        let ones = _mm256_set1_epi16(1);
-        let ones8 = _mm256_set1_epi8(1);
-        let mut acc = _mm256_setzero_ps();
-        for (b, y) in act.iter().enumerate() {
-            let v = _mm256_loadu_si256(y.qs.as_ptr().cast());
-            let q = tile.quants.as_ptr().add(b * TILE_ROWS);
-            let sums: [__m256i; 8] = std::array::from_fn(|r| {
-                let w = _mm256_loadu_si256((*q.add(r)).as_ptr().cast());
-                _mm256_madd_epi16(_mm256_maddubs_epi16(w, v), ones)
-            });
-            // Σ y, the same for every row: transpose_sum of eight copies has it in each lane.
-            let ysum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones);
-            let ysum = transpose_sum([ysum; 8]);
-            let total = _mm256_sub_epi32(
-                transpose_sum(sums),
-                _mm256_mullo_epi32(ysum, _mm256_set1_epi32(offset)),
-            );
-            let dy = _mm256_set1_ps(y.d.to_f32());
-            let scales = _mm256_loadu_ps(tile.scales.as_ptr().add(b).cast());
-            acc = _mm256_fmadd_ps(_mm256_mul_ps(scales, dy), _mm256_cvtepi32_ps(total), acc);
-        }
-        let mut out = [0f32; TILE_ROWS];
-        _mm256_storeu_ps(out.as_mut_ptr(), acc);
-        out
-    }
-
-    /// Signed quants (Q8_0 · Q8_0), products widened to i16 so that every input is exact.
-    ///
-    /// # Safety
-    /// As [`dot_q8_1`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_signed(tile: &Tile, act: &[BlockQ8_0]) -> [f32; TILE_ROWS] {
-        let mut acc = _mm256_setzero_ps();
-        for (b, y) in act.iter().enumerate() {
-            let vlo = _mm256_cvtepi8_epi16(_mm_loadu_si128(y.qs.as_ptr().cast()));
-            let vhi = _mm256_cvtepi8_epi16(_mm_loadu_si128(y.qs.as_ptr().add(16).cast()));
-            let q = tile.quants.as_ptr().add(b * TILE_ROWS);
-            let sums: [__m256i; 8] = std::array::from_fn(|r| {
-                let p = (*q.add(r)).as_ptr();
-                let wlo = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast()));
-                let whi = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16).cast()));
-                _mm256_add_epi32(_mm256_madd_epi16(wlo, vlo), _mm256_madd_epi16(whi, vhi))
-            });
-            let dy = _mm256_set1_ps(y.d.to_f32());
-            let scales = _mm256_loadu_ps(tile.scales.as_ptr().add(b).cast());
-            acc = _mm256_fmadd_ps(
-                _mm256_mul_ps(scales, dy),
-                _mm256_cvtepi32_ps(transpose_sum(sums)),
-                acc,
-            );
-        }
-        let mut out = [0f32; TILE_ROWS];
-        _mm256_storeu_ps(out.as_mut_ptr(), acc);
-        out
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (blocks, activations, next);
+        unreachable!("supported() is false without the x86 kernels")
     }
 }
 
@@ -334,6 +285,30 @@ mod tests {
                         "{ty} scalar row {r}: {} vs {expect}",
                         scalar[r]
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn in_place_rows_give_the_bits_of_the_unpacked_tile() {
+        if !supported(GgmlType::Q4_0) {
+            return; // no SIMD here: the tile kernels are never used
+        }
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+            for (n_rows, blocks) in [(8, 18), (3, 5), (1, 1), (8, 64), (7, 2)] {
+                let n = blocks * 32;
+                let rows: Vec<Vec<u8>> = (0..n_rows).map(|r| q(ty, &row(7 * r as u32 + 3, n))).collect();
+                let rows: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+                let mut tile = Tile::default();
+                tile.load(ty, &rows);
+                for seed in [5, 6, 99] {
+                    let mut act = vec![0u8; vec_dot_type(ty).bytes_for(n).unwrap()];
+                    quantize_activations(vec_dot_type(ty), &row(seed, n), &mut act).unwrap();
+                    let (unpacked, in_place) = (tile.dot(&act), dot_in_place(ty, &rows, &act, &[]));
+                    for r in 0..n_rows {
+                        assert_eq!(unpacked[r].to_bits(), in_place[r].to_bits(), "{ty} {n_rows}x{blocks} row {r}");
+                    }
                 }
             }
         }
