@@ -151,7 +151,7 @@ fn for_chunks<S: Default>(n: usize, f: impl Fn(usize, usize, &mut S) + Sync + Se
 }
 
 /// From this many activation rows on, unpacking weights into a tile pays for itself.
-const UNPACK_MIN_ROWS: usize = 4;
+const UNPACK_MIN_ROWS: usize = 8;
 
 /// [`matmul_prepared`] eight weight rows at a time ([`quant::tile`]): unpacked into a tile
 /// when several activation rows share it, read in place otherwise (both give the same bits).
@@ -311,7 +311,7 @@ mod tests {
             for t in 0..9 {
                 matmul(&w, &x[t * cols..(t + 1) * cols], 1, &mut buf, &mut alone[t * rows..(t + 1) * rows]);
             }
-            for n in [2, 3, 4, 9] {
+            for n in [2, 3, 7, 8, 9] {
                 let mut together = vec![0f32; n * rows];
                 matmul(&w, &x[..n * cols], n, &mut buf, &mut together);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

@@ -20,10 +20,22 @@ pub const QK_K: usize = 256;
 pub struct F16Le(pub [u8; 2]);
 
 impl F16Le {
-    /// The value as f32 (exact).
+    /// The value as f32 (exact). Plain integer arithmetic that inlines into any loop (the
+    /// `half` crate's conversion is an out-of-line call behind a feature check).
     #[inline(always)]
     pub fn to_f32(self) -> f32 {
-        half::f16::from_bits(u16::from_le_bytes(self.0)).to_f32()
+        let h = u16::from_le_bytes(self.0) as u32;
+        let magnitude = (h & 0x7fff) << 13;
+        let exponent = magnitude & (0x1f << 23);
+        let bits = if exponent == 0x1f << 23 {
+            magnitude + ((0xff - 0x1f) << 23) // infinity and NaN keep an all-ones exponent
+        } else if exponent == 0 {
+            // Zero and subnormals: scale the mantissa as a float, which is exact.
+            (f32::from_bits(magnitude + (113 << 23)) - f32::from_bits(113 << 23)).to_bits()
+        } else {
+            magnitude + ((127 - 15) << 23)
+        };
+        f32::from_bits(bits | ((h & 0x8000) << 16))
     }
 
     /// `v` rounded to the nearest half, ties to even (ggml's `GGML_FP32_TO_FP16`).
@@ -332,4 +344,22 @@ pub fn k4_unpack(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     mins[..4].copy_from_slice(&mins_lo.to_le_bytes());
     mins[4..].copy_from_slice(&mins_hi.to_le_bytes());
     (scales, mins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::F16Le;
+
+    #[test]
+    fn every_half_converts_exactly() {
+        for bits in 0..=u16::MAX {
+            let ours = F16Le(bits.to_le_bytes()).to_f32();
+            let reference = half::f16::from_bits(bits).to_f32();
+            if reference.is_nan() {
+                assert!(ours.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(ours.to_bits(), reference.to_bits(), "{bits:#06x}");
+            }
+        }
+    }
 }

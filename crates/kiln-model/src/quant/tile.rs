@@ -68,38 +68,41 @@ impl Tile {
         self.scales.resize(blocks, [0.0; TILE_ROWS]);
         self.mins.clear();
         self.mins.resize(blocks, [0.0; TILE_ROWS]);
+        // The type is matched once per row, so that the block loops inline and vectorize.
         for (r, row) in rows.iter().enumerate() {
-            for b in 0..blocks {
-                let q = &mut self.quants[b * TILE_ROWS + r];
-                let scale = match ty {
-                    GgmlType::Q4_0 => {
-                        let blk = &as_blocks::<BlockQ4_0>(row)[b];
+            let quant_rows = self.quants.iter_mut().skip(r).step_by(TILE_ROWS);
+            let scales = self.scales.iter_mut().map(|s| &mut s[r]);
+            match ty {
+                GgmlType::Q4_0 => {
+                    for ((blk, q), d) in as_blocks::<BlockQ4_0>(row).iter().zip(quant_rows).zip(scales) {
                         unpack_nibbles(&blk.qs, q);
-                        blk.d.to_f32()
+                        *d = blk.d.to_f32();
                     }
-                    GgmlType::Q4_1 => {
-                        let blk = &as_blocks::<BlockQ4_1>(row)[b];
+                }
+                GgmlType::Q4_1 => {
+                    let mins = self.mins.iter_mut().map(|m| &mut m[r]);
+                    for (((blk, q), d), m) in as_blocks::<BlockQ4_1>(row).iter().zip(quant_rows).zip(scales).zip(mins) {
                         unpack_nibbles(&blk.qs, q);
-                        self.mins[b][r] = blk.m.to_f32();
-                        blk.d.to_f32()
+                        (*d, *m) = (blk.d.to_f32(), blk.m.to_f32());
                     }
-                    GgmlType::Q5_0 => {
-                        let blk = &as_blocks::<BlockQ5_0>(row)[b];
+                }
+                GgmlType::Q5_0 => {
+                    for ((blk, q), d) in as_blocks::<BlockQ5_0>(row).iter().zip(quant_rows).zip(scales) {
                         unpack_nibbles(&blk.qs, q);
                         let high = u32::from_le_bytes(blk.qh);
                         for (j, v) in q.iter_mut().enumerate() {
                             *v |= (((high >> j) & 1) << 4) as u8;
                         }
-                        blk.d.to_f32()
+                        *d = blk.d.to_f32();
                     }
-                    GgmlType::Q8_0 => {
-                        let blk = &as_blocks::<BlockQ8_0>(row)[b];
+                }
+                GgmlType::Q8_0 => {
+                    for ((blk, q), d) in as_blocks::<BlockQ8_0>(row).iter().zip(quant_rows).zip(scales) {
                         *q = blk.qs.map(|v| v as u8);
-                        blk.d.to_f32()
+                        *d = blk.d.to_f32();
                     }
-                    other => panic!("{other} has no tile kernel (check tile::supported)"),
-                };
-                self.scales[b][r] = scale;
+                }
+                other => panic!("{other} has no tile kernel (check tile::supported)"),
             }
         }
     }
