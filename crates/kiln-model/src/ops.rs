@@ -179,6 +179,8 @@ fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, 
             let unpack = n_rows >= UNPACK_MIN_ROWS;
             if unpack {
                 tile.load(w.ty, rows);
+                // Many dot products follow: time enough for the next rows to arrive.
+                quant::prefetch(next);
             }
             for t in 0..n_rows {
                 let act = &acts[t * act_bytes..(t + 1) * act_bytes];
