@@ -325,9 +325,7 @@ impl<'m> Engine<'m> {
                 }
             };
             let slot = &mut self.slots[best];
-            // Reuse whole prompt chunks only, so the rest is cut as a fresh prompt would be,
-            // and leave at least one token to compute the logits from.
-            let common = common_prefix(&slot.fed, &prompt).min(prompt.len() - 1) / PROMPT_CHUNK * PROMPT_CHUNK;
+            let common = reusable_prefix(common_prefix(&slot.fed, &prompt), prompt.len());
             slot.state.cache.truncate(common);
             slot.fed.truncate(common);
             self.counters.running.fetch_add(1, Ordering::SeqCst);
@@ -500,6 +498,44 @@ impl<'m> Engine<'m> {
     }
 }
 
+/// How much of a cached prefix of `common` tokens a prompt of `len` tokens can reuse while
+/// answering exactly as a fresh run would. Weight products are batch-invariant, but attention
+/// rounds differently in full chunks (f32 queries) than in partial ones (f16), so the tokens
+/// still to feed must fall into chunks of the same kind as in a fresh run: any prefix works
+/// when the prompt ends in the chunk the prefix ends in (that chunk is partial either way),
+/// otherwise only whole chunks are reused. At least one token is left to compute logits from.
+fn reusable_prefix(common: usize, len: usize) -> usize {
+    let common = common.min(len.saturating_sub(1));
+    let chunk_start = common / PROMPT_CHUNK * PROMPT_CHUNK;
+    if len < chunk_start + PROMPT_CHUNK {
+        common
+    } else {
+        chunk_start
+    }
+}
+
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{reusable_prefix, PROMPT_CHUNK};
+
+    #[test]
+    fn prefixes_are_reused_only_where_the_rest_is_cut_as_fresh() {
+        let c = PROMPT_CHUNK;
+        // The prompt ends in the chunk the shared part ends in: all of it.
+        assert_eq!(reusable_prefix(30, 45), 30);
+        assert_eq!(reusable_prefix(c + 10, c + 40), c + 10);
+        // The prompt runs past that chunk: whole chunks only.
+        assert_eq!(reusable_prefix(30, c + 5), 0);
+        assert_eq!(reusable_prefix(2 * c + 7, 4 * c), 2 * c);
+        // One token is always left to compute, and a prompt of one token reuses nothing; a
+        // prompt of exactly one chunk is one full chunk when fresh, so nothing of it is reused.
+        assert_eq!(reusable_prefix(45, 45), 44);
+        assert_eq!(reusable_prefix(c, c), 0);
+        assert_eq!(reusable_prefix(5, 1), 0);
+    }
+}
+

@@ -137,3 +137,41 @@ fn bad_requests_are_refused_up_front() {
     assert!(matches!(scheduler.submit(jobs), Err(SubmitError::Busy { .. })));
     assert_eq!(scheduler.metrics().queued, 0);
 }
+
+/// Later requests reuse the cached prefix of earlier ones in the same slot (any length when
+/// the prompt ends in the chunk where the shared part ends, whole chunks otherwise), and
+/// still answer exactly as a fresh run does.
+#[test]
+fn a_reused_prefix_answers_as_a_fresh_prompt() {
+    let Some((model, tokenizer)) = load() else { return };
+    let story = "The quick brown fox jumps over the lazy dog. ".repeat(10);
+    let texts = [
+        "Write a short poem about the sea.".to_string(),
+        "Write a short poem about the moon.".to_string(),
+        format!("{story} Summarise the text above in one line:"),
+        format!("{story} Now count the words of the text above:"),
+    ];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode_prompt(t).unwrap()).collect();
+    assert!(prompts[2].len() > 100);
+    let opts = greedy(16);
+    let scheduler = Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: 1, queue: 1, context: 512 });
+    for (i, p) in prompts.iter().enumerate() {
+        let mut session = Session::new(&model, 512);
+        let alone = session.generate(&tokenizer, p, &opts, |_| true).unwrap().text;
+        let (j, rx) = job(p.clone(), opts.clone());
+        scheduler.submit(vec![j]).unwrap();
+        let mut text = String::new();
+        let summary = loop {
+            match rx.recv_timeout(Duration::from_secs(120)).expect("an event") {
+                Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Done(s) => break s,
+                Event::Failed(e) => panic!("request failed: {e}"),
+            }
+        };
+        assert_eq!(text, alone, "prompt {i} answered differently after reuse");
+        if i % 2 == 1 {
+            let shared = prompts[i].iter().zip(&prompts[i - 1]).take_while(|(a, b)| a == b).count();
+            assert!(summary.cached_tokens > 0 && summary.cached_tokens <= shared, "prompt {i}: {} of {shared} reused", summary.cached_tokens);
+        }
+    }
+}
