@@ -56,6 +56,20 @@ fn main() {
                 o.copy_from_slice(&tile::dot_in_place(ty, &rows, &act, next));
             }
         }
-        println!("{ty} rep {rep}: one row at a time {one_row:?}, eight in place {:?}", t.elapsed());
+        let in_place = t.elapsed();
+        // Prompt processing: each unpacked tile meets 64 activation rows (timed per row pair).
+        let t = Instant::now();
+        let mut tile = tile::Tile::default();
+        for _ in 0..reps.div_ceil(64) {
+            for (i, o) in out.chunks_exact_mut(8).enumerate() {
+                let rows: [&[u8]; 8] = std::array::from_fn(|k| row(8 * i + k));
+                tile.load(ty, &rows);
+                for _ in 0..64 {
+                    o.copy_from_slice(&tile.dot(&act));
+                }
+            }
+        }
+        let unpacked = t.elapsed().mul_f64(reps as f64 / (reps.div_ceil(64) * 64) as f64);
+        println!("{ty} rep {rep}: one row at a time {one_row:?}, eight in place {in_place:?}, unpacked tile x64 {unpacked:?} (per as many products)");
     }
 }

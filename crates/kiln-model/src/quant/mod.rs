@@ -24,6 +24,8 @@ mod quantize;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;
+#[cfg(target_arch = "x86_64")]
+mod tile_vnni;
 
 pub use quantize::Q8Rounding;
 #[cfg(target_arch = "x86_64")]

@@ -9,7 +9,7 @@
 use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
 use kiln_gguf::GgmlType;
 #[cfg(target_arch = "x86_64")]
-use super::tile_avx2;
+use super::{tile_avx2, tile_vnni};
 
 /// Weight rows per tile: one per f32 lane of an AVX2 register.
 pub const TILE_ROWS: usize = 8;
@@ -34,6 +34,22 @@ pub fn supported(ty: GgmlType) -> bool {
         ty,
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
     ) && super::simd_available()
+}
+
+/// Whether the AVX-512 VNNI flavour of the kernels runs (same results, fewer instructions):
+/// the CPU has AVX512-VNNI and AVX512-VL on top of the AVX2 set, and `KILN_NO_AVX512` is not
+/// `1`. Decided once per process.
+pub fn vnni_available() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let disabled = std::env::var("KILN_NO_AVX512").is_ok_and(|v| v == "1");
+            !disabled && super::simd_available() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
 }
 
 /// The zero point subtracted from unsigned quants.
@@ -111,18 +127,29 @@ impl Tile {
     /// activation format: Q8_1 for Q4_1, Q8_0 otherwise; same length). Rows past those loaded
     /// give 0.
     pub fn dot(&self, activations: &[u8]) -> [f32; TILE_ROWS] {
+        self.dot_with(activations, vnni_available())
+    }
+
+    /// [`Tile::dot`] with the VNNI flavour chosen by the caller (which must have checked it).
+    fn dot_with(&self, activations: &[u8], vnni: bool) -> [f32; TILE_ROWS] {
         let ty = self.ty.expect("a loaded tile");
         #[cfg(target_arch = "x86_64")]
         if super::simd_available() {
-            // SAFETY: simd_available() checked AVX2, FMA and F16C; lengths checked in `act`.
+            let off = offset(ty) as i8;
+            // SAFETY: simd_available() checked AVX2, FMA and F16C, vnni_available() the VNNI
+            // set; lengths checked in `act`.
             unsafe {
-                return match ty {
-                    GgmlType::Q4_1 => tile_avx2::tile_q4_1(self, self.act(activations)),
-                    GgmlType::Q8_0 => tile_avx2::tile_q8_0(self, self.act(activations)),
-                    _ => tile_avx2::tile_offset(self, self.act(activations), offset(ty) as i8),
+                return match (ty, vnni) {
+                    (GgmlType::Q4_1, false) => tile_avx2::tile_q4_1(self, self.act(activations)),
+                    (GgmlType::Q8_0, false) => tile_avx2::tile_q8_0(self, self.act(activations)),
+                    (_, false) => tile_avx2::tile_offset(self, self.act(activations), off),
+                    (GgmlType::Q4_1, true) => tile_vnni::tile_q4_1(self, self.act(activations)),
+                    (GgmlType::Q8_0, true) => tile_vnni::tile_q8_0(self, self.act(activations)),
+                    (_, true) => tile_vnni::tile_offset(self, self.act(activations), off),
                 };
             }
         }
+        let _ = vnni;
         self.dot_scalar(activations)
     }
 
@@ -188,6 +215,11 @@ impl Tile {
 /// `rows.len()` give unspecified values. `next` (the rows to be read after these, or
 /// nothing) is prefetched along the way. Needs [`supported`]`(ty)`.
 pub fn dot_in_place(ty: GgmlType, rows: &[&[u8]], activations: &[u8], next: &[u8]) -> [f32; TILE_ROWS] {
+    dot_in_place_with(ty, rows, activations, next, vnni_available())
+}
+
+/// [`dot_in_place`] with the VNNI flavour chosen by the caller (which must have checked it).
+fn dot_in_place_with(ty: GgmlType, rows: &[&[u8]], activations: &[u8], next: &[u8], vnni: bool) -> [f32; TILE_ROWS] {
     assert!(supported(ty), "{ty} has no tile kernel on this CPU");
     assert!(!rows.is_empty() && rows.len() <= TILE_ROWS);
     let row_bytes = rows[0].len();
@@ -198,30 +230,30 @@ pub fn dot_in_place(ty: GgmlType, rows: &[&[u8]], activations: &[u8], next: &[u8
         // Missing rows repeat the first, so that the kernels always read eight whole rows.
         let ptrs: [*const u8; TILE_ROWS] = std::array::from_fn(|r| rows.get(r).unwrap_or(&rows[0]).as_ptr());
         let ahead = tile_avx2::Ahead::new(next, blocks);
-        // SAFETY: supported() checked AVX2, FMA and F16C; every pointer starts a row of
-        // `blocks` blocks of `ty`, and the activations are checked to have as many.
+        // SAFETY: supported() checked AVX2, FMA and F16C (vnni_available() the VNNI set);
+        // every pointer starts a row of `blocks` blocks of `ty`, and the activations are
+        // checked to have as many.
         unsafe {
-            match ty {
-                GgmlType::Q4_1 => {
-                    let act: &[BlockQ8_1] = as_blocks(activations);
-                    assert_eq!(act.len(), blocks, "activation row length");
-                    tile_avx2::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead)
-                }
-                _ => {
-                    let act: &[BlockQ8_0] = as_blocks(activations);
-                    assert_eq!(act.len(), blocks, "activation row length");
-                    match ty {
-                        GgmlType::Q4_0 => tile_avx2::in_place_q4_0(ptrs.map(|p| p.cast()), act, &ahead),
-                        GgmlType::Q5_0 => tile_avx2::in_place_q5_0(ptrs.map(|p| p.cast()), act, &ahead),
-                        _ => tile_avx2::in_place_q8_0(ptrs.map(|p| p.cast()), act, &ahead),
-                    }
-                }
+            if ty == GgmlType::Q4_1 {
+                let act: &[BlockQ8_1] = as_blocks(activations);
+                assert_eq!(act.len(), blocks, "activation row length");
+                return if vnni { tile_vnni::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead) } else { tile_avx2::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead) };
+            }
+            let act: &[BlockQ8_0] = as_blocks(activations);
+            assert_eq!(act.len(), blocks, "activation row length");
+            match (ty, vnni) {
+                (GgmlType::Q4_0, false) => tile_avx2::in_place_q4_0(ptrs.map(|p| p.cast()), act, &ahead),
+                (GgmlType::Q5_0, false) => tile_avx2::in_place_q5_0(ptrs.map(|p| p.cast()), act, &ahead),
+                (_, false) => tile_avx2::in_place_q8_0(ptrs.map(|p| p.cast()), act, &ahead),
+                (GgmlType::Q4_0, true) => tile_vnni::in_place_q4_0(ptrs.map(|p| p.cast()), act, &ahead),
+                (GgmlType::Q5_0, true) => tile_vnni::in_place_q5_0(ptrs.map(|p| p.cast()), act, &ahead),
+                (_, true) => tile_vnni::in_place_q8_0(ptrs.map(|p| p.cast()), act, &ahead),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (blocks, activations, next);
+        let _ = (blocks, activations, next, vnni);
         unreachable!("supported() is false without the x86 kernels")
     }
 }
@@ -308,9 +340,16 @@ mod tests {
                 for seed in [5, 6, 99] {
                     let mut act = vec![0u8; vec_dot_type(ty).bytes_for(n).unwrap()];
                     quantize_activations(vec_dot_type(ty), &row(seed, n), &mut act).unwrap();
-                    let (unpacked, in_place) = (tile.dot(&act), dot_in_place(ty, &rows, &act, &[]));
-                    for r in 0..n_rows {
-                        assert_eq!(unpacked[r].to_bits(), in_place[r].to_bits(), "{ty} {n_rows}x{blocks} row {r}");
+                    // Both flavours where the CPU has VNNI, and the AVX2 one always.
+                    let flavours: &[bool] = if vnni_available() { &[false, true] } else { &[false] };
+                    let reference = tile.dot_with(&act, false);
+                    for &vnni in flavours {
+                        let (unpacked, in_place) = (tile.dot_with(&act, vnni), dot_in_place_with(ty, &rows, &act, &[], vnni));
+                        for r in 0..n_rows {
+                            let what = format!("{ty} {n_rows}x{blocks} row {r}, vnni {vnni}");
+                            assert_eq!(unpacked[r].to_bits(), reference[r].to_bits(), "{what}: unpacked");
+                            assert_eq!(in_place[r].to_bits(), reference[r].to_bits(), "{what}: in place");
+                        }
                     }
                 }
             }

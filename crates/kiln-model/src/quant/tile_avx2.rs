@@ -32,7 +32,7 @@ impl Ahead {
     }
 
     #[inline(always)]
-    fn block(&self, b: usize) {
+    pub(super) fn block(&self, b: usize) {
         for line in b * self.per_block..((b + 1) * self.per_block).min(self.lines) {
             // SAFETY: a prefetch never faults; the address lies inside `next`.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(self.start.add(64 * line).cast()) };
@@ -43,7 +43,7 @@ impl Ahead {
 /// Eight vectors of eight i32 in, one vector out whose lane r is the sum of vector r.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose_sum(s: [__m256i; 8]) -> __m256i {
+pub(super) unsafe fn transpose_sum(s: [__m256i; 8]) -> __m256i {
     let a01 = _mm256_hadd_epi32(s[0], s[1]);
     let a23 = _mm256_hadd_epi32(s[2], s[3]);
     let a45 = _mm256_hadd_epi32(s[4], s[5]);
@@ -60,7 +60,7 @@ unsafe fn transpose_sum(s: [__m256i; 8]) -> __m256i {
 /// flavours.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn accumulate(acc: __m256, scales: __m256, dy: F16Le, totals: __m256i) -> __m256 {
+pub(super) unsafe fn accumulate(acc: __m256, scales: __m256, dy: F16Le, totals: __m256i) -> __m256 {
     _mm256_fmadd_ps(
         _mm256_mul_ps(scales, h2f8(dy)),
         _mm256_cvtepi32_ps(totals),
@@ -68,7 +68,7 @@ unsafe fn accumulate(acc: __m256, scales: __m256, dy: F16Le, totals: __m256i) ->
     )
 }
 
-fn store(v: __m256) -> [f32; TILE_ROWS] {
+pub(super) fn store(v: __m256) -> [f32; TILE_ROWS] {
     let mut out = [0f32; TILE_ROWS];
     // SAFETY: `out` holds eight f32; an unaligned store needs only AVX, which every caller
     // has checked (it is part of AVX2).
@@ -100,7 +100,7 @@ pub unsafe fn tile_q4_1(tile: &Tile, act: &[BlockQ8_1]) -> [f32; TILE_ROWS] {
 /// Byte offsets of rows 1..8 from row 0, for gathering one field of all eight.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn row_offsets<T>(rows: &[*const T; TILE_ROWS]) -> __m256i {
+pub(super) unsafe fn row_offsets<T>(rows: &[*const T; TILE_ROWS]) -> __m256i {
     let o = |r: usize| (rows[r] as isize - rows[0] as isize) as i32;
     _mm256_setr_epi32(o(0), o(1), o(2), o(3), o(4), o(5), o(6), o(7))
 }
@@ -108,7 +108,7 @@ unsafe fn row_offsets<T>(rows: &[*const T; TILE_ROWS]) -> __m256i {
 /// The first two halves of block `b` of every row (`d` and, for Q4_1, `m`), as f32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gather_halves<T>(row0: *const T, b: usize, offsets: __m256i) -> (__m256, __m256) {
+pub(super) unsafe fn gather_halves<T>(row0: *const T, b: usize, offsets: __m256i) -> (__m256, __m256) {
     let pairs = _mm256_i32gather_epi32::<1>(row0.add(b).cast(), offsets);
     // Per 128-bit lane: first halves to the low 8 bytes, second halves to the high 8.
     let split = _mm256_setr_epi8(
@@ -148,7 +148,7 @@ unsafe fn pair_totals(s: [__m256i; 4]) -> __m256i {
 /// The low and high nibbles of two rows' packed quants (see [`pair_sums`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pair_nibbles(qs_lo: &[u8; 16], qs_hi: &[u8; 16]) -> (__m256i, __m256i) {
+pub(super) unsafe fn pair_nibbles(qs_lo: &[u8; 16], qs_hi: &[u8; 16]) -> (__m256i, __m256i) {
     let w = pair(qs_lo.as_ptr(), qs_hi.as_ptr());
     let m4 = _mm256_set1_epi8(0xF);
     (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4))
@@ -241,7 +241,7 @@ pub unsafe fn in_place_q4_0(rows: [*const BlockQ4_0; TILE_ROWS], act: &[BlockQ8_
 /// rows' fifth-bit words (lane r = row r): `bit4` where the bit is set, 0 elsewhere.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pair_fifth_bits(words: __m256i, r: usize, bit4: __m256i) -> (__m256i, __m256i) {
+pub(super) unsafe fn pair_fifth_bits(words: __m256i, r: usize, bit4: __m256i) -> (__m256i, __m256i) {
     // Byte j of each 128-bit half takes the word's byte holding bit j (then 16 + j), and keeps
     // only that bit by or-ing in all the others.
     let select = |first: i64| {

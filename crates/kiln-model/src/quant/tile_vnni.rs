@@ -1,0 +1,213 @@
+//! The eight-row kernels of [`super::tile_avx2`] with AVX-512 VNNI's `vpdpbusd` on 256-bit
+//! vectors (AVX512-VL): four byte products summed into each i32 lane, and added to an
+//! accumulator, in one instruction where AVX2 needs `maddubs` and `madd`. The integer sums are
+//! exact either way and the float steps are the same calls, so these give the AVX2 kernels'
+//! bits exactly (a test checks it); only the speed differs.
+//!
+//! Zero points and signed weights become accumulator start values: `Σ (q - o)·y` starts from
+//! `-o·Σy`, and signed Q8_0 weights are biased to unsigned (`w + 128`), starting from `-128·Σy`.
+//!
+//! Every function here is `unsafe`: callers must have checked AVX2, FMA, F16C, AVX512-VNNI and
+//! AVX512-VL (see `super::tile::vnni_available`).
+
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
+use super::dot_avx2::{h2f8, load32};
+use super::tile::{Tile, TILE_ROWS};
+use super::tile_avx2::{accumulate, gather_halves, pair_nibbles, row_offsets, store, transpose_sum, Ahead};
+use std::arch::x86_64::*;
+
+/// `acc + Σ` of four `u8 · i8` products per lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, s)
+}
+
+/// `-k · Σ y` per lane (groups of four activations), the start value that subtracts a zero
+/// point `k` from every unsigned weight.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn minus_offset(y: __m256i, k: i32) -> __m256i {
+    let sums = dp(_mm256_setzero_si256(), _mm256_set1_epi8(1), y);
+    _mm256_mullo_epi32(sums, _mm256_set1_epi32(-k))
+}
+
+/// Q4_1 · Q8_1, unpacked (as `tile_avx2::tile_q4_1`).
+///
+/// # Safety
+/// See the module; `act` has the tile's number of blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn tile_q4_1(tile: &Tile, act: &[BlockQ8_1]) -> [f32; TILE_ROWS] {
+    let (mut acc, mut offsets) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (b, y) in act.iter().enumerate() {
+        let v = load32(y.qs.as_ptr());
+        let q = tile.quants(b);
+        let mut sums = [_mm256_setzero_si256(); 8];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            *sum = dp(_mm256_setzero_si256(), load32(q[r].as_ptr()), v);
+        }
+        acc = accumulate(acc, _mm256_loadu_ps(tile.scales(b).as_ptr()), y.d, transpose_sum(sums));
+        offsets = _mm256_fmadd_ps(_mm256_loadu_ps(tile.mins(b).as_ptr()), h2f8(y.s), offsets);
+    }
+    store(_mm256_add_ps(acc, offsets))
+}
+
+/// Q4_0, Q5_0 · Q8_0, unpacked (as `tile_avx2::tile_offset`).
+///
+/// # Safety
+/// As [`tile_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn tile_offset(tile: &Tile, act: &[BlockQ8_0], offset: i8) -> [f32; TILE_ROWS] {
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in act.iter().enumerate() {
+        let v = load32(y.qs.as_ptr());
+        let start = minus_offset(v, offset as i32);
+        let q = tile.quants(b);
+        let mut sums = [_mm256_setzero_si256(); 8];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            *sum = dp(start, load32(q[r].as_ptr()), v);
+        }
+        acc = accumulate(acc, _mm256_loadu_ps(tile.scales(b).as_ptr()), y.d, transpose_sum(sums));
+    }
+    store(acc)
+}
+
+/// Q8_0 · Q8_0, unpacked (as `tile_avx2::tile_q8_0`): weights biased by 128.
+///
+/// # Safety
+/// As [`tile_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn tile_q8_0(tile: &Tile, act: &[BlockQ8_0]) -> [f32; TILE_ROWS] {
+    let bias = _mm256_set1_epi8(-128);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in act.iter().enumerate() {
+        let v = load32(y.qs.as_ptr());
+        let start = minus_offset(v, 128);
+        let q = tile.quants(b);
+        let mut sums = [_mm256_setzero_si256(); 8];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            *sum = dp(start, _mm256_xor_si256(load32(q[r].as_ptr()), bias), v);
+        }
+        acc = accumulate(acc, _mm256_loadu_ps(tile.scales(b).as_ptr()), y.d, transpose_sum(sums));
+    }
+    store(acc)
+}
+
+/// The activations of one block as the paired in-place kernels want them (elements 0-15 and
+/// 16-31, each in both halves).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn split(qs: &[i8; 32]) -> (__m256i, __m256i) {
+    (
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(qs.as_ptr().cast())),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(qs.as_ptr().add(16).cast())),
+    )
+}
+
+/// Four pair sums in, lane r = row r's total out (as `tile_avx2::pair_totals`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn pair_totals(s: [__m256i; 4]) -> __m256i {
+    _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]))
+}
+
+/// Q4_1 · Q8_1 in place (as `tile_avx2::in_place_q4_1`).
+///
+/// # Safety
+/// See the module; every row has `act.len()` blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn in_place_q4_1(rows: [*const BlockQ4_1; TILE_ROWS], act: &[BlockQ8_1], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let offsets = row_offsets(&rows);
+    let (mut acc, mut mins_acc) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let (ylo, yhi) = split(&y.qs);
+        let mut sums = [_mm256_setzero_si256(); 4];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let (lo, hi) = pair_nibbles(&(*rows[r].add(b)).qs, &(*rows[r + 4].add(b)).qs);
+            *sum = dp(dp(_mm256_setzero_si256(), lo, ylo), hi, yhi);
+        }
+        let (scales, mins) = gather_halves(rows[0], b, offsets);
+        acc = accumulate(acc, scales, y.d, pair_totals(sums));
+        mins_acc = _mm256_fmadd_ps(mins, h2f8(y.s), mins_acc);
+    }
+    store(_mm256_add_ps(acc, mins_acc))
+}
+
+/// `-k · Σ y` per lane of the paired layout.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn pair_minus_offset(ylo: __m256i, yhi: __m256i, k: i32) -> __m256i {
+    let ones = _mm256_set1_epi8(1);
+    let sums = dp(dp(_mm256_setzero_si256(), ones, ylo), ones, yhi);
+    _mm256_mullo_epi32(sums, _mm256_set1_epi32(-k))
+}
+
+/// Q4_0 · Q8_0 in place (as `tile_avx2::in_place_q4_0`).
+///
+/// # Safety
+/// As [`in_place_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn in_place_q4_0(rows: [*const BlockQ4_0; TILE_ROWS], act: &[BlockQ8_0], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let offsets = row_offsets(&rows);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let (ylo, yhi) = split(&y.qs);
+        let start = pair_minus_offset(ylo, yhi, 8);
+        let mut sums = [_mm256_setzero_si256(); 4];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let (lo, hi) = pair_nibbles(&(*rows[r].add(b)).qs, &(*rows[r + 4].add(b)).qs);
+            *sum = dp(dp(start, lo, ylo), hi, yhi);
+        }
+        acc = accumulate(acc, gather_halves(rows[0], b, offsets).0, y.d, pair_totals(sums));
+    }
+    store(acc)
+}
+
+/// Q5_0 · Q8_0 in place (as `tile_avx2::in_place_q5_0`).
+///
+/// # Safety
+/// As [`in_place_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn in_place_q5_0(rows: [*const BlockQ5_0; TILE_ROWS], act: &[BlockQ8_0], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let offsets = row_offsets(&rows);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let (ylo, yhi) = split(&y.qs);
+        let start = pair_minus_offset(ylo, yhi, 16);
+        let high_bits = _mm256_i32gather_epi32::<1>(rows[0].add(b).cast::<u8>().add(2).cast(), offsets);
+        let mut sums = [_mm256_setzero_si256(); 4];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let (lo, hi) = pair_nibbles(&(*rows[r].add(b)).qs, &(*rows[r + 4].add(b)).qs);
+            let (high_lo, high_hi) = super::tile_avx2::pair_fifth_bits(high_bits, r, bit4);
+            *sum = dp(dp(start, _mm256_or_si256(lo, high_lo), ylo), _mm256_or_si256(hi, high_hi), yhi);
+        }
+        acc = accumulate(acc, gather_halves(rows[0], b, offsets).0, y.d, pair_totals(sums));
+    }
+    store(acc)
+}
+
+/// Q8_0 · Q8_0 in place (as `tile_avx2::in_place_q8_0`): weights biased by 128.
+///
+/// # Safety
+/// As [`in_place_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn in_place_q8_0(rows: [*const BlockQ8_0; TILE_ROWS], act: &[BlockQ8_0], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let offsets = row_offsets(&rows);
+    let bias = _mm256_set1_epi8(-128);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let v = load32(y.qs.as_ptr());
+        let start = minus_offset(v, 128);
+        let mut sums = [_mm256_setzero_si256(); 8];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            *sum = dp(start, _mm256_xor_si256(load32((*rows[r].add(b)).qs.as_ptr()), bias), v);
+        }
+        acc = accumulate(acc, gather_halves(rows[0], b, offsets).0, y.d, transpose_sum(sums));
+    }
+    store(acc)
+}
