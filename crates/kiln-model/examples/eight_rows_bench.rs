@@ -3,7 +3,8 @@
 //! decoding uses. Not a test; numbers go to docs/LOG.md.
 //!
 //! `TY=q4_0|q4_1|q5_0|q8_0 ROWS=N REPS=K cargo run --release -p kiln-model --example eight_rows_bench`
-//! (ROWS=160000 REPS=1 streams ~57 MB from memory; ROWS=1600 REPS=100 stays in cache).
+//! (ROWS=160000 REPS=1 streams ~57 MB from memory; ROWS=1600 REPS=100 stays in cache;
+//! AHEAD=K prefetches the rows K tiles ahead, default 1 as in `ops::matmul`).
 use kiln_gguf::GgmlType;
 use kiln_model::quant::{self, tile};
 use std::time::Instant;
@@ -52,7 +53,8 @@ fn main() {
         for _ in 0..reps {
             for (i, o) in out.chunks_exact_mut(8).enumerate() {
                 let rows: [&[u8]; 8] = std::array::from_fn(|k| row(8 * i + k));
-                let next = &weights[((8 * i + 8) * row_bytes).min(weights.len())..((8 * i + 16) * row_bytes).min(weights.len())];
+                let ahead = |k: usize| ((8 * i + 8 * k) * row_bytes).min(weights.len());
+                let next = &weights[ahead(env("AHEAD", 1))..ahead(env("AHEAD", 1) + 1)];
                 o.copy_from_slice(&tile::dot_in_place(ty, &rows, &act, next));
             }
         }
