@@ -37,7 +37,7 @@ pub(super) unsafe fn h2f8(h: F16Le) -> __m256 {
 /// A stored half as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn h2f(h: F16Le) -> f32 {
+pub(super) unsafe fn h2f(h: F16Le) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(h.0) as i16)))
 }
 

@@ -78,12 +78,24 @@ impl Tile {
         let blocks = row_len / ty.type_size();
         self.ty = Some(ty);
         self.blocks = blocks;
-        self.quants.clear();
+        // Reused storage: only rows that are not loaded need clearing.
         self.quants.resize(blocks * TILE_ROWS, [0; 32]);
-        self.scales.clear();
         self.scales.resize(blocks, [0.0; TILE_ROWS]);
-        self.mins.clear();
         self.mins.resize(blocks, [0.0; TILE_ROWS]);
+        for r in rows.len()..TILE_ROWS {
+            self.quants.iter_mut().skip(r).step_by(TILE_ROWS).for_each(|q| *q = [0; 32]);
+            self.scales.iter_mut().for_each(|s| s[r] = 0.0);
+            self.mins.iter_mut().for_each(|m| m[r] = 0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_available() {
+            for (r, row) in rows.iter().enumerate() {
+                // SAFETY: simd_available() checked AVX2, FMA and F16C; the storage holds
+                // `blocks` blocks, the length of every row.
+                unsafe { tile_avx2::unpack_row(ty, &row[..blocks * ty.type_size()], r, &mut self.quants, &mut self.scales, &mut self.mins) };
+            }
+            return;
+        }
         // The type is matched once per row, so that the block loops inline and vectorize.
         for (r, row) in rows.iter().enumerate() {
             let quant_rows = self.quants.iter_mut().skip(r).step_by(TILE_ROWS);

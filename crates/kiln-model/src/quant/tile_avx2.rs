@@ -10,8 +10,9 @@
 //! Every function here is `unsafe`: callers must have checked that the CPU has AVX2, FMA and
 //! F16C (see `super::simd_available`).
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1, F16Le};
-use super::dot_avx2::{dot_u8_i8, dot_u8_i8_offset, h2f8, load32, widen16};
+use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1, F16Le};
+use kiln_gguf::GgmlType;
+use super::dot_avx2::{bytes_from_bits, dot_u8_i8, dot_u8_i8_offset, h2f, h2f8, load32, nibbles, widen16};
 use super::tile::{Tile, TILE_ROWS};
 use std::arch::x86_64::*;
 
@@ -37,6 +38,47 @@ impl Ahead {
             // SAFETY: a prefetch never faults; the address lies inside `next`.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(self.start.add(64 * line).cast()) };
         }
+    }
+}
+
+/// Unpacks row `r` of a tile: the quants of block `b` as 32 bytes into `quants[b * TILE_ROWS
+/// + r]` (the layout `Tile` keeps), its scales (and Q4_1 minimums) as f32 into `scales[b][r]`
+/// (`mins[b][r]`). The same values as the scalar unpacking, in vector registers.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `row` is whole blocks of `ty` (one of the tile types), and the outputs
+/// hold that many blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn unpack_row(ty: GgmlType, row: &[u8], r: usize, quants: &mut [[u8; 32]], scales: &mut [[f32; TILE_ROWS]], mins: &mut [[f32; TILE_ROWS]]) {
+    let store32 = |q: &mut [u8; 32], v: __m256i| _mm256_storeu_si256(q.as_mut_ptr().cast(), v);
+    match ty {
+        GgmlType::Q4_0 => {
+            for (b, blk) in as_blocks::<BlockQ4_0>(row).iter().enumerate() {
+                store32(&mut quants[b * TILE_ROWS + r], nibbles(&blk.qs));
+                scales[b][r] = h2f(blk.d);
+            }
+        }
+        GgmlType::Q4_1 => {
+            for (b, blk) in as_blocks::<BlockQ4_1>(row).iter().enumerate() {
+                store32(&mut quants[b * TILE_ROWS + r], nibbles(&blk.qs));
+                (scales[b][r], mins[b][r]) = (h2f(blk.d), h2f(blk.m));
+            }
+        }
+        GgmlType::Q5_0 => {
+            let bit4 = _mm256_set1_epi8(0x10);
+            for (b, blk) in as_blocks::<BlockQ5_0>(row).iter().enumerate() {
+                let high = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(blk.qh)), bit4);
+                store32(&mut quants[b * TILE_ROWS + r], _mm256_or_si256(nibbles(&blk.qs), high));
+                scales[b][r] = h2f(blk.d);
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (b, blk) in as_blocks::<BlockQ8_0>(row).iter().enumerate() {
+                store32(&mut quants[b * TILE_ROWS + r], load32(blk.qs.as_ptr()));
+                scales[b][r] = h2f(blk.d);
+            }
+        }
+        other => panic!("{other} has no tile kernel (check tile::supported)"),
     }
 }
 
