@@ -176,22 +176,22 @@ fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, 
             if i == t0 {
                 quant::prefetch(&data[r0 * row_bytes..r1 * row_bytes]);
             }
-            let unpack = n_rows >= UNPACK_MIN_ROWS;
-            if unpack {
+            // SAFETY (both writers): each (t, r) is written by exactly one task; `out`
+            // outlives the loop.
+            let write = |t: usize, v: &[f32; TILE_ROWS]| {
+                for (k, &x) in v[..r1 - r0].iter().enumerate() {
+                    unsafe { *out_ref.0.add(t * w.rows + r0 + k) = x };
+                }
+            };
+            if n_rows >= UNPACK_MIN_ROWS {
                 tile.load(w.ty, rows);
                 // Many dot products follow: time enough for the next rows to arrive.
                 quant::prefetch(next);
-            }
-            for t in 0..n_rows {
-                let act = &acts[t * act_bytes..(t + 1) * act_bytes];
-                let v = if unpack {
-                    tile.dot(act)
-                } else {
-                    dot_in_place(w.ty, rows, act, if t == 0 { next } else { &[] })
-                };
-                for (k, &x) in v[..r1 - r0].iter().enumerate() {
-                    // SAFETY: each (t, r) is written by exactly one task; `out` outlives the loop.
-                    unsafe { *out_ref.0.add(t * w.rows + r0 + k) = x };
+                tile.dot_many(acts, act_bytes, n_rows, write);
+            } else {
+                for t in 0..n_rows {
+                    let act = &acts[t * act_bytes..(t + 1) * act_bytes];
+                    write(t, &dot_in_place(w.ty, rows, act, if t == 0 { next } else { &[] }));
                 }
             }
         }

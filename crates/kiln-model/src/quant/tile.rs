@@ -26,6 +26,10 @@ pub struct Tile {
     /// `[block][row]`: scale, and minimum (Q4_1 only).
     scales: Vec<[f32; TILE_ROWS]>,
     mins: Vec<[f32; TILE_ROWS]>,
+    /// Whether `quants` is in the interleaved layout of the VNNI kernels
+    /// (`tile_vnni::interleave`), with its per-block `corrections`.
+    interleaved: bool,
+    corrections: Vec<[i32; TILE_ROWS]>,
 }
 
 /// Whether [`Tile`] handles weights of `ty` on this CPU.
@@ -71,8 +75,14 @@ fn unpack_nibbles(qs: &[u8; 16], q: &mut [u8; 32]) {
 
 impl Tile {
     /// Unpacks `rows` of `ty` (each a whole row of the same length; at most [`TILE_ROWS`]).
-    /// Missing rows are zero.
+    /// Missing rows are zero. Where the CPU has VNNI the tile is laid out for its kernels.
     pub fn load(&mut self, ty: GgmlType, rows: &[&[u8]]) {
+        self.load_with(ty, rows, vnni_available());
+    }
+
+    /// [`Tile::load`], interleaved for the VNNI kernels or not (the caller checked VNNI).
+    fn load_with(&mut self, ty: GgmlType, rows: &[&[u8]], interleave: bool) {
+        self.interleaved = false;
         assert!(rows.len() <= TILE_ROWS);
         let row_len = rows.first().map_or(0, |r| r.len());
         let blocks = row_len / ty.type_size();
@@ -93,6 +103,12 @@ impl Tile {
                 // SAFETY: simd_available() checked AVX2, FMA and F16C; the storage holds
                 // `blocks` blocks, the length of every row.
                 unsafe { tile_avx2::unpack_row(ty, &row[..blocks * ty.type_size()], r, &mut self.quants, &mut self.scales, &mut self.mins) };
+            }
+            if interleave {
+                self.corrections.resize(blocks, [0; TILE_ROWS]);
+                // SAFETY: the caller checked vnni_available(); `quants` holds `blocks` blocks.
+                unsafe { tile_vnni::interleave(&mut self.quants, &mut self.corrections, offset(ty) as i8) };
+                self.interleaved = true;
             }
             return;
         }
@@ -142,9 +158,51 @@ impl Tile {
         self.dot_with(activations, vnni_available())
     }
 
-    /// [`Tile::dot`] with the VNNI flavour chosen by the caller (which must have checked it).
+    /// The dot products of every tile row with each of `n` activation rows (`act_bytes`
+    /// apart in `acts`), handed to `out(t, products of row t)`. The interleaved layout takes
+    /// four activation rows per pass over the weights.
+    pub fn dot_many(&self, acts: &[u8], act_bytes: usize, n: usize, mut out: impl FnMut(usize, &[f32; TILE_ROWS])) {
+        let row = |t: usize| &acts[t * act_bytes..(t + 1) * act_bytes];
+        let mut t = 0;
+        #[cfg(target_arch = "x86_64")]
+        if self.interleaved {
+            while t + 4 <= n {
+                let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
+                // SAFETY: an interleaved tile exists only where vnni_available() held; lengths
+                // checked in `act`.
+                let products = unsafe {
+                    if self.ty == Some(GgmlType::Q4_1) {
+                        tile_vnni::interleaved_q4_1(self, rows.map(|r| self.act(r)))
+                    } else {
+                        tile_vnni::interleaved_q8_0(self, rows.map(|r| self.act(r)))
+                    }
+                };
+                for (k, p) in products.iter().enumerate() {
+                    out(t + k, p);
+                }
+                t += 4;
+            }
+        }
+        for t in t..n {
+            out(t, &self.dot(row(t)));
+        }
+    }
+
+    /// [`Tile::dot`] with the VNNI flavour chosen by the caller (which must have checked it);
+    /// an interleaved tile always takes the VNNI kernels.
     fn dot_with(&self, activations: &[u8], vnni: bool) -> [f32; TILE_ROWS] {
         let ty = self.ty.expect("a loaded tile");
+        #[cfg(target_arch = "x86_64")]
+        if self.interleaved {
+            // SAFETY: an interleaved tile exists only where vnni_available() held; lengths
+            // checked in `act`.
+            return unsafe {
+                match ty {
+                    GgmlType::Q4_1 => tile_vnni::interleaved_q4_1(self, [self.act(activations)])[0],
+                    _ => tile_vnni::interleaved_q8_0(self, [self.act(activations)])[0],
+                }
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if super::simd_available() {
             let off = offset(ty) as i8;
@@ -175,6 +233,11 @@ impl Tile {
         &self.scales[b]
     }
 
+    /// The start values of block `b`'s integer sums (interleaved layout).
+    pub(super) fn corrections(&self, b: usize) -> &[i32; TILE_ROWS] {
+        &self.corrections[b]
+    }
+
     /// The minimums of block `b` of each row (Q4_1).
     pub(super) fn mins(&self, b: usize) -> &[f32; TILE_ROWS] {
         &self.mins[b]
@@ -188,6 +251,7 @@ impl Tile {
 
     /// The plain version, which the AVX2 one is tested against.
     pub fn dot_scalar(&self, activations: &[u8]) -> [f32; TILE_ROWS] {
+        assert!(!self.interleaved, "dot_scalar reads the row layout");
         let ty = self.ty.expect("a loaded tile");
         let mut out = [0f32; TILE_ROWS];
         let (signed, off) = (ty == GgmlType::Q8_0, offset(ty));
@@ -311,7 +375,8 @@ mod tests {
                 let mut act = vec![0u8; vec_dot_type(ty).bytes_for(n).unwrap()];
                 quantize_activations(vec_dot_type(ty), &row(99, n), &mut act).unwrap();
                 let mut tile = Tile::default();
-                tile.load(ty, &rows.iter().map(|r| r.as_slice()).collect::<Vec<_>>());
+                // The row layout: `dot_scalar` reads it.
+                tile.load_with(ty, &rows.iter().map(|r| r.as_slice()).collect::<Vec<_>>(), false);
                 let got = tile.dot(&act);
                 let scalar = tile.dot_scalar(&act);
                 let kernel = RowDot::new(ty, n);
@@ -342,25 +407,40 @@ mod tests {
         if !supported(GgmlType::Q4_0) {
             return; // no SIMD here: the tile kernels are never used
         }
+        // Both kernel flavours and both tile layouts where the CPU has VNNI, AVX2 always.
+        let flavours: &[bool] = if vnni_available() { &[false, true] } else { &[false] };
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             for (n_rows, blocks) in [(8, 18), (3, 5), (1, 1), (8, 64), (7, 2)] {
                 let n = blocks * 32;
                 let rows: Vec<Vec<u8>> = (0..n_rows).map(|r| q(ty, &row(7 * r as u32 + 3, n))).collect();
                 let rows: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
-                let mut tile = Tile::default();
-                tile.load(ty, &rows);
-                for seed in [5, 6, 99] {
-                    let mut act = vec![0u8; vec_dot_type(ty).bytes_for(n).unwrap()];
-                    quantize_activations(vec_dot_type(ty), &row(seed, n), &mut act).unwrap();
-                    // Both flavours where the CPU has VNNI, and the AVX2 one always.
-                    let flavours: &[bool] = if vnni_available() { &[false, true] } else { &[false] };
-                    let reference = tile.dot_with(&act, false);
+                let act_ty = vec_dot_type(ty);
+                let act_bytes = act_ty.bytes_for(n).unwrap();
+                let mut acts = vec![0u8; 6 * act_bytes];
+                for (t, a) in acts.chunks_exact_mut(act_bytes).enumerate() {
+                    quantize_activations(act_ty, &row(5 + t as u32 * 31, n), a).unwrap();
+                }
+                for (t, act) in acts.chunks_exact(act_bytes).enumerate() {
+                    let reference = dot_in_place_with(ty, &rows, act, &[], false);
                     for &vnni in flavours {
-                        let (unpacked, in_place) = (tile.dot_with(&act, vnni), dot_in_place_with(ty, &rows, &act, &[], vnni));
+                        let mut tile = Tile::default();
+                        tile.load_with(ty, &rows, vnni);
+                        let unpacked = tile.dot_with(act, vnni);
+                        let in_place = dot_in_place_with(ty, &rows, act, &[], vnni);
+                        let mut many = [0f32; TILE_ROWS];
+                        tile.dot_many(&acts, act_bytes, 6, |u, v| {
+                            if u == t {
+                                many = *v;
+                            }
+                        });
                         for r in 0..n_rows {
-                            let what = format!("{ty} {n_rows}x{blocks} row {r}, vnni {vnni}");
+                            let what = format!("{ty} {n_rows}x{blocks} act {t} row {r}, vnni {vnni}");
                             assert_eq!(unpacked[r].to_bits(), reference[r].to_bits(), "{what}: unpacked");
                             assert_eq!(in_place[r].to_bits(), reference[r].to_bits(), "{what}: in place");
+                            assert_eq!(many[r].to_bits(), reference[r].to_bits(), "{what}: many rows");
+                        }
+                        for (r, &v) in unpacked.iter().enumerate().skip(n_rows) {
+                            assert_eq!(v, 0.0, "{ty} vnni {vnni}: missing row {r}");
                         }
                     }
                 }

@@ -211,3 +211,132 @@ pub unsafe fn in_place_q8_0(rows: [*const BlockQ8_0; TILE_ROWS], act: &[BlockQ8_
     }
     store(acc)
 }
+
+/// Rewrites an unpacked tile (`quants[b * TILE_ROWS + r]`: block b of row r, unsigned with
+/// zero point `offset`, or signed Q8_0 when `offset` is 0 and `signed`) into the interleaved
+/// layout: `quants[b * TILE_ROWS + j]` holds bytes 4j..4j+3 of every row, row r in lane r,
+/// as signed values (`q - offset`), so that one `vpdpbusd` against four broadcast activation
+/// bytes adds four products to each row's lane, with no transposing of sums afterwards.
+/// `corrections[b]` gets `-128 · Σ q` per row: the kernels bias activations to unsigned
+/// (`y + 128`) and start each block's sums there.
+///
+/// # Safety
+/// As the module; `quants` holds `corrections.len()` blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn interleave(quants: &mut [[u8; 32]], corrections: &mut [[i32; TILE_ROWS]], offset: i8) {
+    let ones = _mm256_set1_epi8(1);
+    for (q, correction) in quants.chunks_exact_mut(TILE_ROWS).zip(corrections.iter_mut()) {
+        let mut rows = [_mm256_setzero_si256(); TILE_ROWS];
+        for (row, src) in rows.iter_mut().zip(q.iter()) {
+            *row = _mm256_sub_epi8(load32(src.as_ptr()), _mm256_set1_epi8(offset));
+        }
+        let columns = transpose_dwords(rows);
+        let mut sums = _mm256_setzero_si256();
+        for (column, dst) in columns.iter().zip(q.iter_mut()) {
+            sums = dp(sums, ones, *column);
+            _mm256_storeu_si256(dst.as_mut_ptr().cast(), *column);
+        }
+        let c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sums));
+        _mm256_storeu_si256(correction.as_mut_ptr().cast(), c);
+    }
+}
+
+/// An 8×8 transpose of 32-bit elements: lane r of output j = lane j of input r.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn transpose_dwords(r: [__m256i; 8]) -> [__m256i; 8] {
+    let t = [
+        _mm256_unpacklo_epi32(r[0], r[1]),
+        _mm256_unpackhi_epi32(r[0], r[1]),
+        _mm256_unpacklo_epi32(r[2], r[3]),
+        _mm256_unpackhi_epi32(r[2], r[3]),
+        _mm256_unpacklo_epi32(r[4], r[5]),
+        _mm256_unpackhi_epi32(r[4], r[5]),
+        _mm256_unpacklo_epi32(r[6], r[7]),
+        _mm256_unpackhi_epi32(r[6], r[7]),
+    ];
+    let u = [
+        _mm256_unpacklo_epi64(t[0], t[2]),
+        _mm256_unpackhi_epi64(t[0], t[2]),
+        _mm256_unpacklo_epi64(t[1], t[3]),
+        _mm256_unpackhi_epi64(t[1], t[3]),
+        _mm256_unpacklo_epi64(t[4], t[6]),
+        _mm256_unpackhi_epi64(t[4], t[6]),
+        _mm256_unpacklo_epi64(t[5], t[7]),
+        _mm256_unpackhi_epi64(t[5], t[7]),
+    ];
+    [
+        _mm256_permute2x128_si256::<0x20>(u[0], u[4]),
+        _mm256_permute2x128_si256::<0x20>(u[1], u[5]),
+        _mm256_permute2x128_si256::<0x20>(u[2], u[6]),
+        _mm256_permute2x128_si256::<0x20>(u[3], u[7]),
+        _mm256_permute2x128_si256::<0x31>(u[0], u[4]),
+        _mm256_permute2x128_si256::<0x31>(u[1], u[5]),
+        _mm256_permute2x128_si256::<0x31>(u[2], u[6]),
+        _mm256_permute2x128_si256::<0x31>(u[3], u[7]),
+    ]
+}
+
+/// Four activation bytes `4j..4j+3` of `qs` in every lane, biased to unsigned.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn broadcast_biased(qs: &[i8; 32], j: usize) -> __m256i {
+    let four = qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned();
+    _mm256_xor_si256(_mm256_set1_epi32(four), _mm256_set1_epi8(-128))
+}
+
+/// Exact integer totals of block `b` of every tile row against `R` activation blocks
+/// (interleaved layout, see [`interleave`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn interleaved_totals<const R: usize>(tile: &Tile, b: usize, qs: [&[i8; 32]; R]) -> [__m256i; R] {
+    let start = _mm256_loadu_si256(tile.corrections(b).as_ptr().cast());
+    let columns = tile.quants(b);
+    let mut sums = [start; R];
+    for (j, column) in columns.iter().enumerate() {
+        let w = load32(column.as_ptr());
+        for (sum, q) in sums.iter_mut().zip(qs) {
+            *sum = dp(*sum, broadcast_biased(q, j), w);
+        }
+    }
+    sums
+}
+
+/// Q4_0, Q5_0, Q8_0 · Q8_0 on an interleaved tile, for `R` activation rows at once (the
+/// weights are loaded once for all of them): the same numbers as `tile_avx2::tile_offset` and
+/// `tile_avx2::tile_q8_0`.
+///
+/// # Safety
+/// As the module; every activation row has the tile's number of blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn interleaved_q8_0<const R: usize>(tile: &Tile, acts: [&[BlockQ8_0]; R]) -> [[f32; TILE_ROWS]; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..acts[0].len() {
+        let totals = interleaved_totals(tile, b, acts.map(|a| &a[b].qs));
+        let scales = _mm256_loadu_ps(tile.scales(b).as_ptr());
+        for ((a, act), total) in acc.iter_mut().zip(&acts).zip(totals) {
+            *a = accumulate(*a, scales, act[b].d, total);
+        }
+    }
+    acc.map(store)
+}
+
+/// Q4_1 · Q8_1 on an interleaved tile, `R` activation rows at once: the same numbers as
+/// `tile_avx2::tile_q4_1`.
+///
+/// # Safety
+/// As [`interleaved_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn interleaved_q4_1<const R: usize>(tile: &Tile, acts: [&[BlockQ8_1]; R]) -> [[f32; TILE_ROWS]; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offsets = [_mm256_setzero_ps(); R];
+    for b in 0..acts[0].len() {
+        let totals = interleaved_totals(tile, b, acts.map(|a| &a[b].qs));
+        let (scales, mins) = (_mm256_loadu_ps(tile.scales(b).as_ptr()), _mm256_loadu_ps(tile.mins(b).as_ptr()));
+        for (((a, o), act), total) in acc.iter_mut().zip(offsets.iter_mut()).zip(&acts).zip(totals) {
+            *a = accumulate(*a, scales, act[b].d, total);
+            *o = _mm256_fmadd_ps(mins, h2f8(act[b].s), *o);
+        }
+    }
+    std::array::from_fn(|t| store(_mm256_add_ps(acc[t], offsets[t])))
+}
