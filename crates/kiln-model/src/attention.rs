@@ -81,16 +81,33 @@ fn attend_head(spec: &AttentionSpec, q_head: &[f32], h: usize, pos: usize, keys:
     let value = |j: usize| &values[j * kv_dim + kvh * hd..][..hd];
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     if tiled {
+        // Keys in blocks: one max and one vector of exponentials per block, rather than a
+        // rescale test and a scalar `exp` per key.
+        const KEYS: usize = 32;
         let mut acc = [0f32; MAX_HEAD_DIM];
         let acc = &mut acc[..hd];
-        for j in first..=pos {
-            let s = (k.dot_fast)(qh, key(j)) * spec.scale;
-            let (ms, vs) = online_softmax_step(&mut m, s);
-            if ms != 1.0 {
-                acc.iter_mut().for_each(|a| *a *= ms);
+        let mut scores = [0f32; KEYS];
+        let mut j0 = first;
+        while j0 <= pos {
+            let j1 = (j0 + KEYS).min(pos + 1);
+            let block = &mut scores[..j1 - j0];
+            for (i, s) in block.iter_mut().enumerate() {
+                *s = (k.dot_fast)(qh, key(j0 + i)) * spec.scale;
             }
-            (k.mad_f32)(acc, value(j), vs);
-            sum = sum * ms + vs;
+            let block_max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if block_max > m {
+                let ms = (m - block_max).exp();
+                acc.iter_mut().for_each(|a| *a *= ms);
+                sum *= ms;
+                m = block_max;
+            }
+            block.iter_mut().for_each(|s| *s -= m);
+            (k.exp)(block);
+            for (i, &p) in block.iter().enumerate() {
+                (k.mad_f32)(acc, value(j0 + i), p);
+                sum += p;
+            }
+            j0 = j1;
         }
         let inv = 1.0 / sum;
         for (od, &a) in o.iter_mut().zip(acc.iter()) {
@@ -142,6 +159,8 @@ struct Kernels {
     mad_f16: fn(&mut [f16], &[f16], f32),
     /// `acc = f16(acc · w)` (ggml_vec_scale_f16).
     scale_f16: fn(&mut [f16], f32),
+    /// `x = e^x` for every element (to within 2 ulp; the tiled path's softmax).
+    exp: fn(&mut [f32]),
 }
 
 fn kernels() -> &'static Kernels {
@@ -156,7 +175,11 @@ fn kernels() -> &'static Kernels {
 mod scalar {
     use super::{f16, Kernels};
 
-    pub static KERNELS: Kernels = Kernels { dot, dot_fast, mad_f32, mad_f16, scale_f16 };
+    pub static KERNELS: Kernels = Kernels { dot, dot_fast, mad_f32, mad_f16, scale_f16, exp };
+
+    pub fn exp(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = v.exp());
+    }
 
     pub fn dot_fast(q: &[f32], k: &[f16]) -> f32 {
         q.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum()
@@ -216,9 +239,9 @@ mod simd {
     use super::{f16, scalar, Kernels};
     use std::arch::x86_64::*;
 
-    pub static KERNELS: Kernels = Kernels { dot, dot_fast, mad_f32, mad_f16, scale_f16 };
+    pub static KERNELS: Kernels = Kernels { dot, dot_fast, mad_f32, mad_f16, scale_f16, exp };
 
-    // SAFETY (all four): only reachable when simd_available() found AVX2, FMA and F16C;
+    // SAFETY (all of them): only reachable when simd_available() found AVX2, FMA and F16C;
     // every pointer stays within the slices (8 lanes at a time, the tail in scalar code).
 
     fn dot(q: &[f32], k: &[f16]) -> f32 {
@@ -235,6 +258,46 @@ mod simd {
     }
     fn scale_f16(acc: &mut [f16], w: f32) {
         unsafe { scale_f16_avx2(acc, w) }
+    }
+    fn exp(x: &mut [f32]) {
+        unsafe { exp_avx2(x) }
+    }
+
+    /// `e^x` for eight lanes, for `x ≤ 88`: Cephes' `expf` (x = n·ln 2 + r with ln 2 in two
+    /// parts, a degree-6 polynomial for `e^r`, `2^n` built in the exponent bits); below
+    /// -87.3 (where `2^n` would be subnormal) the result is 0.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.33654));
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let e_r = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+        _mm256_andnot_ps(underflow, _mm256_mul_ps(e_r, two_n))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn exp_avx2(x: &mut [f32]) {
+        let body = x.len() - x.len() % 8;
+        for i in (0..body).step_by(8) {
+            let p = x.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, exp8(_mm256_loadu_ps(p)));
+        }
+        if body < x.len() {
+            let mut last = [-100f32; 8];
+            let tail = &mut x[body..];
+            last[..tail.len()].copy_from_slice(tail);
+            let v = exp8(_mm256_loadu_ps(last.as_ptr()));
+            _mm256_storeu_ps(last.as_mut_ptr(), v);
+            tail.copy_from_slice(&last[..tail.len()]);
+        }
     }
 
     #[inline]
@@ -372,6 +435,27 @@ mod simd {
                 scale_f16(&mut x, 0.61);
                 scalar::scale_f16(&mut y, 0.61);
                 assert_eq!(x, y, "scale_f16 n={n}");
+            }
+        }
+
+        #[test]
+        fn vector_exp_is_within_two_ulp() {
+            if !crate::quant::simd_available() {
+                eprintln!("SKIP: no AVX2/F16C");
+                return;
+            }
+            // Every softmax input (x ≤ 0, down to underflow), a few positives, odd lengths.
+            let xs: Vec<f32> = (0..200_003).map(|i| -90.0 + i as f32 * 0.00047).chain([0.0, -0.0, 1.5, 20.0, -1e-8]).collect();
+            let mut got = xs.clone();
+            exp(&mut got);
+            for (&x, &g) in xs.iter().zip(&got) {
+                let exact = (x as f64).exp();
+                if x < -87.33654 {
+                    assert!(g == 0.0 || (g as f64 - exact).abs() < 1e-37, "exp({x}) = {g}");
+                    continue;
+                }
+                let ulp = (exact as f32).abs() * f32::EPSILON;
+                assert!((g as f64 - exact).abs() <= 2.0 * ulp as f64, "exp({x}) = {g}, exact {exact}");
             }
         }
     }
