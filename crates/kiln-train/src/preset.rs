@@ -61,6 +61,15 @@ pub struct TrainConfig {
     pub beta2: f64,
     /// AdamW ε.
     pub eps: f64,
+    /// The optimizer of the hidden weight matrices (AdamW takes everything else either way).
+    #[serde(default)]
+    pub optimizer: MatrixOptimizer,
+    /// Muon's peak learning rate (it follows the same schedule as `lr`).
+    #[serde(default = "default_muon_lr")]
+    pub muon_lr: f64,
+    /// Muon's momentum.
+    #[serde(default = "default_muon_momentum")]
+    pub muon_momentum: f64,
     /// Global gradient-norm clip (0 disables).
     pub grad_clip: f64,
     /// Evaluate validation loss every this many steps (0: only at the end).
@@ -75,6 +84,25 @@ pub struct TrainConfig {
     pub keep: usize,
     /// Seed for initialisation and batch sampling.
     pub seed: u64,
+}
+
+/// Which optimizer updates the hidden weight matrices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatrixOptimizer {
+    /// AdamW, like every other parameter.
+    #[default]
+    AdamW,
+    /// Muon ([`crate::optim::Muon`]); embeddings, the head and norms stay on AdamW.
+    Muon,
+}
+
+fn default_muon_lr() -> f64 {
+    0.02
+}
+
+fn default_muon_momentum() -> f64 {
+    0.95
 }
 
 /// The preset names, smallest first.
@@ -132,6 +160,9 @@ impl TrainConfig {
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
+            optimizer: MatrixOptimizer::AdamW,
+            muon_lr: default_muon_lr(),
+            muon_momentum: default_muon_momentum(),
             grad_clip: 1.0,
             eval_every: (steps / 10).max(1),
             eval_batches: 8,
@@ -176,6 +207,9 @@ impl TrainConfig {
         }
         if self.keep == 0 {
             return bad("--keep must be at least 1");
+        }
+        if !(self.muon_lr > 0.0 && self.muon_lr.is_finite() && (0.0..1.0).contains(&self.muon_momentum)) {
+            return bad("--muon-lr must be positive and --muon-momentum in [0, 1)");
         }
         self.model_config().validate()?;
         Ok(())

@@ -7,7 +7,8 @@
 //!
 //! One optimizer step: micro-batches of random windows until the token batch is full, gradients
 //! accumulated (each micro-batch's loss scaled by 1/accum), clipped to a global norm, one AdamW
-//! update at the scheduled learning rate. Everything random comes from two [`Rng`]s whose states
+//! update at the scheduled learning rate (with `--optimizer muon`, Muon updates the hidden
+//! matrices at its own peak rate on the same schedule). Everything random comes from two [`Rng`]s whose states
 //! go into checkpoints, so a resumed run repeats the uninterrupted one step for step.
 
 use crate::checkpoint::{self, TrainState};
@@ -15,7 +16,8 @@ use crate::data::{self, Batches};
 use crate::export::{write_hf_dir, TOKENIZER_FILES};
 use crate::metrics::{MetricsLog, Record};
 use crate::model::Llama;
-use crate::optim::{AdamW, GradAccum};
+use crate::optim::{AdamW, GradAccum, Muon};
+use crate::preset::MatrixOptimizer;
 use crate::preset::TrainConfig;
 use crate::rng::Rng;
 use crate::schedule::lr_at;
@@ -43,6 +45,8 @@ pub struct Trainer {
     /// The model being trained.
     pub model: Llama,
     opt: AdamW,
+    /// Muon for the hidden matrices, when the run uses it (AdamW then skips them).
+    muon: Option<Muon>,
     train: Batches,
     val: Batches,
     /// Validation tokens per validation byte (for bits per byte).
@@ -175,44 +179,39 @@ impl Trainer {
         let mut train = Batches::new(train_tokens, cfg.seed ^ 0x5eed);
         let val = Batches::new(val_tokens, 0);
         let mut sample_rng = Rng::new(cfg.seed ^ 0x5a3);
-        let (model, opt, step, tokens_seen, resume_step) = match &ckpt {
+        let (model, step, tokens_seen, resume_step, state) = match &ckpt {
             None => {
                 let model = Llama::init(model_cfg, cfg.shape.tied, cfg.seed, DType::F32)?;
-                let opt = AdamW::new(
-                    model.params(),
-                    (cfg.beta1, cfg.beta2),
-                    cfg.eps,
-                    cfg.weight_decay,
-                );
-                (model, opt, 0, 0, None)
+                (model, 0, 0, None, None)
             }
             Some(dir) => {
                 let c = checkpoint::load(dir)?;
                 let model = Llama::from_tensors(model_cfg, cfg.shape.tied, c.model, DType::F32)?;
-                let mut opt = AdamW::new(
-                    model.params(),
-                    (cfg.beta1, cfg.beta2),
-                    cfg.eps,
-                    cfg.weight_decay,
-                );
-                opt.load_state(model.params(), &c.optim, c.state.adam_t)?;
                 train.rng = Rng::new(c.state.loader_rng);
                 sample_rng = Rng::new(c.state.sample_rng);
-                (
-                    model,
-                    opt,
-                    c.state.step,
-                    c.state.tokens_seen,
-                    Some(c.state.step),
-                )
+                let (step, tokens_seen) = (c.state.step, c.state.tokens_seen);
+                (model, step, tokens_seen, Some(step), Some((c.optim, c.state.adam_t)))
             }
         };
+        let mut opt = AdamW::new(model.params(), (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay);
+        let mut muon = (cfg.optimizer == MatrixOptimizer::Muon)
+            .then(|| Muon::new(model.params(), cfg.muon_momentum, cfg.weight_decay));
+        if let Some(m) = &muon {
+            opt.skip = m.mask(model.params().len());
+        }
+        if let Some((tensors, adam_t)) = &state {
+            opt.load_state(model.params(), tensors, *adam_t)?;
+            if let Some(m) = &mut muon {
+                m.load_state(model.params(), tensors)?;
+            }
+        }
         let log = MetricsLog::open(run, resume_step)?;
         Ok(Trainer {
             run: run.to_path_buf(),
             cfg,
             model,
             opt,
+            muon,
             train,
             val,
             tokens_per_byte,
@@ -268,6 +267,10 @@ impl Trainer {
             }
             let grad_norm = acc.clip(cfg.grad_clip);
             self.opt.step(self.model.params(), acc.grads(), lr)?;
+            if let Some(muon) = &mut self.muon {
+                // Muon's own peak rate, on the same schedule.
+                muon.step(self.model.params(), acc.grads(), lr * cfg.muon_lr / cfg.lr)?;
+            }
             self.step += 1;
             self.tokens_seen += per_step as u64;
             let dt = t0.elapsed().as_secs_f64();
@@ -365,10 +368,14 @@ impl Trainer {
             tokens_seen: self.tokens_seen,
         };
         let tensors = self.model.tensors();
+        let mut optim = self.opt.state_tensors(self.model.params())?;
+        if let Some(muon) = &self.muon {
+            optim.extend(muon.state_tensors(self.model.params())?);
+        }
         checkpoint::save(
             &self.run,
             &tensors,
-            &self.opt.state_tensors(self.model.params())?,
+            &optim,
             &state,
             self.cfg.keep,
         )?;

@@ -7,7 +7,7 @@ use kiln_gguf::GgmlType;
 use kiln_model::config::{Activation, Family, RopeStyle};
 use kiln_model::{Model, ModelConfig};
 use kiln_train::model::Llama;
-use kiln_train::optim::{AdamW, GradAccum};
+use kiln_train::optim::{AdamW, GradAccum, Muon};
 use kiln_train::rng::Rng;
 use std::collections::HashMap;
 use std::path::Path;
@@ -300,4 +300,34 @@ fn untied_gqa_model_logits_match_kiln() {
     kiln_train::export::export_gguf(&hf, GgmlType::F32, &path, |_, _| {}).unwrap();
     let d = max_rel_diff(&ours, &kiln_logits(&Model::open_gguf(&path).unwrap(), &ids));
     assert!(d < LOGIT_REL_TOL, "gguf: {d}");
+}
+
+/// With Muon on the hidden matrices (AdamW on the rest, as `--optimizer muon` runs it) the
+/// tiny model memorizes the text too.
+#[test]
+fn tiny_model_memorizes_with_muon() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
+    let tok = tokenizer_dir(dir.path(), text);
+    let mut ids = vec![tok.bos_id().unwrap()];
+    ids.extend(tok.encode(text, false).unwrap());
+    let n = ids.len() - 1;
+    let cfg = tiny_config(tok.vocab_size(), 32, 4, 2, 128);
+    let model = Llama::init(cfg, true, 3, DType::F32).unwrap();
+    let x = Tensor::new(&ids[..n], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let y = Tensor::new(&ids[1..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mut adam = AdamW::new(model.params(), (0.9, 0.99), 1e-8, 0.0);
+    let mut muon = Muon::new(model.params(), 0.95, 0.0);
+    adam.skip = muon.mask(model.params().len());
+    assert!(adam.skip.iter().filter(|&&s| s).count() >= 4, "the attention and MLP matrices go to Muon");
+    let mut loss = f32::MAX;
+    for _ in 0..200 {
+        let l = model.loss(&x, &y).unwrap();
+        loss = l.to_scalar::<f32>().unwrap();
+        let mut acc = GradAccum::new(model.params());
+        acc.add(model.params(), &l.backward().unwrap(), 1.0).unwrap();
+        adam.step(model.params(), acc.grads(), 1e-2).unwrap();
+        muon.step(model.params(), acc.grads(), 0.02).unwrap();
+    }
+    assert!(loss < 0.05, "loss {loss} after 200 full-batch steps");
 }

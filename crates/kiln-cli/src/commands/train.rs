@@ -4,7 +4,7 @@
 use crate::output::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kiln_train::preset::{TrainConfig, PRESETS};
+use kiln_train::preset::{MatrixOptimizer, TrainConfig, PRESETS};
 use kiln_train::schedule::Decay;
 use kiln_train::train::Trainer;
 use std::path::PathBuf;
@@ -83,6 +83,16 @@ pub struct TrainArgs {
     /// AdamW beta2.
     #[arg(long)]
     pub beta2: Option<f64>,
+    /// Optimizer of the hidden weight matrices: adamw, or muon (Newton–Schulz orthogonalized
+    /// momentum, as in nanochat; embeddings, head and norms stay on AdamW).
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Muon's peak learning rate (default 0.02; same schedule as --lr).
+    #[arg(long)]
+    pub muon_lr: Option<f64>,
+    /// Muon's momentum (default 0.95).
+    #[arg(long)]
+    pub muon_momentum: Option<f64>,
     /// Gradient-norm clip (0: off).
     #[arg(long)]
     pub grad_clip: Option<f64>,
@@ -111,7 +121,7 @@ pub struct TrainArgs {
 
 /// The run-shaping flags present on the command line (which a resumed run cannot take).
 fn settings_given(a: &TrainArgs) -> Vec<&'static str> {
-    let flags: [(&str, bool); 24] = [
+    let flags: [(&str, bool); 27] = [
         ("--preset", a.preset.is_some()),
         ("--dim", a.dim.is_some()),
         ("--layers", a.layers.is_some()),
@@ -129,6 +139,9 @@ fn settings_given(a: &TrainArgs) -> Vec<&'static str> {
         ("--weight-decay", a.weight_decay.is_some()),
         ("--beta1", a.beta1.is_some()),
         ("--beta2", a.beta2.is_some()),
+        ("--optimizer", a.optimizer.is_some()),
+        ("--muon-lr", a.muon_lr.is_some()),
+        ("--muon-momentum", a.muon_momentum.is_some()),
         ("--grad-clip", a.grad_clip.is_some()),
         ("--eval-every", a.eval_every.is_some()),
         ("--eval-batches", a.eval_batches.is_some()),
@@ -175,10 +188,17 @@ fn config(args: &TrainArgs, vocab_size: usize) -> Result<TrainConfig> {
     }
     set!(micro_batch => c.micro_batch, batch_tokens => c.batch_tokens, lr => c.lr, min_lr_frac => c.min_lr_frac,
          warmup => c.warmup, weight_decay => c.weight_decay, beta1 => c.beta1, beta2 => c.beta2,
-         grad_clip => c.grad_clip, eval_every => c.eval_every, eval_batches => c.eval_batches,
+         muon_lr => c.muon_lr, muon_momentum => c.muon_momentum, grad_clip => c.grad_clip, eval_every => c.eval_every, eval_batches => c.eval_batches,
          sample_every => c.sample_every, ckpt_every => c.ckpt_every, keep => c.keep, seed => c.seed);
     if let Some(d) = &args.decay {
         c.decay = decay(d)?;
+    }
+    if let Some(o) = &args.optimizer {
+        c.optimizer = match o.as_str() {
+            "adamw" => MatrixOptimizer::AdamW,
+            "muon" => MatrixOptimizer::Muon,
+            _ => bail!("--optimizer {o}: use adamw or muon"),
+        };
     }
     c.validate()?;
     Ok(c)
