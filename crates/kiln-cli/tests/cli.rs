@@ -19,8 +19,6 @@ use util::{shared_dir, temp_dir, Kiln};
 const PPL_REL_TOL: f64 = 0.01;
 /// Chunks scored by the perplexity test (llama.cpp's `running_ppl` gives the figure after each).
 const PPL_CHUNKS: usize = 6;
-/// Words of llama.cpp's greedy continuation the greedy test compares.
-const GREEDY_WORDS: usize = 5;
 
 fn smollm2() -> Option<PathBuf> {
     SMOLLM2.path()
@@ -45,13 +43,19 @@ fn greedy_run_continues_the_prompt_as_llama_cpp_does() {
     let Some(model) = smollm2() else { return };
     let case = &fixture("greedy-smollm2.json")["cases"][0];
     assert_eq!(case["prompt"], "The capital of France is");
-    let expected: Vec<&str> = case["content"]
-        .as_str()
+    // Greedy decoding follows llama.cpp token for token only up to the first near-tie of
+    // llama.cpp's own top two (probability gap under 0.1), where rounding differences between
+    // two correct engines may pick either; kiln-model's llama_cpp_greedy test compares tokens
+    // and probabilities past that point. Here the pinned prefix is the first four tokens.
+    let first_tie = case["top2"]
+        .as_array()
         .unwrap()
-        .split_whitespace()
-        .take(GREEDY_WORDS)
-        .collect();
-
+        .iter()
+        .position(|t| t[0][1].as_f64().unwrap() - t[1][1].as_f64().unwrap() < 0.1)
+        .unwrap();
+    assert_eq!(first_tie, 4, "the fixture changed: update the pinned prefix");
+    let content = case["content"].as_str().unwrap();
+    assert!(content.starts_with(" Paris.\n\n"), "{content:?}");
     let home = temp_dir();
     let out = Kiln::new(home.path())
         .args([
@@ -67,9 +71,8 @@ fn greedy_run_continues_the_prompt_as_llama_cpp_does() {
         .arg(&model)
         .run();
     out.success();
-    assert!(out.stdout.starts_with(" Paris."), "{out:?}");
-    let got: Vec<&str> = out.stdout.split_whitespace().take(GREEDY_WORDS).collect();
-    assert_eq!(got, expected, "{out:?}");
+    assert!(out.stdout.starts_with(" Paris.\n\n"), "{out:?}");
+    assert!(out.stdout.split_whitespace().count() > 4, "{out:?}");
     // The timing line goes to stderr, never into the text.
     assert!(out.stderr.contains("generated"), "{out:?}");
 }
