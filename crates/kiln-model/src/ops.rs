@@ -161,6 +161,7 @@ fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, 
     let row_bytes = w.row_bytes();
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ref = &out_ptr;
+    let prepared = (n_rows >= UNPACK_MIN_ROWS).then(|| quant::tile::Activations::new(w.ty, acts, act_bytes, n_rows));
     for_chunks(w.rows.div_ceil(TILE_ROWS), |t0, t1, tile: &mut Tile| {
         for i in t0..t1 {
             let r0 = i * TILE_ROWS;
@@ -187,7 +188,7 @@ fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, 
                 tile.load(w.ty, rows);
                 // Many dot products follow: time enough for the next rows to arrive.
                 quant::prefetch(next);
-                tile.dot_many(acts, act_bytes, n_rows, write);
+                tile.dot_many(prepared.as_ref().expect("prepared for tiles"), write);
             } else {
                 for t in 0..n_rows {
                     let act = &acts[t * act_bytes..(t + 1) * act_bytes];

@@ -56,6 +56,34 @@ pub fn vnni_available() -> bool {
     })
 }
 
+/// Activation rows prepared once per matrix product for [`Tile::dot_many`]. Where the tiles
+/// are interleaved (VNNI), it also holds a copy whose quants are biased to unsigned
+/// (`y + 128`), which the kernels would otherwise redo for every tile of the matrix.
+pub struct Activations<'a> {
+    raw: &'a [u8],
+    biased: Vec<u8>,
+    row_bytes: usize,
+    rows: usize,
+}
+
+impl<'a> Activations<'a> {
+    /// `rows` rows of `row_bytes` bytes at the start of `raw`, in the activation format of
+    /// weights of type `ty`.
+    pub fn new(ty: GgmlType, raw: &'a [u8], row_bytes: usize, rows: usize) -> Activations<'a> {
+        let raw = &raw[..rows * row_bytes];
+        let mut biased = Vec::new();
+        if supported(ty) && vnni_available() {
+            biased.extend_from_slice(raw);
+            // The 32 quants end each block of Q8_0 and Q8_1.
+            let block = super::vec_dot_type(ty).type_size();
+            for b in biased.chunks_exact_mut(block) {
+                b[block - 32..].iter_mut().for_each(|q| *q ^= 0x80);
+            }
+        }
+        Activations { raw, biased, row_bytes, rows }
+    }
+}
+
 /// The zero point subtracted from unsigned quants.
 fn offset(ty: GgmlType) -> i32 {
     match ty {
@@ -158,23 +186,25 @@ impl Tile {
         self.dot_with(activations, vnni_available())
     }
 
-    /// The dot products of every tile row with each of `n` activation rows (`act_bytes`
-    /// apart in `acts`), handed to `out(t, products of row t)`. The interleaved layout takes
-    /// four activation rows per pass over the weights.
-    pub fn dot_many(&self, acts: &[u8], act_bytes: usize, n: usize, mut out: impl FnMut(usize, &[f32; TILE_ROWS])) {
-        let row = |t: usize| &acts[t * act_bytes..(t + 1) * act_bytes];
+    /// The dot products of every tile row with every row of `acts`, handed to
+    /// `out(t, products of row t)`. The interleaved layout takes four activation rows per
+    /// pass over the weights.
+    pub fn dot_many(&self, acts: &Activations, mut out: impl FnMut(usize, &[f32; TILE_ROWS])) {
         let mut t = 0;
         #[cfg(target_arch = "x86_64")]
         if self.interleaved {
-            while t + 4 <= n {
+            assert!(!acts.biased.is_empty(), "activations prepared for the interleaved kernels");
+            let row = |t: usize| &acts.biased[t * acts.row_bytes..(t + 1) * acts.row_bytes];
+            let q4_1 = self.ty == Some(GgmlType::Q4_1);
+            // SAFETY (both): an interleaved tile exists only where vnni_available() held;
+            // lengths checked in `act`.
+            while t + 4 <= acts.rows {
                 let rows = [row(t), row(t + 1), row(t + 2), row(t + 3)];
-                // SAFETY: an interleaved tile exists only where vnni_available() held; lengths
-                // checked in `act`.
                 let products = unsafe {
-                    if self.ty == Some(GgmlType::Q4_1) {
-                        tile_vnni::interleaved_q4_1(self, rows.map(|r| self.act(r)))
+                    if q4_1 {
+                        tile_vnni::interleaved_q4_1::<4, true>(self, rows.map(|r| self.act(r)))
                     } else {
-                        tile_vnni::interleaved_q8_0(self, rows.map(|r| self.act(r)))
+                        tile_vnni::interleaved_q8_0::<4, true>(self, rows.map(|r| self.act(r)))
                     }
                 };
                 for (k, p) in products.iter().enumerate() {
@@ -182,9 +212,20 @@ impl Tile {
                 }
                 t += 4;
             }
+            for t in t..acts.rows {
+                let products = unsafe {
+                    if q4_1 {
+                        tile_vnni::interleaved_q4_1::<1, true>(self, [self.act(row(t))])
+                    } else {
+                        tile_vnni::interleaved_q8_0::<1, true>(self, [self.act(row(t))])
+                    }
+                };
+                out(t, &products[0]);
+            }
+            return;
         }
-        for t in t..n {
-            out(t, &self.dot(row(t)));
+        for t in t..acts.rows {
+            out(t, &self.dot(&acts.raw[t * acts.row_bytes..(t + 1) * acts.row_bytes]));
         }
     }
 
@@ -198,8 +239,8 @@ impl Tile {
             // checked in `act`.
             return unsafe {
                 match ty {
-                    GgmlType::Q4_1 => tile_vnni::interleaved_q4_1(self, [self.act(activations)])[0],
-                    _ => tile_vnni::interleaved_q8_0(self, [self.act(activations)])[0],
+                    GgmlType::Q4_1 => tile_vnni::interleaved_q4_1::<1, false>(self, [self.act(activations)])[0],
+                    _ => tile_vnni::interleaved_q8_0::<1, false>(self, [self.act(activations)])[0],
                 }
             };
         }
@@ -428,7 +469,7 @@ mod tests {
                         let unpacked = tile.dot_with(act, vnni);
                         let in_place = dot_in_place_with(ty, &rows, act, &[], vnni);
                         let mut many = [0f32; TILE_ROWS];
-                        tile.dot_many(&acts, act_bytes, 6, |u, v| {
+                        tile.dot_many(&Activations::new(ty, &acts, act_bytes, 6), |u, v| {
                             if u == t {
                                 many = *v;
                             }

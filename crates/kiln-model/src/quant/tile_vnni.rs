@@ -277,26 +277,31 @@ unsafe fn transpose_dwords(r: [__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-/// Four activation bytes `4j..4j+3` of `qs` in every lane, biased to unsigned.
+/// Four activation bytes `4j..4j+3` of `qs` in every lane, biased to unsigned (already so
+/// when `PREBIASED`: see `tile::Activations`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn broadcast_biased(qs: &[i8; 32], j: usize) -> __m256i {
-    let four = qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned();
-    _mm256_xor_si256(_mm256_set1_epi32(four), _mm256_set1_epi8(-128))
+unsafe fn broadcast_biased<const PREBIASED: bool>(qs: &[i8; 32], j: usize) -> __m256i {
+    let four = _mm256_set1_epi32(qs.as_ptr().add(4 * j).cast::<i32>().read_unaligned());
+    if PREBIASED {
+        four
+    } else {
+        _mm256_xor_si256(four, _mm256_set1_epi8(-128))
+    }
 }
 
 /// Exact integer totals of block `b` of every tile row against `R` activation blocks
 /// (interleaved layout, see [`interleave`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn interleaved_totals<const R: usize>(tile: &Tile, b: usize, qs: [&[i8; 32]; R]) -> [__m256i; R] {
+unsafe fn interleaved_totals<const R: usize, const PREBIASED: bool>(tile: &Tile, b: usize, qs: [&[i8; 32]; R]) -> [__m256i; R] {
     let start = _mm256_loadu_si256(tile.corrections(b).as_ptr().cast());
     let columns = tile.quants(b);
     let mut sums = [start; R];
     for (j, column) in columns.iter().enumerate() {
         let w = load32(column.as_ptr());
         for (sum, q) in sums.iter_mut().zip(qs) {
-            *sum = dp(*sum, broadcast_biased(q, j), w);
+            *sum = dp(*sum, broadcast_biased::<PREBIASED>(q, j), w);
         }
     }
     sums
@@ -304,15 +309,15 @@ unsafe fn interleaved_totals<const R: usize>(tile: &Tile, b: usize, qs: [&[i8; 3
 
 /// Q4_0, Q5_0, Q8_0 · Q8_0 on an interleaved tile, for `R` activation rows at once (the
 /// weights are loaded once for all of them): the same numbers as `tile_avx2::tile_offset` and
-/// `tile_avx2::tile_q8_0`.
+/// `tile_avx2::tile_q8_0`. With `PREBIASED` the activations' quants come biased by 128.
 ///
 /// # Safety
 /// As the module; every activation row has the tile's number of blocks.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn interleaved_q8_0<const R: usize>(tile: &Tile, acts: [&[BlockQ8_0]; R]) -> [[f32; TILE_ROWS]; R] {
+pub unsafe fn interleaved_q8_0<const R: usize, const PREBIASED: bool>(tile: &Tile, acts: [&[BlockQ8_0]; R]) -> [[f32; TILE_ROWS]; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..acts[0].len() {
-        let totals = interleaved_totals(tile, b, acts.map(|a| &a[b].qs));
+        let totals = interleaved_totals::<R, PREBIASED>(tile, b, acts.map(|a| &a[b].qs));
         let scales = _mm256_loadu_ps(tile.scales(b).as_ptr());
         for ((a, act), total) in acc.iter_mut().zip(&acts).zip(totals) {
             *a = accumulate(*a, scales, act[b].d, total);
@@ -327,11 +332,11 @@ pub unsafe fn interleaved_q8_0<const R: usize>(tile: &Tile, acts: [&[BlockQ8_0];
 /// # Safety
 /// As [`interleaved_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn interleaved_q4_1<const R: usize>(tile: &Tile, acts: [&[BlockQ8_1]; R]) -> [[f32; TILE_ROWS]; R] {
+pub unsafe fn interleaved_q4_1<const R: usize, const PREBIASED: bool>(tile: &Tile, acts: [&[BlockQ8_1]; R]) -> [[f32; TILE_ROWS]; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offsets = [_mm256_setzero_ps(); R];
     for b in 0..acts[0].len() {
-        let totals = interleaved_totals(tile, b, acts.map(|a| &a[b].qs));
+        let totals = interleaved_totals::<R, PREBIASED>(tile, b, acts.map(|a| &a[b].qs));
         let (scales, mins) = (_mm256_loadu_ps(tile.scales(b).as_ptr()), _mm256_loadu_ps(tile.mins(b).as_ptr()));
         for (((a, o), act), total) in acc.iter_mut().zip(offsets.iter_mut()).zip(&acts).zip(totals) {
             *a = accumulate(*a, scales, act[b].d, total);
