@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Headless-Chromium test of the chat page served by `kiln serve`.
+# Headless-Chromium tests of the chat page served by `kiln serve` and of the labeling page of
+# `kiln label`.
 #
 #   KILN_HOME=... bash tests/browser/run.sh        (from the repository root)
 #
@@ -123,5 +124,37 @@ KILN_URL="$url" CHROMIUM="$CHROMIUM" node "$here/chat_page.mjs" || status=$?
 if [ "$status" != 0 ]; then
   log "server log:"
   tail -n 30 "$server_log" >&2
+  exit "$status"
 fi
-exit "$status"
+cleanup
+
+# --- kiln label: two prompts, the page, then the files it wrote ---
+work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-label.XXXXXX")"
+printf '%s\n' '{"prompt": "What is the capital of France?"}' '{"messages": [{"role": "user", "content": "Name a fruit."}]}' >"$work/prompts.jsonl"
+label_log="$work/label.log"
+"$KILN_BIN" label ${model_args[@]+"${model_args[@]}"} --prompts "$work/prompts.jsonl" --out "$work/prefs.jsonl" \
+  --port 0 --no-open --max-tokens 24 2>"$label_log" >&2 &
+label_pid=$!
+trap 'kill "$label_pid" 2>/dev/null || true; wait "$label_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+label_url=""
+for _ in $(seq 1 600); do
+  label_url="$(sed -n 's/.*labeling page at \(http:\/\/[^ ]*\).*/\1/p' "$label_log" | head -n1)"
+  [ -n "$label_url" ] && break
+  kill -0 "$label_pid" 2>/dev/null || { log "FAIL: kiln label exited:"; cat "$label_log" >&2; exit 1; }
+  sleep 0.2
+done
+[ -n "$label_url" ] || { log "FAIL: kiln label did not print its address"; cat "$label_log" >&2; exit 1; }
+KILN_LABEL_URL="$label_url" CHROMIUM="$CHROMIUM" node "$here/label_page.mjs" || { tail -n 30 "$label_log" >&2; exit 1; }
+# One A/B comparison in the preference file (readable by kiln dpo), the tie beside it, the
+# written answer as a fine-tuning row.
+python3 - "$work" <<'PY'
+import json, sys
+d = sys.argv[1]
+rows = lambda name: [json.loads(l) for l in open(f"{d}/{name}") if l.strip()]
+prefs, others, better = rows("prefs.jsonl"), rows("prefs.others.jsonl"), rows("prefs.better.jsonl")
+assert len(prefs) == 1 and prefs[0]["label"] == "a" and prefs[0]["labeler"] == "ada", prefs
+assert prefs[0]["chosen"][0]["role"] == "assistant" and prefs[0]["chosen"] != prefs[0]["rejected"], prefs
+assert len(others) == 1 and others[0]["label"] == "tie", others
+assert len(better) == 1 and better[0]["messages"][-1] == {"role": "assistant", "content": "Banana."}, better
+print("label files: PASS")
+PY

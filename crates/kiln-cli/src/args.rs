@@ -40,6 +40,8 @@ pub enum Command {
     Sft(crate::commands::sft::SftArgs),
     /// Fold LoRA adapters into a model's weights.
     Merge(crate::commands::sft::MergeArgs),
+    /// A page for comparing two sampled answers per prompt; writes comparisons for dpo and rm.
+    Label(crate::commands::label::LabelArgs),
     /// Direct preference optimization on comparisons (full or --lora) into a run directory.
     Dpo(crate::commands::dpo::DpoArgs),
     /// Train a reward model on comparisons; `kiln rm score` scores answers with one.

@@ -46,6 +46,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => commands::export::export(a),
         Command::Sft(a) => commands::sft::sft(a),
         Command::Merge(a) => commands::sft::merge(a),
+        Command::Label(a) => commands::label::label(a),
         Command::Dpo(a) => commands::dpo::dpo(a),
         Command::Rm(a) => commands::rm::rm(a),
     }

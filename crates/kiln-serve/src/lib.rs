@@ -8,6 +8,7 @@
 mod completions;
 mod endpoints;
 mod error;
+pub mod label;
 mod openai;
 
 pub use error::ApiError;
@@ -148,6 +149,18 @@ async fn count_requests(State(app): State<Arc<AppState>>, request: Request, next
     let key = (path, response.status().as_u16());
     *app.http_counts.lock().expect("counts lock").entry(key).or_insert(0) += 1;
     response
+}
+
+/// Serves the labeling page ([`label`]) on `host:port` until Ctrl-C; `on_ready` gets the
+/// bound address.
+pub async fn serve_labeling(state: Arc<label::LabelState>, host: &str, port: u16, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port)).await?;
+    on_ready(listener.local_addr()?);
+    axum::serve(listener, label::router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
 }
 
 /// Binds and serves until Ctrl-C; `on_ready` gets the bound address (useful with port 0).

@@ -6,6 +6,7 @@ pub mod dpo;
 pub mod eval;
 pub mod export;
 pub mod info;
+pub mod label;
 pub mod ppl;
 pub mod pull;
 pub mod quantize;

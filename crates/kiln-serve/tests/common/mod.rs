@@ -24,6 +24,13 @@ impl Drop for TestServer {
     }
 }
 
+impl TestServer {
+    /// Wraps a server already spawned on `runtime`.
+    pub fn new(addr: SocketAddr, runtime: tokio::runtime::Runtime) -> TestServer {
+        TestServer { addr, runtime: Some(runtime) }
+    }
+}
+
 /// Starts a server with the default model, or None (the test skips) when it is absent.
 pub fn start(parallel: usize, queue: usize, context: usize, api_key: Option<&str>) -> Option<TestServer> {
     let path = kiln_test_models::SMOLLM2.path()?;
