@@ -42,7 +42,7 @@ pub struct Llama {
 }
 
 /// What a forward pass needs besides the parameters: rotary tables and the causal mask for a
-/// sequence length, computed once per length.
+/// row's length (and its packed documents).
 struct Tables {
     /// `[t, head_dim]`, each half repeated (Hugging Face's `cat(freqs, freqs)`).
     cos: Tensor,
@@ -199,16 +199,22 @@ impl Llama {
             .collect()
     }
 
-    fn tables(&self, t: usize) -> Result<Tables> {
+    /// Tables for a row of `t` tokens holding several documents that start at `starts` (the
+    /// first at 0; empty means one document): positions restart at each document and the mask
+    /// lets a token see only the earlier tokens of its own document, so each document is
+    /// computed exactly as it would be alone.
+    fn packed_tables(&self, t: usize, starts: &[usize]) -> Result<Tables> {
         let d = self.config.head_dim;
         let theta = f64::from(self.config.rope_theta);
         let half = d / 2;
+        let doc_start = |i: usize| starts.iter().copied().filter(|&s| s <= i).max().unwrap_or(0);
         let mut cos = Vec::with_capacity(t * d);
         let mut sin = Vec::with_capacity(t * d);
-        for pos in 0..t {
+        for i in 0..t {
+            let pos = i - doc_start(i);
             // f32 angles, as Hugging Face computes them.
             let row: Vec<f32> = (0..half)
-                .map(|i| pos as f32 * (1.0 / theta.powf(2.0 * i as f64 / d as f64)) as f32)
+                .map(|k| pos as f32 * (1.0 / theta.powf(2.0 * k as f64 / d as f64)) as f32)
                 .collect();
             for _ in 0..2 {
                 cos.extend(row.iter().map(|a| f64::from(a.cos())));
@@ -217,7 +223,8 @@ impl Llama {
         }
         let mask: Vec<f64> = (0..t * t)
             .map(|k| {
-                if k % t > k / t {
+                let (i, j) = (k / t, k % t);
+                if j > i || j < doc_start(i) {
                     f64::NEG_INFINITY
                 } else {
                     0.0
@@ -249,8 +256,14 @@ impl Llama {
 
     /// Final-normed hidden states `[b·t, dim]` (public for heads other than the LM head).
     pub fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.hidden_packed(tokens, &[])
+    }
+
+    /// [`Llama::hidden`] for rows that pack several documents starting at `starts` (see
+    /// `packed_tables`): no token attends across a document boundary, positions restart.
+    pub fn hidden_packed(&self, tokens: &Tensor, starts: &[usize]) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
-        let tables = self.tables(t)?;
+        let tables = self.packed_tables(t, starts)?;
         let mut x = self
             .p("model.embed_tokens.weight")
             .index_select(&tokens.flatten_all()?, 0)?;

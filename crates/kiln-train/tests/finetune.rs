@@ -131,7 +131,7 @@ fn fresh_lora_is_the_base_model_and_a_step_moves_only_adapters() {
     lora.set_training(true);
     let params = lora.params().to_vec();
     let adapters_before = snapshot(lora.tensors());
-    let ex = Example { ids: ids.clone(), weights: vec![1.0; ids.len() - 1] };
+    let ex = Example { ids: ids.clone(), weights: vec![1.0; ids.len() - 1], starts: Vec::new() };
     let loss = (weighted_logp(&model, &ex).unwrap() * -1.0).unwrap();
     let grads = loss.backward().unwrap();
     for (name, v) in model.params() {
@@ -240,7 +240,7 @@ fn synthetic_pairs(n: usize, vocab: usize, seed: u64) -> Vec<kiln_train::dpo::Pa
                 let reply: Vec<u32> = (0..5).map(|_| rng.below(4) as u32 + 4 * parity).collect();
                 let ids: Vec<u32> = prompt.iter().chain(&reply).copied().collect();
                 let weights = (1..ids.len()).map(|i| if i >= prompt.len() { 1.0 } else { 0.0 }).collect();
-                Example { ids, weights }
+                Example { ids, weights, starts: Vec::new() }
             };
             kiln_train::dpo::Pair { chosen: side(0, &mut rng), rejected: side(1, &mut rng) }
         })

@@ -210,6 +210,8 @@ pub struct Example {
     pub ids: Vec<u32>,
     /// `weights[i]` is the weight of predicting `ids[i + 1]`; length `ids.len() - 1`.
     pub weights: Vec<f32>,
+    /// Where each packed document starts (empty: the row is one document).
+    pub starts: Vec<usize>,
 }
 
 impl Example {
@@ -250,14 +252,14 @@ pub fn encode_example(
         .iter()
         .map(|&m| if m { 1.0 } else { 0.0 })
         .collect();
-    let ex = Example { ids, weights };
+    let ex = Example { ids, weights, starts: Vec::new() };
     Ok((ex.n_trained() > 0).then_some(ex))
 }
 
 /// Concatenates examples into rows of at most `max_len + 1` tokens, in order. The target that
-/// crosses from one example into the next has weight 0. Examples in a row attend to the ones
-/// before them in the row (no block-diagonal mask): packing as TRL's `packing=True` did before
-/// padding-free batches.
+/// crosses from one example into the next has weight 0, and `starts` marks each example so the
+/// forward pass isolates them (positions restart, no attention across examples): a packed row
+/// computes what its examples would alone, as TRL's padding-free packing does.
 pub fn pack(examples: &[&Example], max_len: usize) -> Vec<Example> {
     let mut rows: Vec<Example> = Vec::new();
     let mut cur: Option<Example> = None;
@@ -266,13 +268,14 @@ pub fn pack(examples: &[&Example], max_len: usize) -> Vec<Example> {
             Some(c) if c.ids.len() + ex.ids.len() <= max_len + 1 => {
                 c.weights.push(0.0);
                 c.weights.extend_from_slice(&ex.weights);
+                c.starts.push(c.ids.len());
                 c.ids.extend_from_slice(&ex.ids);
             }
             _ => {
                 if let Some(c) = cur.take() {
                     rows.push(c);
                 }
-                cur = Some((*ex).clone());
+                cur = Some(Example { starts: vec![0], ..(*ex).clone() });
             }
         }
     }
@@ -300,7 +303,7 @@ pub fn weighted_logp(model: &Llama, ex: &Example) -> Result<Tensor> {
     let t = ex.ids.len() - 1;
     let start = ex.weights.iter().position(|&w| w > 0.0).unwrap_or(0);
     let x = Tensor::new(&ex.ids[..t], &Device::Cpu)?.unsqueeze(0)?;
-    let h = model.hidden(&x)?.narrow(0, start, t - start)?;
+    let h = model.hidden_packed(&x, &ex.starts)?.narrow(0, start, t - start)?;
     let logits = h.matmul(&output_weight(model)?.t()?)?;
     let m = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&m)?;
@@ -352,16 +355,41 @@ mod tests {
         let a = Example {
             ids: vec![1, 2, 3],
             weights: vec![0.0, 1.0],
+            starts: Vec::new(),
         };
         let b = Example {
             ids: vec![4, 5],
             weights: vec![1.0],
+            starts: Vec::new(),
         };
         let rows = pack(&[&a, &b, &a], 6);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].ids, vec![1, 2, 3, 4, 5]);
         assert_eq!(rows[0].weights, vec![0.0, 1.0, 0.0, 1.0]);
-        assert_eq!(rows[1], a);
+        assert_eq!(rows[0].starts, vec![0, 3]);
+        assert_eq!((&rows[1].ids, &rows[1].weights), (&a.ids, &a.weights));
+    }
+
+    /// A packed row scores each of its examples exactly as the example alone (no attention
+    /// across the boundary, positions restarting), up to float reassociation.
+    #[test]
+    fn packed_rows_compute_what_their_examples_compute_alone() {
+        let cfg = crate::preset::TrainConfig::preset("nano", 97).unwrap().model_config();
+        let model = Llama::init(cfg, true, 5, DType::F32).unwrap();
+        let example = |seed: u32, len: usize| {
+            let ids: Vec<u32> = (0..len as u32).map(|i| (i * 31 + seed * 7) % 97).collect();
+            Example { weights: (1..len).map(|i| if i > 2 { 1.0 } else { 0.0 }).collect(), ids, starts: Vec::new() }
+        };
+        let examples = [example(1, 9), example(2, 14), example(3, 6)];
+        let rows = pack(&examples.iter().collect::<Vec<_>>(), 64);
+        assert_eq!(rows.len(), 1);
+        let packed = scalar(&weighted_logp(&model, &rows[0]).unwrap()).unwrap();
+        let alone: f64 = examples.iter().map(|e| scalar(&weighted_logp(&model, e).unwrap()).unwrap()).sum();
+        assert!((packed - alone).abs() < 1e-4 * alone.abs(), "packed {packed} vs alone {alone}");
+        // Without the isolation the later examples would see the earlier ones.
+        let leaky = Example { starts: Vec::new(), ..rows[0].clone() };
+        let mixed = scalar(&weighted_logp(&model, &leaky).unwrap()).unwrap();
+        assert!((mixed - alone).abs() > 1e-3 * alone.abs(), "the test model must notice cross-attention");
     }
 
     #[test]
