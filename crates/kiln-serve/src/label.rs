@@ -220,30 +220,49 @@ async fn next(State(state): State<Arc<LabelState>>, Query(q): Query<NextQuery>) 
     let Some(id) = id else {
         return Json(json!({ "item": null, "progress": base })).into_response();
     };
-    let cached = state.labels.lock().expect("labels lock").pairs.get(&id).cloned();
-    let pair = match cached {
-        Some(p) => p,
-        None => {
-            let _one_at_a_time = state.sampling.lock().await;
-            let sampled = {
-                let state = state.clone();
-                tokio::task::spawn_blocking(move || state.sample_pair(id)).await
-            };
-            match sampled {
-                Ok(Ok(pair)) => {
-                    state.labels.lock().expect("labels lock").pairs.insert(id, pair.clone());
-                    pair
-                }
-                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("sampling prompt {id}: {e}")),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("sampling prompt {id}: {e}")),
-            }
-        }
+    let pair = match pair_for(&state, id).await {
+        Ok(pair) => pair,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("sampling prompt {id}: {e}")),
     };
+    // While this pair is read, sample the next one, so the page rarely waits.
+    tokio::spawn(prefetch_after(state.clone(), id));
     Json(json!({
         "item": { "id": id, "messages": state.prompts[id], "a": pair.a, "b": pair.b },
         "progress": base,
     }))
     .into_response()
+}
+
+/// The pair of prompt `id`, sampled now unless it was sampled before (one sampling at a time).
+async fn pair_for(state: &Arc<LabelState>, id: usize) -> Result<Pair, String> {
+    let cached = |state: &LabelState| state.labels.lock().expect("labels lock").pairs.get(&id).cloned();
+    if let Some(pair) = cached(state) {
+        return Ok(pair);
+    }
+    let _one_at_a_time = state.sampling.lock().await;
+    // Sampled by another request while this one waited?
+    if let Some(pair) = cached(state) {
+        return Ok(pair);
+    }
+    let pair = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.sample_pair(id)).await.map_err(|e| e.to_string())??
+    };
+    state.labels.lock().expect("labels lock").pairs.insert(id, pair.clone());
+    Ok(pair)
+}
+
+/// Samples the pair of the first open prompt after `id` ahead of time (errors surface when
+/// the page asks for it).
+async fn prefetch_after(state: Arc<LabelState>, id: usize) {
+    let next = {
+        let labels = state.labels.lock().expect("labels lock");
+        let n = state.prompts.len();
+        (1..n).map(|k| (id + k) % n).find(|i| !labels.done.contains(i) && !labels.pairs.contains_key(i))
+    };
+    if let Some(next) = next {
+        let _ = pair_for(&state, next).await;
+    }
 }
 
 #[derive(Deserialize)]
