@@ -160,7 +160,11 @@ impl LabelState {
         let s = &self.served;
         let text = s.template.render(&self.prompts[id], true).map_err(|e| e.to_string())?;
         let ids = s.tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
-        let mut session = Session::new(&s.model, self.options.context);
+        if ids.len() >= self.options.context {
+            return Err(format!("the prompt has {} tokens; the context holds {}", ids.len(), self.options.context));
+        }
+        // A cache just large enough for this prompt and its answers.
+        let mut session = Session::new(&s.model, (ids.len() + self.options.max_tokens).min(self.options.context));
         let mut answer = |seed: u64| -> Result<String, String> {
             let opts = GenerateOptions {
                 max_tokens: self.options.max_tokens,
