@@ -7,7 +7,7 @@
 // Environment: KILN_URL (server), CHROMIUM (default /usr/bin/chromium), KILN_ARTIFACTS
 // (screenshots, default target/artifacts), PLAYWRIGHT_CORE_DIR (where node_modules/playwright-core is).
 
-import { createRequire } from 'node:module';
+import { loadPlaywright } from './playwright.mjs';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
@@ -15,13 +15,6 @@ const BASE = (process.env.KILN_URL || 'http://127.0.0.1:8080').replace(/\/$/, ''
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.KILN_ARTIFACTS || 'target/artifacts';
 
-function loadPlaywright() {
-  const dirs = [process.env.PLAYWRIGHT_CORE_DIR, process.cwd(), path.dirname(new URL(import.meta.url).pathname)].filter(Boolean);
-  for (const dir of dirs) {
-    try { return createRequire(path.join(path.resolve(dir), 'noop.js'))('playwright-core'); } catch {}
-  }
-  throw new Error('playwright-core not found (set PLAYWRIGHT_CORE_DIR, or run tests/browser/run.sh)');
-}
 
 const t0 = Date.now();
 const secs = () => ((Date.now() - t0) / 1000).toFixed(1) + 's';

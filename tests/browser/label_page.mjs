@@ -3,7 +3,7 @@
 // Run it with `bash tests/browser/run.sh`, which starts `kiln label` on two prompts and sets
 // KILN_LABEL_URL, then checks the files it wrote. Environment as chat_page.mjs.
 
-import { createRequire } from 'node:module';
+import { loadPlaywright } from './playwright.mjs';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
@@ -11,13 +11,6 @@ const BASE = (process.env.KILN_LABEL_URL || 'http://127.0.0.1:8081').replace(/\/
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.KILN_ARTIFACTS || 'target/artifacts';
 
-function loadPlaywright() {
-  const dirs = [process.env.PLAYWRIGHT_CORE_DIR, process.cwd(), path.dirname(new URL(import.meta.url).pathname)].filter(Boolean);
-  for (const dir of dirs) {
-    try { return createRequire(path.join(path.resolve(dir), 'noop.js'))('playwright-core'); } catch {}
-  }
-  throw new Error('playwright-core not found (set PLAYWRIGHT_CORE_DIR, or run tests/browser/run.sh)');
-}
 
 let step = '';
 function begin(name) { step = name; console.log(`label page: ${name}`); }

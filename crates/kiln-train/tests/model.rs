@@ -154,34 +154,41 @@ fn argmaxes(logits: &[f32], vocab: usize) -> Vec<usize> {
         .collect()
 }
 
-#[test]
-fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
-    let tok = tokenizer_dir(dir.path(), text);
+/// The line the tiny models memorize.
+const MEMORIZED: &str = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
+
+/// The memorization task both optimizers are checked on: 200 full-batch steps over
+/// [`MEMORIZED`], each applied by `update(model, gradients)`. Returns the tokenizer, the ids,
+/// the config, the trained model and the last loss.
+fn memorize(dir: &Path, mut update: impl FnMut(&Llama, &GradAccum)) -> (kiln_text::Tokenizer, Vec<u32>, ModelConfig, Llama, f32) {
+    let tok = tokenizer_dir(dir, MEMORIZED);
     let mut ids = vec![tok.bos_id().unwrap()];
-    ids.extend(tok.encode(text, false).unwrap());
+    ids.extend(tok.encode(MEMORIZED, false).unwrap());
     let n = ids.len() - 1;
     let cfg = tiny_config(tok.vocab_size(), 32, 4, 2, 128);
     let model = Llama::init(cfg.clone(), true, 3, DType::F32).unwrap();
-    let x = Tensor::new(&ids[..n], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let y = Tensor::new(&ids[1..], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let mut opt = AdamW::new(model.params(), (0.9, 0.99), 1e-8, 0.0);
+    let x = Tensor::new(&ids[..n], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let y = Tensor::new(&ids[1..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let mut loss = f32::MAX;
     for _ in 0..200 {
         let l = model.loss(&x, &y).unwrap();
         loss = l.to_scalar::<f32>().unwrap();
         let mut acc = GradAccum::new(model.params());
-        acc.add(model.params(), &l.backward().unwrap(), 1.0)
-            .unwrap();
-        opt.step(model.params(), acc.grads(), 1e-2).unwrap();
+        acc.add(model.params(), &l.backward().unwrap(), 1.0).unwrap();
+        update(&model, &acc);
     }
+    (tok, ids, cfg, model, loss)
+}
+
+#[test]
+fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MEMORIZED;
+    let mut opt = None;
+    let (tok, ids, cfg, model, loss) = memorize(dir.path(), |model, acc| {
+        let opt = opt.get_or_insert_with(|| AdamW::new(model.params(), (0.9, 0.99), 1e-8, 0.0));
+        opt.step(model.params(), acc.grads(), 1e-2).unwrap();
+    });
     assert!(loss < 0.05, "loss {loss} after 200 full-batch steps");
 
     // Saved as a Hugging Face directory, kiln's own forward pass gives the same logits...
@@ -307,27 +314,17 @@ fn untied_gqa_model_logits_match_kiln() {
 #[test]
 fn tiny_model_memorizes_with_muon() {
     let dir = tempfile::tempdir().unwrap();
-    let text = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
-    let tok = tokenizer_dir(dir.path(), text);
-    let mut ids = vec![tok.bos_id().unwrap()];
-    ids.extend(tok.encode(text, false).unwrap());
-    let n = ids.len() - 1;
-    let cfg = tiny_config(tok.vocab_size(), 32, 4, 2, 128);
-    let model = Llama::init(cfg, true, 3, DType::F32).unwrap();
-    let x = Tensor::new(&ids[..n], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let y = Tensor::new(&ids[1..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let mut adam = AdamW::new(model.params(), (0.9, 0.99), 1e-8, 0.0);
-    let mut muon = Muon::new(model.params(), 0.95, 0.0);
-    adam.skip = muon.mask(model.params().len());
-    assert!(adam.skip.iter().filter(|&&s| s).count() >= 4, "the attention and MLP matrices go to Muon");
-    let mut loss = f32::MAX;
-    for _ in 0..200 {
-        let l = model.loss(&x, &y).unwrap();
-        loss = l.to_scalar::<f32>().unwrap();
-        let mut acc = GradAccum::new(model.params());
-        acc.add(model.params(), &l.backward().unwrap(), 1.0).unwrap();
+    let mut opts: Option<(AdamW, Muon)> = None;
+    let (.., loss) = memorize(dir.path(), |model, acc| {
+        let (adam, muon) = opts.get_or_insert_with(|| {
+            let mut adam = AdamW::new(model.params(), (0.9, 0.99), 1e-8, 0.0);
+            let muon = Muon::new(model.params(), 0.95, 0.0);
+            adam.skip = muon.mask(model.params().len());
+            assert!(adam.skip.iter().filter(|&&s| s).count() >= 4, "the attention and MLP matrices go to Muon");
+            (adam, muon)
+        });
         adam.step(model.params(), acc.grads(), 1e-2).unwrap();
         muon.step(model.params(), acc.grads(), 0.02).unwrap();
-    }
+    });
     assert!(loss < 0.05, "loss {loss} after 200 full-batch steps");
 }

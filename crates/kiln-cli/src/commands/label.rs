@@ -72,12 +72,7 @@ pub fn label(args: &LabelArgs) -> Result<()> {
     let options = LabelOptions { out: args.out.clone(), instructions, max_tokens: args.max_tokens, temperature: args.temperature, context };
     let state = Arc::new(LabelState::new(served, prompts, options).with_context(|| format!("cannot read the labels in {}", args.out.display()))?);
     let (done, total) = state.progress();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("kiln-http")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::serve::http_runtime()?;
     let open = !args.no_open;
     runtime
         .block_on(kiln_serve::serve_labeling(state, &args.host, args.port, |addr| {

@@ -50,12 +50,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         context,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("kiln-http")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = http_runtime()?;
     let (parallel, queue) = (args.parallel, args.queue);
     runtime
         .block_on(kiln_serve::serve(served, options, |addr| {
@@ -64,6 +59,17 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             eprintln!("listening on http://{addr} (chat page at /, API at /v1)");
         }))
         .with_context(|| format!("cannot serve on {}:{}", args.host, args.port))
+}
+
+/// The async runtime of the HTTP servers (`kiln serve`, `kiln label`): two threads, as the
+/// model work runs on its own threads.
+pub fn http_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kiln-http")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// The model's name in the API, and the other names accepted for it.
