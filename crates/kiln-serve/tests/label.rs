@@ -5,20 +5,14 @@ mod common;
 
 use common::{get, post, TestServer};
 use kiln_serve::label::{prompt_from_json, LabelOptions, LabelState, DEFAULT_INSTRUCTIONS};
-use kiln_serve::ServedModel;
-use kiln_text::{ChatMessage, ChatTemplate, Tokenizer};
+use kiln_text::ChatMessage;
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn start(out: &Path, prompts: &[serde_json::Value]) -> Option<TestServer> {
-    let path = kiln_test_models::SMOLLM2.path()?;
-    let file = kiln_gguf::GgufFile::open(&path).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
-    let template = ChatTemplate::for_model(&tokenizer, "llama").unwrap();
-    let model = kiln_model::Model::from_gguf(file).unwrap();
-    let served = ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: "smollm2".into(), aliases: vec![] };
+    let served = common::served_model()?;
     let prompts = prompts.iter().map(|p| prompt_from_json(p).unwrap()).collect();
     let options = LabelOptions { out: out.to_path_buf(), instructions: DEFAULT_INSTRUCTIONS.into(), max_tokens: 16, temperature: 0.8, context: 256 };
     let state = Arc::new(LabelState::new(served, prompts, options).unwrap());

@@ -31,14 +31,19 @@ impl TestServer {
     }
 }
 
-/// Starts a server with the default model, or None (the test skips) when it is absent.
-pub fn start(parallel: usize, queue: usize, context: usize, api_key: Option<&str>) -> Option<TestServer> {
+/// The default model as the servers take it, or None when it is absent.
+pub fn served_model() -> Option<ServedModel> {
     let path = kiln_test_models::SMOLLM2.path()?;
     let file = kiln_gguf::GgufFile::open(&path).unwrap();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
     let template = ChatTemplate::for_model(&tokenizer, "llama").unwrap();
     let model = kiln_model::Model::from_gguf(file).unwrap();
-    let served = ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: "smollm2".into(), aliases: vec![] };
+    Some(ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: "smollm2".into(), aliases: vec![] })
+}
+
+/// Starts a server with the default model, or None (the test skips) when it is absent.
+pub fn start(parallel: usize, queue: usize, context: usize, api_key: Option<&str>) -> Option<TestServer> {
+    let served = served_model()?;
     let options = ServeOptions { host: "127.0.0.1".into(), port: 0, parallel, queue, context, api_key: api_key.map(String::from) };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
