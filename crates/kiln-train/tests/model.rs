@@ -154,6 +154,12 @@ fn argmaxes(logits: &[f32], vocab: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The trainer's logits for one sequence, flattened.
+fn trainer_logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
+    let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    model.forward(&input).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
 /// The line the tiny models memorize.
 const MEMORIZED: &str = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
 
@@ -205,17 +211,7 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
     let mut model = model;
     model.round_kv_f16 = true;
     let probe: Vec<u32> = ids.iter().cycle().take(64).copied().collect();
-    let probe_t = Tensor::new(probe.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let ours = model
-        .forward(&probe_t)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let ours = trainer_logits(&model, &probe);
     let kiln = kiln_model::formats::load_hf_dir(&hf).unwrap();
     let theirs = kiln_logits(&kiln, &probe);
     let d = max_rel_diff(&ours, &theirs);
@@ -266,25 +262,9 @@ fn untied_gqa_model_logits_match_kiln() {
     let cfg = tiny_config(tok.vocab_size(), 48, 6, 2, 80);
     let mut model = random_model(&cfg, false, DType::F32, 9);
     let ids: Vec<u32> = (0..64).map(|i| (i * 7 % tok.vocab_size()) as u32).collect();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let plain = model
-        .forward(&input)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let plain = trainer_logits(&model, &ids);
     model.round_kv_f16 = true;
-    let ours = model
-        .forward(&input)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let ours = trainer_logits(&model, &ids);
     let hf = dir.path().join("model");
     kiln_train::export::write_hf_dir(
         &hf,
