@@ -3,7 +3,9 @@
 //! rounding keeps greedy outputs equal (see tests/llama_cpp_greedy.rs):
 //! - short batches and decoding (fewer than [`TILED_MIN_QUERIES`] queries): queries rounded
 //!   to f16 before Q·K, an online softmax, values accumulated in an f16 vector;
-//! - longer batches (prompts): f32 queries and an f32 accumulator (its tiled kernel).
+//! - longer batches (prompts): f32 queries and an f32 accumulator, in tiles ([`tiled`]).
+
+mod tiled;
 
 use half::f16;
 use rayon::prelude::*;
@@ -33,10 +35,12 @@ pub struct AttentionSpec {
 pub fn attend(spec: &AttentionSpec, q: &[f32], pos0: usize, keys: &[f16], values: &[f16], out: &mut [f32]) {
     let hd = spec.head_dim;
     let q_dim = spec.n_heads * hd;
-    let tiled = q.len() / q_dim >= TILED_MIN_QUERIES;
+    if q.len() / q_dim >= TILED_MIN_QUERIES {
+        return tiled::attend_tiled(spec, q, pos0, keys, values, out);
+    }
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (t, h) = (i / spec.n_heads, i % spec.n_heads);
-        attend_head(spec, &q[t * q_dim + h * hd..][..hd], h, pos0 + t, keys, values, o, tiled);
+        attend_head(spec, &q[t * q_dim + h * hd..][..hd], h, pos0 + t, keys, values, o);
     });
 }
 
@@ -59,13 +63,12 @@ pub fn attend_rows(spec: &AttentionSpec, q: &[f32], rows: &[QueryRow], out: &mut
         let (t, h) = (i / spec.n_heads, i % spec.n_heads);
         let row = &rows[t];
         // A lone query never takes the tiled path (fewer than TILED_MIN_QUERIES).
-        attend_head(spec, &q[t * q_dim + h * hd..][..hd], h, row.pos, row.keys, row.values, o, false);
+        attend_head(spec, &q[t * q_dim + h * hd..][..hd], h, row.pos, row.keys, row.values, o);
     });
 }
 
 /// Head `h` of the query `q_head` at position `pos`, written to `o`.
-#[allow(clippy::too_many_arguments)]
-fn attend_head(spec: &AttentionSpec, q_head: &[f32], h: usize, pos: usize, keys: &[f16], values: &[f16], o: &mut [f32], tiled: bool) {
+fn attend_head(spec: &AttentionSpec, q_head: &[f32], h: usize, pos: usize, keys: &[f16], values: &[f16], o: &mut [f32]) {
     let hd = spec.head_dim;
     let kv_dim = spec.n_kv_heads * hd;
     let kvh = h / (spec.n_heads / spec.n_kv_heads);
@@ -80,58 +83,23 @@ fn attend_head(spec: &AttentionSpec, q_head: &[f32], h: usize, pos: usize, keys:
     let key = |j: usize| &keys[j * kv_dim + kvh * hd..][..hd];
     let value = |j: usize| &values[j * kv_dim + kvh * hd..][..hd];
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-    if tiled {
-        // Keys in blocks: one max and one vector of exponentials per block, rather than a
-        // rescale test and a scalar `exp` per key.
-        const KEYS: usize = 32;
-        let mut acc = [0f32; MAX_HEAD_DIM];
-        let acc = &mut acc[..hd];
-        let mut scores = [0f32; KEYS];
-        let mut j0 = first;
-        while j0 <= pos {
-            let j1 = (j0 + KEYS).min(pos + 1);
-            let block = &mut scores[..j1 - j0];
-            for (i, s) in block.iter_mut().enumerate() {
-                *s = (k.dot_fast)(qh, key(j0 + i)) * spec.scale;
-            }
-            let block_max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if block_max > m {
-                let ms = (m - block_max).exp();
-                acc.iter_mut().for_each(|a| *a *= ms);
-                sum *= ms;
-                m = block_max;
-            }
-            block.iter_mut().for_each(|s| *s -= m);
-            (k.exp)(block);
-            for (i, &p) in block.iter().enumerate() {
-                (k.mad_f32)(acc, value(j0 + i), p);
-                sum += p;
-            }
-            j0 = j1;
+    for x in qh.iter_mut() {
+        *x = f16::from_f32(*x).to_f32();
+    }
+    let mut acc = [f16::ZERO; MAX_HEAD_DIM];
+    let acc = &mut acc[..hd];
+    for j in first..=pos {
+        let s = (k.dot)(qh, key(j)) * spec.scale;
+        let (ms, vs) = online_softmax_step(&mut m, s);
+        if ms != 1.0 {
+            (k.scale_f16)(acc, ms);
         }
-        let inv = 1.0 / sum;
-        for (od, &a) in o.iter_mut().zip(acc.iter()) {
-            *od = a * inv;
-        }
-    } else {
-        for x in qh.iter_mut() {
-            *x = f16::from_f32(*x).to_f32();
-        }
-        let mut acc = [f16::ZERO; MAX_HEAD_DIM];
-        let acc = &mut acc[..hd];
-        for j in first..=pos {
-            let s = (k.dot)(qh, key(j)) * spec.scale;
-            let (ms, vs) = online_softmax_step(&mut m, s);
-            if ms != 1.0 {
-                (k.scale_f16)(acc, ms);
-            }
-            (k.mad_f16)(acc, value(j), vs);
-            sum = sum * ms + vs;
-        }
-        let inv = 1.0 / sum;
-        for (od, a) in o.iter_mut().zip(acc.iter()) {
-            *od = a.to_f32() * inv;
-        }
+        (k.mad_f16)(acc, value(j), vs);
+        sum = sum * ms + vs;
+    }
+    let inv = 1.0 / sum;
+    for (od, a) in o.iter_mut().zip(acc.iter()) {
+        *od = a.to_f32() * inv;
     }
 }
 
@@ -151,16 +119,10 @@ fn online_softmax_step(m: &mut f32, s: f32) -> (f32, f32) {
 struct Kernels {
     /// `q · k` with `k` in f16, accumulated in f32.
     dot: fn(&[f32], &[f16]) -> f32,
-    /// The same product in whatever order is fastest (the tiled path's order is its own).
-    dot_fast: fn(&[f32], &[f16]) -> f32,
-    /// `acc += v · w` (f32 accumulator).
-    mad_f32: fn(&mut [f32], &[f16], f32),
     /// `acc = f16(acc + v · w)` with one rounding (ggml_vec_mad_f16's fused multiply-add).
     mad_f16: fn(&mut [f16], &[f16], f32),
     /// `acc = f16(acc · w)` (ggml_vec_scale_f16).
     scale_f16: fn(&mut [f16], f32),
-    /// `x = e^x` for every element (to within 2 ulp; the tiled path's softmax).
-    exp: fn(&mut [f32]),
 }
 
 fn kernels() -> &'static Kernels {
@@ -175,15 +137,7 @@ fn kernels() -> &'static Kernels {
 mod scalar {
     use super::{f16, Kernels};
 
-    pub static KERNELS: Kernels = Kernels { dot, dot_fast, mad_f32, mad_f16, scale_f16, exp };
-
-    pub fn exp(x: &mut [f32]) {
-        x.iter_mut().for_each(|v| *v = v.exp());
-    }
-
-    pub fn dot_fast(q: &[f32], k: &[f16]) -> f32 {
-        q.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum()
-    }
+    pub static KERNELS: Kernels = Kernels { dot, mad_f16, scale_f16 };
 
     /// ggml_vec_dot_f16 as llama.cpp's AVX-512 build sums it: four 16-lane accumulators over
     /// steps of 64, reduced (0+2, 1+3), then (0+1), then across lanes as
@@ -217,11 +171,6 @@ mod scalar {
         (t6[0] + t6[2]) + (t6[1] + t6[3])
     }
 
-    pub fn mad_f32(acc: &mut [f32], v: &[f16], w: f32) {
-        for (a, &x) in acc.iter_mut().zip(v) {
-            *a = x.to_f32().mul_add(w, *a);
-        }
-    }
     pub fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
         for (a, &x) in acc.iter_mut().zip(v) {
             *a = f16::from_f32(x.to_f32().mul_add(w, a.to_f32()));
@@ -239,7 +188,7 @@ mod simd {
     use super::{f16, scalar, Kernels};
     use std::arch::x86_64::*;
 
-    pub static KERNELS: Kernels = Kernels { dot, dot_fast, mad_f32, mad_f16, scale_f16, exp };
+    pub static KERNELS: Kernels = Kernels { dot, mad_f16, scale_f16 };
 
     // SAFETY (all of them): only reachable when simd_available() found AVX2, FMA and F16C;
     // every pointer stays within the slices (8 lanes at a time, the tail in scalar code).
@@ -247,59 +196,12 @@ mod simd {
     fn dot(q: &[f32], k: &[f16]) -> f32 {
         unsafe { dot_avx2(q, k) }
     }
-    fn dot_fast(q: &[f32], k: &[f16]) -> f32 {
-        unsafe { dot_fast_avx2(q, k) }
-    }
-    fn mad_f32(acc: &mut [f32], v: &[f16], w: f32) {
-        unsafe { mad_f32_avx2(acc, v, w) }
-    }
     fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
         unsafe { mad_f16_avx2(acc, v, w) }
     }
     fn scale_f16(acc: &mut [f16], w: f32) {
         unsafe { scale_f16_avx2(acc, w) }
     }
-    fn exp(x: &mut [f32]) {
-        unsafe { exp_avx2(x) }
-    }
-
-    /// `e^x` for eight lanes, for `x ≤ 88`: Cephes' `expf` (x = n·ln 2 + r with ln 2 in two
-    /// parts, a degree-6 polynomial for `e^r`, `2^n` built in the exponent bits); below
-    /// -87.3 (where `2^n` would be subnormal) the result is 0.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn exp8(x: __m256) -> __m256 {
-        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.33654));
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let e_r = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
-        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
-        _mm256_andnot_ps(underflow, _mm256_mul_ps(e_r, two_n))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn exp_avx2(x: &mut [f32]) {
-        let body = x.len() - x.len() % 8;
-        for i in (0..body).step_by(8) {
-            let p = x.as_mut_ptr().add(i);
-            _mm256_storeu_ps(p, exp8(_mm256_loadu_ps(p)));
-        }
-        if body < x.len() {
-            let mut last = [-100f32; 8];
-            let tail = &mut x[body..];
-            last[..tail.len()].copy_from_slice(tail);
-            let v = exp8(_mm256_loadu_ps(last.as_ptr()));
-            _mm256_storeu_ps(last.as_mut_ptr(), v);
-            tail.copy_from_slice(&last[..tail.len()]);
-        }
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_h(p: &[f16]) -> __m256 {
@@ -338,35 +240,6 @@ mod simd {
         (scalar::reduce_lanes(lanes) as f64 + tail) as f32
     }
 
-    /// Two 8-lane accumulators, one horizontal sum.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_fast_avx2(q: &[f32], k: &[f16]) -> f32 {
-        let n = q.len().min(k.len());
-        let body = n - n % 16;
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for i in (0..body).step_by(16) {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), load_h(&k[i..]), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i + 8)), load_h(&k[i + 8..]), s1);
-        }
-        let s = _mm256_add_ps(s0, s1);
-        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        _mm_cvtss_f32(h) + scalar::dot_fast(&q[body..n], &k[body..n])
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn mad_f32_avx2(acc: &mut [f32], v: &[f16], w: f32) {
-        let n = acc.len().min(v.len());
-        let body = n - n % 8;
-        let wv = _mm256_set1_ps(w);
-        for i in (0..body).step_by(8) {
-            let p = acc.as_mut_ptr().add(i);
-            _mm256_storeu_ps(p, _mm256_fmadd_ps(load_h(&v[i..]), wv, _mm256_loadu_ps(p)));
-        }
-        scalar::mad_f32(&mut acc[body..n], &v[body..n], w);
-    }
-
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn mad_f16_avx2(acc: &mut [f16], v: &[f16], w: f32) {
         let n = acc.len().min(v.len());
@@ -396,7 +269,6 @@ mod simd {
         use super::super::scalar;
         use super::*;
 
-
         fn data(n: usize, seed: u32) -> (Vec<f32>, Vec<f16>) {
             let mut x = seed.wrapping_mul(2654435761).max(1);
             let mut next = move || {
@@ -419,14 +291,7 @@ mod simd {
             for n in [1, 7, 8, 15, 16, 33, 64, 100, 127, 128, 256] {
                 let (a, b) = data(n, n as u32);
                 assert_eq!(dot(&a, &b).to_bits(), scalar::dot(&a, &b).to_bits(), "dot n={n}");
-                let bound: f32 = a.iter().zip(&b).map(|(x, y)| (x * y.to_f32()).abs()).sum::<f32>() + 1e-6;
-                assert!((dot_fast(&a, &b) - scalar::dot_fast(&a, &b)).abs() <= 1e-5 * bound, "dot_fast n={n}");
                 // The element-wise kernels do the same operations per element: equal bits.
-                let mut x = a.clone();
-                let mut y = a.clone();
-                mad_f32(&mut x, &b, 0.37);
-                scalar::mad_f32(&mut y, &b, 0.37);
-                assert_eq!(x, y, "mad_f32 n={n}");
                 let mut x: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
                 let mut y = x.clone();
                 mad_f16(&mut x, &b, -1.3);
@@ -438,26 +303,6 @@ mod simd {
             }
         }
 
-        #[test]
-        fn vector_exp_is_within_two_ulp() {
-            if !crate::quant::simd_available() {
-                eprintln!("SKIP: no AVX2/F16C");
-                return;
-            }
-            // Every softmax input (x ≤ 0, down to underflow), a few positives, odd lengths.
-            let xs: Vec<f32> = (0..200_003).map(|i| -90.0 + i as f32 * 0.00047).chain([0.0, -0.0, 1.5, 20.0, -1e-8]).collect();
-            let mut got = xs.clone();
-            exp(&mut got);
-            for (&x, &g) in xs.iter().zip(&got) {
-                let exact = (x as f64).exp();
-                if x < -87.33654 {
-                    assert!(g == 0.0 || (g as f64 - exact).abs() < 1e-37, "exp({x}) = {g}");
-                    continue;
-                }
-                let ulp = (exact as f32).abs() * f32::EPSILON;
-                assert!((g as f64 - exact).abs() <= 2.0 * ulp as f64, "exp({x}) = {g}, exact {exact}");
-            }
-        }
     }
 }
 
