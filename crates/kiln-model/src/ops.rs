@@ -131,10 +131,20 @@ pub fn matmul_prepared(w: &QMatrix, acts: &[u8], n_rows: usize, out: &mut [f32])
     for_chunks(w.rows, |r0, r1, _: &mut ()| {
         for r in r0..r1 {
             let wr = &data[r * row_bytes..(r + 1) * row_bytes];
-            for t in 0..n_rows {
-                let v = kernel.dot(wr, &acts[t * act_bytes..]);
-                // SAFETY: each (t, r) is written by exactly one task; `out` outlives the loop.
-                unsafe { *out_ref.0.add(t * w.rows + r) = v };
+            // SAFETY (both writers): each (t, r) is written by exactly one task; `out` outlives
+            // the loop.
+            let write = |t: usize, v: f32| unsafe { *out_ref.0.add(t * w.rows + r) = v };
+            let act = |t: usize| &acts[t * act_bytes..];
+            // Four activation rows per weight row where there are four (the same bits as one
+            // at a time: batches do not change answers).
+            let mut t = 0;
+            while n_rows - t >= 4 {
+                let v = kernel.dot_rows::<4>(wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]);
+                v.iter().enumerate().for_each(|(k, &v)| write(t + k, v));
+                t += 4;
+            }
+            for t in t..n_rows {
+                write(t, kernel.dot(wr, act(t)));
             }
         }
     });
@@ -292,7 +302,8 @@ mod tests {
     #[test]
     fn matmul_rows_do_not_depend_on_the_batch() {
         use kiln_gguf::GgmlType;
-        let (rows, cols) = (37, 96);
+        // 256 columns: one K-quant super-block.
+        let (rows, cols) = (37, 256);
         let mut seed = 12345u32;
         let mut next = move || {
             seed ^= seed << 13;
@@ -304,7 +315,7 @@ mod tests {
         const MOST: usize = 13;
         let x: Vec<f32> = (0..MOST * cols).map(|_| next()).collect();
         let w_f32: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::F32] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32] {
             let row_bytes = ty.bytes_for(cols).unwrap();
             let mut bytes = vec![0u8; rows * row_bytes];
             for (src, dst) in w_f32.chunks(cols).zip(bytes.chunks_mut(row_bytes)) {

@@ -293,46 +293,53 @@ pub unsafe fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    q4k_q8k_rows::<1>(x, [y])[0]
+}
+
+/// Q4_K · Q8_K for `R` activation rows at once: each weight block is unpacked once for all of
+/// them, and every row gets exactly the operations (and bits) of [`q4k_q8k`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4k_q8k_rows<const R: usize>(x: &[BlockQ4K], ys: [&[BlockQ8K]; R]) -> [f32; R] {
     let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
-    for (a, b) in x.iter().zip(y) {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc_m = [0f32; R];
+    for (i, a) in x.iter().enumerate() {
         let (scales, mins) = k4_unpack(&a.scales);
-
-        // The mins meet the precomputed 16-wide activation sums: sum_j bsums[j] * mins[j / 2].
-        let bsums = load32(b.bsums.as_ptr());
-        let pair_sums = _mm_hadd_epi16(
-            _mm256_castsi256_si128(bsums),
-            _mm256_extracti128_si256(bsums, 1),
-        );
         let mins16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr().cast()));
-        let m = _mm_madd_epi16(pair_sums, mins16);
-        let m = _mm_add_epi32(m, _mm_unpackhi_epi64(m, m));
-        let m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0b01));
-        let summ = _mm_cvtsi128_si32(m);
-
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); R];
         for c in 0..4 {
             let qb = load32(a.qs.as_ptr().add(32 * c));
             let lo = _mm256_and_si256(qb, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4);
-            let vl = load32(b.qs.as_ptr().add(64 * c));
-            let vh = load32(b.qs.as_ptr().add(64 * c + 32));
-            let pl = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(lo, vl),
-                _mm256_set1_epi16(scales[2 * c] as i16),
-            );
-            let ph = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(hi, vh),
-                _mm256_set1_epi16(scales[2 * c + 1] as i16),
-            );
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+            let (sl, sh) = (_mm256_set1_epi16(scales[2 * c] as i16), _mm256_set1_epi16(scales[2 * c + 1] as i16));
+            for (s, y) in sumi.iter_mut().zip(&ys) {
+                let b = &y[i];
+                let vl = load32(b.qs.as_ptr().add(64 * c));
+                let vh = load32(b.qs.as_ptr().add(64 * c + 32));
+                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, vl), sl);
+                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, vh), sh);
+                *s = _mm256_add_epi32(*s, _mm256_add_epi32(pl, ph));
+            }
         }
-        let d = _mm256_mul_ps(_mm256_set1_ps(b.d()), h2f8(a.d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
-        acc_m += h2f(a.dmin) * b.d() * summ as f32;
+        for (r, y) in ys.iter().enumerate() {
+            let b = &y[i];
+            // The mins meet the precomputed 16-wide activation sums: sum_j bsums[j] * mins[j / 2].
+            let bsums = load32(b.bsums.as_ptr());
+            let pair_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+            let m = _mm_madd_epi16(pair_sums, mins16);
+            let m = _mm_add_epi32(m, _mm_unpackhi_epi64(m, m));
+            let m = _mm_add_epi32(m, _mm_shuffle_epi32(m, 0b01));
+            let summ = _mm_cvtsi128_si32(m);
+            let d = _mm256_mul_ps(_mm256_set1_ps(b.d()), h2f8(a.d));
+            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            acc_m[r] += h2f(a.dmin) * b.d() * summ as f32;
+        }
     }
-    hsum_ps(acc) - acc_m
+    std::array::from_fn(|r| hsum_ps(acc[r]) - acc_m[r])
 }
 
 /// Q6_K · Q8_K.
@@ -341,13 +348,23 @@ pub unsafe fn q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    q6k_q8k_rows::<1>(x, [y])[0]
+}
+
+/// Q6_K · Q8_K for `R` activation rows at once, each row exactly as [`q6k_q8k`] computes it.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q6k_q8k_rows<const R: usize>(x: &[BlockQ6K], ys: [&[BlockQ8K]; R]) -> [f32; R] {
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(0x03);
     let m2_hi = _mm256_set1_epi8(0x30);
-    let mut acc = _mm256_setzero_ps();
-    for (a, b) in x.iter().zip(y) {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, a) in x.iter().enumerate() {
         let scales = _mm_loadu_si128(a.scales.as_ptr().cast());
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); R];
         for h in 0..2 {
             let ql0 = load32(a.ql.as_ptr().add(64 * h));
             let ql1 = load32(a.ql.as_ptr().add(64 * h + 32));
@@ -355,41 +372,30 @@ pub unsafe fn q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             // The four 32-weight runs of this half: low nibbles of ql0, of ql1, high nibbles of
             // ql0, of ql1; each takes the next 2 bits of qh as bits 4..6.
             let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_and_si256(qh, m2_hi),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2_hi),
-                ),
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m2_hi)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2_hi)),
             ];
             for (k, &qk) in q.iter().enumerate() {
-                let v = load32(b.qs.as_ptr().add(128 * h + 32 * k));
-                let p = _mm256_sub_epi16(
-                    _mm256_maddubs_epi16(qk, v),
-                    _mm256_maddubs_epi16(_mm256_set1_epi8(32), v),
-                );
-                // Lanes 0..8 of p cover weights 0..16 of the run (group 8h + 2k), lanes 8..16
-                // the next group.
+                // Lanes 0..8 of a product cover weights 0..16 of the run (group 8h + 2k),
+                // lanes 8..16 the next group.
                 let g = (8 * h + 2 * k) as i64;
                 let pick = _mm_set_epi64x((g + 1) * 0x0101010101010101, g * 0x0101010101010101);
                 let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+                for (s, y) in sumi.iter_mut().zip(&ys) {
+                    let v = load32(y[i].qs.as_ptr().add(128 * h + 32 * k));
+                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(qk, v), _mm256_maddubs_epi16(_mm256_set1_epi8(32), v));
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, sc));
+                }
             }
         }
-        let d = _mm256_mul_ps(h2f8(a.d), _mm256_set1_ps(b.d()));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        for (r, y) in ys.iter().enumerate() {
+            let d = _mm256_mul_ps(h2f8(a.d), _mm256_set1_ps(y[i].d()));
+            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
     }
-    hsum_ps(acc)
+    std::array::from_fn(|r| hsum_ps(acc[r]))
 }
 
 #[cfg(test)]

@@ -333,6 +333,25 @@ impl RowDot {
         }
         reference::dot_unchecked(self.ty, w, a)
     }
+
+    /// One weight row against `R` activation rows: each result has the bits [`RowDot::dot`]
+    /// gives it, and formats with a multi-row kernel (Q4_K, Q6_K) unpack the weights once.
+    #[inline]
+    pub fn dot_rows<const R: usize>(&self, weights: &[u8], activations: [&[u8]; R]) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd && matches!(self.ty, GgmlType::Q4K | GgmlType::Q6K) {
+            let w = &weights[..self.weight_bytes];
+            let a = activations.map(|a| &a[..self.act_bytes]);
+            // SAFETY: `simd` is simd_available() (AVX2, FMA, F16C); lengths sliced above.
+            return unsafe {
+                match self.ty {
+                    GgmlType::Q4K => dot_avx2::q4k_q8k_rows::<R>(as_blocks(w), a.map(as_blocks)),
+                    _ => dot_avx2::q6k_q8k_rows::<R>(as_blocks(w), a.map(as_blocks)),
+                }
+            };
+        }
+        activations.map(|a| self.dot(weights, a))
+    }
 }
 
 /// The AVX2 kernel for `ty`, if there is one.
