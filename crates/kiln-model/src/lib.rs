@@ -7,6 +7,7 @@ pub mod config;
 pub mod formats;
 pub mod kv_cache;
 pub mod loader;
+pub mod math;
 pub mod ops;
 pub mod quant;
 pub mod threads;

@@ -64,12 +64,7 @@ pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], interleave
     }
 }
 
-/// `gate = silu(gate) * up`.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
+pub use crate::math::swiglu;
 
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;

@@ -240,7 +240,7 @@ mod scalar {
 
     fn softmax(p: &mut [f32; KEYS], max: f32, sums: &mut [f32; LANES]) {
         for v in p.iter_mut() {
-            *v = exp(*v - max);
+            *v = crate::math::exp(*v - max);
         }
         for chunk in p.chunks_exact(LANES) {
             for (s, &v) in sums.iter_mut().zip(chunk) {
@@ -257,31 +257,12 @@ mod scalar {
             }
         }
     }
-
-    /// Cephes' `expf` as the SIMD kernel computes it, lane by lane: `x = n·ln 2 + r` with ln 2
-    /// in two parts, a degree-6 polynomial for `e^r`, `2^n` built in the exponent bits; below
-    /// -87.3 (where `2^n` would be subnormal) the result is 0. For `x ≤ 88`.
-    pub fn exp(x: f32) -> f32 {
-        const LOW: f32 = -87.33654;
-        if x < LOW {
-            return 0.0;
-        }
-        let x = x.max(LOW);
-        let n = (x * std::f32::consts::LOG2_E).round_ties_even();
-        let r = (-n).mul_add(0.693_359_4, x);
-        let r = (-n).mul_add(-2.121_944_4e-4, r);
-        let mut p = 1.987_569_1e-4f32;
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = p.mul_add(r, c);
-        }
-        let e_r = p.mul_add(r * r, r) + 1.0;
-        e_r * f32::from_bits(((n as i32 + 127) << 23) as u32)
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{f16, Kernels, KEYS, LANES};
+    use crate::math::exp8;
     use std::arch::x86_64::*;
 
     pub static KERNELS: Kernels = Kernels { load_keys, load_values, scores, max, softmax, accumulate };
@@ -311,24 +292,6 @@ mod simd {
     fn accumulate(acc: &mut [f32], p: &[f32; KEYS], n: usize, vf: &[f32]) {
         assert!(acc.len().is_multiple_of(8) && vf.len() >= n * acc.len());
         unsafe { accumulate_avx2(acc, p, n, vf) }
-    }
-
-    /// `e^x` for eight lanes: [`super::scalar::exp`] in vector form.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn exp8(x: __m256) -> __m256 {
-        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.33654));
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let e_r = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
-        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
-        _mm256_andnot_ps(underflow, _mm256_mul_ps(e_r, two_n))
     }
 
     #[inline]
@@ -598,35 +561,6 @@ mod tests {
                 attend_tiled(&c.spec, &c.q[t * q_dim..][..q_dim], c.pos0 + t, &c.keys[..len], &c.values[..len], &mut one);
                 let row = &all[t * q_dim..][..q_dim];
                 assert!(row.iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()), "shape {i} query {t}");
-            }
-        }
-    }
-
-    #[test]
-    fn vector_exp_is_within_two_ulp_and_equals_the_scalar_one() {
-        // Every softmax input (x ≤ 0, down to underflow), a few positives.
-        let xs: Vec<f32> = (0..200_000).map(|i| -90.0 + i as f32 * 0.00047).chain([0.0, -0.0, 1.5, 20.0, -1e-8, -0.3, f32::NEG_INFINITY, -1.0]).collect();
-        for (&x, g) in xs.iter().zip(xs.iter().map(|&x| scalar::exp(x))) {
-            let exact = (x as f64).exp();
-            if x < -87.33654 {
-                assert_eq!(g, 0.0, "exp({x})");
-                continue;
-            }
-            let ulp = (exact as f32).abs() * f32::EPSILON;
-            assert!((g as f64 - exact).abs() <= 2.0 * ulp as f64, "exp({x}) = {g}, exact {exact}");
-        }
-        #[cfg(target_arch = "x86_64")]
-        if crate::quant::simd_available() {
-            for chunk in xs.chunks_exact(8) {
-                let mut v = [0f32; 8];
-                // SAFETY: simd_available() checked AVX2, FMA and F16C.
-                unsafe {
-                    use std::arch::x86_64::*;
-                    _mm256_storeu_ps(v.as_mut_ptr(), simd::exp8(_mm256_loadu_ps(chunk.as_ptr())));
-                }
-                for (x, g) in chunk.iter().zip(v) {
-                    assert_eq!(g.to_bits(), scalar::exp(*x).to_bits(), "exp8({x})");
-                }
             }
         }
     }

@@ -1,0 +1,143 @@
+//! `e^x` in vector form and what is built on it (SiLU). The scalar and AVX2 versions do the same
+//! operations lane by lane, so they give the same bits: results never depend on the CPU path.
+
+/// Below this, `2^n` would be subnormal: the result is 0.
+const LOW: f32 = -87.33654;
+/// Above this the result is infinity (`e^x` is within 2^-0.5 of the largest f32).
+const HIGH: f32 = 88.37626;
+
+/// Cephes' `expf` (within 2 ulp): `x = n·ln 2 + r` with ln 2 in two parts, a degree-6
+/// polynomial for `e^r`, `2^n` built in the exponent bits; 0 below -87.3, infinity above 88.37.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    if x < LOW {
+        return 0.0;
+    }
+    if x > HIGH {
+        return f32::INFINITY;
+    }
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = (-n).mul_add(0.693_359_4, x);
+    let r = (-n).mul_add(-2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4f32;
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = p.mul_add(r, c);
+    }
+    let e_r = p.mul_add(r * r, r) + 1.0;
+    e_r * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// `e^x` for eight lanes: [`exp`] in vector form.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LOW));
+    let overflow = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(HIGH));
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LOW)), _mm256_set1_ps(HIGH));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let e_r = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+    let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+    let e = _mm256_andnot_ps(underflow, _mm256_mul_ps(e_r, two_n));
+    _mm256_blendv_ps(e, _mm256_set1_ps(f32::INFINITY), overflow)
+}
+
+/// `gate = silu(gate) · up`, where `silu(x) = x / (1 + e^-x)`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let mut body = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::simd_available() {
+        body = n - n % 8;
+        // SAFETY: simd_available() checked AVX2, FMA and F16C; indices stay below `body ≤ n`.
+        unsafe { swiglu_avx2(&mut gate[..body], &up[..body]) };
+    }
+    for (g, &u) in gate[body..n].iter_mut().zip(&up[body..n]) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    for i in (0..gate.len()).step_by(8) {
+        let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(gate.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let xs = (0..400_000).map(|i| -90.0 + i as f32 * 0.00047);
+        for x in xs.chain([0.0, -0.0, 1.5, 20.0, -1e-8, -0.3, f32::NEG_INFINITY, 88.0]) {
+            let (g, exact) = (exp(x), (x as f64).exp());
+            if x < LOW || x > HIGH {
+                assert_eq!(g, if x < LOW { 0.0 } else { f32::INFINITY }, "exp({x})");
+                continue;
+            }
+            let ulp = (exact as f32).abs() * f32::EPSILON;
+            assert!((g as f64 - exact).abs() <= 2.0 * ulp as f64, "exp({x}) = {g}, exact {exact}");
+        }
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+    }
+
+    #[test]
+    fn vector_exp_and_swiglu_give_the_scalar_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::quant::simd_available() {
+            let xs: Vec<f32> = (0..200_000).map(|i| -95.0 + i as f32 * 0.00097).chain([f32::NEG_INFINITY, f32::INFINITY, 1e30, -1e30, 0.0, -0.0, 88.5, -88.5]).collect();
+            for chunk in xs.chunks_exact(8) {
+                let mut v = [0f32; 8];
+                // SAFETY: simd_available() checked AVX2, FMA and F16C.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm256_storeu_ps(v.as_mut_ptr(), exp8(_mm256_loadu_ps(chunk.as_ptr())));
+                }
+                for (x, g) in chunk.iter().zip(v) {
+                    assert_eq!(g.to_bits(), exp(*x).to_bits(), "exp8({x})");
+                }
+            }
+            let up: Vec<f32> = xs.iter().map(|x| 0.5 - x * 0.01).collect();
+            let gate: Vec<f32> = xs.iter().map(|x| x.clamp(-1e3, 1e3)).collect();
+            let mut simd = gate.clone();
+            swiglu(&mut simd, &up);
+            for ((&g, &u), s) in gate.iter().zip(&up).zip(&simd) {
+                let scalar = g / (1.0 + exp(-g)) * u;
+                assert_eq!(s.to_bits(), scalar.to_bits(), "swiglu({g}, {u})");
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_is_silu_times_up() {
+        for i in -400..400 {
+            let (x, u) = (i as f32 * 0.05, 1.0 - i as f32 * 0.001);
+            let mut g = [x];
+            swiglu(&mut g, &[u]);
+            let want = x as f64 / (1.0 + (-x as f64).exp()) * u as f64;
+            assert!((g[0] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{x}: {} vs {want}", g[0]);
+        }
+        let mut g = [-200.0, 200.0];
+        swiglu(&mut g, &[1.0, 1.0]);
+        assert_eq!(g, [-0.0, 200.0]);
+    }
+}
