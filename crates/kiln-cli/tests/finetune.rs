@@ -141,6 +141,19 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
         assert!(sft.join(f).is_file(), "{f}");
     }
     assert_resume_repeats(home.path(), "sft", &sft, &dir.path().join("resumed"));
+    // --batch-rows: a fixed number of conversations per step, as TRL's batch size.
+    let rows = dir.path().join("rows");
+    Kiln::new(home.path())
+        .args(["-t", "2", "sft", "--model"])
+        .arg(&base)
+        .arg("--data")
+        .arg(&sft_data)
+        .arg("--out")
+        .arg(&rows)
+        .args(["--lora", "--rank", "4", "--steps", "2", "--batch-rows", "3", "--val-rows", "1", "-q"])
+        .run()
+        .success();
+    assert!(metrics(&rows).iter().all(|r| r["rows"] == 3.0), "{:?}", metrics(&rows));
 
     // kiln merge folds the same adapters into the same model: same greedy text in kiln run.
     let merged = dir.path().join("merged");

@@ -174,6 +174,33 @@ fn train_killed_with_sigkill_then_resumed_logs_the_same_losses_and_runs_in_kiln(
         .run()
         .success();
     assert_eq!(run_out(&gguf), from_dir);
+    // A GGUF back to a Hugging Face directory (what fine-tuning and transformers start from):
+    // the same text from the same prompt tokens.
+    let back = dir.path().join("tiny-back-hf");
+    Kiln::new(home.path())
+        .args(["export", "--format", "hf", "--model"])
+        .arg(&gguf)
+        .arg("--out")
+        .arg(&back)
+        .run()
+        .success();
+    let raw_out = |model: &Path| {
+        let out = Kiln::new(home.path())
+            .args(["run", "--raw", "--temp", "0", "-n", "12", "--model"])
+            .arg(model)
+            .arg("ROMEO:")
+            .run();
+        out.success();
+        out.stdout
+    };
+    assert_eq!(raw_out(&back), raw_out(&gguf));
+    let out = Kiln::new(home.path())
+        .args(["export", "--model"])
+        .arg(&gguf)
+        .arg("--out")
+        .arg(dir.path().join("never.gguf"))
+        .run();
+    assert!(out.error_line(Some(1)).contains("kiln quantize"));
     let q8 = dir.path().join("tiny-q8.gguf");
     Kiln::new(home.path())
         .args(["export", "--type", "q8_0", "--model"])

@@ -33,8 +33,10 @@ pub struct Llama {
     pub round_kv_f16: bool,
     /// Fine-tuning hook: LoRA adapters added to the outputs of chosen linear layers.
     pub adapters: Option<crate::lora::Lora>,
-    /// Fine-tuning hook: the base parameters enter the graph detached, so backward computes no
-    /// gradient for them (LoRA, reward heads on a frozen body) and skips their matmuls.
+    /// Fine-tuning hook: the base parameters enter the graph detached, so they get no gradient
+    /// and no optimizer state (LoRA, reward heads on a frozen body). candle 0.11's matmul
+    /// backward still computes the weight side of every product and drops it: about a third
+    /// of a LoRA step's matmul work (bench/finetune-vs-trl, docs/LOG.md).
     pub frozen: bool,
     params: Vec<(String, Var)>,
     index: HashMap<String, usize>,

@@ -18,6 +18,7 @@ pub struct Sft {
     /// Held-out examples.
     pub val: Vec<Example>,
     batch_tokens: usize,
+    batch_rows: Option<usize>,
     max_len: usize,
     pack: bool,
 }
@@ -51,6 +52,7 @@ pub fn load(run: &Run, report: &mut dyn FnMut(&str)) -> Result<Sft> {
         train,
         val,
         batch_tokens: cfg.batch_tokens,
+        batch_rows: cfg.batch_rows,
         max_len: cfg.max_len,
         pack: cfg.pack,
     })
@@ -102,7 +104,11 @@ impl Task for Sft {
     fn step(&mut self, net: &Net, loader: &mut Loader, acc: &mut GradAccum) -> Result<StepStats> {
         let mut picked: Vec<&Example> = Vec::new();
         let mut trained = 0;
-        while trained < self.batch_tokens {
+        let more = |picked: &[&Example], trained: usize| match self.batch_rows {
+            Some(n) => picked.len() < n,
+            None => trained < self.batch_tokens,
+        };
+        while more(&picked, trained) {
             let ex = &self.train[loader.next_index()];
             trained += ex.n_trained();
             picked.push(ex);

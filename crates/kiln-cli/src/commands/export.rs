@@ -1,5 +1,6 @@
 //! `kiln export`: a trained model (a run directory or a Hugging Face directory) as GGUF, or as
-//! a standalone Hugging Face directory ([`kiln_train::export`] does the work).
+//! a standalone Hugging Face directory, which a llama GGUF can also be written as (dequantized
+//! to f32, what fine-tuning starts from) ([`kiln_train::export`] does the work).
 
 use crate::output::outln;
 use anyhow::{bail, Context, Result};
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 /// `kiln export`.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// A run directory (its model/) or a Hugging Face llama directory.
+    /// A run directory (its model/) or a Hugging Face llama directory; with --format hf also a
+    /// llama GGUF file (dequantized to f32).
     #[arg(short, long)]
     pub model: PathBuf,
     /// Output format: gguf or hf.
@@ -27,6 +29,24 @@ pub struct ExportArgs {
 
 /// Runs the command.
 pub fn export(args: &ExportArgs) -> Result<()> {
+    if args.model.is_file() {
+        if args.format != "hf" {
+            bail!(
+                "--model {}: a GGUF file is exported with --format hf (to requantize it, use kiln quantize)",
+                args.model.display()
+            );
+        }
+        let base = kiln_train::finetune::load_base(&args.model)
+            .with_context(|| format!("cannot load {}", args.model.display()))?;
+        kiln_train::finetune::write_hf(&base, &base.tensors, &args.out)
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
+        outln!(
+            "wrote {} (Hugging Face layout, f32, {} tensors)",
+            args.out.display(),
+            base.tensors.len()
+        );
+        return Ok(());
+    }
     let dir = kiln_train::export::model_dir(&args.model)?;
     match args.format.as_str() {
         "gguf" => {

@@ -220,6 +220,9 @@ pub struct SftArgs {
     /// Trained (assistant) tokens per optimizer step.
     #[arg(long)]
     pub batch_tokens: Option<usize>,
+    /// Conversations per optimizer step, instead of --batch-tokens (TRL's per-device batch size).
+    #[arg(long, conflicts_with = "batch_tokens")]
+    pub batch_rows: Option<usize>,
     /// Pack short conversations into rows of --max-len tokens.
     #[arg(long)]
     pub pack: bool,
@@ -233,6 +236,7 @@ pub fn sft(args: &SftArgs) -> Result<()> {
             if let Some(b) = args.batch_tokens {
                 c.batch_tokens = b;
             }
+            c.batch_rows = args.batch_rows;
             c.pack = args.pack;
             Ok(())
         },
@@ -284,23 +288,8 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
     let lora = Lora::load(&args.adapter, &base.config)
         .with_context(|| format!("cannot load the adapter {}", args.adapter.display()))?;
     let merged = lora.merge(&base.tensors)?;
-    let name = args
-        .out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "merged".into());
-    let tok_dir = args.out.with_file_name(format!(".{name}.tokenizer"));
-    kiln_train::finetune::write_tokenizer(&base, &tok_dir)?;
-    let result = kiln_train::export::write_hf_dir(
-        &args.out,
-        &merged,
-        &base.config,
-        base.tied,
-        &tok_dir,
-        None,
-    );
-    let _ = std::fs::remove_dir_all(&tok_dir);
-    result.with_context(|| format!("cannot write {}", args.out.display()))?;
+    kiln_train::finetune::write_hf(&base, &merged, &args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     outln!(
         "wrote {} ({} adapted weights merged, scale {})",
         args.out.display(),

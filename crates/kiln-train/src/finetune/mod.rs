@@ -148,6 +148,21 @@ pub fn write_tokenizer(base: &Base, dir: &Path) -> Result<()> {
     checkpoint::write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
 }
 
+/// Writes `tensors` (the base's own, or merged variants of them) with the base's shape and
+/// tokenizer (the template fine-tuning trains, as [`write_tokenizer`]) as a Hugging Face
+/// directory `out`: what `kiln merge` writes, and `kiln export --format hf` for a GGUF.
+pub fn write_hf(base: &Base, tensors: &HashMap<String, Tensor>, out: &Path) -> Result<()> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let tok_dir = out.with_file_name(format!(".{name}.tokenizer"));
+    write_tokenizer(base, &tok_dir)?;
+    let result = crate::export::write_hf_dir(out, tensors, &base.config, base.tied, &tok_dir, None);
+    let _ = std::fs::remove_dir_all(&tok_dir);
+    result
+}
+
 /// The chat template of the tokenizer in `dir`.
 pub fn template_of(tok: &Tokenizer) -> Result<ChatTemplate> {
     Ok(ChatTemplate::for_model(tok, "llama")?)

@@ -45,6 +45,10 @@ pub struct FinetuneConfig {
     pub grad_clip: f64,
     /// SFT: trained tokens per optimizer step (whole conversations until reached).
     pub batch_tokens: usize,
+    /// SFT: conversations per optimizer step instead of `batch_tokens` (a fixed batch, as
+    /// TRL's `per_device_train_batch_size`).
+    #[serde(default)]
+    pub batch_rows: Option<usize>,
     /// DPO / RM: comparisons per optimizer step.
     pub batch_pairs: usize,
     /// Longest sequence in tokens (longer ones are cut).
@@ -83,6 +87,7 @@ impl FinetuneConfig {
             weight_decay: 0.0,
             grad_clip: 1.0,
             batch_tokens: 2048,
+            batch_rows: None,
             batch_pairs: 4,
             max_len: 512,
             pack: false,
@@ -109,7 +114,7 @@ impl FinetuneConfig {
         if self.max_len < 8 {
             return bad("--max-len must be at least 8");
         }
-        if self.batch_tokens == 0 || self.batch_pairs == 0 {
+        if self.batch_tokens == 0 || self.batch_pairs == 0 || self.batch_rows == Some(0) {
             return bad("batch sizes must be positive");
         }
         if !(self.beta > 0.0 && self.beta.is_finite()) {
