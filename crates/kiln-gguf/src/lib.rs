@@ -6,7 +6,7 @@ mod types;
 mod value;
 mod writer;
 
-pub use reader::{GgufError, GgufFile, TensorInfo};
+pub use reader::{release_pages, GgufError, GgufFile, TensorInfo};
 pub use types::GgmlType;
 pub use value::Value;
 pub use writer::{GgufWriter, TensorData};

@@ -230,9 +230,30 @@ impl GgufFile {
         self.data()
     }
 
+    /// Lets the kernel drop the resident pages of file bytes `range` (they were copied
+    /// elsewhere); reading them again brings them back from the file. Does nothing for an
+    /// image held in memory.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if let Bytes::Mapped(m) = &self.bytes {
+            release_pages(m, range);
+        }
+    }
+
     /// Size of the whole file in bytes.
     pub fn file_len(&self) -> usize {
         self.data().len()
+    }
+}
+
+/// `madvise(DONTNEED)` on `range` of a read-only file map: its pages leave the process's
+/// resident set and come back from the file if read again. A failure only leaves them resident.
+pub fn release_pages(map: &Mmap, range: std::ops::Range<usize>) {
+    let end = range.end.min(map.len());
+    if range.start < end {
+        // SAFETY: the map is read-only and file-backed, so dropped pages read back the same
+        // bytes from the file; nothing is lost.
+        #[cfg(unix)]
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, end - range.start) };
     }
 }
 

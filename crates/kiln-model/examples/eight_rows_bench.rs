@@ -1,6 +1,6 @@
 //! Single-thread timing of one activation row against a weight matrix: the one-row kernel
 //! row by row, against the eight-row in-place kernel (`quant::tile::dot_in_place`) that
-//! decoding uses. Not a test; numbers go to docs/LOG.md.
+//! decoding uses, and the packed kernel (`quant::packed`, Q4_0 and Q8_0). Not a test; numbers go to docs/LOG.md.
 //!
 //! `TY=q4_0|q4_1|q5_0|q8_0 ROWS=N REPS=K cargo run --release -p kiln-model --example eight_rows_bench`
 //! (ROWS=160000 REPS=1 streams ~57 MB from memory; ROWS=1600 REPS=100 stays in cache;
@@ -41,6 +41,7 @@ fn main() {
     let kernel = quant::RowDot::new(ty, cols);
     let mut out = vec![0f32; rows];
     let row = |r: usize| &weights[r * row_bytes..(r + 1) * row_bytes];
+    let ahead_tiles = env("AHEAD", 1);
     for rep in 0..5 {
         let t = Instant::now();
         for _ in 0..reps {
@@ -54,11 +55,25 @@ fn main() {
             for (i, o) in out.chunks_exact_mut(8).enumerate() {
                 let rows: [&[u8]; 8] = std::array::from_fn(|k| row(8 * i + k));
                 let ahead = |k: usize| ((8 * i + 8 * k) * row_bytes).min(weights.len());
-                let next = &weights[ahead(env("AHEAD", 1))..ahead(env("AHEAD", 1) + 1)];
+                let next = &weights[ahead(ahead_tiles)..ahead(ahead_tiles + 1)];
                 o.copy_from_slice(&tile::dot_in_place(ty, &rows, &act, next));
             }
         }
         let in_place = t.elapsed();
+        // Decoding on a packed matrix (Q4_0, Q8_0): one stream per eight rows.
+        let packed = quant::packed::packable(ty).then(|| quant::packed::PackedRows::pack(ty, &weights, rows, row_bytes, |_| {}));
+        let mut sums = Vec::new();
+        quant::packed::activation_sums(&act, &mut sums);
+        let t = Instant::now();
+        if let Some(p) = &packed {
+            for _ in 0..reps {
+                for (g, o) in out.chunks_exact_mut(8).enumerate() {
+                    let next = if g + 1 < p.groups { p.group(g + 1) } else { &[] };
+                    o.copy_from_slice(&quant::packed::dot_group(p, g, &act, &sums, next));
+                }
+            }
+        }
+        let packed_time = t.elapsed();
         // Prompt processing: each unpacked tile meets 64 activation rows (timed per row pair).
         let t = Instant::now();
         let mut tile = tile::Tile::default();
@@ -72,6 +87,6 @@ fn main() {
             }
         }
         let unpacked = t.elapsed().mul_f64(reps as f64 / (reps.div_ceil(64) * 64) as f64);
-        println!("{ty} rep {rep}: one row at a time {one_row:?}, eight in place {in_place:?}, unpacked tile x64 {unpacked:?} (per as many products)");
+        println!("{ty} rep {rep}: one row at a time {one_row:?}, eight in place {in_place:?}, packed {packed_time:?}, unpacked tile x64 {unpacked:?} (per as many products)");
     }
 }

@@ -158,12 +158,37 @@ fn for_chunks<S: Default>(n: usize, f: impl Fn(usize, usize, &mut S) + Sync + Se
 /// From this many activation rows on, unpacking weights into a tile pays for itself.
 const UNPACK_MIN_ROWS: usize = 8;
 
+thread_local! {
+    /// Activation block sums for the packed kernels, kept between products (decoding does
+    /// not allocate).
+    static ACTIVATION_SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// [`matmul_prepared`] eight weight rows at a time ([`quant::tile`]): unpacked into a tile
 /// when several activation rows share it, read in place otherwise (both give the same bits).
+/// Rows the matrix keeps packed ([`QMatrix::packed`]) are read from there: by the packed
+/// kernels for few activation rows, unpacked back into tiles for many (the same bits again).
 fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, out: &mut [f32]) {
+    let packed = w.packed();
+    if packed.is_none() || n_rows >= UNPACK_MIN_ROWS {
+        return eight_rows_with_sums(w, packed, acts, act_bytes, n_rows, &[], out);
+    }
+    // Taken out rather than borrowed: while this thread waits for the product's tasks, rayon
+    // may hand it another product (of another model or request) that wants the buffer too.
+    let mut sums = ACTIVATION_SUMS.take();
+    sums.clear();
+    for t in 0..n_rows {
+        quant::packed::activation_sums(&acts[t * act_bytes..(t + 1) * act_bytes], &mut sums);
+    }
+    eight_rows_with_sums(w, packed, acts, act_bytes, n_rows, &sums, out);
+    ACTIVATION_SUMS.set(sums);
+}
+
+fn eight_rows_with_sums(w: &QMatrix, packed: Option<&quant::packed::PackedRows>, acts: &[u8], act_bytes: usize, n_rows: usize, sums: &[i32], out: &mut [f32]) {
     use quant::tile::{dot_in_place, Tile, TILE_ROWS};
     let data = w.data();
     let row_bytes = w.row_bytes();
+    let groups = packed.map_or(0, |p| p.groups);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_ref = &out_ptr;
     let prepared = (n_rows >= UNPACK_MIN_ROWS).then(|| quant::tile::Activations::new(w.ty, acts, act_bytes, n_rows));
@@ -171,6 +196,29 @@ fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, 
         for i in t0..t1 {
             let r0 = i * TILE_ROWS;
             let r1 = (r0 + TILE_ROWS).min(w.rows);
+            // SAFETY (both writers): each (t, r) is written by exactly one task; `out`
+            // outlives the loop.
+            let write = |t: usize, v: &[f32; TILE_ROWS]| {
+                for (k, &x) in v[..r1 - r0].iter().enumerate() {
+                    unsafe { *out_ref.0.add(t * w.rows + r0 + k) = x };
+                }
+            };
+            if let Some(packed) = packed.filter(|_| i < groups) {
+                let next = if i + 1 < t1 && i + 1 < groups { packed.group(i + 1) } else { &[] };
+                if n_rows >= UNPACK_MIN_ROWS {
+                    tile.load_packed(w.ty, packed.group(i), row_bytes);
+                    quant::prefetch(next);
+                    tile.dot_many(prepared.as_ref().expect("prepared for tiles"), write);
+                } else {
+                    let blocks = packed.blocks;
+                    for t in 0..n_rows {
+                        let act = &acts[t * act_bytes..(t + 1) * act_bytes];
+                        let v = quant::packed::dot_group(packed, i, act, &sums[t * blocks..(t + 1) * blocks], if t == 0 { next } else { &[] });
+                        write(t, &v);
+                    }
+                }
+                continue;
+            }
             let mut rows: [&[u8]; TILE_ROWS] = [&[]; TILE_ROWS];
             for (slot, r) in rows.iter_mut().zip(r0..r1) {
                 *slot = &data[r * row_bytes..(r + 1) * row_bytes];
@@ -182,13 +230,6 @@ fn matmul_eight_rows(w: &QMatrix, acts: &[u8], act_bytes: usize, n_rows: usize, 
             if i == t0 {
                 quant::prefetch(&data[r0 * row_bytes..r1 * row_bytes]);
             }
-            // SAFETY (both writers): each (t, r) is written by exactly one task; `out`
-            // outlives the loop.
-            let write = |t: usize, v: &[f32; TILE_ROWS]| {
-                for (k, &x) in v[..r1 - r0].iter().enumerate() {
-                    unsafe { *out_ref.0.add(t * w.rows + r0 + k) = x };
-                }
-            };
             if n_rows >= UNPACK_MIN_ROWS {
                 tile.load(w.ty, rows);
                 // Many dot products follow: time enough for the next rows to arrive.

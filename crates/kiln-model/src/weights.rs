@@ -2,9 +2,10 @@
 //! quantized) form inside the mapped file, small vectors (norms, biases) as f32.
 
 use crate::quant;
+use crate::quant::packed::{self, PackedRows};
 use kiln_gguf::{GgmlType, GgufFile};
 use memmap2::Mmap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Bytes that weights point into: a whole mapped file, or memory for converted tensors.
 pub enum Backing {
@@ -24,6 +25,16 @@ impl Backing {
             Backing::Owned(v) => v,
         }
     }
+
+    /// Lets go of the resident pages of `range` where the bytes come from a file (they are
+    /// read back from it if needed again); memory we own stays.
+    fn release(&self, range: std::ops::Range<usize>) {
+        match self {
+            Backing::Gguf(f) => f.release(range),
+            Backing::Mapped(m) => kiln_gguf::release_pages(m, range),
+            Backing::Owned(_) => {}
+        }
+    }
 }
 
 /// A `rows × cols` weight matrix, row-major, each row `cols` elements of `ty`.
@@ -38,12 +49,15 @@ pub struct QMatrix {
     pub cols: usize,
     backing: Arc<Backing>,
     offset: usize,
+    /// The whole groups of eight rows repacked for decoding, made on the first product and
+    /// shared by clones (see `quant::packed`).
+    packed: Arc<OnceLock<Option<PackedRows>>>,
 }
 
 impl QMatrix {
     /// A matrix over `backing` starting at byte `offset`. The caller has checked the bounds.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, backing: Arc<Backing>, offset: usize) -> QMatrix {
-        let m = QMatrix { ty, rows, cols, backing, offset };
+        let m = QMatrix { ty, rows, cols, backing, offset, packed: Arc::default() };
         assert!(m.offset + m.rows * m.row_bytes() <= m.backing.bytes().len(), "matrix outside its backing");
         m
     }
@@ -61,6 +75,23 @@ impl QMatrix {
     /// All rows.
     pub fn data(&self) -> &[u8] {
         &self.backing.bytes()[self.offset..self.offset + self.rows * self.row_bytes()]
+    }
+
+    /// The leading whole groups of eight rows in the packed layout of the decoding kernels,
+    /// where this CPU has them for the type (`None` otherwise). Packed on the first call; the
+    /// file pages the rows came from are then released, so the copy does not add to the
+    /// resident memory (rows read through [`QMatrix::data`] later come back from the file).
+    pub fn packed(&self) -> Option<&PackedRows> {
+        self.packed
+            .get_or_init(|| {
+                let packable = packed::enabled() && packed::packable(self.ty) && self.rows >= quant::tile::TILE_ROWS;
+                packable.then(|| {
+                    PackedRows::pack(self.ty, self.data(), self.rows, self.row_bytes(), |range| {
+                        self.backing.release(self.offset + range.start..self.offset + range.end)
+                    })
+                })
+            })
+            .as_ref()
     }
 
     /// Row `r` in stored form.

@@ -21,6 +21,9 @@ mod dequant;
 mod dot_avx2;
 mod dot_scalar;
 mod quantize;
+pub mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_x86;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;

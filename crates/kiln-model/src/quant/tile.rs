@@ -30,6 +30,8 @@ pub struct Tile {
     /// (`tile_vnni::interleave`), with its per-block `corrections`.
     interleaved: bool,
     corrections: Vec<[i32; TILE_ROWS]>,
+    /// Rows unpacked from a packed group where the tile is not interleaved.
+    rows_scratch: Vec<u8>,
 }
 
 /// Whether [`Tile`] handles weights of `ty` on this CPU.
@@ -106,6 +108,31 @@ impl Tile {
     /// Missing rows are zero. Where the CPU has VNNI the tile is laid out for its kernels.
     pub fn load(&mut self, ty: GgmlType, rows: &[&[u8]]) {
         self.load_with(ty, rows, vnni_available());
+    }
+
+    /// Loads the eight rows of a packed group (`super::packed`, Q4_0 or Q8_0; rows of
+    /// `row_bytes`): the same tile as [`Tile::load`] on the rows themselves.
+    pub fn load_packed(&mut self, ty: GgmlType, group: &[u8], row_bytes: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if vnni_available() {
+            let blocks = row_bytes / ty.type_size();
+            self.ty = Some(ty);
+            self.blocks = blocks;
+            self.quants.resize(blocks * TILE_ROWS, [0; 32]);
+            self.scales.resize(blocks, [0.0; TILE_ROWS]);
+            self.corrections.resize(blocks, [0; TILE_ROWS]);
+            self.interleaved = true;
+            // SAFETY: vnni_available() checked the VNNI set; storage resized to `blocks`
+            // blocks, and a packed group of such rows holds as many.
+            unsafe { tile_vnni::load_packed(ty, group, &mut self.quants, &mut self.scales, &mut self.corrections) };
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.rows_scratch);
+        scratch.resize(TILE_ROWS * row_bytes, 0);
+        super::packed::unpack_group(ty, group, row_bytes, &mut scratch);
+        let rows: [&[u8]; TILE_ROWS] = std::array::from_fn(|k| &scratch[k * row_bytes..(k + 1) * row_bytes]);
+        self.load(ty, &rows);
+        self.rows_scratch = scratch;
     }
 
     /// [`Tile::load`], interleaved for the VNNI kernels or not (the caller checked VNNI).

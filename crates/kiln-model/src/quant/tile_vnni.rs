@@ -14,6 +14,7 @@ use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
 use super::dot_avx2::{h2f8, load32};
 use super::tile::{Tile, TILE_ROWS};
 use super::tile_avx2::{accumulate, gather_halves, pair_nibbles, row_offsets, store, transpose_sum, Ahead};
+use kiln_gguf::GgmlType;
 use std::arch::x86_64::*;
 
 /// `acc + Σ` of four `u8 · i8` products per lane.
@@ -231,6 +232,43 @@ pub unsafe fn interleave(quants: &mut [[u8; 32]], corrections: &mut [[i32; TILE_
             *row = _mm256_sub_epi8(load32(src.as_ptr()), _mm256_set1_epi8(offset));
         }
         let columns = transpose_dwords(rows);
+        let mut sums = _mm256_setzero_si256();
+        for (column, dst) in columns.iter().zip(q.iter_mut()) {
+            sums = dp(sums, ones, *column);
+            _mm256_storeu_si256(dst.as_mut_ptr().cast(), *column);
+        }
+        let c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sums));
+        _mm256_storeu_si256(correction.as_mut_ptr().cast(), c);
+    }
+}
+
+/// Fills an interleaved tile (see [`interleave`]) straight from a packed group of eight
+/// Q4_0 or Q8_0 rows (`super::packed`): a packed step already holds four bytes of every row
+/// side by side, which is a tile column once nibbles are split and the zero point taken off.
+///
+/// # Safety
+/// As the module; `group` holds `scales.len()` packed blocks of `ty` (Q4_0 or Q8_0), and
+/// `quants`, `corrections` room for as many blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], scales: &mut [[f32; TILE_ROWS]], corrections: &mut [[i32; TILE_ROWS]]) {
+    let (block_bytes, q4) = if ty == GgmlType::Q4_0 { (144, true) } else { (272, false) };
+    assert!(group.len() >= scales.len() * block_bytes);
+    let (ones, m4, eight) = (_mm256_set1_epi8(1), _mm256_set1_epi8(0xF), _mm256_set1_epi8(8));
+    for (b, ((q, scale), correction)) in quants.chunks_exact_mut(TILE_ROWS).zip(scales.iter_mut()).zip(corrections.iter_mut()).enumerate() {
+        let src = group.as_ptr().add(b * block_bytes);
+        _mm256_storeu_ps(scale.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(src.cast())));
+        let mut columns = [_mm256_setzero_si256(); TILE_ROWS];
+        if q4 {
+            for s in 0..4 {
+                let w = load32(src.add(16 + 32 * s));
+                columns[s] = _mm256_sub_epi8(_mm256_and_si256(w, m4), eight);
+                columns[4 + s] = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(w), m4), eight);
+            }
+        } else {
+            for (s, column) in columns.iter_mut().enumerate() {
+                *column = load32(src.add(16 + 32 * s));
+            }
+        }
         let mut sums = _mm256_setzero_si256();
         for (column, dst) in columns.iter().zip(q.iter_mut()) {
             sums = dp(sums, ones, *column);

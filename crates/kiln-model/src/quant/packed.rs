@@ -1,0 +1,269 @@
+//! Weight matrices repacked once, eight rows to a group, for decoding. Generating a token
+//! reads every weight row once against a single activation row, so the cost is in reading the
+//! rows, not in reusing them. Read where they lie in the file, eight rows are eight streams, the
+//! eight block scales must be gathered, and each row's sums end up in the wrong lanes. Packed,
+//! a group is one stream: per block, the eight scales (f16, 16 bytes), then the quants with
+//! four bytes of every row side by side, so that one `vpdpbusd` (or `maddubs`) against four
+//! broadcast activation bytes adds four products to each row's own lane. This is the layout
+//! of llama.cpp's repacked Q4_0/Q8_0 (`block_q4_0x8`), made lazily on the first product.
+//!
+//! The products are the same exact integer block sums, scaled and added in the same float
+//! order as [`super::tile::dot_in_place`], so a packed matrix gives every row the same bits as
+//! the unpacked kernels (tests check it): prompts and batches, which unpack groups back into
+//! tiles, agree with decoding to the bit.
+//!
+//! Q4_0 (18-byte blocks: `d`, 16 bytes of nibble pairs) packs to 144 bytes per group block:
+//! scales, then for step `s` in 0..4 the 32 bytes `qs[4s..4s+4]` of rows 0..8 (low nibbles
+//! are elements `4s..4s+4`, high nibbles `16+4s..`). Q8_0 (34 bytes) packs to 272: scales,
+//! then for step `s` in 0..8 the bytes `qs[4s..4s+4]` of rows 0..8.
+
+use super::tile::TILE_ROWS;
+use kiln_gguf::GgmlType;
+
+/// Whether matrices of `ty` are packed on this CPU (the x86 kernels exist for them).
+pub fn packable(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && super::tile::supported(ty)
+}
+
+/// Whether packing is on: it is unless `KILN_NO_REPACK=1` (for comparing the two paths).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_NO_REPACK").map_or(true, |v| v != "1"))
+}
+
+/// Bytes of the scales that start every packed block.
+const SCALE_BYTES: usize = 2 * TILE_ROWS;
+
+/// The leading whole groups of eight rows of a matrix, packed.
+pub struct PackedRows {
+    /// Q4_0 or Q8_0.
+    pub ty: GgmlType,
+    /// Groups of eight rows.
+    pub groups: usize,
+    /// Blocks per row.
+    pub blocks: usize,
+    bytes: Vec<u8>,
+}
+
+impl PackedRows {
+    /// Packs the first `8 · (rows / 8)` rows of `data` (`rows` rows of `ty`, `row_bytes`
+    /// each), calling `done(byte range of data)` after each stretch of rows so the caller can
+    /// let go of the source pages. Needs [`packable`]`(ty)`.
+    pub fn pack(ty: GgmlType, data: &[u8], rows: usize, row_bytes: usize, mut done: impl FnMut(std::ops::Range<usize>)) -> PackedRows {
+        assert!(packable(ty), "{ty} is not packed");
+        let blocks = row_bytes / ty.type_size();
+        let groups = rows / TILE_ROWS;
+        let group_bytes = TILE_ROWS * row_bytes;
+        let mut bytes = vec![0u8; groups * group_bytes];
+        // About 4 MiB of rows at a time, then the source pages go.
+        let per_stretch = (4 << 20) / group_bytes + 1;
+        for (k, stretch) in bytes.chunks_mut(per_stretch * group_bytes).enumerate() {
+            let start = k * per_stretch * group_bytes;
+            for (g, out) in stretch.chunks_exact_mut(group_bytes).enumerate() {
+                let src = &data[start + g * group_bytes..][..group_bytes];
+                pack_group(ty, src, row_bytes, out);
+            }
+            done(start..start + stretch.len());
+        }
+        PackedRows { ty, groups, blocks, bytes }
+    }
+
+    /// Bytes of one group (eight rows).
+    fn group_bytes(&self) -> usize {
+        self.bytes.len() / self.groups.max(1)
+    }
+
+    /// Group `g`, packed.
+    pub fn group(&self, g: usize) -> &[u8] {
+        let n = self.group_bytes();
+        &self.bytes[g * n..(g + 1) * n]
+    }
+
+    /// Heap bytes held.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Block size of `ty` and how many 32-byte steps of quants a packed block has.
+fn layout(ty: GgmlType) -> (usize, usize) {
+    match ty {
+        GgmlType::Q4_0 => (18, 4),
+        GgmlType::Q8_0 => (34, 8),
+        other => panic!("{other} is not packed"),
+    }
+}
+
+/// Packs eight consecutive rows (`src`, `row_bytes` each) into `out` (as many bytes).
+pub fn pack_group(ty: GgmlType, src: &[u8], row_bytes: usize, out: &mut [u8]) {
+    let (block, steps) = layout(ty);
+    for (b, dst) in out.chunks_exact_mut(block * TILE_ROWS).enumerate() {
+        for r in 0..TILE_ROWS {
+            let blk = &src[r * row_bytes + b * block..][..block];
+            dst[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+            for s in 0..steps {
+                dst[SCALE_BYTES + 32 * s + 4 * r..][..4].copy_from_slice(&blk[2 + 4 * s..][..4]);
+            }
+        }
+    }
+}
+
+/// The inverse of [`pack_group`]: the eight rows, `row_bytes` each, into `out`.
+pub fn unpack_group(ty: GgmlType, group: &[u8], row_bytes: usize, out: &mut [u8]) {
+    let (block, steps) = layout(ty);
+    for (b, src) in group.chunks_exact(block * TILE_ROWS).enumerate() {
+        for r in 0..TILE_ROWS {
+            let blk = &mut out[r * row_bytes + b * block..][..block];
+            blk[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
+            for s in 0..steps {
+                blk[2 + 4 * s..][..4].copy_from_slice(&src[SCALE_BYTES + 32 * s + 4 * r..][..4]);
+            }
+        }
+    }
+}
+
+/// What the kernels start each block's integer sums from: `Σ y` of every block of a Q8_0
+/// activation row, appended to `out` (kept between calls, so decoding does not allocate).
+pub fn activation_sums(activations: &[u8], out: &mut Vec<i32>) {
+    out.extend(activations.chunks_exact(34).map(|b| b[2..].iter().map(|&q| q as i8 as i32).sum::<i32>()));
+}
+
+/// The dot products of the eight rows of a packed group with one Q8_0 activation row whose
+/// block sums are `sums` ([`activation_sums`]): the bits of [`super::tile::dot_in_place`] on
+/// the same rows. `next` (the group to be read after this one, or nothing) is prefetched.
+pub fn dot_group(packed: &PackedRows, g: usize, activations: &[u8], sums: &[i32], next: &[u8]) -> [f32; TILE_ROWS] {
+    dot_group_with(packed.ty, packed.group(g), activations, sums, next, super::tile::vnni_available())
+}
+
+/// [`dot_group`] on a raw group, with the VNNI flavour chosen by the caller (which must have
+/// checked it).
+fn dot_group_with(ty: GgmlType, group: &[u8], activations: &[u8], sums: &[i32], next: &[u8], vnni: bool) -> [f32; TILE_ROWS] {
+    let (block, _) = layout(ty);
+    let blocks = group.len() / (block * TILE_ROWS);
+    let act: &[super::blocks::BlockQ8_0] = super::blocks::as_blocks(activations);
+    assert!(act.len() == blocks && sums.len() == blocks, "activation row length");
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(packable(ty));
+        let ahead = super::tile_avx2::Ahead::new(next, blocks);
+        // SAFETY: packable() checked AVX2, FMA and F16C (the caller vnni_available() for the
+        // VNNI set); the group holds `blocks` packed blocks and the activations as many.
+        unsafe {
+            match (ty, vnni) {
+                (GgmlType::Q4_0, false) => super::packed_x86::q4_0_avx2(group.as_ptr(), act, sums, &ahead),
+                (GgmlType::Q4_0, true) => super::packed_x86::q4_0_vnni(group.as_ptr(), act, sums, &ahead),
+                (_, false) => super::packed_x86::q8_0_avx2(group.as_ptr(), act, &ahead),
+                (_, true) => super::packed_x86::q8_0_vnni(group.as_ptr(), act, sums, &ahead),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (act, next, vnni);
+        unreachable!("packable() is false without the x86 kernels")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{quantize_activations, quantize_row, tile};
+
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        let mut s = seed.max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn rows_of(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+        let row_bytes = ty.bytes_for(cols).unwrap();
+        let mut out = vec![0u8; rows * row_bytes];
+        for (src, dst) in values(seed, rows * cols).chunks(cols).zip(out.chunks_mut(row_bytes)) {
+            quantize_row(ty, src, dst).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn packing_round_trips() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let row_bytes = ty.bytes_for(96).unwrap();
+            let src = rows_of(ty, 8, 96, 3);
+            let mut group = vec![0u8; src.len()];
+            pack_group(ty, &src, row_bytes, &mut group);
+            assert_ne!(group, src, "{ty}: the layout changes");
+            let mut back = vec![0u8; src.len()];
+            unpack_group(ty, &group, row_bytes, &mut back);
+            assert_eq!(back, src, "{ty}");
+        }
+    }
+
+    #[test]
+    fn a_tile_loaded_from_a_packed_group_is_the_tile_of_its_rows() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            if !packable(ty) {
+                return;
+            }
+            let cols = 160;
+            let row_bytes = ty.bytes_for(cols).unwrap();
+            let data = rows_of(ty, 8, cols, 11);
+            let mut group = vec![0u8; data.len()];
+            pack_group(ty, &data, row_bytes, &mut group);
+            let rows: Vec<&[u8]> = data.chunks(row_bytes).collect();
+            let (mut from_rows, mut from_group) = (tile::Tile::default(), tile::Tile::default());
+            from_rows.load(ty, &rows);
+            from_group.load_packed(ty, &group, row_bytes);
+            for seed in 0..3 {
+                let mut act = vec![0u8; GgmlType::Q8_0.bytes_for(cols).unwrap()];
+                quantize_activations(GgmlType::Q8_0, &values(seed + 20, cols), &mut act).unwrap();
+                let (a, b) = (from_rows.dot(&act), from_group.dot(&act));
+                assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "{ty}");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_rows_give_the_bits_of_the_in_place_kernels() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            if !packable(ty) {
+                return;
+            }
+            for cols in [32, 96, 576, 2048] {
+                let rows = 24 + 3; // three groups and a tail that stays unpacked
+                let row_bytes = ty.bytes_for(cols).unwrap();
+                let data = rows_of(ty, rows, cols, cols as u32);
+                let mut released = Vec::new();
+                let packed = PackedRows::pack(ty, &data, rows, row_bytes, |r| released.push(r));
+                assert_eq!(packed.groups, 3);
+                assert_eq!(released.first().map(|r| r.start), Some(0));
+                assert_eq!(released.last().map(|r| r.end), Some(24 * row_bytes));
+                let mut act = vec![0u8; GgmlType::Q8_0.bytes_for(cols).unwrap()];
+                // Large activations included, so that sums reach the edges of their ranges.
+                let x: Vec<f32> = values(7 + cols as u32, cols).iter().enumerate().map(|(i, v)| if i % 7 == 0 { 100.0 * v } else { *v }).collect();
+                quantize_activations(GgmlType::Q8_0, &x, &mut act).unwrap();
+                let mut sums = vec![];
+                activation_sums(&act, &mut sums);
+                for g in 0..packed.groups {
+                    let rows: Vec<&[u8]> = (0..8).map(|k| &data[(8 * g + k) * row_bytes..][..row_bytes]).collect();
+                    let mut flavours = vec![false];
+                    if tile::vnni_available() {
+                        flavours.push(true);
+                    }
+                    let reference = tile::dot_in_place(ty, &rows, &act, &[]);
+                    for vnni in flavours {
+                        let got = dot_group_with(ty, packed.group(g), &act, &sums, &[], vnni);
+                        for r in 0..8 {
+                            assert_eq!(got[r].to_bits(), reference[r].to_bits(), "{ty} cols {cols} group {g} row {r} vnni {vnni}: {} vs {}", got[r], reference[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
