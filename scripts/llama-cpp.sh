@@ -33,13 +33,14 @@ have_binaries() {
     done
 }
 
-# Download the sdist with pip (no build, no deps) into $1 and unpack it there.
+# Download the sdist with pip (no deps; only this package kept from binaries, so that pip
+# prepares its metadata with wheels of cmake and ninja rather than building them) into $1.
 fetch_sdist() {
     local cache=$1 tarball="$1/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     mkdir -p "$cache"
     if [[ ! -f $tarball ]]; then
         log "downloading llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION} sdist with pip"
-        python3 -m pip download --no-deps --no-binary :all: -d "$cache" \
+        python3 -m pip download --no-deps --no-binary llama-cpp-python -d "$cache" \
             "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" >&2
     fi
     echo "${SDIST_SHA256}  ${tarball}" | sha256sum --check --quiet - >&2 \
