@@ -102,6 +102,13 @@ impl QMatrix {
 
     /// Row `r` as f32 (embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        // From the packed copy where there is one: reading the file would map its released
+        // pages back (and their neighbours with them), counting the matrix twice.
+        if let Some(Some(packed)) = self.packed.get() {
+            if r < packed.groups * quant::tile::TILE_ROWS {
+                return packed.dequantize_row(r, &mut out[..self.cols]);
+            }
+        }
         quant::dequantize_row(self.ty, self.row(r), &mut out[..self.cols]);
     }
 

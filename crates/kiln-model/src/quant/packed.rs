@@ -79,6 +79,19 @@ impl PackedRows {
         &self.bytes[g * n..(g + 1) * n]
     }
 
+    /// Row `r` (one of the packed ones) as f32: what `dequantize_row` gives for the row as
+    /// stored. Embedding lookups read a packed matrix here, so that the file pages released
+    /// after packing stay released.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let (block, _) = layout(self.ty);
+        let mut stored = [0u8; 34];
+        let group = self.group(r / TILE_ROWS);
+        for (src, dst) in group.chunks_exact(block * TILE_ROWS).zip(out.chunks_exact_mut(32)) {
+            unpack_block(self.ty, src, r % TILE_ROWS, &mut stored[..block]);
+            super::dequantize_row(self.ty, &stored[..block], dst);
+        }
+    }
+
     /// Heap bytes held.
     pub fn len_bytes(&self) -> usize {
         self.bytes.len()
@@ -110,15 +123,20 @@ pub fn pack_group(ty: GgmlType, src: &[u8], row_bytes: usize, out: &mut [u8]) {
 
 /// The inverse of [`pack_group`]: the eight rows, `row_bytes` each, into `out`.
 pub fn unpack_group(ty: GgmlType, group: &[u8], row_bytes: usize, out: &mut [u8]) {
-    let (block, steps) = layout(ty);
+    let (block, _) = layout(ty);
     for (b, src) in group.chunks_exact(block * TILE_ROWS).enumerate() {
         for r in 0..TILE_ROWS {
-            let blk = &mut out[r * row_bytes + b * block..][..block];
-            blk[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
-            for s in 0..steps {
-                blk[2 + 4 * s..][..4].copy_from_slice(&src[SCALE_BYTES + 32 * s + 4 * r..][..4]);
-            }
+            unpack_block(ty, src, r, &mut out[r * row_bytes + b * block..][..block]);
         }
+    }
+}
+
+/// Row `r`'s block, as stored in its file, out of a packed group block `src`.
+fn unpack_block(ty: GgmlType, src: &[u8], r: usize, out: &mut [u8]) {
+    let (_, steps) = layout(ty);
+    out[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
+    for s in 0..steps {
+        out[2 + 4 * s..][..4].copy_from_slice(&src[SCALE_BYTES + 32 * s + 4 * r..][..4]);
     }
 }
 
@@ -201,6 +219,15 @@ mod tests {
             let mut back = vec![0u8; src.len()];
             unpack_group(ty, &group, row_bytes, &mut back);
             assert_eq!(back, src, "{ty}");
+            if packable(ty) {
+                let packed = PackedRows::pack(ty, &src, 8, row_bytes, |_| {});
+                for r in 0..8 {
+                    let (mut want, mut got) = (vec![0f32; 96], vec![0f32; 96]);
+                    crate::quant::dequantize_row(ty, &src[r * row_bytes..(r + 1) * row_bytes], &mut want);
+                    packed.dequantize_row(r, &mut got);
+                    assert_eq!(want, got, "{ty} row {r}");
+                }
+            }
         }
     }
 
