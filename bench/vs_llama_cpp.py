@@ -12,6 +12,7 @@ import csv
 import datetime
 import json
 import re
+import statistics
 import sys
 
 # Targets of issue 3 (ratios kiln / llama.cpp, same run).
@@ -55,6 +56,19 @@ def cpu_name():
     return f"{names[0].strip()} ({len(names)} logical CPUs)" if names else None
 
 
+def pooled(results):
+    """One (mean, sd) from several runs' (mean, sd) of the same test: the mean of the means,
+    and the sd of the means where there are several runs (run-to-run drift is what matters
+    then), else the run's own sd. None where no run has the test."""
+    got = [t for t in results if t]
+    if not got:
+        return None
+    if len(got) == 1:
+        return got[0]
+    means = [t[0] for t in got]
+    return statistics.mean(means), statistics.stdev(means)
+
+
 def mark(ok):
     return "✓" if ok else "✗"
 
@@ -75,25 +89,31 @@ def main():
 
     with open(a.runs, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    # (key, threads) -> {engine: row}, in run order.
+    # (key, threads) -> [{engine: row} for each round], in run order.
     pairs = {}
     for r in rows:
-        pairs.setdefault((r["key"], r["threads"]), {})[r["engine"]] = r
+        rounds = pairs.setdefault((r["key"], r["threads"]), {})
+        rounds.setdefault(r.get("round") or "1", {})[r["engine"]] = r
+    n_rounds = max((len(v) for v in pairs.values()), default=1)
 
     info = {}
     lines = []
     header = ("| model | threads | test | llama.cpp t/s | kiln t/s | kiln / llama.cpp "
               "| llama.cpp peak RSS | kiln peak RSS | RSS kiln / llama.cpp |")
-    lines.append(header)
-    lines.append("|---|--:|---|--:|--:|--:|--:|--:|--:|")
-    for (key, threads), by_engine in pairs.items():
-        llama, kiln = by_engine.get("llama.cpp"), by_engine.get("kiln")
-        label = (llama or kiln)["label"]
-        l_tests, l_first = load_tests(llama["json"]) if llama else ({}, {})
-        k_tests, _ = load_tests(kiln["json"]) if kiln else ({}, {})
-        info = info or l_first
-        l_rss = peak_rss_kib(llama["time"]) if llama else None
-        k_rss = peak_rss_kib(kiln["time"]) if kiln else None
+    rule = "|---|--:|---|--:|--:|--:|--:|--:|--:|"
+    if n_rounds > 1:
+        header += " ratio in each round |"
+        rule += "---|"
+    lines += [header, rule]
+    for (key, threads), by_round in pairs.items():
+        rounds = list(by_round.values())
+        label = next(iter(rounds[0].values()))["label"]
+        l_runs = [r["llama.cpp"] for r in rounds if "llama.cpp" in r]
+        k_runs = [r["kiln"] for r in rounds if "kiln" in r]
+        for r in l_runs:
+            info = info or load_tests(r["json"])[1]
+        l_rss = max((peak_rss_kib(r["time"]) or 0 for r in l_runs), default=0)
+        k_rss = max((peak_rss_kib(r["time"]) or 0 for r in k_runs), default=0)
         if l_rss and k_rss:
             ratio = k_rss / l_rss
             rss = f"{l_rss / 1024:.1f} MiB | {k_rss / 1024:.1f} MiB | {ratio:.2f} {mark(ratio <= TARGET_RSS)}"
@@ -105,12 +125,23 @@ def main():
         if a.n_gen:
             tests.append((f"tg{a.n_gen}", (0, a.n_gen), TARGET_TG))
         for name, test, target in tests:
-            lt, kt = l_tests.get(test), k_tests.get(test)
-            if lt and kt and lt[0] > 0:
-                ratio = f"**{kt[0] / lt[0]:.2f}** {mark(kt[0] / lt[0] >= target)}"
+            per_round = []  # (llama.cpp (avg, sd), kiln (avg, sd)) of the rounds where both ran
+            for r in rounds:
+                lt = load_tests(r["llama.cpp"]["json"])[0].get(test) if "llama.cpp" in r else None
+                kt = load_tests(r["kiln"]["json"])[0].get(test) if "kiln" in r else None
+                per_round.append((lt, kt))
+            both = [(lt, kt) for lt, kt in per_round if lt and kt and lt[0] > 0]
+            ratios = [kt[0] / lt[0] for lt, kt in both]
+            if ratios:
+                med = statistics.median(ratios)
+                ratio = f"**{med:.2f}** {mark(med >= target)}"
             else:
                 ratio = "–"
-            lines.append(f"| {label} | {threads} | {name} | {fmt_ts(lt)} | {fmt_ts(kt)} | {ratio} | {rss} |")
+            line = (f"| {label} | {threads} | {name} | {fmt_ts(pooled([lt for lt, _ in per_round]))} "
+                    f"| {fmt_ts(pooled([kt for _, kt in per_round]))} | {ratio} | {rss} |")
+            if n_rounds > 1:
+                line += " " + " ".join(f"{x:.2f}" for x in ratios) + " |"
+            lines.append(line)
 
     busy = [float(r["busy"]) for r in rows if r.get("busy")]
     busy_line = []
@@ -130,7 +161,9 @@ def main():
         f"`{a.command}` on {datetime.date.today().isoformat()}: "
         f"{cpu_name() or info.get('cpu_info', 'unknown CPU')}; kiln {a.kiln_commit}, "
         f"llama.cpp {info.get('build_commit', '?')} (build {info.get('build_number', '?')}); "
-        f"{a.reps} repetition{'s' if a.reps != 1 else ''} per test, mean ± sd.",
+        f"{a.reps} repetition{'s' if a.reps != 1 else ''} per test, mean ± sd"
+        + (f"; {n_rounds} rounds (llama.cpp then kiln, model by model, each round): t/s is the mean "
+           "of the rounds ± their sd, the ratio the median of the rounds' ratios." if n_rounds > 1 else "."),
         "",
         *lines,
         *busy_line,
