@@ -270,18 +270,14 @@ impl Model {
             let x = &mut s.x[..n * d];
             let xb = grow(&mut s.xb, n * d);
             ops::rms_norm(x, &lw.attn_norm, c.rms_eps, xb);
-            let q = grow(&mut s.q, n * q_dim);
-            mm(&lw.wq, xb, &mut s.acts, q);
-            let k = grow(&mut s.k, n * kv_dim);
-            if ops::same_activations(&lw.wk, &lw.wq) {
-                ops::matmul_prepared(&lw.wk, &s.acts, n, k);
+            let (q, k, v) = (grow(&mut s.q, n * q_dim), grow(&mut s.k, n * kv_dim), grow(&mut s.v, n * kv_dim));
+            if ops::same_activations(&lw.wk, &lw.wq) && ops::same_activations(&lw.wv, &lw.wq) {
+                // One parallel pass for the three.
+                ops::prepare_activations(&lw.wq, xb, n, &mut s.acts);
+                ops::matmul_prepared_fused([&lw.wq, &lw.wk, &lw.wv], &s.acts, n, [&mut *q, &mut *k, &mut *v]);
             } else {
+                mm(&lw.wq, xb, &mut s.acts, q);
                 mm(&lw.wk, xb, &mut s.acts, k);
-            }
-            let v = grow(&mut s.v, n * kv_dim);
-            if ops::same_activations(&lw.wv, &lw.wk) {
-                ops::matmul_prepared(&lw.wv, &s.acts, n, v);
-            } else {
                 mm(&lw.wv, xb, &mut s.acts, v);
             }
             if let (Some(bq), Some(bk), Some(bv)) = (&lw.bq, &lw.bk, &lw.bv) {
@@ -349,12 +345,12 @@ impl Model {
             ops::add_in_place(x, xb);
 
             ops::rms_norm(x, &lw.ffn_norm, c.rms_eps, xb);
-            let gate = grow(&mut s.gate, n * c.ffn_dim);
-            mm(&lw.w_gate, xb, &mut s.acts, gate);
-            let up = grow(&mut s.up, n * c.ffn_dim);
+            let (gate, up) = (grow(&mut s.gate, n * c.ffn_dim), grow(&mut s.up, n * c.ffn_dim));
             if ops::same_activations(&lw.w_up, &lw.w_gate) {
-                ops::matmul_prepared(&lw.w_up, &s.acts, n, up);
+                ops::prepare_activations(&lw.w_gate, xb, n, &mut s.acts);
+                ops::matmul_prepared_fused([&lw.w_gate, &lw.w_up], &s.acts, n, [&mut *gate, &mut *up]);
             } else {
+                mm(&lw.w_gate, xb, &mut s.acts, gate);
                 mm(&lw.w_up, xb, &mut s.acts, up);
             }
             match c.activation {
