@@ -122,7 +122,7 @@ impl<'a> Product<'a> {
 
     /// Whether the packed kernels run (they take activation block sums).
     fn wants_sums(&self) -> bool {
-        matches!(self.path, Path::Tiles { packed: Some(_), .. }) && self.n_rows < UNPACK_MIN_ROWS
+        matches!(self.path, Path::Tiles { packed: Some(_), .. }) && self.n_rows < UNPACK_MIN_ROWS && quant::packed::wants_sums(self.w.ty)
     }
 
     fn act(&self, t: usize) -> &'a [u8] {
@@ -187,7 +187,7 @@ impl<'a> Product<'a> {
             }
             None => {
                 let mut write = write;
-                let blocks = p.blocks;
+                let blocks = if self.wants_sums() { p.blocks } else { 0 };
                 for t in 0..self.n_rows {
                     let v = quant::packed::dot_group(p, i, self.act(t), &sums[t * blocks..(t + 1) * blocks], if t == 0 { next } else { &[] });
                     write(t, &v);

@@ -14,15 +14,17 @@
 //!
 //! Q4_0 (18-byte blocks: `d`, 16 bytes of nibble pairs) packs to 144 bytes per group block:
 //! scales, then for step `s` in 0..4 the 32 bytes `qs[4s..4s+4]` of rows 0..8 (low nibbles
-//! are elements `4s..4s+4`, high nibbles `16+4s..`). Q8_0 (34 bytes) packs to 272: scales,
-//! then for step `s` in 0..8 the bytes `qs[4s..4s+4]` of rows 0..8.
+//! are elements `4s..4s+4`, high nibbles `16+4s..`). Q4_1 (20 bytes: `d`, `m`, nibbles)
+//! packs to 160: the eight scales, the eight minimums, then the nibbles as Q4_0's. Q8_0 (34
+//! bytes) packs to 272: scales, then for step `s` in 0..8 the bytes `qs[4s..4s+4]` of rows
+//! 0..8.
 
 use super::tile::TILE_ROWS;
 use kiln_gguf::GgmlType;
 
 /// Whether matrices of `ty` are packed on this CPU (the x86 kernels exist for them).
 pub fn packable(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && super::tile::supported(ty)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) && super::tile::supported(ty)
 }
 
 /// Whether packing is on: it is unless `KILN_NO_REPACK=1` (for comparing the two paths).
@@ -31,12 +33,10 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_NO_REPACK").map_or(true, |v| v != "1"))
 }
 
-/// Bytes of the scales that start every packed block.
-const SCALE_BYTES: usize = 2 * TILE_ROWS;
 
 /// The leading whole groups of eight rows of a matrix, packed.
 pub struct PackedRows {
-    /// Q4_0 or Q8_0.
+    /// Q4_0, Q4_1 or Q8_0.
     pub ty: GgmlType,
     /// Groups of eight rows.
     pub groups: usize,
@@ -83,7 +83,7 @@ impl PackedRows {
     /// stored. Embedding lookups read a packed matrix here, so that the file pages released
     /// after packing stay released.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let (block, _) = layout(self.ty);
+        let (block, _, _) = layout(self.ty);
         let mut stored = [0u8; 34];
         let group = self.group(r / TILE_ROWS);
         for (src, dst) in group.chunks_exact(block * TILE_ROWS).zip(out.chunks_exact_mut(32)) {
@@ -98,24 +98,28 @@ impl PackedRows {
     }
 }
 
-/// Block size of `ty` and how many 32-byte steps of quants a packed block has.
-fn layout(ty: GgmlType) -> (usize, usize) {
+/// Block size of `ty`, bytes of halves (`d`, and `m` for Q4_1) before its quants, and how
+/// many 32-byte steps of quants a packed block has.
+fn layout(ty: GgmlType) -> (usize, usize, usize) {
     match ty {
-        GgmlType::Q4_0 => (18, 4),
-        GgmlType::Q8_0 => (34, 8),
+        GgmlType::Q4_0 => (18, 2, 4),
+        GgmlType::Q4_1 => (20, 4, 4),
+        GgmlType::Q8_0 => (34, 2, 8),
         other => panic!("{other} is not packed"),
     }
 }
 
 /// Packs eight consecutive rows (`src`, `row_bytes` each) into `out` (as many bytes).
 pub fn pack_group(ty: GgmlType, src: &[u8], row_bytes: usize, out: &mut [u8]) {
-    let (block, steps) = layout(ty);
+    let (block, halves, steps) = layout(ty);
     for (b, dst) in out.chunks_exact_mut(block * TILE_ROWS).enumerate() {
         for r in 0..TILE_ROWS {
             let blk = &src[r * row_bytes + b * block..][..block];
-            dst[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+            for h in 0..halves / 2 {
+                dst[16 * h + 2 * r..][..2].copy_from_slice(&blk[2 * h..2 * h + 2]);
+            }
             for s in 0..steps {
-                dst[SCALE_BYTES + 32 * s + 4 * r..][..4].copy_from_slice(&blk[2 + 4 * s..][..4]);
+                dst[8 * halves + 32 * s + 4 * r..][..4].copy_from_slice(&blk[halves + 4 * s..][..4]);
             }
         }
     }
@@ -123,7 +127,7 @@ pub fn pack_group(ty: GgmlType, src: &[u8], row_bytes: usize, out: &mut [u8]) {
 
 /// The inverse of [`pack_group`]: the eight rows, `row_bytes` each, into `out`.
 pub fn unpack_group(ty: GgmlType, group: &[u8], row_bytes: usize, out: &mut [u8]) {
-    let (block, _) = layout(ty);
+    let (block, _, _) = layout(ty);
     for (b, src) in group.chunks_exact(block * TILE_ROWS).enumerate() {
         for r in 0..TILE_ROWS {
             unpack_block(ty, src, r, &mut out[r * row_bytes + b * block..][..block]);
@@ -133,10 +137,12 @@ pub fn unpack_group(ty: GgmlType, group: &[u8], row_bytes: usize, out: &mut [u8]
 
 /// Row `r`'s block, as stored in its file, out of a packed group block `src`.
 fn unpack_block(ty: GgmlType, src: &[u8], r: usize, out: &mut [u8]) {
-    let (_, steps) = layout(ty);
-    out[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
+    let (_, halves, steps) = layout(ty);
+    for h in 0..halves / 2 {
+        out[2 * h..2 * h + 2].copy_from_slice(&src[16 * h + 2 * r..][..2]);
+    }
     for s in 0..steps {
-        out[2 + 4 * s..][..4].copy_from_slice(&src[SCALE_BYTES + 32 * s + 4 * r..][..4]);
+        out[halves + 4 * s..][..4].copy_from_slice(&src[8 * halves + 32 * s + 4 * r..][..4]);
     }
 }
 
@@ -146,9 +152,15 @@ pub fn activation_sums(activations: &[u8], out: &mut Vec<i32>) {
     out.extend(activations.chunks_exact(34).map(|b| b[2..].iter().map(|&q| q as i8 as i32).sum::<i32>()));
 }
 
-/// The dot products of the eight rows of a packed group with one Q8_0 activation row whose
-/// block sums are `sums` ([`activation_sums`]): the bits of [`super::tile::dot_in_place`] on
-/// the same rows. `next` (the group to be read after this one, or nothing) is prefetched.
+/// Whether [`dot_group`] takes activation block sums for `ty` (Q4_1 has its minimums instead).
+pub fn wants_sums(ty: GgmlType) -> bool {
+    ty != GgmlType::Q4_1
+}
+
+/// The dot products of the eight rows of a packed group with one activation row (Q8_1 for
+/// Q4_1, Q8_0 otherwise) whose block sums are `sums` ([`activation_sums`]; empty for Q4_1):
+/// the bits of [`super::tile::dot_in_place`] on the same rows. `next` (the group to be read
+/// after this one, or nothing) is prefetched.
 pub fn dot_group(packed: &PackedRows, g: usize, activations: &[u8], sums: &[i32], next: &[u8]) -> [f32; TILE_ROWS] {
     dot_group_with(packed.ty, packed.group(g), activations, sums, next, super::tile::vnni_available())
 }
@@ -156,14 +168,26 @@ pub fn dot_group(packed: &PackedRows, g: usize, activations: &[u8], sums: &[i32]
 /// [`dot_group`] on a raw group, with the VNNI flavour chosen by the caller (which must have
 /// checked it).
 fn dot_group_with(ty: GgmlType, group: &[u8], activations: &[u8], sums: &[i32], next: &[u8], vnni: bool) -> [f32; TILE_ROWS] {
-    let (block, _) = layout(ty);
+    let (block, _, _) = layout(ty);
     let blocks = group.len() / (block * TILE_ROWS);
-    let act: &[super::blocks::BlockQ8_0] = super::blocks::as_blocks(activations);
-    assert!(act.len() == blocks && sums.len() == blocks, "activation row length");
     #[cfg(target_arch = "x86_64")]
     {
         assert!(packable(ty));
         let ahead = super::tile_avx2::Ahead::new(next, blocks);
+        if ty == GgmlType::Q4_1 {
+            let act: &[super::blocks::BlockQ8_1] = super::blocks::as_blocks(activations);
+            assert_eq!(act.len(), blocks, "activation row length");
+            // SAFETY: as below.
+            return unsafe {
+                if vnni {
+                    super::packed_x86::q4_1_vnni(group.as_ptr(), act, &ahead)
+                } else {
+                    super::packed_x86::q4_1_avx2(group.as_ptr(), act, &ahead)
+                }
+            };
+        }
+        let act: &[super::blocks::BlockQ8_0] = super::blocks::as_blocks(activations);
+        assert!(act.len() == blocks && sums.len() == blocks, "activation row length");
         // SAFETY: packable() checked AVX2, FMA and F16C (the caller vnni_available() for the
         // VNNI set); the group holds `blocks` packed blocks and the activations as many.
         unsafe {
@@ -177,7 +201,7 @@ fn dot_group_with(ty: GgmlType, group: &[u8], activations: &[u8], sums: &[i32], 
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (act, next, vnni);
+        let _ = (activations, sums, next, vnni, blocks);
         unreachable!("packable() is false without the x86 kernels")
     }
 }
@@ -210,7 +234,7 @@ mod tests {
 
     #[test]
     fn packing_round_trips() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             let row_bytes = ty.bytes_for(96).unwrap();
             let src = rows_of(ty, 8, 96, 3);
             let mut group = vec![0u8; src.len()];
@@ -233,10 +257,11 @@ mod tests {
 
     #[test]
     fn a_tile_loaded_from_a_packed_group_is_the_tile_of_its_rows() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             if !packable(ty) {
                 return;
             }
+            let act_ty = crate::quant::vec_dot_type(ty);
             let cols = 160;
             let row_bytes = ty.bytes_for(cols).unwrap();
             let data = rows_of(ty, 8, cols, 11);
@@ -247,8 +272,8 @@ mod tests {
             from_rows.load(ty, &rows);
             from_group.load_packed(ty, &group, row_bytes);
             for seed in 0..3 {
-                let mut act = vec![0u8; GgmlType::Q8_0.bytes_for(cols).unwrap()];
-                quantize_activations(GgmlType::Q8_0, &values(seed + 20, cols), &mut act).unwrap();
+                let mut act = vec![0u8; act_ty.bytes_for(cols).unwrap()];
+                quantize_activations(act_ty, &values(seed + 20, cols), &mut act).unwrap();
                 let (a, b) = (from_rows.dot(&act), from_group.dot(&act));
                 assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "{ty}");
             }
@@ -257,10 +282,11 @@ mod tests {
 
     #[test]
     fn packed_rows_give_the_bits_of_the_in_place_kernels() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             if !packable(ty) {
                 return;
             }
+            let act_ty = crate::quant::vec_dot_type(ty);
             for cols in [32, 96, 576, 2048] {
                 let rows = 24 + 3; // three groups and a tail that stays unpacked
                 let row_bytes = ty.bytes_for(cols).unwrap();
@@ -270,12 +296,14 @@ mod tests {
                 assert_eq!(packed.groups, 3);
                 assert_eq!(released.first().map(|r| r.start), Some(0));
                 assert_eq!(released.last().map(|r| r.end), Some(24 * row_bytes));
-                let mut act = vec![0u8; GgmlType::Q8_0.bytes_for(cols).unwrap()];
+                let mut act = vec![0u8; act_ty.bytes_for(cols).unwrap()];
                 // Large activations included, so that sums reach the edges of their ranges.
                 let x: Vec<f32> = values(7 + cols as u32, cols).iter().enumerate().map(|(i, v)| if i % 7 == 0 { 100.0 * v } else { *v }).collect();
-                quantize_activations(GgmlType::Q8_0, &x, &mut act).unwrap();
+                quantize_activations(act_ty, &x, &mut act).unwrap();
                 let mut sums = vec![];
-                activation_sums(&act, &mut sums);
+                if wants_sums(ty) {
+                    activation_sums(&act, &mut sums);
+                }
                 for g in 0..packed.groups {
                     let rows: Vec<&[u8]> = (0..8).map(|k| &data[(8 * g + k) * row_bytes..][..row_bytes]).collect();
                     let mut flavours = vec![false];

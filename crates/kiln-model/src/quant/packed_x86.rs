@@ -1,20 +1,22 @@
-//! The kernels of [`super::packed`]: eight packed rows against one Q8_0 activation row, AVX2
+//! The kernels of [`super::packed`]: eight packed rows against one activation row, AVX2
 //! (`maddubs`) and AVX-512 VNNI (`vpdpbusd` on 256-bit vectors). Lane `r` of every sum is row
 //! `r`, so a block ends with one scale multiply and one fused add for all eight rows, in the
 //! order [`super::tile_avx2::accumulate`] uses everywhere else.
 //!
 //! Every function here is `unsafe`: callers have checked AVX2, FMA and F16C (and AVX512-VNNI
 //! with AVX512-VL for the `_vnni` ones), `group` holds `act.len()` packed blocks and `sums`
-//! as many activation sums.
+//! (where taken) as many activation sums.
 
-use super::blocks::BlockQ8_0;
-use super::dot_avx2::load32;
+use super::blocks::{BlockQ8_0, BlockQ8_1};
+use super::dot_avx2::{h2f8, load32};
 use super::tile::TILE_ROWS;
 use super::tile_avx2::{accumulate, store, Ahead};
 use std::arch::x86_64::*;
 
 /// Bytes of a packed Q4_0 block of eight rows: eight scales, 128 bytes of nibbles.
 const Q4_0_BLOCK: usize = 144;
+/// Bytes of a packed Q4_1 block of eight rows: eight scales, eight minimums, the nibbles.
+const Q4_1_BLOCK: usize = 160;
 /// Bytes of a packed Q8_0 block of eight rows: eight scales, 256 bytes of quants.
 const Q8_0_BLOCK: usize = 272;
 
@@ -28,51 +30,93 @@ unsafe fn scales(block: *const u8) -> __m256 {
 /// Activation bytes `4k..4k+4` in every lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quad(y: &BlockQ8_0, k: usize) -> __m256i {
-    _mm256_set1_epi32(y.qs.as_ptr().cast::<i32>().add(k).read_unaligned())
+unsafe fn quad(qs: &[i8; 32], k: usize) -> __m256i {
+    _mm256_set1_epi32(qs.as_ptr().cast::<i32>().add(k).read_unaligned())
 }
 
-/// Q4_0 · Q8_0, AVX2. Products of two steps fit in i16 (|q·y| ≤ 15 · 128, eight pairs per
-/// lane at most), so the widening to i32 happens once per block.
+/// Q4_0 · Q8_0, AVX2: the zero point taken back as `-8 · Σ y`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0_avx2(group: *const u8, act: &[BlockQ8_0], sums: &[i32], ahead: &Ahead) -> [f32; TILE_ROWS] {
-    let m4 = _mm256_set1_epi8(0xF);
     let mut acc = _mm256_setzero_ps();
     for (b, y) in act.iter().enumerate() {
         ahead.block(b);
         let block = group.add(b * Q4_0_BLOCK);
-        let mut pairs = _mm256_setzero_si256();
-        for s in 0..4 {
-            let w = load32(block.add(16 + 32 * s));
-            let (lo, hi) = (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4));
-            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(lo, quad(y, s)));
-            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(hi, quad(y, 4 + s)));
-        }
-        let totals = _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(-8 * sums[b]));
+        let totals = _mm256_add_epi32(nibble_sums_avx2(block.add(16), &y.qs), _mm256_set1_epi32(-8 * sums[b]));
         acc = accumulate(acc, scales(block), y.d, totals);
     }
     store(acc)
 }
 
-/// Q4_0 · Q8_0, VNNI: two accumulator chains (low and high nibbles), the zero point folded
-/// into the start value `-8 · Σ y`.
+/// Q4_0 · Q8_0, VNNI: the zero point folded into the start value `-8 · Σ y`.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub unsafe fn q4_0_vnni(group: *const u8, act: &[BlockQ8_0], sums: &[i32], ahead: &Ahead) -> [f32; TILE_ROWS] {
-    let m4 = _mm256_set1_epi8(0xF);
     let mut acc = _mm256_setzero_ps();
     for (b, y) in act.iter().enumerate() {
         ahead.block(b);
         let block = group.add(b * Q4_0_BLOCK);
-        let (mut lo_sum, mut hi_sum) = (_mm256_set1_epi32(-8 * sums[b]), _mm256_setzero_si256());
-        for s in 0..4 {
-            let w = load32(block.add(16 + 32 * s));
-            let (lo, hi) = (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4));
-            lo_sum = _mm256_dpbusd_epi32(lo_sum, lo, quad(y, s));
-            hi_sum = _mm256_dpbusd_epi32(hi_sum, hi, quad(y, 4 + s));
-        }
-        acc = accumulate(acc, scales(block), y.d, _mm256_add_epi32(lo_sum, hi_sum));
+        let totals = nibble_sums_vnni(block.add(16), &y.qs, _mm256_set1_epi32(-8 * sums[b]));
+        acc = accumulate(acc, scales(block), y.d, totals);
     }
     store(acc)
+}
+
+/// The nibbles of a packed Q4_0 or Q4_1 block (at `quants`) against one activation block,
+/// AVX2: lane r = row r's exact `Σ q·y`. Products of two steps fit in i16 (|q·y| ≤ 15 · 128,
+/// eight pairs per lane at most), so the widening to i32 happens once per block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibble_sums_avx2(quants: *const u8, qs: &[i8; 32]) -> __m256i {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut pairs = _mm256_setzero_si256();
+    for s in 0..4 {
+        let w = load32(quants.add(32 * s));
+        let (lo, hi) = (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4));
+        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(lo, quad(qs, s)));
+        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(hi, quad(qs, 4 + s)));
+    }
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// [`nibble_sums_avx2`] with VNNI, starting from `start`: two accumulator chains (low and
+/// high nibbles).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn nibble_sums_vnni(quants: *const u8, qs: &[i8; 32], start: __m256i) -> __m256i {
+    let m4 = _mm256_set1_epi8(0xF);
+    let (mut lo_sum, mut hi_sum) = (start, _mm256_setzero_si256());
+    for s in 0..4 {
+        let w = load32(quants.add(32 * s));
+        let (lo, hi) = (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4));
+        lo_sum = _mm256_dpbusd_epi32(lo_sum, lo, quad(qs, s));
+        hi_sum = _mm256_dpbusd_epi32(hi_sum, hi, quad(qs, 4 + s));
+    }
+    _mm256_add_epi32(lo_sum, hi_sum)
+}
+
+/// Q4_1 · Q8_1, AVX2: the minimums meet the activation sums `s` (as the in-place kernel).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_avx2(group: *const u8, act: &[BlockQ8_1], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let (mut acc, mut mins_acc) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let block = group.add(b * Q4_1_BLOCK);
+        acc = accumulate(acc, scales(block), y.d, nibble_sums_avx2(block.add(32), &y.qs));
+        mins_acc = _mm256_fmadd_ps(scales(block.add(16)), h2f8(y.s), mins_acc);
+    }
+    store(_mm256_add_ps(acc, mins_acc))
+}
+
+/// Q4_1 · Q8_1, VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn q4_1_vnni(group: *const u8, act: &[BlockQ8_1], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let (mut acc, mut mins_acc) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let block = group.add(b * Q4_1_BLOCK);
+        acc = accumulate(acc, scales(block), y.d, nibble_sums_vnni(block.add(32), &y.qs, _mm256_setzero_si256()));
+        mins_acc = _mm256_fmadd_ps(scales(block.add(16)), h2f8(y.s), mins_acc);
+    }
+    store(_mm256_add_ps(acc, mins_acc))
 }
 
 /// Q8_0 · Q8_0, AVX2: `maddubs(|w|, y·sign(w))`, widened to i32 every step (two products
@@ -87,8 +131,8 @@ pub unsafe fn q8_0_avx2(group: *const u8, act: &[BlockQ8_0], ahead: &Ahead) -> [
         let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for s in (0..8).step_by(2) {
             let (w0, w1) = (load32(block.add(16 + 32 * s)), load32(block.add(48 + 32 * s)));
-            let p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(quad(y, s), w0));
-            let p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(quad(y, s + 1), w1));
+            let p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(quad(&y.qs, s), w0));
+            let p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(quad(&y.qs, s + 1), w1));
             even = _mm256_add_epi32(even, _mm256_madd_epi16(p0, ones));
             odd = _mm256_add_epi32(odd, _mm256_madd_epi16(p1, ones));
         }
@@ -109,8 +153,8 @@ pub unsafe fn q8_0_vnni(group: *const u8, act: &[BlockQ8_0], sums: &[i32], ahead
         let (mut even, mut odd) = (_mm256_set1_epi32(-128 * sums[b]), _mm256_setzero_si256());
         for s in (0..8).step_by(2) {
             let (w0, w1) = (load32(block.add(16 + 32 * s)), load32(block.add(48 + 32 * s)));
-            even = _mm256_dpbusd_epi32(even, _mm256_xor_si256(w0, bias), quad(y, s));
-            odd = _mm256_dpbusd_epi32(odd, _mm256_xor_si256(w1, bias), quad(y, s + 1));
+            even = _mm256_dpbusd_epi32(even, _mm256_xor_si256(w0, bias), quad(&y.qs, s));
+            odd = _mm256_dpbusd_epi32(odd, _mm256_xor_si256(w1, bias), quad(&y.qs, s + 1));
         }
         acc = accumulate(acc, scales(block), y.d, _mm256_add_epi32(even, odd));
     }

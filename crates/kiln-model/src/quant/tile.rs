@@ -110,7 +110,7 @@ impl Tile {
         self.load_with(ty, rows, vnni_available());
     }
 
-    /// Loads the eight rows of a packed group (`super::packed`, Q4_0 or Q8_0; rows of
+    /// Loads the eight rows of a packed group (`super::packed`, Q4_0, Q4_1 or Q8_0; rows of
     /// `row_bytes`): the same tile as [`Tile::load`] on the rows themselves.
     pub fn load_packed(&mut self, ty: GgmlType, group: &[u8], row_bytes: usize) {
         #[cfg(target_arch = "x86_64")]
@@ -120,11 +120,12 @@ impl Tile {
             self.blocks = blocks;
             self.quants.resize(blocks * TILE_ROWS, [0; 32]);
             self.scales.resize(blocks, [0.0; TILE_ROWS]);
+            self.mins.resize(blocks, [0.0; TILE_ROWS]);
             self.corrections.resize(blocks, [0; TILE_ROWS]);
             self.interleaved = true;
             // SAFETY: vnni_available() checked the VNNI set; storage resized to `blocks`
             // blocks, and a packed group of such rows holds as many.
-            unsafe { tile_vnni::load_packed(ty, group, &mut self.quants, &mut self.scales, &mut self.corrections) };
+            unsafe { tile_vnni::load_packed(ty, group, &mut self.quants, &mut self.scales, &mut self.mins, &mut self.corrections) };
             return;
         }
         let mut scratch = std::mem::take(&mut self.rows_scratch);

@@ -243,30 +243,43 @@ pub unsafe fn interleave(quants: &mut [[u8; 32]], corrections: &mut [[i32; TILE_
 }
 
 /// Fills an interleaved tile (see [`interleave`]) straight from a packed group of eight
-/// Q4_0 or Q8_0 rows (`super::packed`): a packed step already holds four bytes of every row
-/// side by side, which is a tile column once nibbles are split and the zero point taken off.
+/// Q4_0, Q4_1 or Q8_0 rows (`super::packed`): a packed step already holds four bytes of
+/// every row side by side, which is a tile column once nibbles are split and the zero point
+/// taken off.
 ///
 /// # Safety
-/// As the module; `group` holds `scales.len()` packed blocks of `ty` (Q4_0 or Q8_0), and
-/// `quants`, `corrections` room for as many blocks.
+/// As the module; `group` holds `scales.len()` packed blocks of `ty`, and `quants`, `mins`
+/// (Q4_1) and `corrections` room for as many blocks.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], scales: &mut [[f32; TILE_ROWS]], corrections: &mut [[i32; TILE_ROWS]]) {
-    let (block_bytes, q4) = if ty == GgmlType::Q4_0 { (144, true) } else { (272, false) };
+pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], scales: &mut [[f32; TILE_ROWS]], mins: &mut [[f32; TILE_ROWS]], corrections: &mut [[i32; TILE_ROWS]]) {
+    // Bytes per packed block, where its quants start, and the zero point of 4-bit quants.
+    let (block_bytes, start, zero) = match ty {
+        GgmlType::Q4_0 => (144, 16, Some(8)),
+        GgmlType::Q4_1 => (160, 32, Some(0)),
+        _ => (272, 16, None),
+    };
     assert!(group.len() >= scales.len() * block_bytes);
-    let (ones, m4, eight) = (_mm256_set1_epi8(1), _mm256_set1_epi8(0xF), _mm256_set1_epi8(8));
+    let (ones, m4) = (_mm256_set1_epi8(1), _mm256_set1_epi8(0xF));
     for (b, ((q, scale), correction)) in quants.chunks_exact_mut(TILE_ROWS).zip(scales.iter_mut()).zip(corrections.iter_mut()).enumerate() {
         let src = group.as_ptr().add(b * block_bytes);
         _mm256_storeu_ps(scale.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(src.cast())));
+        if ty == GgmlType::Q4_1 {
+            _mm256_storeu_ps(mins[b].as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(src.add(16).cast())));
+        }
         let mut columns = [_mm256_setzero_si256(); TILE_ROWS];
-        if q4 {
-            for s in 0..4 {
-                let w = load32(src.add(16 + 32 * s));
-                columns[s] = _mm256_sub_epi8(_mm256_and_si256(w, m4), eight);
-                columns[4 + s] = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(w), m4), eight);
+        match zero {
+            Some(zero) => {
+                let zero = _mm256_set1_epi8(zero);
+                for s in 0..4 {
+                    let w = load32(src.add(start + 32 * s));
+                    columns[s] = _mm256_sub_epi8(_mm256_and_si256(w, m4), zero);
+                    columns[4 + s] = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(w), m4), zero);
+                }
             }
-        } else {
-            for (s, column) in columns.iter_mut().enumerate() {
-                *column = load32(src.add(16 + 32 * s));
+            None => {
+                for (s, column) in columns.iter_mut().enumerate() {
+                    *column = load32(src.add(start + 32 * s));
+                }
             }
         }
         let mut sums = _mm256_setzero_si256();
