@@ -1,5 +1,9 @@
-//! `e^x` in vector form and what is built on it (SiLU). The scalar and AVX2 versions do the same
-//! operations lane by lane, so they give the same bits: results never depend on the CPU path.
+//! `e^x` in vector form and what is built on it (SiLU), and ggml's table GELU. The scalar and
+//! AVX2 versions do the same operations lane by lane, so they give the same bits: results never
+//! depend on the CPU path.
+
+use half::f16;
+use std::sync::OnceLock;
 
 /// Below this, `2^n` would be subnormal: the result is 0.
 const LOW: f32 = -87.33654;
@@ -80,6 +84,70 @@ unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU in ggml's tanh form.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// GELU of every f16 value, rounded to f16: ggml evaluates GELU through this table. One zero
+/// entry of padding at the end: the vector lookup reads four bytes at each index.
+fn gelu_table() -> &'static [f16] {
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32()))).chain([f16::ZERO]).collect())
+}
+
+/// One lane of [`geglu`].
+#[inline]
+fn geglu_one(table: &[f16], x: f32, u: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x * u
+    } else {
+        table[f16::from_f32(x).to_bits() as usize].to_f32() * u
+    }
+}
+
+/// `gate = gelu(gate) · up`, with ggml's f16-table GELU.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    let n = gate.len().min(up.len());
+    let mut body = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::quant::simd_available() {
+        body = n - n % 8;
+        // SAFETY: simd_available() checked AVX2, FMA and F16C; indices stay below `body ≤ n`,
+        // and the table has its padding entry.
+        unsafe { geglu_avx2(table, &mut gate[..body], &up[..body]) };
+    }
+    for (g, &u) in gate[body..n].iter_mut().zip(&up[body..n]) {
+        *g = geglu_one(table, *g, u);
+    }
+}
+
+/// Eight lanes of [`geglu_one`]: the table read with a gather (four bytes at `2·index`, the
+/// low half kept).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn geglu_avx2(table: &[f16], gate: &mut [f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let (low, high, halves) = (_mm256_set1_ps(-10.0), _mm256_set1_ps(10.0), _mm256_set1_epi32(0xFFFF));
+    for i in (0..gate.len()).step_by(8) {
+        let x = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let index = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+        let words = _mm256_and_si256(_mm256_i32gather_epi32::<2>(table.as_ptr().cast(), index), halves);
+        // Eight 16-bit values from the low halves of eight 32-bit lanes, in order.
+        let packed = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi32(words, _mm256_setzero_si256()));
+        let gelu = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
+        let value = _mm256_blendv_ps(gelu, x, _mm256_cmp_ps::<_CMP_GE_OQ>(x, high));
+        let product = _mm256_mul_ps(value, _mm256_loadu_ps(up.as_ptr().add(i)));
+        let out = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, low), product);
+        _mm256_storeu_ps(gate.as_mut_ptr().add(i), out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +192,18 @@ mod tests {
                 let scalar = g / (1.0 + exp(-g)) * u;
                 assert_eq!(s.to_bits(), scalar.to_bits(), "swiglu({g}, {u})");
             }
+        }
+    }
+
+    #[test]
+    fn geglu_vector_lanes_give_the_scalar_bits() {
+        let table = gelu_table();
+        let xs: Vec<f32> = (0..4003).map(|i| -12.0 + i as f32 * 0.006).chain([-10.0, 10.0, 0.0, -0.0, 65504.0, -65504.0, 1e6, -1e6, 1e-8]).collect();
+        let ups: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 13) as f32 * 0.37 - 3.0).collect();
+        let mut got = xs.clone();
+        geglu(&mut got, &ups);
+        for ((&x, &u), g) in xs.iter().zip(&ups).zip(&got) {
+            assert_eq!(g.to_bits(), geglu_one(table, x, u).to_bits(), "gelu({x}) * {u}");
         }
     }
 

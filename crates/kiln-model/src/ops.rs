@@ -2,8 +2,6 @@
 //! the same numbers as ggml's CPU backend (accumulation order and precision included), so
 //! that greedy outputs match llama.cpp token for token.
 
-use half::f16;
-use std::sync::OnceLock;
 
 mod matmul;
 pub use matmul::{matmul, matmul_prepared, matmul_prepared_fused, prepare_activations, same_activations};
@@ -64,34 +62,7 @@ pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], interleave
     }
 }
 
-pub use crate::math::swiglu;
-
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    const COEF_A: f32 = 0.044715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
-}
-
-/// GELU of every f16 value, rounded to f16: ggml evaluates GELU through this table.
-fn gelu_table() -> &'static [f16] {
-    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32()))).collect())
-}
-
-/// `gate = gelu(gate) * up`, with ggml's f16-table GELU.
-pub fn geglu(gate: &mut [f32], up: &[f32]) {
-    let table = gelu_table();
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        *g = if x <= -10.0 {
-            0.0
-        } else if x >= 10.0 {
-            x * u
-        } else {
-            table[f16::from_f32(x).to_bits() as usize].to_f32() * u
-        };
-    }
-}
+pub use crate::math::{geglu, swiglu};
 
 /// Adds `bias` to every row of `x`.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
@@ -165,7 +136,7 @@ mod tests {
             let x = i as f32 * 0.03;
             let mut g = [x];
             geglu(&mut g, &[1.0]);
-            assert!((g[0] - gelu_tanh(x)).abs() < 1e-2 * (1.0 + x.abs()), "{x}");
+            assert!((g[0] - crate::math::gelu_tanh(x)).abs() < 1e-2 * (1.0 + x.abs()), "{x}");
         }
     }
 
