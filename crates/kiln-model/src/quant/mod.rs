@@ -19,6 +19,8 @@ pub mod blocks;
 mod dequant;
 #[cfg(target_arch = "x86_64")]
 mod dot_avx2;
+#[cfg(target_arch = "aarch64")]
+mod dot_neon;
 mod dot_scalar;
 mod quantize;
 pub mod packed;
@@ -279,7 +281,8 @@ fn check_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) {
 
 /// Dot product of one weight row of `ty` (`n` elements) with one activation row already in
 /// `vec_dot_type(ty)`. Uses the AVX2 kernel for Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, F32 and F16
-/// when [`simd_available`], the scalar reference otherwise.
+/// when [`simd_available`], the NEON one for Q4_0, Q4_1 and Q8_0 on AArch64 (unless
+/// `KILN_FORCE_SCALAR=1`), the scalar reference otherwise.
 ///
 /// # Panics
 /// If `ty` has no dot product ([`has_vec_dot`]) or the lengths do not match `n`.
@@ -289,6 +292,12 @@ pub fn vec_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> f3
     if simd_available() {
         // SAFETY: simd_available() checked AVX2, FMA and F16C; lengths checked above.
         if let Some(v) = unsafe { avx2_dot(ty, weights, activations) } {
+            return v;
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon_available() {
+        if let Some(v) = neon_dot(ty, weights, activations) {
             return v;
         }
     }
@@ -312,7 +321,7 @@ impl RowDot {
     /// If `ty` has no dot product or `n` is not a whole number of blocks.
     pub fn new(ty: GgmlType, n: usize) -> RowDot {
         assert!(has_vec_dot(ty), "{ty} is an activation format; there is no {ty} weight dot product");
-        RowDot { ty, weight_bytes: row_bytes(ty, n), act_bytes: row_bytes(vec_dot_type(ty), n), simd: simd_available() }
+        RowDot { ty, weight_bytes: row_bytes(ty, n), act_bytes: row_bytes(vec_dot_type(ty), n), simd: simd_available() || neon_available() }
     }
 
     /// Bytes of one activation row.
@@ -329,8 +338,14 @@ impl RowDot {
         let (w, a) = (&weights[..self.weight_bytes], &activations[..self.act_bytes]);
         #[cfg(target_arch = "x86_64")]
         if self.simd {
-            // SAFETY: `simd` is simd_available() (AVX2, FMA, F16C); lengths sliced above.
+            // SAFETY: on x86 `simd` is simd_available() (AVX2, FMA, F16C); lengths sliced above.
             if let Some(v) = unsafe { avx2_dot(self.ty, w, a) } {
+                return v;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if self.simd {
+            if let Some(v) = neon_dot(self.ty, w, a) {
                 return v;
             }
         }
@@ -355,6 +370,23 @@ impl RowDot {
         }
         activations.map(|a| self.dot(weights, a))
     }
+}
+
+/// Whether the NEON kernels are used: on AArch64 (where NEON is always there) unless
+/// `KILN_FORCE_SCALAR` is `1`.
+pub fn neon_available() -> bool {
+    cfg!(target_arch = "aarch64") && !std::env::var("KILN_FORCE_SCALAR").is_ok_and(|v| v == "1")
+}
+
+/// The NEON kernel for `ty`, if there is one.
+#[cfg(target_arch = "aarch64")]
+fn neon_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
+    Some(match ty {
+        GgmlType::Q4_0 => dot_neon::q4_0_q8_0(as_blocks(w), as_blocks(a)),
+        GgmlType::Q4_1 => dot_neon::q4_1_q8_1(as_blocks(w), as_blocks(a)),
+        GgmlType::Q8_0 => dot_neon::q8_0_q8_0(as_blocks(w), as_blocks(a)),
+        _ => return None,
+    })
 }
 
 /// The AVX2 kernel for `ty`, if there is one.

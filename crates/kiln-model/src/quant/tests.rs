@@ -344,6 +344,7 @@ fn awkward_rows(rng: &mut Rng, n: usize) -> Vec<Vec<f32>> {
     rows
 }
 
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn simd_quantizers_match_scalar_bytes() {
     if !cpu_has_avx2() {
@@ -588,6 +589,33 @@ fn runtime_activation_rounding_simd_matches_scalar() {
                 }
                 assert_eq!(got, want, "{ty} x {blocks}, row {r}");
             }
+        }
+    }
+}
+
+/// The NEON kernels follow the scalar reference's float steps, so they give its bits, on
+/// random rows with any i8 activations (-128 included).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_gives_the_scalar_bits() {
+    let mut rng = Rng(3);
+    for ty in [Q4_0, Q4_1, Q8_0] {
+        for blocks in BLOCK_COUNTS {
+            let n = blocks * ty.block_size();
+            let w = random_weights(ty, blocks, &mut rng, |r| r.sym(0.1));
+            let mut a = random_activations(ty, n, &mut rng);
+            let scalar = reference::vec_dot(ty, n, &w, &a);
+            let neon = neon_dot(ty, &w, &a).expect("a NEON kernel");
+            assert_eq!(neon.to_bits(), scalar.to_bits(), "{ty} x {blocks}: neon {neon} scalar {scalar}");
+            // Extreme quants: every activation byte -128 or 127 in turn.
+            let block = vec_dot_type(ty).type_size();
+            for (i, byte) in a.iter_mut().enumerate() {
+                if i % block >= block - 32 {
+                    *byte = if i % 3 == 0 { 0x80 } else { 0x7f };
+                }
+            }
+            let (scalar, neon) = (reference::vec_dot(ty, n, &w, &a), neon_dot(ty, &w, &a).unwrap());
+            assert_eq!(neon.to_bits(), scalar.to_bits(), "{ty} x {blocks}, extreme activations");
         }
     }
 }
