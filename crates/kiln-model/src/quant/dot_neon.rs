@@ -1,8 +1,9 @@
 //! NEON dot products of one weight row with one activation row, for the block formats most
-//! GGUF files use (Q4_0, Q4_1, Q8_0). NEON is part of every AArch64 CPU, so these run wherever
-//! kiln is built for AArch64 (unless `KILN_FORCE_SCALAR=1`). Each block's integer sum is exact
-//! and the float steps are the scalar reference's, in its order, so the results have the
-//! reference's bits (the `quant` tests compare them on this target).
+//! GGUF files use (Q4_0, Q4_1, Q8_0, and the integer core of Q4_K, Q5_K, Q6_K). NEON is part of
+//! every AArch64 CPU, so these run wherever kiln is built for AArch64 (unless
+//! `KILN_FORCE_SCALAR=1`). Each integer sum is exact and the float steps are the scalar
+//! reference's, in its order, so the results have the reference's bits (the `quant` tests
+//! compare them on this target).
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use std::arch::aarch64::*;
@@ -72,4 +73,21 @@ pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
         sumf += block_sum(lo, hi, &b.qs) as f32 * (a.d.to_f32() * b.d.to_f32());
     }
     sumf
+}
+
+/// `aux[l % 8] += scale · q[l] · q8[l]` for 16 weights (as `dot_scalar::lanes16`, exact):
+/// products of lanes `l` and `l + 8` fit in i16 together for every K-quant (|q| ≤ 32).
+#[inline(always)]
+pub fn lanes16(aux: &mut [i32; 8], scale: i32, q: &[i8], q8: &[i8]) {
+    assert!(q.len() >= 16 && q8.len() >= 16);
+    // SAFETY: NEON is baseline; both slices hold 16 bytes and `aux` 8 lanes.
+    unsafe {
+        let (w, y) = (vld1q_s8(q.as_ptr()), vld1q_s8(q8.as_ptr()));
+        let pairs = vaddq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(y)), vmull_high_s8(w, y));
+        let scale = scale as i16;
+        let lo = vmlal_n_s16(vld1q_s32(aux.as_ptr()), vget_low_s16(pairs), scale);
+        let hi = vmlal_high_n_s16(vld1q_s32(aux.as_ptr().add(4)), pairs, scale);
+        vst1q_s32(aux.as_mut_ptr(), lo);
+        vst1q_s32(aux.as_mut_ptr().add(4), hi);
+    }
 }

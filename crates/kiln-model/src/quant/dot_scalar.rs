@@ -143,9 +143,10 @@ pub fn q2k_q8k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
 }
 
 /// Adds `scale * q[l] * q8[l]` into lane `l % 8` of `aux`, for 16 weights: the integer core of
-/// ggml's generic K-quant kernels, which keep 8 lanes of partial sums.
+/// ggml's generic K-quant kernels, which keep 8 lanes of partial sums. The sums are exact, so
+/// a vector version (`dot_neon::lanes16`) can stand in for it with the same results.
 #[inline(always)]
-fn lanes16(aux: &mut [i32; 8], scale: i32, q: &[i8], q8: &[i8]) {
+pub(super) fn lanes16(aux: &mut [i32; 8], scale: i32, q: &[i8], q8: &[i8]) {
     for l in 0..16 {
         aux[l % 8] += scale * (q8[l] as i32 * q[l] as i32);
     }
@@ -194,6 +195,7 @@ fn k4_accumulate(
     dmin: f32,
     b: &BlockQ8K,
     sums: &mut [f32; 8],
+    lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8]),
 ) -> f32 {
     let (scales, mins) = k4_unpack(packed);
     let sumi: i32 = (0..16).map(|j| b.bsum(j) as i32 * mins[j / 2] as i32).sum();
@@ -215,6 +217,11 @@ fn k4_accumulate(
 
 /// Q4_K · Q8_K.
 pub fn q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    q4k_q8k_with(x, y, lanes16)
+}
+
+/// [`q4k_q8k`] with the integer core given.
+pub(super) fn q4k_q8k_with(x: &[BlockQ4K], y: &[BlockQ8K], lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8]) + Copy) -> f32 {
     let mut sums = [0f32; 8];
     let mut sumf = 0f32;
     for (a, b) in x.iter().zip(y) {
@@ -225,13 +232,18 @@ pub fn q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
                 out[l + 32] = (a.qs[32 * c + l] >> 4) as i8;
             }
         }
-        sumf -= k4_accumulate(&q, &a.scales, a.d.to_f32(), a.dmin.to_f32(), b, &mut sums);
+        sumf -= k4_accumulate(&q, &a.scales, a.d.to_f32(), a.dmin.to_f32(), b, &mut sums, lanes16);
     }
     sums.iter().fold(sumf, |acc, &s| acc + s)
 }
 
 /// Q5_K · Q8_K.
 pub fn q5k_q8k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+    q5k_q8k_with(x, y, lanes16)
+}
+
+/// [`q5k_q8k`] with the integer core given.
+pub(super) fn q5k_q8k_with(x: &[BlockQ5K], y: &[BlockQ8K], lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8]) + Copy) -> f32 {
     let mut sums = [0f32; 8];
     let mut sumf = 0f32;
     for (a, b) in x.iter().zip(y) {
@@ -245,13 +257,18 @@ pub fn q5k_q8k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
                 out[l + 32] = ((a.qs[32 * c + l] >> 4) + h2) as i8;
             }
         }
-        sumf -= k4_accumulate(&q, &a.scales, a.d.to_f32(), a.dmin.to_f32(), b, &mut sums);
+        sumf -= k4_accumulate(&q, &a.scales, a.d.to_f32(), a.dmin.to_f32(), b, &mut sums, lanes16);
     }
     sums.iter().fold(sumf, |acc, &s| acc + s)
 }
 
 /// Q6_K · Q8_K.
 pub fn q6k_q8k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    q6k_q8k_with(x, y, lanes16)
+}
+
+/// [`q6k_q8k`] with the integer core given.
+pub(super) fn q6k_q8k_with(x: &[BlockQ6K], y: &[BlockQ8K], lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8])) -> f32 {
     let mut sums = [0f32; 8];
     for (a, b) in x.iter().zip(y) {
         let mut q = [0i8; QK_K];

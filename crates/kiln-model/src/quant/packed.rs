@@ -92,10 +92,6 @@ impl PackedRows {
         }
     }
 
-    /// Heap bytes held.
-    pub fn len_bytes(&self) -> usize {
-        self.bytes.len()
-    }
 }
 
 /// Block size of `ty`, bytes of halves (`d`, and `m` for Q4_1) before its quants, and how
