@@ -15,16 +15,17 @@
 //! Q4_0 (18-byte blocks: `d`, 16 bytes of nibble pairs) packs to 144 bytes per group block:
 //! scales, then for step `s` in 0..4 the 32 bytes `qs[4s..4s+4]` of rows 0..8 (low nibbles
 //! are elements `4s..4s+4`, high nibbles `16+4s..`). Q4_1 (20 bytes: `d`, `m`, nibbles)
-//! packs to 160: the eight scales, the eight minimums, then the nibbles as Q4_0's. Q8_0 (34
-//! bytes) packs to 272: scales, then for step `s` in 0..8 the bytes `qs[4s..4s+4]` of rows
-//! 0..8.
+//! packs to 160: the eight scales, the eight minimums, then the nibbles as Q4_0's. Q5_0 (22
+//! bytes: `d`, 32 fifth bits, nibbles) packs to 176: scales, the eight rows' fifth-bit words
+//! (row r in lane r), then the nibbles as Q4_0's. Q8_0 (34 bytes) packs to 272: scales, then
+//! for step `s` in 0..8 the bytes `qs[4s..4s+4]` of rows 0..8.
 
 use super::tile::TILE_ROWS;
 use kiln_gguf::GgmlType;
 
 /// Whether matrices of `ty` are packed on this CPU (the x86 kernels exist for them).
 pub fn packable(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) && super::tile::supported(ty)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0) && super::tile::supported(ty)
 }
 
 /// Whether packing is on: it is unless `KILN_NO_REPACK=1` (for comparing the two paths).
@@ -36,7 +37,7 @@ pub fn enabled() -> bool {
 
 /// The leading whole groups of eight rows of a matrix, packed.
 pub struct PackedRows {
-    /// Q4_0, Q4_1 or Q8_0.
+    /// Q4_0, Q4_1, Q5_0 or Q8_0.
     pub ty: GgmlType,
     /// Groups of eight rows.
     pub groups: usize,
@@ -94,28 +95,40 @@ impl PackedRows {
 
 }
 
-/// Block size of `ty`, bytes of halves (`d`, and `m` for Q4_1) before its quants, and how
-/// many 32-byte steps of quants a packed block has.
-fn layout(ty: GgmlType) -> (usize, usize, usize) {
+/// Block size of `ty`, the sizes of the fields before its quants (`d`; `m` for Q4_1; the
+/// 32 fifth bits for Q5_0), and how many 32-byte steps of quants a packed block has. Each
+/// field is packed for the eight rows side by side, in order, before the quants.
+fn layout(ty: GgmlType) -> (usize, &'static [usize], usize) {
     match ty {
-        GgmlType::Q4_0 => (18, 2, 4),
-        GgmlType::Q4_1 => (20, 4, 4),
-        GgmlType::Q8_0 => (34, 2, 8),
+        GgmlType::Q4_0 => (18, &[2], 4),
+        GgmlType::Q4_1 => (20, &[2, 2], 4),
+        GgmlType::Q5_0 => (22, &[2, 4], 4),
+        GgmlType::Q8_0 => (34, &[2], 8),
         other => panic!("{other} is not packed"),
     }
 }
 
+/// Where the bytes of row `r`'s block go in a packed group block: `(offset in the stored
+/// block, offset in the packed block, length)` for each piece.
+fn pieces(ty: GgmlType, r: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (_, fields, steps) = layout(ty);
+    let header: usize = fields.iter().sum();
+    let fields = fields.iter().scan((0, 0), move |(stored, packed), &size| {
+        let piece = (*stored, *packed + size * r, size);
+        (*stored, *packed) = (*stored + size, *packed + size * TILE_ROWS);
+        Some(piece)
+    });
+    fields.chain((0..steps).map(move |s| (header + 4 * s, header * TILE_ROWS + 32 * s + 4 * r, 4)))
+}
+
 /// Packs eight consecutive rows (`src`, `row_bytes` each) into `out` (as many bytes).
 pub fn pack_group(ty: GgmlType, src: &[u8], row_bytes: usize, out: &mut [u8]) {
-    let (block, halves, steps) = layout(ty);
+    let (block, _, _) = layout(ty);
     for (b, dst) in out.chunks_exact_mut(block * TILE_ROWS).enumerate() {
         for r in 0..TILE_ROWS {
-            let blk = &src[r * row_bytes + b * block..][..block];
-            for h in 0..halves / 2 {
-                dst[16 * h + 2 * r..][..2].copy_from_slice(&blk[2 * h..2 * h + 2]);
-            }
-            for s in 0..steps {
-                dst[8 * halves + 32 * s + 4 * r..][..4].copy_from_slice(&blk[halves + 4 * s..][..4]);
+            let stored = &src[r * row_bytes + b * block..][..block];
+            for (from, to, n) in pieces(ty, r) {
+                dst[to..to + n].copy_from_slice(&stored[from..from + n]);
             }
         }
     }
@@ -133,12 +146,8 @@ pub fn unpack_group(ty: GgmlType, group: &[u8], row_bytes: usize, out: &mut [u8]
 
 /// Row `r`'s block, as stored in its file, out of a packed group block `src`.
 fn unpack_block(ty: GgmlType, src: &[u8], r: usize, out: &mut [u8]) {
-    let (_, halves, steps) = layout(ty);
-    for h in 0..halves / 2 {
-        out[2 * h..2 * h + 2].copy_from_slice(&src[16 * h + 2 * r..][..2]);
-    }
-    for s in 0..steps {
-        out[halves + 4 * s..][..4].copy_from_slice(&src[8 * halves + 32 * s + 4 * r..][..4]);
+    for (to, from, n) in pieces(ty, r) {
+        out[to..to + n].copy_from_slice(&src[from..from + n]);
     }
 }
 
@@ -190,6 +199,8 @@ fn dot_group_with(ty: GgmlType, group: &[u8], activations: &[u8], sums: &[i32], 
             match (ty, vnni) {
                 (GgmlType::Q4_0, false) => super::packed_x86::q4_0_avx2(group.as_ptr(), act, sums, &ahead),
                 (GgmlType::Q4_0, true) => super::packed_x86::q4_0_vnni(group.as_ptr(), act, sums, &ahead),
+                (GgmlType::Q5_0, false) => super::packed_x86::q5_0_avx2(group.as_ptr(), act, sums, &ahead),
+                (GgmlType::Q5_0, true) => super::packed_x86::q5_0_vnni(group.as_ptr(), act, sums, &ahead),
                 (_, false) => super::packed_x86::q8_0_avx2(group.as_ptr(), act, &ahead),
                 (_, true) => super::packed_x86::q8_0_vnni(group.as_ptr(), act, sums, &ahead),
             }
@@ -230,7 +241,7 @@ mod tests {
 
     #[test]
     fn packing_round_trips() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             let row_bytes = ty.bytes_for(96).unwrap();
             let src = rows_of(ty, 8, 96, 3);
             let mut group = vec![0u8; src.len()];
@@ -253,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_tile_loaded_from_a_packed_group_is_the_tile_of_its_rows() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             if !packable(ty) {
                 return;
             }
@@ -278,7 +289,7 @@ mod tests {
 
     #[test]
     fn packed_rows_give_the_bits_of_the_in_place_kernels() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             if !packable(ty) {
                 return;
             }

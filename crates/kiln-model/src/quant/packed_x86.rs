@@ -17,6 +17,8 @@ use std::arch::x86_64::*;
 const Q4_0_BLOCK: usize = 144;
 /// Bytes of a packed Q4_1 block of eight rows: eight scales, eight minimums, the nibbles.
 const Q4_1_BLOCK: usize = 160;
+/// Bytes of a packed Q5_0 block of eight rows: eight scales, eight fifth-bit words, nibbles.
+const Q5_0_BLOCK: usize = 176;
 /// Bytes of a packed Q8_0 block of eight rows: eight scales, 256 bytes of quants.
 const Q8_0_BLOCK: usize = 272;
 
@@ -117,6 +119,74 @@ pub unsafe fn q4_1_vnni(group: *const u8, act: &[BlockQ8_1], ahead: &Ahead) -> [
         mins_acc = _mm256_fmadd_ps(scales(block.add(16)), h2f8(y.s), mins_acc);
     }
     store(_mm256_add_ps(acc, mins_acc))
+}
+
+/// The fifth bits (as 0x10) of step `s`'s quants, lane r holding row r's: of elements
+/// `4s..4s+4` and of `16+4s..`. `words` has row r's 32 fifth bits in lane r. Each byte takes
+/// the word's byte that holds its bit, or-ed with every other bit set, so only its own bit
+/// decides whether it is all ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn fifth_bits(words: __m256i, s: usize) -> (__m256i, __m256i) {
+    let spread = |byte: i8| {
+        let pick = |r: i8| [4 * r + byte; 4];
+        let index: [i8; 32] = std::array::from_fn(|i| pick((i % 16 / 4) as i8)[i % 4]);
+        let shift = 4 * (s % 2);
+        let others = u32::from_le_bytes(std::array::from_fn(|j| !(1u8 << (shift + j))));
+        let bytes = _mm256_or_si256(_mm256_shuffle_epi8(words, _mm256_loadu_si256(index.as_ptr().cast())), _mm256_set1_epi32(others as i32));
+        _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(-1)), _mm256_set1_epi8(0x10))
+    };
+    (spread((s / 2) as i8), spread((2 + s / 2) as i8))
+}
+
+/// The five-bit quants of step `s` of a packed Q5_0 block: elements `4s..` and `16+4s..`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_step(block: *const u8, words: __m256i, s: usize) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0xF);
+    let w = load32(block.add(48 + 32 * s));
+    let (high_lo, high_hi) = fifth_bits(words, s);
+    (_mm256_or_si256(_mm256_and_si256(w, m4), high_lo), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(w), m4), high_hi))
+}
+
+/// Q5_0 · Q8_0, AVX2: the zero point taken back as `-16 · Σ y`; products widened to i32 every
+/// step (two five-bit products and their partners could pass i16 over a block).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q5_0_avx2(group: *const u8, act: &[BlockQ8_0], sums: &[i32], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let block = group.add(b * Q5_0_BLOCK);
+        let words = load32(block.add(16));
+        let mut totals = _mm256_set1_epi32(-16 * sums[b]);
+        for s in 0..4 {
+            let (lo, hi) = q5_step(block, words, s);
+            let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, quad(&y.qs, s)), _mm256_maddubs_epi16(hi, quad(&y.qs, 4 + s)));
+            totals = _mm256_add_epi32(totals, _mm256_madd_epi16(pairs, ones));
+        }
+        acc = accumulate(acc, scales(block), y.d, totals);
+    }
+    store(acc)
+}
+
+/// Q5_0 · Q8_0, VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn q5_0_vnni(group: *const u8, act: &[BlockQ8_0], sums: &[i32], ahead: &Ahead) -> [f32; TILE_ROWS] {
+    let mut acc = _mm256_setzero_ps();
+    for (b, y) in act.iter().enumerate() {
+        ahead.block(b);
+        let block = group.add(b * Q5_0_BLOCK);
+        let words = load32(block.add(16));
+        let (mut lo_sum, mut hi_sum) = (_mm256_set1_epi32(-16 * sums[b]), _mm256_setzero_si256());
+        for s in 0..4 {
+            let (lo, hi) = q5_step(block, words, s);
+            lo_sum = _mm256_dpbusd_epi32(lo_sum, lo, quad(&y.qs, s));
+            hi_sum = _mm256_dpbusd_epi32(hi_sum, hi, quad(&y.qs, 4 + s));
+        }
+        acc = accumulate(acc, scales(block), y.d, _mm256_add_epi32(lo_sum, hi_sum));
+    }
+    store(acc)
 }
 
 /// Q8_0 · Q8_0, AVX2: `maddubs(|w|, y·sign(w))`, widened to i32 every step (two products

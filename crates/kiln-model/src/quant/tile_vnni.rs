@@ -243,7 +243,7 @@ pub unsafe fn interleave(quants: &mut [[u8; 32]], corrections: &mut [[i32; TILE_
 }
 
 /// Fills an interleaved tile (see [`interleave`]) straight from a packed group of eight
-/// Q4_0, Q4_1 or Q8_0 rows (`super::packed`): a packed step already holds four bytes of
+/// Q4_0, Q4_1, Q5_0 or Q8_0 rows (`super::packed`): a packed step already holds four bytes of
 /// every row side by side, which is a tile column once nibbles are split and the zero point
 /// taken off.
 ///
@@ -256,6 +256,7 @@ pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], s
     let (block_bytes, start, zero) = match ty {
         GgmlType::Q4_0 => (144, 16, Some(8)),
         GgmlType::Q4_1 => (160, 32, Some(0)),
+        GgmlType::Q5_0 => (176, 48, Some(16)),
         _ => (272, 16, None),
     };
     assert!(group.len() >= scales.len() * block_bytes);
@@ -270,10 +271,16 @@ pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], s
         match zero {
             Some(zero) => {
                 let zero = _mm256_set1_epi8(zero);
+                let words = load32(src.add(16));
                 for s in 0..4 {
                     let w = load32(src.add(start + 32 * s));
-                    columns[s] = _mm256_sub_epi8(_mm256_and_si256(w, m4), zero);
-                    columns[4 + s] = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(w), m4), zero);
+                    let (mut lo, mut hi) = (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4));
+                    if ty == GgmlType::Q5_0 {
+                        let (high_lo, high_hi) = super::packed_x86::fifth_bits(words, s);
+                        (lo, hi) = (_mm256_or_si256(lo, high_lo), _mm256_or_si256(hi, high_hi));
+                    }
+                    columns[s] = _mm256_sub_epi8(lo, zero);
+                    columns[4 + s] = _mm256_sub_epi8(hi, zero);
                 }
             }
             None => {
