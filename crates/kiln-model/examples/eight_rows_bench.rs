@@ -1,6 +1,6 @@
 //! Single-thread timing of one activation row against a weight matrix: the one-row kernel
 //! row by row, against the eight-row in-place kernel (`quant::tile::dot_in_place`) that
-//! decoding uses, and the packed kernel (`quant::packed`: Q4_0, Q4_1, Q8_0). Not a test; numbers go to docs/LOG.md.
+//! decoding uses, and the packed kernel (`quant::packed`: Q4_0, Q4_1, Q5_0, Q8_0). Not a test; numbers go to docs/LOG.md.
 //!
 //! `TY=q4_0|q4_1|q5_0|q8_0 ROWS=N REPS=K cargo run --release -p kiln-model --example eight_rows_bench`
 //! (ROWS=160000 REPS=1 streams ~57 MB from memory; ROWS=1600 REPS=100 stays in cache;
@@ -60,7 +60,7 @@ fn main() {
             }
         }
         let in_place = t.elapsed();
-        // Decoding on a packed matrix (Q4_0, Q4_1, Q8_0): one stream per eight rows.
+        // Decoding on a packed matrix (Q4_0, Q4_1, Q5_0, Q8_0): one stream per eight rows.
         let packed = quant::packed::packable(ty).then(|| quant::packed::PackedRows::pack(ty, &weights, rows, row_bytes, |_| {}));
         let mut sums = Vec::new();
         if quant::packed::wants_sums(ty) {

@@ -3,8 +3,9 @@
 //! laid out so that one vector lane belongs to one weight row. Each block then costs one
 //! `maddubs`/`madd` per row and a single scale multiply for all eight, where the row-at-a-time
 //! kernel pays the unpacking and the scaling again for every activation row. This is the idea
-//! of llama.cpp's repacked GEMM kernels (`ggml-cpu/repack.cpp`), done per tile at run time so
-//! the weights stay as they are in the mapped file. Supports Q4_0, Q4_1, Q5_0 and Q8_0.
+//! of llama.cpp's repacked GEMM kernels (`ggml-cpu/repack.cpp`), done per tile at run time,
+//! from the rows as stored or from their packed groups (`super::packed`). Supports Q4_0,
+//! Q4_1, Q5_0 and Q8_0.
 
 use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
 use kiln_gguf::GgmlType;
@@ -110,7 +111,7 @@ impl Tile {
         self.load_with(ty, rows, vnni_available());
     }
 
-    /// Loads the eight rows of a packed group (`super::packed`, Q4_0, Q4_1 or Q8_0; rows of
+    /// Loads the eight rows of a packed group (`super::packed`, Q4_0, Q4_1, Q5_0 or Q8_0; rows of
     /// `row_bytes`): the same tile as [`Tile::load`] on the rows themselves.
     pub fn load_packed(&mut self, ty: GgmlType, group: &[u8], row_bytes: usize) {
         #[cfg(target_arch = "x86_64")]
