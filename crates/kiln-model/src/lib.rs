@@ -14,6 +14,20 @@ pub mod threads;
 pub mod transformer;
 pub mod weights;
 
+/// Reproducible pseudo-random values for the unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u32, n: usize) -> Vec<f32> {
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 pub use config::{Family, ModelConfig};
 pub use kiln_gguf::{GgmlType, GgufFile};
 pub use transformer::{BatchState, Model, State};

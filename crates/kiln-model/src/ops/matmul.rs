@@ -252,17 +252,7 @@ mod tests {
     use super::*;
     use kiln_gguf::GgmlType;
 
-    fn values(seed: u32, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values as values;
 
     fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> QMatrix {
         let row_bytes = ty.bytes_for(cols).unwrap();

@@ -218,17 +218,7 @@ mod tests {
     use super::*;
     use crate::quant::{quantize_activations, quantize_row, tile};
 
-    fn values(seed: u32, n: usize) -> Vec<f32> {
-        let mut s = seed.max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values as values;
 
     fn rows_of(ty: GgmlType, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
         let row_bytes = ty.bytes_for(cols).unwrap();

@@ -413,15 +413,7 @@ mod tests {
     const TILE_TOL: f32 = 1e-4;
 
     fn row(seed: u32, n: usize) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
+        crate::test_values(seed.wrapping_mul(2654435761), n)
     }
 
     fn q(ty: GgmlType, x: &[f32]) -> Vec<u8> {

@@ -225,21 +225,27 @@ pub unsafe fn in_place_q8_0(rows: [*const BlockQ8_0; TILE_ROWS], act: &[BlockQ8_
 /// As the module; `quants` holds `corrections.len()` blocks.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub unsafe fn interleave(quants: &mut [[u8; 32]], corrections: &mut [[i32; TILE_ROWS]], offset: i8) {
-    let ones = _mm256_set1_epi8(1);
     for (q, correction) in quants.chunks_exact_mut(TILE_ROWS).zip(corrections.iter_mut()) {
         let mut rows = [_mm256_setzero_si256(); TILE_ROWS];
         for (row, src) in rows.iter_mut().zip(q.iter()) {
             *row = _mm256_sub_epi8(load32(src.as_ptr()), _mm256_set1_epi8(offset));
         }
-        let columns = transpose_dwords(rows);
-        let mut sums = _mm256_setzero_si256();
-        for (column, dst) in columns.iter().zip(q.iter_mut()) {
-            sums = dp(sums, ones, *column);
-            _mm256_storeu_si256(dst.as_mut_ptr().cast(), *column);
-        }
-        let c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sums));
-        _mm256_storeu_si256(correction.as_mut_ptr().cast(), c);
+        store_columns(&transpose_dwords(rows), q, correction);
     }
+}
+
+/// Stores one block's eight columns of an interleaved tile and its corrections
+/// (`-128 · Σ q` per row).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn store_columns(columns: &[__m256i; TILE_ROWS], quants: &mut [[u8; 32]], correction: &mut [i32; TILE_ROWS]) {
+    let mut sums = _mm256_setzero_si256();
+    for (column, dst) in columns.iter().zip(quants.iter_mut()) {
+        sums = dp(sums, _mm256_set1_epi8(1), *column);
+        _mm256_storeu_si256(dst.as_mut_ptr().cast(), *column);
+    }
+    let c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sums));
+    _mm256_storeu_si256(correction.as_mut_ptr().cast(), c);
 }
 
 /// Fills an interleaved tile (see [`interleave`]) straight from a packed group of eight
@@ -260,7 +266,7 @@ pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], s
         _ => (272, 16, None),
     };
     assert!(group.len() >= scales.len() * block_bytes);
-    let (ones, m4) = (_mm256_set1_epi8(1), _mm256_set1_epi8(0xF));
+    let m4 = _mm256_set1_epi8(0xF);
     for (b, ((q, scale), correction)) in quants.chunks_exact_mut(TILE_ROWS).zip(scales.iter_mut()).zip(corrections.iter_mut()).enumerate() {
         let src = group.as_ptr().add(b * block_bytes);
         _mm256_storeu_ps(scale.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(src.cast())));
@@ -289,13 +295,7 @@ pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], s
                 }
             }
         }
-        let mut sums = _mm256_setzero_si256();
-        for (column, dst) in columns.iter().zip(q.iter_mut()) {
-            sums = dp(sums, ones, *column);
-            _mm256_storeu_si256(dst.as_mut_ptr().cast(), *column);
-        }
-        let c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sums));
-        _mm256_storeu_si256(correction.as_mut_ptr().cast(), c);
+        store_columns(&columns, q, correction);
     }
 }
 
