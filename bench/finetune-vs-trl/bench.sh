@@ -5,8 +5,8 @@
 # their total time), the ratio and the losses, and writes target/bench/finetune-vs-trl.json.
 #
 # usage: bench/finetune-vs-trl/bench.sh [STEPS=10] [THREADS=2]
-# env:   PYTHON     a python with torch, transformers, trl, peft (default python3)
-#        LD_LIBRARY_PATH  CUDA stubs for the PyPI torch wheel (bench/train-vs-pytorch/make_cuda_stubs.sh)
+# env:   PYTHON     a python with torch, transformers, trl, peft (default python3; make one with
+#                   scripts/torch-venv.sh DIR transformers trl peft, then PYTHON=DIR/python)
 #        JOBS       default "sft-lora dpo-lora sft-full"
 #        BATCH      conversations (SFT) / comparisons (DPO) per optimizer step, default 4
 #        MAXLEN     longest sequence in tokens, default 256 (only rows that fit are used)

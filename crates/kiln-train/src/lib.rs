@@ -14,6 +14,7 @@ pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod peak;
 pub mod plot;
 pub mod preset;
 pub mod reward;

@@ -234,7 +234,11 @@ impl Trainer {
         let accum = cfg.accum_steps();
         let per_step = cfg.tokens_per_step();
         let flops_per_step = cfg.flops_per_token(self.model.n_params()) * per_step as f64;
-        let peak = peak_flops(threads);
+        let peak = crate::peak::peak_flops(threads);
+        report(&format!(
+            "MFU is against {:.1} GFLOP/s, the f32 FMA peak measured on {threads} threads",
+            peak / 1e9
+        ));
         let session = Instant::now();
         let first_step = self.step;
         let mut last = Summary {
@@ -389,22 +393,6 @@ impl Trainer {
         )?;
         plot::plot_loss(&self.run, &self.log.records()?)
     }
-}
-
-/// An estimate of the machine's peak f32 FLOP/s on `threads` cores, for MFU: FMA lanes per
-/// cycle (AVX-512: 2×16, AVX2+FMA: 2×8, else 4) × 2 FLOPs × an assumed 3 GHz.
-pub fn peak_flops(threads: usize) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    let lanes = if std::is_x86_feature_detected!("avx512f") {
-        32.0
-    } else if std::is_x86_feature_detected!("fma") {
-        16.0
-    } else {
-        4.0
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let lanes = 8.0;
-    lanes * 2.0 * 3.0e9 * threads.max(1) as f64
 }
 
 fn fmt_secs(s: f64) -> String {

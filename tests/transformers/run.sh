@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A model trained by `kiln train` loads in Hugging Face transformers' LlamaForCausalLM and gives
+# kiln's logits: trains a tiny model on the Shakespeare text, greedy-decodes with `kiln run`
+# (printing each token's log-probability), and has transformers score the same tokens.
+# Usage (from the repo root): bash tests/transformers/run.sh   (needs ./target/release/kiln)
+# env: TORCH_VENV (default target/torch-venv; made by scripts/torch-venv.sh on first use)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+kiln=$PWD/target/release/kiln
+venv=${TORCH_VENV:-$PWD/target/torch-venv}
+data=$PWD/../shared/data/pretrain/tinyshakespeare.txt
+work=$PWD/target/transformers-check
+prompt=$'ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\n'
+
+bash scripts/torch-venv.sh "$venv" transformers >/dev/null
+rm -rf "$work"
+mkdir -p "$work"
+"$kiln" tokenizer train --data "$data" --vocab 512 --out "$work/tok" >/dev/null
+"$kiln" -t 2 train --data "$data" --tokenizer "$work/tok" --preset nano --steps 200 --lr 1e-2 \
+    --eval-every 0 --sample-every 0 --out "$work/run" -q >"$work/train.log" 2>&1 \
+    || { cat "$work/train.log"; exit 1; }
+"$kiln" -t 2 run --model "$work/run" --raw --temp 0 -n 32 --logprobs 1 "$prompt" \
+    >"$work/kiln.out" 2>"$work/kiln.err"
+HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$venv/python" tests/transformers/check.py \
+    "$work/run/model" "$prompt" "$work/kiln.err"
