@@ -67,7 +67,7 @@ where
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..x_max, y_min..y_max)
         .map_err(perr)?;
-    chart.configure_mesh().x_desc("step").y_desc("nats / token").draw().map_err(perr)?;
+    chart.configure_mesh().x_desc("step").x_label_formatter(&|x| format!("{x:.0}")).y_desc("nats / token").draw().map_err(perr)?;
     let blue = RGBColor(31, 119, 180);
     let red = RGBColor(214, 39, 40);
     chart

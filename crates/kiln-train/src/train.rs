@@ -234,11 +234,6 @@ impl Trainer {
         let accum = cfg.accum_steps();
         let per_step = cfg.tokens_per_step();
         let flops_per_step = cfg.flops_per_token(self.model.n_params()) * per_step as f64;
-        let peak = crate::peak::peak_flops(threads);
-        report(&format!(
-            "MFU is against {:.1} GFLOP/s, the f32 FMA peak measured on {threads} threads",
-            peak / 1e9
-        ));
         let session = Instant::now();
         let first_step = self.step;
         let mut last = Summary {
@@ -247,6 +242,23 @@ impl Trainer {
             val: None,
             tokens_per_s: 0.0,
         };
+        if self.step >= cfg.steps {
+            // A finished run resumed: report what it logged, and redraw its plots.
+            let records = self.log.records()?;
+            if let Some(r) = records.last() {
+                last.loss = r.loss;
+                last.tokens_per_s = r.tokens_per_s;
+            }
+            last.val = records.iter().rev().find_map(|r| r.val_loss.zip(r.val_bpb));
+            report(&format!("the run is already at step {}/{}", self.step, cfg.steps));
+            plot::plot_loss(&self.run, &records)?;
+            return Ok(last);
+        }
+        let peak = crate::peak::peak_flops(threads);
+        report(&format!(
+            "MFU is against {:.1} GFLOP/s, the f32 FMA peak measured on {threads} threads",
+            peak / 1e9
+        ));
         while self.step < cfg.steps {
             let t0 = Instant::now();
             let lr = lr_at(
