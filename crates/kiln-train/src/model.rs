@@ -51,6 +51,10 @@ struct Tables {
     sin: Tensor,
     /// `[t, t]`: 0 on and below the diagonal, -inf above.
     mask: Tensor,
+    /// (start, length) of each document of a packed row; empty for one document. Attention
+    /// runs per document (the top-left corner of `mask` is its causal mask): scores of one
+    /// packed row of n documents would take n times the memory and work, mostly masked.
+    documents: Vec<(usize, usize)>,
 }
 
 impl Llama {
@@ -202,9 +206,8 @@ impl Llama {
     }
 
     /// Tables for a row of `t` tokens holding several documents that start at `starts` (the
-    /// first at 0; empty means one document): positions restart at each document and the mask
-    /// lets a token see only the earlier tokens of its own document, so each document is
-    /// computed exactly as it would be alone.
+    /// first at 0; empty means one document): positions restart at each document and attention
+    /// runs per document, so each document is computed exactly as it would be alone.
     fn packed_tables(&self, t: usize, starts: &[usize]) -> Result<Tables> {
         let d = self.config.head_dim;
         let theta = f64::from(self.config.rope_theta);
@@ -224,20 +227,22 @@ impl Llama {
             }
         }
         let mask: Vec<f64> = (0..t * t)
-            .map(|k| {
-                let (i, j) = (k / t, k % t);
-                if j > i || j < doc_start(i) {
-                    f64::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
+            .map(|k| if k % t > k / t { f64::NEG_INFINITY } else { 0.0 })
             .collect();
+        let mut documents = Vec::new();
+        if starts.iter().any(|&s| s > 0) {
+            let mut bounds: Vec<usize> = std::iter::once(0).chain(starts.iter().copied()).collect();
+            bounds.push(t);
+            bounds.sort_unstable();
+            bounds.dedup();
+            documents = bounds.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
+        }
         let dev = &Device::Cpu;
         Ok(Tables {
             cos: Tensor::from_vec(cos, (t, d), dev)?.to_dtype(self.dtype)?,
             sin: Tensor::from_vec(sin, (t, d), dev)?.to_dtype(self.dtype)?,
             mask: Tensor::from_vec(mask, (t, t), dev)?.to_dtype(self.dtype)?,
+            documents,
         })
     }
 
@@ -337,10 +342,26 @@ impl Llama {
         }
         let k = repeat_kv(k, h / kvh)?;
         let v = repeat_kv(v, h / kvh)?;
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * f64::from(c.attn_scale))?
-            .broadcast_add(&tab.mask)?;
-        let p = softmax_last(&scores)?;
-        let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h * d))?;
+        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor| -> Result<Tensor> {
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * f64::from(c.attn_scale))?
+                .broadcast_add(mask)?;
+            Ok(softmax_last(&scores)?.matmul(v)?)
+        };
+        let y = if tab.documents.is_empty() {
+            attend(&q, &k, &v, &tab.mask)?
+        } else {
+            let parts = tab
+                .documents
+                .iter()
+                .map(|&(s, n)| {
+                    let part = |x: &Tensor| x.narrow(2, s, n)?.contiguous();
+                    let mask = tab.mask.narrow(0, 0, n)?.narrow(1, 0, n)?;
+                    attend(&part(&q)?, &part(&k)?, &part(&v)?, &mask)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 2)?
+        };
+        let y = y.transpose(1, 2)?.reshape((b * t, h * d))?;
         self.linear(&y, &layer_name(layer, "self_attn.o_proj.weight"))
     }
 

@@ -4,8 +4,28 @@
 
 use crate::{Result, TrainError};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor, Var};
+use rayon::prelude::*;
 use std::collections::HashMap;
+
+/// Elements per parallel task in the element-wise optimizer loops (memory-bound; large enough
+/// that scheduling is noise, small enough to spread SmolLM2's 28M-element embedding).
+const CHUNK: usize = 1 << 16;
+
+/// Calls `f` with `t`'s values as f32: in place for a contiguous f32 CPU tensor (no copy of a
+/// gradient or weight that may be hundreds of megabytes), else through a converted copy.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&data[a..b]));
+        }
+    }
+    let copy = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(f(&copy))
+}
 
 /// Gradients summed over the micro-batches of one optimizer step, one vector per parameter.
 pub struct GradAccum {
@@ -23,15 +43,23 @@ impl GradAccum {
         }
     }
 
+    /// Zeroes the sums for the next step, keeping their memory (a fresh zeroed vector of
+    /// SmolLM2's embedding size is mapped in page by page on every step).
+    pub fn reset(&mut self) {
+        self.sums
+            .iter_mut()
+            .for_each(|v| v.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0)));
+    }
+
     /// Adds `scale ·` the gradients of `grads` (a parameter with no gradient adds nothing).
     pub fn add(&mut self, params: &[(String, Var)], grads: &GradStore, scale: f32) -> Result<()> {
         for ((_, var), sum) in params.iter().zip(&mut self.sums) {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let g = g
-                    .flatten_all()?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?;
-                sum.iter_mut().zip(&g).for_each(|(s, x)| *s += scale * x);
+                with_f32(g, |g| {
+                    sum.par_chunks_mut(CHUNK)
+                        .zip(g.par_chunks(CHUNK))
+                        .for_each(|(s, g)| s.iter_mut().zip(g).for_each(|(s, x)| *s += scale * x))
+                })?;
             }
         }
         Ok(())
@@ -39,12 +67,13 @@ impl GradAccum {
 
     /// The global L2 norm of all gradients.
     pub fn norm(&self) -> f64 {
-        self.sums
-            .iter()
-            .flatten()
-            .map(|&g| f64::from(g) * f64::from(g))
-            .sum::<f64>()
-            .sqrt()
+        // Partial sums over fixed chunks, added in order: the same bits on every run.
+        let partial = |v: &Vec<f32>| -> Vec<f64> {
+            v.par_chunks(CHUNK)
+                .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+                .collect()
+        };
+        self.sums.iter().flat_map(partial).sum::<f64>().sqrt()
     }
 
     /// Scales the gradients so that their global norm is at most `max` (0 disables); returns the
@@ -53,7 +82,9 @@ impl GradAccum {
         let norm = self.norm();
         if max > 0.0 && norm > max {
             let s = (max / (norm + 1e-6)) as f32;
-            self.sums.iter_mut().flatten().for_each(|g| *g *= s);
+            self.sums
+                .iter_mut()
+                .for_each(|v| v.par_iter_mut().for_each(|g| *g *= s));
         }
         norm
     }
@@ -111,11 +142,6 @@ impl AdamW {
                 continue;
             }
             let t = var.as_tensor();
-            let dtype = t.dtype();
-            let mut w = t
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1::<f32>()?;
             let decay = if t.rank() >= 2 {
                 self.weight_decay
             } else {
@@ -125,12 +151,20 @@ impl AdamW {
             let (b1f, b2f) = (b1 as f32, b2 as f32);
             let (step, shrink) = ((lr / bc1) as f32, (1.0 - lr * decay) as f32);
             let (inv_bc2, eps) = ((1.0 / bc2) as f32, self.eps as f32);
-            for j in 0..w.len() {
-                m[j] = b1f * m[j] + (1.0 - b1f) * g[j];
-                v[j] = b2f * v[j] + (1.0 - b2f) * g[j] * g[j];
-                w[j] = w[j] * shrink - step * m[j] / ((v[j] * inv_bc2).sqrt() + eps);
-            }
-            var.set(&Tensor::from_vec(w, t.shape(), &Device::Cpu)?.to_dtype(dtype)?)?;
+            let mut next = vec![0f32; m.len()];
+            with_f32(t, |w| {
+                (next.par_chunks_mut(CHUNK), m.par_chunks_mut(CHUNK), v.par_chunks_mut(CHUNK))
+                    .into_par_iter()
+                    .zip(w.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                    .for_each(|((next, m, v), (w, g))| {
+                        for j in 0..next.len() {
+                            m[j] = b1f * m[j] + (1.0 - b1f) * g[j];
+                            v[j] = b2f * v[j] + (1.0 - b2f) * g[j] * g[j];
+                            next[j] = w[j] * shrink - step * m[j] / ((v[j] * inv_bc2).sqrt() + eps);
+                        }
+                    })
+            })?;
+            var.set(&Tensor::from_vec(next, t.shape(), &Device::Cpu)?.to_dtype(t.dtype())?)?;
         }
         Ok(())
     }

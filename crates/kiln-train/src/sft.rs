@@ -3,8 +3,8 @@
 //! it), averaged over the trained tokens of an optimizer step.
 
 use crate::finetune::{
-    encode_example, pack, read_data, scalar, weighted_logp, Example, Loader, Net, Run, StepStats,
-    Task,
+    batches, encode_example, pack, pass_budget, read_data, scalar, weighted_logps, Example, Loader,
+    Net, Run, StepStats, Task,
 };
 use crate::optim::GradAccum;
 use crate::Result;
@@ -87,11 +87,12 @@ pub fn encode_all(
 }
 
 /// Mean negative log-likelihood per trained token of `examples` (no gradient used).
-pub fn mean_nll(net: &Net, examples: &[Example]) -> Result<f64> {
+pub fn mean_nll(net: &Net, examples: &[Example], max_len: usize) -> Result<f64> {
     let (mut sum, mut n) = (0.0, 0usize);
-    for ex in examples {
-        sum -= scalar(&weighted_logp(&net.model, ex)?.detach())?;
-        n += ex.n_trained();
+    let refs: Vec<&Example> = examples.iter().collect();
+    for batch in batches(&refs, pass_budget(max_len)) {
+        sum -= scalar(&weighted_logps(&net.model, &batch)?.sum_all()?.detach())?;
+        n += batch.iter().map(|ex| ex.n_trained()).sum::<usize>();
     }
     Ok(sum / n.max(1) as f64)
 }
@@ -120,10 +121,11 @@ impl Task for Sft {
         };
         let params = net.trainable();
         let (mut nll, mut tokens) = (0.0, 0);
-        for row in &rows {
-            let logp = weighted_logp(&net.model, row)?;
+        let refs: Vec<&Example> = rows.iter().collect();
+        for batch in batches(&refs, pass_budget(self.max_len)) {
+            let logp = weighted_logps(&net.model, &batch)?.sum_all()?;
             nll -= scalar(&logp)?;
-            tokens += row.ids.len() - 1;
+            tokens += batch.iter().map(|row| row.ids.len() - 1).sum::<usize>();
             // The step's loss is the mean over its trained tokens: each row's share is its sum.
             let loss = (logp * (-1.0 / trained as f64))?;
             acc.add(&params, &loss.backward()?, 1.0)?;
@@ -139,6 +141,6 @@ impl Task for Sft {
         if self.val.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(vec![("val_loss".into(), mean_nll(net, &self.val)?)])
+        Ok(vec![("val_loss".into(), mean_nll(net, &self.val, self.max_len)?)])
     }
 }

@@ -259,6 +259,8 @@ impl Trainer {
             "MFU is against {:.1} GFLOP/s, the f32 FMA peak measured on {threads} threads",
             peak / 1e9
         ));
+        // Kept across steps: reset rather than reallocated.
+        let mut acc: Option<GradAccum> = None;
         while self.step < cfg.steps {
             let t0 = Instant::now();
             let lr = lr_at(
@@ -269,7 +271,13 @@ impl Trainer {
                 cfg.min_lr_frac,
                 cfg.decay,
             );
-            let mut acc = GradAccum::new(self.model.params());
+            let acc = match &mut acc {
+                Some(acc) => {
+                    acc.reset();
+                    acc
+                }
+                None => acc.insert(GradAccum::new(self.model.params())),
+            };
             let mut loss_sum = 0.0;
             for _ in 0..accum {
                 let (x, y) = self.train.next_batch(cfg.micro_batch, cfg.shape.context);

@@ -319,14 +319,102 @@ pub fn weighted_logp(model: &Llama, ex: &Example) -> Result<Tensor> {
     let start = ex.weights.iter().position(|&w| w > 0.0).unwrap_or(0);
     let x = Tensor::new(&ex.ids[..t], &Device::Cpu)?.unsqueeze(0)?;
     let h = model.hidden_packed(&x, &ex.starts)?.narrow(0, start, t - start)?;
-    let logits = h.matmul(&output_weight(model)?.t()?)?;
-    let m = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&m)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let targets = Tensor::new(&ex.ids[start + 1..], &Device::Cpu)?.unsqueeze(1)?;
-    let picked = shifted.gather(&targets, 1)?.sub(&lse)?.squeeze(1)?;
+    let picked = target_logp(&h, &output_weight(model)?, &ex.ids[start + 1..])?;
     let w = Tensor::new(&ex.weights[start..], &Device::Cpu)?.to_dtype(picked.dtype())?;
     Ok((picked * w)?.sum_all()?)
+}
+
+/// [`weighted_logp`] of several rows in one forward pass: a `[rows.len()]` tensor of each row's
+/// sum. The rows are packed into one sequence, isolated from each other as [`pack`] isolates
+/// examples (positions restart, no attention across rows), so each computes what it computes
+/// alone, up to float reassociation in the matrix products. One pass instead of one per row
+/// makes each weight's gradient once per batch, which is most of a short row's cost when every
+/// weight is trained; packing rather than padding spends no work on padding. Logits are computed
+/// only at weighted positions. A row that is itself packed must come alone.
+pub fn weighted_logps(model: &Llama, rows: &[&Example]) -> Result<Tensor> {
+    if let [row] = rows {
+        return Ok(weighted_logp(model, row)?.reshape(1)?);
+    }
+    if rows.iter().any(|r| r.starts.len() > 1) {
+        return Err(TrainError::Config("a packed row cannot share a forward pass".into()));
+    }
+    let (mut ids, mut starts) = (Vec::new(), Vec::new());
+    let (mut at, mut targets, mut weights, mut per_row) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let n = row.ids.len() - 1;
+        let offset = ids.len();
+        starts.push(offset);
+        ids.extend_from_slice(&row.ids[..n]);
+        let before = at.len();
+        for (i, &w) in row.weights.iter().enumerate().filter(|(_, &w)| w > 0.0) {
+            at.push((offset + i) as u32);
+            targets.push(row.ids[i + 1]);
+            weights.push(w);
+        }
+        per_row.push(before..at.len());
+    }
+    let dev = &Device::Cpu;
+    let x = Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?;
+    let h = model.hidden_packed(&x, &starts)?.index_select(&Tensor::new(at.as_slice(), dev)?, 0)?;
+    let picked = target_logp(&h, &output_weight(model)?, &targets)?;
+    let weighted = (picked * Tensor::new(weights.as_slice(), dev)?.to_dtype(h.dtype())?)?;
+    let sums = per_row
+        .into_iter()
+        .map(|range| match range.len() {
+            0 => Tensor::zeros((), weighted.dtype(), dev),
+            n => weighted.narrow(0, range.start, n)?.sum_all(),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&sums, 0)?)
+}
+
+/// `log p(target)` at each row of hidden states `h` `[n, dim]` under the output projection `w`.
+/// The logits are made a few rows at a time: under glibc's 32 MiB mmap threshold every tensor
+/// of the softmax and its backward comes from the heap's reused pages, where one of all `n`
+/// rows (SmolLM2: 0.2 MB a row) would be mapped and faulted in fresh each time.
+fn target_logp(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, vocab) = (h.dim(0)?, w.dim(0)?);
+    let rows = ((24usize << 20) / (4 * vocab).max(1)).max(1);
+    let w_t = w.t()?;
+    let mut out = Vec::new();
+    for start in (0..n).step_by(rows) {
+        let len = rows.min(n - start);
+        let logits = h.narrow(0, start, len)?.matmul(&w_t)?;
+        let m = logits.max_keepdim(D::Minus1)?.detach();
+        let shifted = logits.broadcast_sub(&m)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let picked = Tensor::new(&targets[start..start + len], &Device::Cpu)?.unsqueeze(1)?;
+        out.push(shifted.gather(&picked, 1)?.sub(&lse)?.squeeze(1)?);
+    }
+    Ok(if out.len() == 1 { out.remove(0) } else { Tensor::cat(&out, 0)? })
+}
+
+/// Tokens per forward pass (at least one row of `max_len`): enough to make each weight's
+/// gradient once for a step of a few short conversations; the activations kept for backward
+/// grow with it.
+pub fn pass_budget(max_len: usize) -> usize {
+    max_len.max(1024)
+}
+
+/// Consecutive groups of `rows` for [`weighted_logps`], each within `budget` tokens; a packed
+/// row is a group of its own.
+pub fn batches<'a>(rows: &[&'a Example], budget: usize) -> Vec<Vec<&'a Example>> {
+    let mut out: Vec<Vec<&Example>> = Vec::new();
+    let mut used = 0;
+    for &row in rows {
+        let len = row.ids.len() - 1;
+        match out.last_mut() {
+            Some(group) if group[0].starts.len() <= 1 && row.starts.len() <= 1 && used + len <= budget => {
+                group.push(row);
+                used += len;
+            }
+            _ => {
+                out.push(vec![row]);
+                used = len;
+            }
+        }
+    }
+    out
 }
 
 /// A scalar tensor as f64.
@@ -405,6 +493,43 @@ mod tests {
         let leaky = Example { starts: Vec::new(), ..rows[0].clone() };
         let mixed = scalar(&weighted_logp(&model, &leaky).unwrap()).unwrap();
         assert!((mixed - alone).abs() > 1e-3 * alone.abs(), "the test model must notice cross-attention");
+    }
+
+    /// Rows scored in one pass give each row's own sum, and the same gradients as one pass per
+    /// row, up to float reassociation.
+    #[test]
+    fn rows_in_one_pass_compute_what_they_compute_alone() {
+        let cfg = crate::preset::TrainConfig::preset("nano", 97).unwrap().model_config();
+        let model = Llama::init(cfg, true, 5, DType::F32).unwrap();
+        let example = |seed: u32, len: usize, from: usize| {
+            let ids: Vec<u32> = (0..len as u32).map(|i| (i * 29 + seed * 11) % 97).collect();
+            Example { weights: (1..len).map(|i| if i > from { 1.0 } else { 0.0 }).collect(), ids, starts: Vec::new() }
+        };
+        let rows = [example(1, 9, 2), example(2, 17, 5), example(3, 6, 0)];
+        let refs: Vec<&Example> = rows.iter().collect();
+        let together = weighted_logps(&model, &refs).unwrap();
+        let sums = together.to_vec1::<f32>().unwrap();
+        let alone: Vec<f32> = rows.iter().map(|r| scalar(&weighted_logp(&model, r).unwrap()).unwrap() as f32).collect();
+        for (t, a) in sums.iter().zip(&alone) {
+            assert!((t - a).abs() < 1e-5 * a.abs().max(1.0), "together {t} vs alone {a}");
+        }
+        let grads_together = together.sum_all().unwrap().backward().unwrap();
+        let mut grads_alone: Option<Tensor> = None;
+        let w = model.param("model.layers.1.mlp.down_proj.weight").unwrap().as_tensor();
+        for r in &rows {
+            let g = weighted_logp(&model, r).unwrap().backward().unwrap().get(w).unwrap().clone();
+            grads_alone = Some(match grads_alone { Some(s) => (s + g).unwrap(), None => g });
+        }
+        let (a, b) = (grads_together.get(w).unwrap(), grads_alone.unwrap());
+        let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(scale > 0.0 && diff < 1e-4 * scale, "gradients differ by {diff} (largest {scale})");
+        // A packed row is refused in company, and grouping keeps it alone.
+        let packed = pack(&[&rows[0], &rows[2]], 64).remove(0);
+        assert!(weighted_logps(&model, &[&packed, &rows[1]]).is_err());
+        let groups = batches(&[&rows[0], &packed, &rows[1], &rows[2]], 24);
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 1, 2], "8 tokens; the packed row; 16 + 5 tokens within 24");
     }
 
     #[test]

@@ -468,6 +468,8 @@ impl Run {
                 checkpoint::write_atomic(&path, line.to_string().as_bytes())?;
             }
         }
+        // Kept across steps: reset rather than reallocated.
+        let mut acc: Option<GradAccum> = None;
         while self.step < cfg.steps {
             let t0 = Instant::now();
             let lr = lr_at(
@@ -479,9 +481,15 @@ impl Run {
                 Decay::Cosine,
             );
             let params = self.net.trainable();
-            let mut acc = GradAccum::new(&params);
+            let acc = match &mut acc {
+                Some(acc) => {
+                    acc.reset();
+                    acc
+                }
+                None => acc.insert(GradAccum::new(&params)),
+            };
             self.net.set_training(true);
-            let stats = task.step(&self.net, &mut loader, &mut acc)?;
+            let stats = task.step(&self.net, &mut loader, acc)?;
             self.net.set_training(false);
             if !stats.loss.is_finite() {
                 return Err(TrainError::Config(format!(
