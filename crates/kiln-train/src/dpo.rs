@@ -7,9 +7,11 @@
 //! `rewards/margins` (their difference) and `rewards/accuracies` (margin > 0), batch means.
 
 use crate::finetune::{
-    encode_example, log_sigmoid, read_data, scalar, sigmoid, split, weighted_logp, Example, Loader,
-    Net, Run, StepStats, Task,
+    encode_example, log_sigmoid, pass_budget, read_data, sigmoid, split, weighted_logps, Example,
+    Loader, Net, Run, StepStats, Task,
 };
+use crate::model::Llama;
+use candle_core::{DType, Device, Tensor};
 use crate::optim::GradAccum;
 use crate::{checkpoint, io_err, Result, TrainError};
 use kiln_text::conversation::{preference_from_json, Preference};
@@ -76,15 +78,41 @@ pub fn load_pairs(run: &Run, report: &mut dyn FnMut(&str)) -> Result<(Vec<Pair>,
 
 /// Summed reply log-probabilities (chosen, rejected) of each pair under `net` as it is now.
 pub fn pair_logps(net: &Net, pairs: &[Pair]) -> Result<Vec<(f64, f64)>> {
-    pairs
-        .iter()
-        .map(|p| {
-            Ok((
-                scalar(&weighted_logp(&net.model, &p.chosen)?.detach())?,
-                scalar(&weighted_logp(&net.model, &p.rejected)?.detach())?,
-            ))
-        })
-        .collect()
+    let refs: Vec<&Pair> = pairs.iter().collect();
+    let longest = pairs.iter().map(|p| p.chosen.ids.len().max(p.rejected.ids.len())).max();
+    let mut out = Vec::with_capacity(pairs.len());
+    for group in pair_groups(&refs, pass_budget(longest.unwrap_or(0))) {
+        let logps = group_logps(&net.model, &group)?.detach().to_vec1::<f32>()?;
+        out.extend(logps.chunks(2).map(|c| (f64::from(c[0]), f64::from(c[1]))));
+    }
+    Ok(out)
+}
+
+/// Consecutive pairs whose rows together fit in `budget` tokens (a pair too long for it alone
+/// is a group of its own): one forward pass each, with a pair's two rows always together.
+fn pair_groups<'a>(pairs: &[&'a Pair], budget: usize) -> Vec<Vec<&'a Pair>> {
+    let mut out: Vec<Vec<&Pair>> = Vec::new();
+    let mut used = 0;
+    for &pair in pairs {
+        let len = pair.chosen.ids.len() + pair.rejected.ids.len() - 2;
+        match out.last_mut() {
+            Some(group) if used + len <= budget => {
+                group.push(pair);
+                used += len;
+            }
+            _ => {
+                out.push(vec![pair]);
+                used = len;
+            }
+        }
+    }
+    out
+}
+
+/// The summed reply log-probabilities of a group's rows, `[chosen₀, rejected₀, chosen₁, …]`.
+fn group_logps(model: &Llama, group: &[&Pair]) -> Result<Tensor> {
+    let rows: Vec<&Example> = group.iter().flat_map(|p| [&p.chosen, &p.rejected]).collect();
+    weighted_logps(model, &rows)
 }
 
 /// `reference_logps.json`. The numbers are f32 sums (exact as f32), stored as f32 so that
@@ -113,6 +141,8 @@ pub struct Dpo {
     ref_val: Vec<(f64, f64)>,
     beta: f64,
     batch_pairs: usize,
+    /// Tokens per forward pass ([`pass_budget`]).
+    pass_tokens: usize,
 }
 
 /// Batch means of TRL's DPO metrics, and the loss.
@@ -165,6 +195,7 @@ impl Dpo {
             ref_val,
             beta,
             batch_pairs,
+            pass_tokens: pass_budget(0),
         }
     }
 
@@ -213,6 +244,7 @@ impl Dpo {
             ref_val: to_f64(cache.val),
             beta: run.cfg.beta,
             batch_pairs: run.cfg.batch_pairs,
+            pass_tokens: pass_budget(run.cfg.max_len),
         })
     }
 
@@ -238,22 +270,28 @@ impl Task for Dpo {
         let (mut policy, mut reference) = (Vec::new(), Vec::new());
         let mut tokens = 0;
         let n = self.batch_pairs as f64;
-        for _ in 0..self.batch_pairs {
-            let i = loader.next_index();
-            let pair = &self.train[i];
-            let c = weighted_logp(&net.model, &pair.chosen)?;
-            let r = weighted_logp(&net.model, &pair.rejected)?;
-            let (pc, pr) = (scalar(&c)?, scalar(&r)?);
-            let (rc, rr) = self.ref_train[i];
+        let picked: Vec<usize> = (0..self.batch_pairs).map(|_| loader.next_index()).collect();
+        let pairs: Vec<&Pair> = picked.iter().map(|&i| &self.train[i]).collect();
+        let mut next = picked.iter();
+        for group in pair_groups(&pairs, self.pass_tokens) {
+            let logps = group_logps(&net.model, &group)?;
+            let values = logps.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             // d/dπ_c of −log σ(z), z = β((π_c − rc) − (π_r − rr)), is −β·σ(−z); backward through
-            // (π_c − π_r) scaled by it gives the loss gradient without forming the loss graph.
-            let z = self.beta * ((pc - rc) - (pr - rr));
-            let coef = -self.beta * sigmoid(-z) / n;
-            let surrogate = ((c - r)? * coef)?;
+            // Σ coef·(π_c − π_r) gives the loss gradient without forming the loss graph.
+            let mut coefs = Vec::with_capacity(values.len());
+            for (pair, lp) in group.iter().zip(values.chunks(2)) {
+                let i = *next.next().expect("one index per pair");
+                let ((pc, pr), (rc, rr)) = ((lp[0], lp[1]), self.ref_train[i]);
+                let z = self.beta * ((pc - rc) - (pr - rr));
+                let coef = -self.beta * sigmoid(-z) / n;
+                coefs.extend([coef, -coef]);
+                policy.push((pc, pr));
+                reference.push((rc, rr));
+                tokens += pair.chosen.ids.len() + pair.rejected.ids.len() - 2;
+            }
+            let coefs = Tensor::new(coefs.as_slice(), &Device::Cpu)?.to_dtype(logps.dtype())?;
+            let surrogate = (logps * coefs)?.sum_all()?;
             acc.add(&params, &surrogate.backward()?, 1.0)?;
-            policy.push((pc, pr));
-            reference.push((rc, rr));
-            tokens += pair.chosen.ids.len() + pair.rejected.ids.len() - 2;
         }
         let s = dpo_stats(self.beta, &policy, &reference);
         Ok(StepStats {
