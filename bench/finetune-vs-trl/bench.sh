@@ -2,7 +2,8 @@
 # kiln sft / kiln dpo against TRL (SFTTrainer / DPOTrainer, train_trl.py) on CPU: the same model
 # weights, rows in the same order, batch, sequence lengths, LoRA settings, optimizer and schedule,
 # the same thread count. Prints steps/s of both (1 / the median of steps 2..N, and steps 2..N over
-# their total time), the ratio and the losses, and writes target/bench/finetune-vs-trl.json.
+# their total time), the ratio, the losses and peak RSS (/usr/bin/time), and writes
+# target/bench/finetune-vs-trl.json.
 #
 # usage: bench/finetune-vs-trl/bench.sh [STEPS=10] [THREADS=2]
 # env:   PYTHON     a python with torch, transformers, trl, peft (default python3; make one with
@@ -56,19 +57,23 @@ for job in $jobs; do
     echo "== $job: kiln $task ${flags[*]}" >&2
     load_kiln=$(cut -d' ' -f1-3 /proc/loadavg)
     start=$(date +%s.%N)
-    "$kiln" -t "$threads" "$task" "${flags[@]}" 2>&1 | python3 -c "$stamp" > "$run.log"
+    /usr/bin/time -f %M -o "$work/$job.kiln.rss" "$kiln" -t "$threads" "$task" "${flags[@]}" 2>&1 \
+        | python3 -c "$stamp" > "$run.log"
     kiln_wall=$(echo "$(date +%s.%N) - $start" | bc)
     mv "$run.log" "$run/kiln.log"
     echo "== $job: TRL" >&2
     load_trl=$(cut -d' ' -f1-3 /proc/loadavg)
     start=$(date +%s.%N)
-    json=$("$python" "$here/train_trl.py" "$task" "$run" --threads "$threads" 2>"$run/trl.log") \
+    json=$(/usr/bin/time -f %M -o "$work/$job.trl.rss" "$python" "$here/train_trl.py" "$task" "$run" --threads "$threads" 2>"$run/trl.log") \
         || { tail -20 "$run/trl.log" >&2; exit 1; }
     trl_wall=$(echo "$(date +%s.%N) - $start" | bc)
     results+=("$(python3 -c 'import json, sys
 j = json.loads(sys.argv[1]); j["kiln"]["wall_s"] = float(sys.argv[2]); j["trl"]["wall_s"] = float(sys.argv[3])
 j["kiln"]["loadavg_before"], j["trl"]["loadavg_before"] = sys.argv[5], sys.argv[6]
-j["job"] = sys.argv[4]; print(json.dumps(j))' "$json" "$kiln_wall" "$trl_wall" "$job" "$load_kiln" "$load_trl")")
+for side, path in (("kiln", sys.argv[7]), ("trl", sys.argv[8])):
+    j[side]["peak_rss_mb"] = round(int(open(path).read().split()[-1]) / 1024)
+j["job"] = sys.argv[4]; print(json.dumps(j))' "$json" "$kiln_wall" "$trl_wall" "$job" "$load_kiln" "$load_trl" \
+        "$work/$job.kiln.rss" "$work/$job.trl.rss")")
     python3 - "${results[-1]}" <<'PY'
 import json, sys
 j = json.loads(sys.argv[1])
@@ -80,6 +85,7 @@ print(f"{j['job']}: kiln {k['steps_per_s']:.3f} steps/s, trl {t['steps_per_s']:.
       f"(step 1: {k['losses'][0]:.4f} vs {t['losses'][0]:.4f}; mean of all steps {mean(k['losses']):.4f} vs "
       f"{mean(t['losses']):.4f})" + (f"; reference pass kiln {k['reference_pass_s']:.1f}s vs trl "
       f"{t['reference_pass_s']:.1f}s (not timed in steps/s)" if "reference_pass_s" in k else "") +
+      f"; peak RSS kiln {k['peak_rss_mb']} MB vs trl {t['peak_rss_mb']} MB"
       f"; load average before kiln {k['loadavg_before']}, before trl {t['loadavg_before']}", flush=True)
 PY
 done
