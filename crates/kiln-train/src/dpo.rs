@@ -90,7 +90,7 @@ pub fn pair_logps(net: &Net, pairs: &[Pair]) -> Result<Vec<(f64, f64)>> {
 
 /// Consecutive pairs whose rows together fit in `budget` tokens (a pair too long for it alone
 /// is a group of its own): one forward pass each, with a pair's two rows always together.
-fn pair_groups<'a>(pairs: &[&'a Pair], budget: usize) -> Vec<Vec<&'a Pair>> {
+pub(crate) fn pair_groups<'a>(pairs: &[&'a Pair], budget: usize) -> Vec<Vec<&'a Pair>> {
     let mut out: Vec<Vec<&Pair>> = Vec::new();
     let mut used = 0;
     for &pair in pairs {
