@@ -317,6 +317,20 @@ impl Task for Dpo {
     }
 }
 
+/// Fraction of pairs whose chosen reply has the higher mean log-probability per reply token: a
+/// model's own preference with the replies' lengths taken out (summed log-probabilities mostly
+/// prefer the shorter reply).
+pub fn mean_logp_accuracy(pairs: &[Pair], logps: &[(f64, f64)]) -> f64 {
+    let right = pairs
+        .iter()
+        .zip(logps)
+        .filter(|(p, &(c, r))| {
+            c / p.chosen.n_trained().max(1) as f64 > r / p.rejected.n_trained().max(1) as f64
+        })
+        .count();
+    right as f64 / pairs.len().max(1) as f64
+}
+
 impl Dpo {
     fn val_metrics(&self, policy: &[(f64, f64)]) -> Vec<(String, f64)> {
         if self.val.is_empty() {
@@ -328,6 +342,31 @@ impl Dpo {
             ("val_rewards/margins".into(), s.margin),
             ("val_rewards/accuracies".into(), s.accuracy),
             ("val_logp_accuracy".into(), s.logp_accuracy),
+            ("val_mean_logp_accuracy".into(), mean_logp_accuracy(&self.val, policy)),
         ]
+    }
+
+    /// The starting model's held-out preference by mean reply log-probability.
+    pub fn reference_mean_logp_accuracy(&self) -> f64 {
+        mean_logp_accuracy(&self.val, &self.ref_val)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_accuracy_takes_reply_length_out() {
+        let reply = |len: usize| Example { ids: vec![1; len + 1], weights: vec![1.0; len], starts: Vec::new() };
+        // A long chosen reply with the lower sum but the higher mean, then the reverse.
+        let pairs = [
+            Pair { chosen: reply(10), rejected: reply(2) },
+            Pair { chosen: reply(2), rejected: reply(10) },
+        ];
+        let logps = [(-5.0, -2.0), (-3.0, -10.0)];
+        assert_eq!(mean_logp_accuracy(&pairs, &logps), 0.5, "-0.5 > -1.0 right; -1.5 < -1.0 wrong");
+        let s = dpo_stats(0.1, &logps, &logps);
+        assert_eq!(s.logp_accuracy, 0.5, "summed: -5 < -2 wrong, -3 > -10 right");
     }
 }

@@ -286,7 +286,7 @@ fn dpo_starts_at_ln2_moves_the_margin_the_right_way_and_learns() {
     let end = dpo_stats(0.1, &pair_logps(&net, &train).unwrap(), &ref_train);
     assert!(end.loss < 0.4 && end.accuracy == 1.0, "after 30 steps: {end:?} (losses {losses:?})");
     let v = dpo.evaluate(&net).unwrap();
-    assert_eq!(v.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["val_loss", "val_rewards/margins", "val_rewards/accuracies", "val_logp_accuracy"]);
+    assert_eq!(v.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["val_loss", "val_rewards/margins", "val_rewards/accuracies", "val_logp_accuracy", "val_mean_logp_accuracy"]);
 }
 
 #[test]

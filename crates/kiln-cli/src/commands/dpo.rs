@@ -39,14 +39,15 @@ pub fn dpo(args: &DpoArgs) -> Result<()> {
         kiln_model::threads::pool().install(|| Dpo::load(&run, &mut |l| eprintln!("{l}")))?;
     describe(&run);
     let before = data.reference_stats();
+    let before_mean = data.reference_mean_logp_accuracy();
     eprintln!(
-        "held-out preference accuracy of the starting model (summed reply log-prob): {:.3}",
+        "held-out preference accuracy of the starting model: {:.3} by summed, {before_mean:.3} by mean reply log-prob",
         before.logp_accuracy
     );
     let last = train_and_write(&mut run, &mut data, args.common.quiet)?;
     let f = |k: &str| last[k].as_f64().unwrap_or(f64::NAN);
     outln!(
-        "{}: step {}, loss {:.4}, rewards/margins {:.4}, rewards/accuracies {:.3}; held out: loss {:.4}, reward accuracy {:.3}, preference accuracy {:.3} (starting model {:.3}); model in {}",
+        "{}: step {}, loss {:.4}, rewards/margins {:.4}, rewards/accuracies {:.3}; held out: loss {:.4}, reward accuracy {:.3}, preference accuracy {:.3} by summed and {:.3} by mean log-prob (starting model {:.3} and {before_mean:.3}); model in {}",
         run.dir.display(),
         run.step,
         f("loss"),
@@ -55,6 +56,7 @@ pub fn dpo(args: &DpoArgs) -> Result<()> {
         f("val_loss"),
         f("val_rewards/accuracies"),
         f("val_logp_accuracy"),
+        f("val_mean_logp_accuracy"),
         before.logp_accuracy,
         run.dir.join("model").display()
     );
