@@ -11,7 +11,8 @@ dir=$1
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 torch_spec=${TORCH:-torch==2.15.0}
-quiet=(--quiet --disable-pip-version-check --root-user-action=ignore)
+# --no-warn-conflicts: pip would list the CUDA wheels torch names and is not given.
+quiet=(--quiet --disable-pip-version-check --root-user-action=ignore --no-warn-conflicts)
 
 [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
 pip=("$dir/bin/python" -m pip install "${quiet[@]}")
