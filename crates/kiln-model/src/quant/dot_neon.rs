@@ -1,11 +1,11 @@
 //! NEON dot products of one weight row with one activation row, for the block formats most
-//! GGUF files use (Q4_0, Q4_1, Q8_0, and the integer core of Q4_K, Q5_K, Q6_K). NEON is part of
+//! GGUF files use (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and the integer core of Q4_K, Q5_K, Q6_K). NEON is part of
 //! every AArch64 CPU, so these run wherever kiln is built for AArch64 (unless
 //! `KILN_FORCE_SCALAR=1`). Each integer sum is exact and the float steps are the scalar
 //! reference's, in its order, so the results have the reference's bits (the `quant` tests
 //! compare them on this target).
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use std::arch::aarch64::*;
 
 /// `Σ a·b` over 16 signed bytes of each, added to `acc` (four i32 lanes).
@@ -30,6 +30,27 @@ fn nibbles(qs: &[u8; 16], offset: i8) -> (int8x16_t, int8x16_t) {
         let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))), off);
         let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), off);
         (lo, hi)
+    }
+}
+
+/// The 32 quants of a 5-bit block minus `offset`, as [`nibbles`] gives them: bit j of `qh`
+/// becomes bit 4 of quant j (each qh byte is spread over 8 lanes and tested bit by bit).
+#[inline(always)]
+fn fives(qs: &[u8; 16], qh: [u8; 4], offset: i8) -> (int8x16_t, int8x16_t) {
+    const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    let (lo, hi) = nibbles(qs, 0);
+    // SAFETY: NEON is baseline; `BIT` holds 16 bytes.
+    unsafe {
+        let bit = vld1q_u8(BIT.as_ptr());
+        let high = |a: u8, b: u8| {
+            let spread = vcombine_u8(vdup_n_u8(a), vdup_n_u8(b));
+            vreinterpretq_s8_u8(vandq_u8(vtstq_u8(spread, bit), vdupq_n_u8(0x10)))
+        };
+        let off = vdupq_n_s8(offset);
+        (
+            vsubq_s8(vorrq_s8(lo, high(qh[0], qh[1])), off),
+            vsubq_s8(vorrq_s8(hi, high(qh[2], qh[3])), off),
+        )
     }
 }
 
@@ -58,6 +79,27 @@ pub fn q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut sumf = 0f32;
     for (a, b) in x.iter().zip(y) {
         let (lo, hi) = nibbles(&a.qs, 0);
+        let sumi = block_sum(lo, hi, &b.qs);
+        sumf += (a.d.to_f32() * b.d.to_f32()) * sumi as f32 + a.m.to_f32() * b.s.to_f32();
+    }
+    sumf
+}
+
+/// Q5_0 · Q8_0.
+pub fn q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0f32;
+    for (a, b) in x.iter().zip(y) {
+        let (lo, hi) = fives(&a.qs, a.qh, 16);
+        sumf += (a.d.to_f32() * b.d.to_f32()) * block_sum(lo, hi, &b.qs) as f32;
+    }
+    sumf
+}
+
+/// Q5_1 · Q8_1.
+pub fn q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let mut sumf = 0f32;
+    for (a, b) in x.iter().zip(y) {
+        let (lo, hi) = fives(&a.qs, a.qh, 0);
         let sumi = block_sum(lo, hi, &b.qs);
         sumf += (a.d.to_f32() * b.d.to_f32()) * sumi as f32 + a.m.to_f32() * b.s.to_f32();
     }

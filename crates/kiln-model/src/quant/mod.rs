@@ -281,8 +281,8 @@ fn check_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) {
 
 /// Dot product of one weight row of `ty` (`n` elements) with one activation row already in
 /// `vec_dot_type(ty)`. Uses the AVX2 kernel for Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, F32 and F16
-/// when [`simd_available`], the NEON one for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K on AArch64 (unless
-/// `KILN_FORCE_SCALAR=1`), the scalar reference otherwise.
+/// when [`simd_available`], the NEON one for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K
+/// on AArch64 (unless `KILN_FORCE_SCALAR=1`), the scalar reference otherwise.
 ///
 /// # Panics
 /// If `ty` has no dot product ([`has_vec_dot`]) or the lengths do not match `n`.
@@ -384,6 +384,8 @@ fn neon_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
     Some(match ty {
         GgmlType::Q4_0 => dot_neon::q4_0_q8_0(as_blocks(w), as_blocks(a)),
         GgmlType::Q4_1 => dot_neon::q4_1_q8_1(as_blocks(w), as_blocks(a)),
+        GgmlType::Q5_0 => dot_neon::q5_0_q8_0(as_blocks(w), as_blocks(a)),
+        GgmlType::Q5_1 => dot_neon::q5_1_q8_1(as_blocks(w), as_blocks(a)),
         GgmlType::Q8_0 => dot_neon::q8_0_q8_0(as_blocks(w), as_blocks(a)),
         GgmlType::Q4K => dot_scalar::q4k_q8k_with(as_blocks(w), as_blocks(a), dot_neon::lanes16),
         GgmlType::Q5K => dot_scalar::q5k_q8k_with(as_blocks(w), as_blocks(a), dot_neon::lanes16),

@@ -599,7 +599,7 @@ fn runtime_activation_rounding_simd_matches_scalar() {
 #[test]
 fn neon_gives_the_scalar_bits() {
     let mut rng = Rng(3);
-    for ty in [Q4_0, Q4_1, Q8_0, Q4K, Q5K, Q6K] {
+    for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K] {
         for blocks in BLOCK_COUNTS {
             let n = blocks * ty.block_size();
             let w = random_weights(ty, blocks, &mut rng, |r| r.sym(0.1));
