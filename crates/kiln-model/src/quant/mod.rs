@@ -35,6 +35,8 @@ mod tile_vnni;
 pub use quantize::Q8Rounding;
 #[cfg(target_arch = "x86_64")]
 mod quantize_avx2;
+#[cfg(target_arch = "aarch64")]
+mod quantize_neon;
 mod quantize_k;
 #[cfg(test)]
 mod tests;
@@ -209,6 +211,14 @@ pub fn quantize_activations(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result
             GgmlType::Q8_0 => unsafe { quantize_avx2::q8_0(src, as_blocks_mut(dst), Q8Rounding::Runtime) },
             GgmlType::Q8_1 => unsafe { quantize_avx2::q8_1(src, as_blocks_mut(dst), Q8Rounding::Runtime) },
             _ => return quantize_row(ty, src, dst),
+        }
+        return Ok(());
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon_available() && matches!(ty, GgmlType::Q8_0 | GgmlType::Q8_1) {
+        match ty {
+            GgmlType::Q8_0 => quantize_neon::q8_0(src, as_blocks_mut(dst)),
+            _ => quantize_neon::q8_1(src, as_blocks_mut(dst)),
         }
         return Ok(());
     }

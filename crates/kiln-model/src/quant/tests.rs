@@ -621,3 +621,32 @@ fn neon_gives_the_scalar_bits() {
         }
     }
 }
+
+/// The NEON activation quantizer gives the scalar run-time bytes for every row, exact ties,
+/// NaN and infinities included (`vcvtnq` and the saturating narrows map them as the scalar
+/// cast does).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_activation_quantization_matches_scalar() {
+    let mut rng = Rng(12);
+    for ty in [Q8_0, Q8_1] {
+        for blocks in BLOCK_COUNTS {
+            let n = blocks * 32;
+            // Exact ties: amax 127 makes the multiplier 1, so every x.5 must round to even.
+            let ties = (0..n).map(|i| if i % 32 == 0 { 127.0 } else { (i % 32) as f32 - 16.5 }).collect();
+            let rows = awkward_rows(&mut rng, n).into_iter().chain([ties]);
+            for (r, x) in rows.enumerate() {
+                let mut want = vec![0u8; ty.bytes_for(n).unwrap()];
+                let mut got = want.clone();
+                if ty == Q8_0 {
+                    quantize::q8_0(&x, as_blocks_mut(&mut want), Q8Rounding::Runtime);
+                    quantize_neon::q8_0(&x, as_blocks_mut(&mut got));
+                } else {
+                    quantize::q8_1(&x, as_blocks_mut(&mut want), Q8Rounding::Runtime);
+                    quantize_neon::q8_1(&x, as_blocks_mut(&mut got));
+                }
+                assert_eq!(got, want, "{ty} x {blocks}, row {r}");
+            }
+        }
+    }
+}
