@@ -1,6 +1,6 @@
-//! `e^x` in vector form and what is built on it (SiLU), and ggml's table GELU. The scalar and
-//! AVX2 versions do the same operations lane by lane, so they give the same bits: results never
-//! depend on the CPU path.
+//! `e^x` in vector form and what is built on it (SiLU), and ggml's table GELU. The scalar,
+//! AVX2 and NEON versions do the same operations lane by lane, so they give the same bits:
+//! results never depend on the CPU path.
 
 use half::f16;
 use std::sync::OnceLock;
@@ -56,6 +56,31 @@ pub unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_blendv_ps(e, _mm256_set1_ps(f32::INFINITY), overflow)
 }
 
+/// `e^x` for four lanes: [`exp`] in NEON form (the same fused multiply-adds, ties-to-even
+/// rounding of `n`, and limits).
+#[cfg(target_arch = "aarch64")]
+#[inline]
+fn exp4(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
+    use std::arch::aarch64::*;
+    // SAFETY: NEON is part of the AArch64 baseline; no memory is touched.
+    unsafe {
+        let underflow = vcltq_f32(x, vdupq_n_f32(LOW));
+        let overflow = vcgtq_f32(x, vdupq_n_f32(HIGH));
+        let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(LOW)), vdupq_n_f32(HIGH));
+        let n = vrndnq_f32(vmulq_n_f32(x, std::f32::consts::LOG2_E));
+        let r = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
+        let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
+        let mut p = vdupq_n_f32(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = vfmaq_f32(vdupq_n_f32(c), p, r);
+        }
+        let e_r = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0));
+        let two_n = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127))));
+        let e = vbslq_f32(underflow, vdupq_n_f32(0.0), vmulq_f32(e_r, two_n));
+        vbslq_f32(overflow, vdupq_n_f32(f32::INFINITY), e)
+    }
+}
+
 /// `gate = silu(gate) · up`, where `silu(x) = x / (1 + e^-x)`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     let n = gate.len().min(up.len());
@@ -65,6 +90,11 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
         body = n - n % 8;
         // SAFETY: simd_available() checked AVX2, FMA and F16C; indices stay below `body ≤ n`.
         unsafe { swiglu_avx2(&mut gate[..body], &up[..body]) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if crate::quant::neon_available() {
+        body = n - n % 4;
+        swiglu_neon(&mut gate[..body], &up[..body]);
     }
     for (g, &u) in gate[body..n].iter_mut().zip(&up[body..n]) {
         *g = *g / (1.0 + exp(-*g)) * u;
@@ -81,6 +111,20 @@ unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
         let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
         let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
         _mm256_storeu_ps(gate.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(up.as_ptr().add(i))));
+    }
+}
+
+/// [`swiglu`] four lanes at a time, with [`exp4`].
+#[cfg(target_arch = "aarch64")]
+fn swiglu_neon(gate: &mut [f32], up: &[f32]) {
+    use std::arch::aarch64::*;
+    for (g, u) in gate.chunks_exact_mut(4).zip(up.chunks_exact(4)) {
+        // SAFETY: NEON is baseline; each chunk holds four floats.
+        unsafe {
+            let x = vld1q_f32(g.as_ptr());
+            let silu = vdivq_f32(x, vaddq_f32(vdupq_n_f32(1.0), exp4(vnegq_f32(x))));
+            vst1q_f32(g.as_mut_ptr(), vmulq_f32(silu, vld1q_f32(u.as_ptr())));
+        }
     }
 }
 
@@ -170,9 +214,9 @@ mod tests {
 
     #[test]
     fn vector_exp_and_swiglu_give_the_scalar_bits() {
+        let xs: Vec<f32> = (0..200_000).map(|i| -95.0 + i as f32 * 0.00097).chain([f32::NEG_INFINITY, f32::INFINITY, 1e30, -1e30, 0.0, -0.0, 88.5, -88.5]).collect();
         #[cfg(target_arch = "x86_64")]
         if crate::quant::simd_available() {
-            let xs: Vec<f32> = (0..200_000).map(|i| -95.0 + i as f32 * 0.00097).chain([f32::NEG_INFINITY, f32::INFINITY, 1e30, -1e30, 0.0, -0.0, 88.5, -88.5]).collect();
             for chunk in xs.chunks_exact(8) {
                 let mut v = [0f32; 8];
                 // SAFETY: simd_available() checked AVX2, FMA and F16C.
@@ -184,14 +228,27 @@ mod tests {
                     assert_eq!(g.to_bits(), exp(*x).to_bits(), "exp8({x})");
                 }
             }
-            let up: Vec<f32> = xs.iter().map(|x| 0.5 - x * 0.01).collect();
-            let gate: Vec<f32> = xs.iter().map(|x| x.clamp(-1e3, 1e3)).collect();
-            let mut simd = gate.clone();
-            swiglu(&mut simd, &up);
-            for ((&g, &u), s) in gate.iter().zip(&up).zip(&simd) {
-                let scalar = g / (1.0 + exp(-g)) * u;
-                assert_eq!(s.to_bits(), scalar.to_bits(), "swiglu({g}, {u})");
+        }
+        #[cfg(target_arch = "aarch64")]
+        for chunk in xs.chunks_exact(4) {
+            let mut v = [0f32; 4];
+            // SAFETY: NEON is baseline; both arrays hold four floats.
+            unsafe {
+                use std::arch::aarch64::*;
+                vst1q_f32(v.as_mut_ptr(), exp4(vld1q_f32(chunk.as_ptr())));
             }
+            for (x, g) in chunk.iter().zip(v) {
+                assert_eq!(g.to_bits(), exp(*x).to_bits(), "exp4({x})");
+            }
+        }
+        // `swiglu` on whatever path this CPU takes, against the scalar formula.
+        let up: Vec<f32> = xs.iter().map(|x| 0.5 - x * 0.01).collect();
+        let gate: Vec<f32> = xs.iter().map(|x| x.clamp(-1e3, 1e3)).collect();
+        let mut simd = gate.clone();
+        swiglu(&mut simd, &up);
+        for ((&g, &u), s) in gate.iter().zip(&up).zip(&simd) {
+            let scalar = g / (1.0 + exp(-g)) * u;
+            assert_eq!(s.to_bits(), scalar.to_bits(), "swiglu({g}, {u})");
         }
     }
 
