@@ -257,8 +257,14 @@ impl Llama {
     /// Mean cross-entropy of predicting `targets` `[b, t]` from `tokens` `[b, t]`.
     pub fn loss(&self, tokens: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let h = self.hidden(tokens)?;
-        let logits = self.logits(&h)?;
-        cross_entropy(&logits, &targets.flatten_all()?)
+        let out = if self.tied {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let targets = targets.flatten_all()?.to_vec1::<u32>()?;
+        let logp = target_logp(&h, &self.p(out), &targets)?;
+        Ok((logp.sum_all()? / -(targets.len().max(1) as f64))?)
     }
 
     /// Final-normed hidden states `[b·t, dim]` (public for heads other than the LM head).
@@ -455,12 +461,24 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
-/// Mean of `-log softmax(logits)[target]` over rows; `logits` `[n, vocab]`, `targets` `[n]` u32.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let m = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&m)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let logp = shifted.broadcast_sub(&lse)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok(picked.mean_all()?.neg()?)
+/// `log p(target)` at each row of hidden states `h` `[n, dim]` under the output projection `w`
+/// `[vocab, dim]`. The logits are made a few rows at a time: under glibc's 32 MiB mmap
+/// threshold every tensor of the softmax and its backward comes from the heap's reused pages,
+/// where logits of all `n` rows (micro: 2048 × 8192 floats, 67 MB) would be mapped and faulted
+/// in fresh for each of them.
+pub fn target_logp(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, vocab) = (h.dim(0)?, w.dim(0)?);
+    let rows = ((24usize << 20) / (4 * vocab).max(1)).max(1);
+    let w_t = w.t()?;
+    let mut out = Vec::new();
+    for start in (0..n).step_by(rows) {
+        let len = rows.min(n - start);
+        let logits = h.narrow(0, start, len)?.matmul(&w_t)?;
+        let m = logits.max_keepdim(D::Minus1)?.detach();
+        let shifted = logits.broadcast_sub(&m)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let picked = Tensor::new(&targets[start..start + len], h.device())?.unsqueeze(1)?;
+        out.push(shifted.gather(&picked, 1)?.sub(&lse)?.squeeze(1)?);
+    }
+    Ok(if out.len() == 1 { out.remove(0) } else { Tensor::cat(&out, 0)? })
 }

@@ -13,9 +13,9 @@
 
 use crate::checkpoint;
 use crate::export::{model_dir, read_hf_dir};
-use crate::model::Llama;
+use crate::model::{target_logp, Llama};
 use crate::{io_err, Result, TrainError};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgufFile;
 use kiln_model::config::{Family, RopeStyle};
 use kiln_model::formats::names::gguf_to_hf;
@@ -366,27 +366,6 @@ pub fn weighted_logps(model: &Llama, rows: &[&Example]) -> Result<Tensor> {
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok(Tensor::stack(&sums, 0)?)
-}
-
-/// `log p(target)` at each row of hidden states `h` `[n, dim]` under the output projection `w`.
-/// The logits are made a few rows at a time: under glibc's 32 MiB mmap threshold every tensor
-/// of the softmax and its backward comes from the heap's reused pages, where one of all `n`
-/// rows (SmolLM2: 0.2 MB a row) would be mapped and faulted in fresh each time.
-fn target_logp(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    let (n, vocab) = (h.dim(0)?, w.dim(0)?);
-    let rows = ((24usize << 20) / (4 * vocab).max(1)).max(1);
-    let w_t = w.t()?;
-    let mut out = Vec::new();
-    for start in (0..n).step_by(rows) {
-        let len = rows.min(n - start);
-        let logits = h.narrow(0, start, len)?.matmul(&w_t)?;
-        let m = logits.max_keepdim(D::Minus1)?.detach();
-        let shifted = logits.broadcast_sub(&m)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let picked = Tensor::new(&targets[start..start + len], &Device::Cpu)?.unsqueeze(1)?;
-        out.push(shifted.gather(&picked, 1)?.sub(&lse)?.squeeze(1)?);
-    }
-    Ok(if out.len() == 1 { out.remove(0) } else { Tensor::cat(&out, 0)? })
 }
 
 /// Tokens per forward pass (at least one row of `max_len`): enough to make each weight's
