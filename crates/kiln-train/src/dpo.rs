@@ -7,8 +7,8 @@
 //! `rewards/margins` (their difference) and `rewards/accuracies` (margin > 0), batch means.
 
 use crate::finetune::{
-    encode_example, log_sigmoid, pass_budget, read_data, sigmoid, split, weighted_logps, Example,
-    Loader, Net, Run, StepStats, Task,
+    encode_example, group_within, log_sigmoid, pass_budget, read_data, sigmoid, split,
+    weighted_logps, Example, Loader, Net, Run, StepStats, Task,
 };
 use crate::model::Llama;
 use candle_core::{DType, Device, Tensor};
@@ -91,22 +91,7 @@ pub fn pair_logps(net: &Net, pairs: &[Pair]) -> Result<Vec<(f64, f64)>> {
 /// Consecutive pairs whose rows together fit in `budget` tokens (a pair too long for it alone
 /// is a group of its own): one forward pass each, with a pair's two rows always together.
 pub(crate) fn pair_groups<'a>(pairs: &[&'a Pair], budget: usize) -> Vec<Vec<&'a Pair>> {
-    let mut out: Vec<Vec<&Pair>> = Vec::new();
-    let mut used = 0;
-    for &pair in pairs {
-        let len = pair.chosen.ids.len() + pair.rejected.ids.len() - 2;
-        match out.last_mut() {
-            Some(group) if used + len <= budget => {
-                group.push(pair);
-                used += len;
-            }
-            _ => {
-                out.push(vec![pair]);
-                used = len;
-            }
-        }
-    }
-    out
+    group_within(pairs, budget, |p| p.chosen.ids.len() + p.rejected.ids.len() - 2, |_| false)
 }
 
 /// The summed reply log-probabilities of a group's rows, `[chosen₀, rejected₀, chosen₁, …]`.

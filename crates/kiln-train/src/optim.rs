@@ -43,6 +43,17 @@ impl GradAccum {
         }
     }
 
+    /// The sums kept in `slot` from the last step, zeroed, or new ones for `params` on the first.
+    pub fn reuse<'a>(slot: &'a mut Option<GradAccum>, params: &[(String, Var)]) -> &'a mut GradAccum {
+        match slot {
+            Some(acc) => {
+                acc.reset();
+                acc
+            }
+            None => slot.insert(GradAccum::new(params)),
+        }
+    }
+
     /// Zeroes the sums for the next step, keeping their memory (a fresh zeroed vector of
     /// SmolLM2's embedding size is mapped in page by page on every step).
     pub fn reset(&mut self) {

@@ -271,13 +271,7 @@ impl Trainer {
                 cfg.min_lr_frac,
                 cfg.decay,
             );
-            let acc = match &mut acc {
-                Some(acc) => {
-                    acc.reset();
-                    acc
-                }
-                None => acc.insert(GradAccum::new(self.model.params())),
-            };
+            let acc = GradAccum::reuse(&mut acc, self.model.params());
             let mut loss_sum = 0.0;
             for _ in 0..accum {
                 let (x, y) = self.train.next_batch(cfg.micro_batch, cfg.shape.context);

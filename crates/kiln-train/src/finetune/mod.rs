@@ -378,18 +378,29 @@ pub fn pass_budget(max_len: usize) -> usize {
 /// Consecutive groups of `rows` for [`weighted_logps`], each within `budget` tokens; a packed
 /// row is a group of its own.
 pub fn batches<'a>(rows: &[&'a Example], budget: usize) -> Vec<Vec<&'a Example>> {
-    let mut out: Vec<Vec<&Example>> = Vec::new();
+    group_within(rows, budget, |row| row.ids.len() - 1, |row| row.starts.len() > 1)
+}
+
+/// Consecutive groups of `items` whose `len`s add up to at most `budget` (an item over it
+/// alone is a group of its own), and an item that must be `alone` always is.
+pub fn group_within<'a, T>(
+    items: &[&'a T],
+    budget: usize,
+    len: impl Fn(&T) -> usize,
+    alone: impl Fn(&T) -> bool,
+) -> Vec<Vec<&'a T>> {
+    let mut out: Vec<Vec<&T>> = Vec::new();
     let mut used = 0;
-    for &row in rows {
-        let len = row.ids.len() - 1;
+    for &item in items {
+        let n = len(item);
         match out.last_mut() {
-            Some(group) if group[0].starts.len() <= 1 && row.starts.len() <= 1 && used + len <= budget => {
-                group.push(row);
-                used += len;
+            Some(group) if !alone(group[0]) && !alone(item) && used + n <= budget => {
+                group.push(item);
+                used += n;
             }
             _ => {
-                out.push(vec![row]);
-                used = len;
+                out.push(vec![item]);
+                used = n;
             }
         }
     }

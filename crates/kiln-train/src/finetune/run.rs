@@ -481,13 +481,7 @@ impl Run {
                 Decay::Cosine,
             );
             let params = self.net.trainable();
-            let acc = match &mut acc {
-                Some(acc) => {
-                    acc.reset();
-                    acc
-                }
-                None => acc.insert(GradAccum::new(&params)),
-            };
+            let acc = GradAccum::reuse(&mut acc, &params);
             self.net.set_training(true);
             let stats = task.step(&self.net, &mut loader, acc)?;
             self.net.set_training(false);
