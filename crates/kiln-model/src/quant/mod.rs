@@ -183,7 +183,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 /// Quantizes or converts `src` into `dst` (`bytes_for(src.len())` bytes of `ty`), bit-exact
 /// with ggml's reference quantizers (`quantize_row_*_ref`; for F16 / BF16 ggml's rounding).
 /// Every type is supported. Uses AVX2 for the activation formats (Q8_0, Q8_1, Q8_K, F16) when
-/// [`simd_available`]; the K weight formats run ggml's scale search and are slow (they are
+/// [`simd_available`], NEON for Q8_K when [`neon_available`]; the K weight formats run ggml's scale search and are slow (they are
 /// for writing model files, not for activations).
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_quantize(ty, src, dst)?;
@@ -193,6 +193,11 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         if unsafe { avx2_quantize(ty, src, dst) } {
             return Ok(());
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if neon_available() && ty == GgmlType::Q8K {
+        quantize_neon::q8k(src, as_blocks_mut(dst));
+        return Ok(());
     }
     reference::quantize_unchecked(ty, src, dst);
     Ok(())

@@ -58,3 +58,55 @@ pub fn q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
         b.s = F16Le::from_f32(sum as f32 * d);
     }
 }
+
+/// Q8_K blocks, as `quantize::q8k` (ggml's `quantize_row_q8_K_ref`): the same magnitude
+/// maximum on sign-cleared bits, the first value of that magnitude as the signed maximum, the
+/// scalar `iscale`, and its `nearest_int` done with the same f32 add and bit masking, so every
+/// lane — NaN and infinities included — gets the scalar integer; truncating narrows are the
+/// scalar `as i8`.
+pub fn q8k(src: &[f32], dst: &mut [BlockQ8K]) {
+    for (x, b) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
+        // SAFETY: NEON is baseline; `x` holds QK_K floats and `b.qs` QK_K bytes, and every
+        // load and store below stays inside them.
+        unsafe {
+            let p = x.as_ptr();
+            let mask = vdupq_n_u32(0x7fff_ffff);
+            let abs_bits = |i: usize| vandq_u32(vreinterpretq_u32_f32(vld1q_f32(p.add(4 * i))), mask);
+            let mut m = vdupq_n_u32(0);
+            for i in 0..QK_K / 4 {
+                m = vmaxq_u32(m, abs_bits(i));
+            }
+            let amax = vmaxvq_u32(m);
+            if f32::from_bits(amax) == 0.0 {
+                b.d = 0f32.to_le_bytes();
+                b.qs = [0; QK_K];
+                b.bsums = [[0; 2]; QK_K / 16];
+                continue;
+            }
+            // The first value with that magnitude: ggml's signed maximum.
+            let target = vdupq_n_u32(amax);
+            let first = (0..QK_K / 4)
+                .find(|&i| vmaxvq_u32(vceqq_u32(abs_bits(i), target)) != 0)
+                .and_then(|i| x[4 * i..4 * i + 4].iter().position(|v| v.to_bits() & 0x7fff_ffff == amax).map(|k| 4 * i + k))
+                .unwrap_or(0);
+            let iscale = -127.0 / x[first];
+            let is = vdupq_n_f32(iscale);
+            let magic = vdupq_n_f32(12_582_912.0);
+            let nearest = |i: usize| {
+                let v = vaddq_f32(vmulq_f32(is, vld1q_f32(p.add(4 * i))), magic);
+                let q = vsubq_s32(vandq_s32(vreinterpretq_s32_f32(v), vdupq_n_s32(0x007f_ffff)), vdupq_n_s32(0x0040_0000));
+                vmovn_s32(vminq_s32(q, vdupq_n_s32(127)))
+            };
+            for g in 0..QK_K / 16 {
+                let q = vcombine_s8(
+                    vmovn_s16(vcombine_s16(nearest(4 * g), nearest(4 * g + 1))),
+                    vmovn_s16(vcombine_s16(nearest(4 * g + 2), nearest(4 * g + 3))),
+                );
+                vst1q_s8(b.qs.as_mut_ptr().add(16 * g), q);
+                // 16 quants of at most 128 in magnitude: the i16 sum is exact.
+                b.bsums[g] = vaddlvq_s8(q).to_le_bytes();
+            }
+            b.d = (1.0 / iscale).to_le_bytes();
+        }
+    }
+}

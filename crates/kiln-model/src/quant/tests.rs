@@ -650,3 +650,28 @@ fn neon_activation_quantization_matches_scalar() {
         }
     }
 }
+
+/// The NEON Q8_K quantizer gives the scalar reference's bytes for every row: ties, zeros,
+/// subnormals, infinities, NaN, and equal magnitudes of both signs.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_q8k_quantization_matches_scalar() {
+    let mut rng = Rng(13);
+    for blocks in BLOCK_COUNTS {
+        let n = blocks * QK_K;
+        // amax 127 makes the multiplier -1 (after the sign of the maximum), so x.5 are ties.
+        let ties = (0..n).map(|i| if i % QK_K == 5 { 127.0 } else { (i % 64) as f32 - 31.5 }).collect();
+        let rows = awkward_rows(&mut rng, n).into_iter().chain([ties]);
+        for (r, x) in rows.enumerate() {
+            let mut want = vec![0u8; Q8K.bytes_for(n).unwrap()];
+            let mut got = want.clone();
+            reference::quantize_row(Q8K, &x, &mut want).unwrap();
+            quantize_neon::q8k(&x, as_blocks_mut(&mut got));
+            let i = (0..want.len()).find(|&i| got[i] != want[i]);
+            assert!(i.is_none(), "Q8_K x {blocks}, row {r}: byte {i:?} differs");
+            let mut dispatched = vec![0u8; want.len()];
+            quantize_activations(Q8K, &x, &mut dispatched).unwrap();
+            assert_eq!(dispatched, want, "Q8_K x {blocks}, row {r}: quantize_activations");
+        }
+    }
+}
