@@ -368,7 +368,8 @@ impl RowDot {
     }
 
     /// One weight row against `R` activation rows: each result has the bits [`RowDot::dot`]
-    /// gives it, and formats with a multi-row kernel (Q4_K, Q6_K) unpack the weights once.
+    /// gives it, and formats with a multi-row kernel (Q4_K, Q6_K; on AArch64 also Q5_K) unpack
+    /// the weights once.
     #[inline]
     pub fn dot_rows<const R: usize>(&self, weights: &[u8], activations: [&[u8]; R]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
@@ -381,6 +382,16 @@ impl RowDot {
                     GgmlType::Q4K => dot_avx2::q4k_q8k_rows::<R>(as_blocks(w), a.map(as_blocks)),
                     _ => dot_avx2::q6k_q8k_rows::<R>(as_blocks(w), a.map(as_blocks)),
                 }
+            };
+        }
+        #[cfg(target_arch = "aarch64")]
+        if self.simd && matches!(self.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
+            let w = &weights[..self.weight_bytes];
+            let a = activations.map(|a| as_blocks(&a[..self.act_bytes]));
+            return match self.ty {
+                GgmlType::Q4K => dot_neon::q4k_q8k_rows::<R>(as_blocks(w), a),
+                GgmlType::Q5K => dot_neon::q5k_q8k_rows::<R>(as_blocks(w), a),
+                _ => dot_neon::q6k_q8k_rows::<R>(as_blocks(w), a),
             };
         }
         activations.map(|a| self.dot(weights, a))
@@ -402,9 +413,9 @@ fn neon_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
         GgmlType::Q5_0 => dot_neon::q5_0_q8_0(as_blocks(w), as_blocks(a)),
         GgmlType::Q5_1 => dot_neon::q5_1_q8_1(as_blocks(w), as_blocks(a)),
         GgmlType::Q8_0 => dot_neon::q8_0_q8_0(as_blocks(w), as_blocks(a)),
-        GgmlType::Q4K => dot_scalar::q4k_q8k_with(as_blocks(w), as_blocks(a), dot_neon::lanes16),
-        GgmlType::Q5K => dot_scalar::q5k_q8k_with(as_blocks(w), as_blocks(a), dot_neon::lanes16),
-        GgmlType::Q6K => dot_scalar::q6k_q8k_with(as_blocks(w), as_blocks(a), dot_neon::lanes16),
+        GgmlType::Q4K => dot_neon::q4k_q8k_rows::<1>(as_blocks(w), [as_blocks(a)])[0],
+        GgmlType::Q5K => dot_neon::q5k_q8k_rows::<1>(as_blocks(w), [as_blocks(a)])[0],
+        GgmlType::Q6K => dot_neon::q6k_q8k_rows::<1>(as_blocks(w), [as_blocks(a)])[0],
         _ => return None,
     })
 }

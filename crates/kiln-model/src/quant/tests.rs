@@ -675,3 +675,48 @@ fn neon_q8k_quantization_matches_scalar() {
         }
     }
 }
+
+/// The NEON K-quant kernels give the scalar bits row by row, through `RowDot::dot_rows` too,
+/// with extreme activations (every quant -128 or 127) and the largest weights of each format.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_k_quant_rows_give_the_scalar_bits() {
+    let mut rng = Rng(14);
+    for ty in [Q4K, Q5K, Q6K] {
+        for blocks in BLOCK_COUNTS {
+            let n = blocks * ty.block_size();
+            let w = random_weights(ty, blocks, &mut rng, |r| r.sym(0.1));
+            // Weights with every quant bit set: the largest quants (and, for Q6_K, +31).
+            let mut full = w.clone();
+            let block = ty.type_size();
+            for (i, byte) in full.iter_mut().enumerate() {
+                let at = i % block;
+                let quant_bytes = match ty {
+                    Q6K => at < QK_K / 2 + QK_K / 4,
+                    _ => at >= 16,
+                };
+                if quant_bytes {
+                    *byte = 0xFF;
+                }
+            }
+            let mut acts: Vec<Vec<u8>> = (0..3).map(|_| random_activations(ty, n, &mut rng)).collect();
+            let mut extreme = acts[0].clone();
+            for b in as_blocks_mut::<BlockQ8K>(&mut extreme) {
+                for (k, q) in b.qs.iter_mut().enumerate() {
+                    *q = if k % 3 == 0 { -128 } else { 127 };
+                }
+            }
+            acts.push(extreme);
+            let kernel = RowDot::new(ty, n);
+            for w in [&w, &full] {
+                let rows = kernel.dot_rows::<4>(w, [&acts[0], &acts[1], &acts[2], &acts[3]]);
+                for (r, a) in acts.iter().enumerate() {
+                    let scalar = reference::vec_dot(ty, n, w, a);
+                    assert_eq!(rows[r].to_bits(), scalar.to_bits(), "{ty} x {blocks}, row {r}: neon {} scalar {scalar}", rows[r]);
+                    let one = neon_dot(ty, w, a).unwrap();
+                    assert_eq!(one.to_bits(), scalar.to_bits(), "{ty} x {blocks}, row {r}: single-row");
+                }
+            }
+        }
+    }
+}
