@@ -166,6 +166,11 @@ pub fn geglu(gate: &mut [f32], up: &[f32]) {
         // and the table has its padding entry.
         unsafe { geglu_avx2(table, &mut gate[..body], &up[..body]) };
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::quant::neon_available() {
+        body = n - n % 4;
+        geglu_neon(table, &mut gate[..body], &up[..body]);
+    }
     for (g, &u) in gate[body..n].iter_mut().zip(&up[body..n]) {
         *g = geglu_one(table, *g, u);
     }
@@ -189,6 +194,32 @@ unsafe fn geglu_avx2(table: &[f16], gate: &mut [f32], up: &[f32]) {
         let product = _mm256_mul_ps(value, _mm256_loadu_ps(up.as_ptr().add(i)));
         let out = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, low), product);
         _mm256_storeu_ps(gate.as_mut_ptr().add(i), out);
+    }
+}
+
+/// Four lanes of [`geglu_one`]: the f16 index from the hardware conversion (`fcvtn`, round to
+/// nearest even with the default FPCR, as `f16::from_f32`), four table reads (NEON has no
+/// gather), and the same selects and multiply.
+#[cfg(target_arch = "aarch64")]
+fn geglu_neon(table: &[f16], gate: &mut [f32], up: &[f32]) {
+    use std::arch::aarch64::*;
+    for (g, u) in gate.chunks_exact_mut(4).zip(up.chunks_exact(4)) {
+        // SAFETY: NEON is baseline; each chunk holds four floats and `index` four halves; the
+        // asm converts one register to another and touches no memory.
+        unsafe {
+            let x = vld1q_f32(g.as_ptr());
+            let halves: uint16x4_t;
+            std::arch::asm!("fcvtn {h:v}.4h, {x:v}.4s", x = in(vreg) x, h = out(vreg) halves, options(pure, nomem, nostack, preserves_flags));
+            let mut index = [0u16; 4];
+            vst1_u16(index.as_mut_ptr(), halves);
+            // Any u16 is an index into the 65 537-entry table.
+            let looked_up = index.map(|i| table[i as usize].to_f32());
+            let gelu = vld1q_f32(looked_up.as_ptr());
+            let value = vbslq_f32(vcgeq_f32(x, vdupq_n_f32(10.0)), x, gelu);
+            let product = vmulq_f32(value, vld1q_f32(u.as_ptr()));
+            let out = vbslq_f32(vcleq_f32(x, vdupq_n_f32(-10.0)), vdupq_n_f32(0.0), product);
+            vst1q_f32(g.as_mut_ptr(), out);
+        }
     }
 }
 
@@ -255,7 +286,11 @@ mod tests {
     #[test]
     fn geglu_vector_lanes_give_the_scalar_bits() {
         let table = gelu_table();
-        let xs: Vec<f32> = (0..4003).map(|i| -12.0 + i as f32 * 0.006).chain([-10.0, 10.0, 0.0, -0.0, 65504.0, -65504.0, 1e6, -1e6, 1e-8]).collect();
+        // f16 rounding ties (to even, up and down), f16 subnormals and the tie below the
+        // smallest, NaN and infinities, and an odd length for the scalar tail.
+        let ties = [1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), -(2.0 + 2f32.powi(-10)), 2f32.powi(-25), 3.0 * 2f32.powi(-25), 2f32.powi(-24), -1e-6];
+        let special = [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 65520.0, -9.999, 9.999];
+        let xs: Vec<f32> = (0..4003).map(|i| -12.0 + i as f32 * 0.006).chain([-10.0, 10.0, 0.0, -0.0, 65504.0, -65504.0, 1e6, -1e6, 1e-8]).chain(ties).chain(special).collect();
         let ups: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 13) as f32 * 0.37 - 3.0).collect();
         let mut got = xs.clone();
         geglu(&mut got, &ups);
