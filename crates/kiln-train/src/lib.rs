@@ -10,6 +10,7 @@ mod data_parquet;
 pub mod dpo;
 pub mod export;
 pub mod finetune;
+pub mod fused;
 pub mod lora;
 pub mod metrics;
 pub mod model;

@@ -38,6 +38,9 @@ pub struct Llama {
     /// backward still computes the weight side of every product and drops it: about a third
     /// of a LoRA step's matmul work (bench/finetune-vs-trl, docs/LOG.md).
     pub frozen: bool,
+    /// Run RMSNorm, SwiGLU, heads, causal softmax and cross-entropy as [`crate::fused`]
+    /// kernels (f32 only) rather than as chains of candle ops; the two agree to f32 rounding.
+    pub fused: bool,
     params: Vec<(String, Var)>,
     index: HashMap<String, usize>,
     dtype: DType,
@@ -51,6 +54,8 @@ struct Tables {
     sin: Tensor,
     /// `[t, t]`: 0 on and below the diagonal, -inf above.
     mask: Tensor,
+    /// The same angles for the fused kernel: `[t, head_dim/2]`.
+    rotary: crate::fused::Rotary,
     /// (start, length) of each document of a packed row; empty for one document. Attention
     /// runs per document (the top-left corner of `mask` is its causal mask): scores of one
     /// packed row of n documents would take n times the memory and work, mostly masked.
@@ -163,6 +168,7 @@ impl Llama {
             round_kv_f16: false,
             adapters: None,
             frozen: false,
+            fused: dtype == DType::F32,
             params,
             index,
             dtype,
@@ -215,12 +221,15 @@ impl Llama {
         let doc_start = |i: usize| starts.iter().copied().filter(|&s| s <= i).max().unwrap_or(0);
         let mut cos = Vec::with_capacity(t * d);
         let mut sin = Vec::with_capacity(t * d);
+        let (mut half_cos, mut half_sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
         for i in 0..t {
             let pos = i - doc_start(i);
             // f32 angles, as Hugging Face computes them.
             let row: Vec<f32> = (0..half)
                 .map(|k| pos as f32 * (1.0 / theta.powf(2.0 * k as f64 / d as f64)) as f32)
                 .collect();
+            half_cos.extend(row.iter().map(|a| a.cos()));
+            half_sin.extend(row.iter().map(|a| a.sin()));
             for _ in 0..2 {
                 cos.extend(row.iter().map(|a| f64::from(a.cos())));
                 sin.extend(row.iter().map(|a| f64::from(a.sin())));
@@ -242,6 +251,10 @@ impl Llama {
             cos: Tensor::from_vec(cos, (t, d), dev)?.to_dtype(self.dtype)?,
             sin: Tensor::from_vec(sin, (t, d), dev)?.to_dtype(self.dtype)?,
             mask: Tensor::from_vec(mask, (t, t), dev)?.to_dtype(self.dtype)?,
+            rotary: crate::fused::Rotary {
+                cos: half_cos.into(),
+                sin: half_sin.into(),
+            },
             documents,
         })
     }
@@ -263,7 +276,7 @@ impl Llama {
             "lm_head.weight"
         };
         let targets = targets.flatten_all()?.to_vec1::<u32>()?;
-        let logp = target_logp(&h, &self.p(out), &targets)?;
+        let logp = target_logp(&h, &self.p(out), &targets, self.fused)?;
         Ok((logp.sum_all()? / -(targets.len().max(1) as f64))?)
     }
 
@@ -300,6 +313,9 @@ impl Llama {
 
     /// `x / √(mean(x²) + ε) · w` over the last dimension of `x` `[n, dim]`.
     fn rms_norm(&self, x: &Tensor, weight: &str) -> Result<Tensor> {
+        if self.fused {
+            return Ok(crate::fused::rms_norm(x, &self.p(weight), self.config.rms_eps)?);
+        }
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let r = (ms + f64::from(self.config.rms_eps))?.sqrt()?.recip()?;
         Ok(x.broadcast_mul(&r)?.broadcast_mul(&self.p(weight))?)
@@ -325,6 +341,59 @@ impl Llama {
         let c = &self.config;
         let (h, kvh, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
         // [b·t, heads·d] → [b, heads, t, d]
+        let proj = |name: &str| self.linear(x, &layer_name(layer, name));
+        let y = if self.fused {
+            let split = |y: Tensor, rep: usize, rotary: bool| -> Result<Tensor> {
+                Ok(crate::fused::heads(&y, b, t, d, rep, rotary.then_some(&tab.rotary))?)
+            };
+            let q = split(proj("self_attn.q_proj.weight")?, 1, true)?;
+            let mut k = split(proj("self_attn.k_proj.weight")?, h / kvh, true)?;
+            let mut v = split(proj("self_attn.v_proj.weight")?, h / kvh, false)?;
+            if self.round_kv_f16 {
+                k = k.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
+                v = v.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
+            }
+            self.attend_documents(&q, &k, &v, tab)?
+        } else {
+            self.attention_unfused(x, layer, b, t, tab)?
+        };
+        let y = y.transpose(1, 2)?.reshape((b * t, h * d))?;
+        self.linear(&y, &layer_name(layer, "self_attn.o_proj.weight"))
+    }
+
+    /// `softmax(q·kᵀ·scale + causal mask)·v` for heads `[b, h, t, d]`, per packed document.
+    fn attend_documents(&self, q: &Tensor, k: &Tensor, v: &Tensor, tab: &Tables) -> Result<Tensor> {
+        let scale = self.config.attn_scale;
+        let attend = |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
+            let scores = q.matmul(&k.t()?.contiguous()?)?;
+            Ok(crate::fused::causal_softmax(&scores, scale)?.matmul(v)?)
+        };
+        if tab.documents.is_empty() {
+            return attend(q, k, v);
+        }
+        let parts = tab
+            .documents
+            .iter()
+            .map(|&(s, n)| {
+                let part = |x: &Tensor| x.narrow(2, s, n)?.contiguous();
+                attend(&part(q)?, &part(k)?, &part(v)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 2)?)
+    }
+
+    /// The attention of [`Llama::attention`] from candle ops (for dtypes other than f32, and
+    /// the reference the fused kernels are tested against): heads `[b, h, t, d]` out.
+    fn attention_unfused(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        b: usize,
+        t: usize,
+        tab: &Tables,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (h, kvh, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
@@ -367,15 +436,19 @@ impl Llama {
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&parts, 2)?
         };
-        let y = y.transpose(1, 2)?.reshape((b * t, h * d))?;
-        self.linear(&y, &layer_name(layer, "self_attn.o_proj.weight"))
+        Ok(y)
     }
 
     fn mlp(&self, x: &Tensor, layer: usize) -> Result<Tensor> {
         let gate = self.linear(x, &layer_name(layer, "mlp.gate_proj.weight"))?;
         let up = self.linear(x, &layer_name(layer, "mlp.up_proj.weight"))?;
+        let act = if self.fused {
+            crate::fused::swiglu(&gate, &up)?
+        } else {
+            (gate.silu()? * up)?
+        };
         self.linear(
-            &(gate.silu()? * up)?,
+            &act,
             &layer_name(layer, "mlp.down_proj.weight"),
         )
     }
@@ -466,7 +539,7 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// threshold every tensor of the softmax and its backward comes from the heap's reused pages,
 /// where logits of all `n` rows (micro: 2048 × 8192 floats, 67 MB) would be mapped and faulted
 /// in fresh for each of them.
-pub fn target_logp(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
+pub fn target_logp(h: &Tensor, w: &Tensor, targets: &[u32], fused: bool) -> Result<Tensor> {
     let (n, vocab) = (h.dim(0)?, w.dim(0)?);
     let rows = ((24usize << 20) / (4 * vocab).max(1)).max(1);
     let w_t = w.t()?;
@@ -474,6 +547,10 @@ pub fn target_logp(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
     for start in (0..n).step_by(rows) {
         let len = rows.min(n - start);
         let logits = h.narrow(0, start, len)?.matmul(&w_t)?;
+        if fused && logits.dtype() == DType::F32 {
+            out.push(crate::fused::target_logp(&logits, &targets[start..start + len])?);
+            continue;
+        }
         let m = logits.max_keepdim(D::Minus1)?.detach();
         let shifted = logits.broadcast_sub(&m)?;
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;

@@ -319,7 +319,7 @@ pub fn weighted_logp(model: &Llama, ex: &Example) -> Result<Tensor> {
     let start = ex.weights.iter().position(|&w| w > 0.0).unwrap_or(0);
     let x = Tensor::new(&ex.ids[..t], &Device::Cpu)?.unsqueeze(0)?;
     let h = model.hidden_packed(&x, &ex.starts)?.narrow(0, start, t - start)?;
-    let picked = target_logp(&h, &output_weight(model)?, &ex.ids[start + 1..])?;
+    let picked = target_logp(&h, &output_weight(model)?, &ex.ids[start + 1..], model.fused)?;
     let w = Tensor::new(&ex.weights[start..], &Device::Cpu)?.to_dtype(picked.dtype())?;
     Ok((picked * w)?.sum_all()?)
 }
@@ -356,7 +356,7 @@ pub fn weighted_logps(model: &Llama, rows: &[&Example]) -> Result<Tensor> {
     let dev = &Device::Cpu;
     let x = Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?;
     let h = model.hidden_packed(&x, &starts)?.index_select(&Tensor::new(at.as_slice(), dev)?, 0)?;
-    let picked = target_logp(&h, &output_weight(model)?, &targets)?;
+    let picked = target_logp(&h, &output_weight(model)?, &targets, model.fused)?;
     let weighted = (picked * Tensor::new(weights.as_slice(), dev)?.to_dtype(h.dtype())?)?;
     let sums = per_row
         .into_iter()
