@@ -353,33 +353,13 @@ impl Llama {
                 k = k.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
                 v = v.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
             }
-            self.attend_documents(&q, &k, &v, tab)?
+            crate::fused::attention(&q, &k, &v, c.attn_scale, &tab.documents)?
         } else {
             self.attention_unfused(x, layer, b, t, tab)?
+                .transpose(1, 2)?
+                .reshape((b * t, h * d))?
         };
-        let y = y.transpose(1, 2)?.reshape((b * t, h * d))?;
         self.linear(&y, &layer_name(layer, "self_attn.o_proj.weight"))
-    }
-
-    /// `softmax(q·kᵀ·scale + causal mask)·v` for heads `[b, h, t, d]`, per packed document.
-    fn attend_documents(&self, q: &Tensor, k: &Tensor, v: &Tensor, tab: &Tables) -> Result<Tensor> {
-        let scale = self.config.attn_scale;
-        let attend = |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
-            let scores = q.matmul(&k.t()?.contiguous()?)?;
-            Ok(crate::fused::causal_softmax(&scores, scale)?.matmul(v)?)
-        };
-        if tab.documents.is_empty() {
-            return attend(q, k, v);
-        }
-        let parts = tab
-            .documents
-            .iter()
-            .map(|&(s, n)| {
-                let part = |x: &Tensor| x.narrow(2, s, n)?.contiguous();
-                attend(&part(q)?, &part(k)?, &part(v)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&parts, 2)?)
     }
 
     /// The attention of [`Llama::attention`] from candle ops (for dtypes other than f32, and

@@ -1,7 +1,7 @@
 //! Fused CPU kernels, each with its own backward pass, for the parts of a training step that
 //! candle would run as chains of single-threaded element-wise ops: the cross-entropy of the
-//! output layer, RMSNorm, SwiGLU, splitting projections into (rotated, repeated) heads, and the
-//! causal softmax of attention. One pass over the data instead of five to ten, vector `e^x`,
+//! output layer, RMSNorm, SwiGLU, splitting projections into (rotated, repeated) heads, and
+//! causal attention. One pass over the data instead of five to ten, vector `e^x`,
 //! and rows spread over rayon's pool (the one candle's matrix products use, so nothing spins
 //! against it). On `micro` these were about half of a step (docs/LOG.md).
 //!
@@ -12,6 +12,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
+
+mod attention;
+pub use attention::attention;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -443,72 +446,6 @@ impl CustomOp1 for Heads {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Causal softmax
-
-/// `softmax(scale · scores + causal mask)` over the last dimension of `scores` `[…, t, t]`:
-/// row `i` sees columns `0..=i`, the rest are 0.
-pub fn causal_softmax(scores: &Tensor, scale: f32) -> CResult<Tensor> {
-    let dims = scores.dims();
-    if dims.len() < 2 || dims[dims.len() - 1] != dims[dims.len() - 2] {
-        return Err(candle_core::Error::Msg(format!("causal_softmax: scores {dims:?} are not square")));
-    }
-    scores.contiguous()?.apply_op1(CausalSoftmax { scale })
-}
-
-struct CausalSoftmax {
-    scale: f32,
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "kiln-causal-softmax"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let t = *layout.shape().dims().last().unwrap_or(&0);
-        let x = f32s(storage, layout)?;
-        let mut out = vec![0.0f32; x.len()];
-        let per = rows_per_task(t);
-        out.par_chunks_mut(t * per).zip(x.par_chunks(t * per)).enumerate().for_each(|(c, (out, x))| {
-            let mut scaled = vec![0.0f32; t];
-            for (k, (o, row)) in out.chunks_mut(t).zip(x.chunks(t)).enumerate() {
-                let seen = ((c * per + k) % t) + 1;
-                for (s, &v) in scaled[..seen].iter_mut().zip(&row[..seen]) {
-                    *s = v * self.scale;
-                }
-                let max = max_of(&scaled[..seen]);
-                let sum = exp_shifted(&scaled[..seen], max, &mut o[..seen]);
-                let inv = 1.0 / sum;
-                for v in &mut o[..seen] {
-                    *v *= inv;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        let t = arg.dim(candle_core::D::Minus1)?;
-        let mut dx = vec![0.0f32; arg.elem_count()];
-        let per = rows_per_task(t);
-        with_values([res, grad], |[p, g]| {
-            dx.par_chunks_mut(t * per).enumerate().for_each(|(c, dx)| {
-                for (k, d) in dx.chunks_mut(t).enumerate() {
-                    let off = (c * per + k) * t;
-                    let seen = ((c * per + k) % t) + 1;
-                    let (p, g) = (&p[off..off + seen], &g[off..off + seen]);
-                    let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
-                    for j in 0..seen {
-                        d[j] = self.scale * p[j] * (g[j] - dot);
-                    }
-                }
-            });
-        })?;
-        Ok(Some(tensor(dx, arg.shape().clone())?))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,20 +560,36 @@ mod tests {
     }
 
     #[test]
-    fn causal_softmax_masks_the_future() {
-        let (t, scale) = (13, 0.37f32);
-        let mask: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
-        check(
-            &[rand(7, &[3, 2, t, t], 2.0)],
-            |x| causal_softmax(&x[0], scale).unwrap(),
-            |x| {
-                let s = (&x[0] * f64::from(scale)).unwrap().broadcast_add(&mask).unwrap();
-                let m = s.max_keepdim(D::Minus1).unwrap().detach();
-                let e = s.broadcast_sub(&m).unwrap().exp().unwrap();
-                e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
-            },
-            "causal_softmax",
-        );
+    fn attention_matches_masked_softmax_of_products() {
+        // t spans two query blocks and a partial third; packed documents cut across blocks.
+        let (b, h, t, d, scale) = (2, 3, 150, 8, 0.3f32);
+        let mask = |n: usize| {
+            let m: Vec<f32> = (0..n * n).map(|k| if k % n > k / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+            Tensor::from_vec(m, (n, n), &Device::Cpu).unwrap()
+        };
+        let reference = |x: &[Tensor], docs: &[(usize, usize)]| {
+            let parts: Vec<Tensor> = docs
+                .iter()
+                .map(|&(s, n)| {
+                    let part = |y: &Tensor| y.narrow(2, s, n).unwrap().contiguous().unwrap();
+                    let sc = (part(&x[0]).matmul(&part(&x[1]).t().unwrap()).unwrap() * f64::from(scale)).unwrap();
+                    let sc = sc.broadcast_add(&mask(n)).unwrap();
+                    let m = sc.max_keepdim(D::Minus1).unwrap().detach();
+                    let e = sc.broadcast_sub(&m).unwrap().exp().unwrap();
+                    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+                    p.matmul(&part(&x[2])).unwrap()
+                })
+                .collect();
+            Tensor::cat(&parts, 2).unwrap().transpose(1, 2).unwrap().reshape((b * t, h * d)).unwrap()
+        };
+        for docs in [vec![], vec![(0, 70), (70, 3), (73, 77)]] {
+            let whole = if docs.is_empty() { vec![(0, t)] } else { docs.clone() };
+            check(
+                &[rand(10, &[b, h, t, d], 1.0), rand(11, &[b, h, t, d], 1.0), rand(12, &[b, h, t, d], 1.0)],
+                |x| attention(&x[0], &x[1], &x[2], scale, &docs).unwrap(),
+                |x| reference(x, &whole),
+                &format!("attention {docs:?}"),
+            );
+        }
     }
 }

@@ -1,0 +1,212 @@
+//! Causal self-attention as one op with its own backward: `softmax(q·kᵀ·scale + mask)·v` per
+//! head, in blocks of query rows so the masked upper triangle is mostly not computed, with
+//! every head of every row a rayon task whose products run on that task's thread. candle
+//! would run one pool-wide GEMM per head and product (small ones, dominated by their start-up),
+//! plus copies for `kᵀ`, the mask, the softmax and the output transpose.
+
+use super::{exp_shifted, f32s, max_of, tensor, with_values, CResult};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Query rows per block: a block's scores reach only up to its last row's key.
+const BLOCK: usize = 64;
+
+/// Attention of heads `q`, `k`, `v` `[b, h, t, d]` (keys and values already repeated per query
+/// head), each row attending to itself and the earlier rows of its own document (`documents`:
+/// (start, length) per packed document; empty for one). The result is `[b·t, h·d]`, the layout
+/// the output projection reads.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, documents: &[(usize, usize)]) -> CResult<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    if k.dims() != q.dims() || v.dims() != q.dims() {
+        return Err(candle_core::Error::Msg(format!(
+            "attention: q {:?}, k {:?}, v {:?} differ",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    let documents = if documents.is_empty() { vec![(0, t)] } else { documents.to_vec() };
+    if documents.iter().any(|&(s, n)| s + n > t) {
+        return Err(candle_core::Error::Msg("attention: a document runs past the row".into()));
+    }
+    let op = Attention { b, h, t, d, scale, documents, probs: Mutex::new(None) };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+struct Attention {
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    scale: f32,
+    documents: Vec<(usize, usize)>,
+    /// The softmax of the forward pass, `[b, h, t, t]` (0 where masked), kept for backward.
+    probs: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+/// A row-major matrix view: element (i, j) at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst = a·b` (`accumulate`: `dst += a·b`) for `a` `[m, k]`, `b` `[k, n]` and `dst` `[m, n]`
+/// with row stride `dst_rs`, on the calling thread.
+///
+/// # Safety
+/// The views must cover their matrices, and `dst` must be writable and not overlap them.
+unsafe fn matmul((m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, accumulate: bool, a: View, b: View) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(
+        m, n, k, dst, 1, dst_rs as isize, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0f32, 1.0f32, false,
+        false, false, gemm::Parallelism::None,
+    );
+}
+
+/// A pointer handed to tasks that write disjoint parts of its buffer.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes only the rows and columns of its own (batch row, head).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The element `offset` places in (a method, so closures capture the whole `Shared`).
+    ///
+    /// # Safety
+    /// `offset` must lie inside the buffer.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+impl Attention {
+    /// (start, length) of each query block of each document.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        self.documents
+            .iter()
+            .flat_map(|&(s, n)| (0..n).step_by(BLOCK).map(move |r0| (s, r0, BLOCK.min(n - r0))))
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "kiln-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (q, k, v) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
+        let (b, h, t, d) = (self.b, self.h, self.t, self.d);
+        let mut out = vec![0.0f32; b * t * h * d];
+        let mut probs = vec![0.0f32; b * h * t * t];
+        let out_ptr = Shared(out.as_mut_ptr());
+        probs.par_chunks_mut(t * t).enumerate().for_each_init(
+            || vec![0.0f32; t],
+            |scratch, (bh, p)| {
+                let (bi, hi) = (bh / h, bh % h);
+                let (qb, kb, vb) = (&q[bh * t * d..][..t * d], &k[bh * t * d..][..t * d], &v[bh * t * d..][..t * d]);
+                for (s, r0, rb) in self.blocks() {
+                    let c = r0 + rb;
+                    let rows = (s + r0) * t + s;
+                    // SAFETY: scores of rows s+r0.. and keys s..s+c lie inside this head's
+                    // [t, t] block; q and k rows inside its [t, d] blocks.
+                    unsafe {
+                        matmul((rb, c, d), p[rows..].as_mut_ptr(), t, false,
+                            View { ptr: qb[(s + r0) * d..].as_ptr(), rs: d as isize, cs: 1 },
+                            View { ptr: kb[s * d..].as_ptr(), rs: 1, cs: d as isize });
+                    }
+                    for j in 0..rb {
+                        let row = &mut p[rows + j * t..][..c];
+                        let seen = r0 + j + 1;
+                        for (x, s) in scratch[..seen].iter_mut().zip(&row[..seen]) {
+                            *x = s * self.scale;
+                        }
+                        let max = max_of(&scratch[..seen]);
+                        let inv = 1.0 / exp_shifted(&scratch[..seen], max, &mut row[..seen]);
+                        row[..seen].iter_mut().for_each(|x| *x *= inv);
+                        row[seen..].iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    // SAFETY: this (batch row, head)'s columns hi·d.. of output rows
+                    // bi·t+s+r0.. are written by this task only.
+                    unsafe {
+                        let dst = out_ptr.at((bi * t + s + r0) * h * d + hi * d);
+                        matmul((rb, d, c), dst, h * d, false,
+                            View { ptr: p[rows..].as_ptr(), rs: t as isize, cs: 1 },
+                            View { ptr: vb[s * d..].as_ptr(), rs: d as isize, cs: 1 });
+                    }
+                }
+            },
+        );
+        *self.probs.lock().expect("attention probabilities lock") = Some(Arc::new(probs));
+        Ok((CpuStorage::F32(out), Shape::from((b * t, h * d))))
+    }
+
+    fn bwd(&self, q_t: &Tensor, k_t: &Tensor, v_t: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let probs = self
+            .probs
+            .lock()
+            .expect("attention probabilities lock")
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("attention: backward before forward".into()))?;
+        let (b, h, t, d) = (self.b, self.h, self.t, self.d);
+        let n = b * h * t * d;
+        let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        with_values([q_t, k_t, v_t, res, grad], |[q, k, v, o, g]| {
+            dq.par_chunks_mut(t * d)
+                .zip(dk.par_chunks_mut(t * d))
+                .zip(dv.par_chunks_mut(t * d))
+                .enumerate()
+                .for_each_init(
+                    || vec![0.0f32; BLOCK * t],
+                    |ds, (bh, ((dq, dk), dv))| {
+                        let (bi, hi) = (bh / h, bh % h);
+                        let (qb, kb, vb) = (&q[bh * t * d..][..t * d], &k[bh * t * d..][..t * d], &v[bh * t * d..][..t * d]);
+                        let p = &probs[bh * t * t..][..t * t];
+                        for (s, r0, rb) in self.blocks() {
+                            let c = r0 + rb;
+                            let rows = (s + r0) * t + s;
+                            let go = (bi * t + s + r0) * h * d + hi * d;
+                            // SAFETY (all four products): views stay inside this head's blocks
+                            // of q, k, v, p, and its columns of the [b·t, h·d] o and g; `ds`
+                            // holds BLOCK × t floats.
+                            unsafe {
+                                // dP = dO·Vᵀ
+                                matmul((rb, c, d), ds.as_mut_ptr(), c, false,
+                                    View { ptr: g[go..].as_ptr(), rs: (h * d) as isize, cs: 1 },
+                                    View { ptr: vb[s * d..].as_ptr(), rs: 1, cs: d as isize });
+                            }
+                            for j in 0..rb {
+                                let (oj, gj) = (&o[go + j * h * d..][..d], &g[go + j * h * d..][..d]);
+                                let dot: f32 = oj.iter().zip(gj).map(|(a, b)| a * b).sum();
+                                let pj = &p[rows + j * t..][..c];
+                                for (x, &pv) in ds[j * c..(j + 1) * c].iter_mut().zip(pj) {
+                                    *x = self.scale * pv * (*x - dot);
+                                }
+                            }
+                            unsafe {
+                                // dQ = dS·K
+                                matmul((rb, d, c), dq[(s + r0) * d..].as_mut_ptr(), d, false,
+                                    View { ptr: ds.as_ptr(), rs: c as isize, cs: 1 },
+                                    View { ptr: kb[s * d..].as_ptr(), rs: d as isize, cs: 1 });
+                                // dK += dSᵀ·Q
+                                matmul((c, d, rb), dk[s * d..].as_mut_ptr(), d, true,
+                                    View { ptr: ds.as_ptr(), rs: 1, cs: c as isize },
+                                    View { ptr: qb[(s + r0) * d..].as_ptr(), rs: d as isize, cs: 1 });
+                                // dV += Pᵀ·dO
+                                matmul((c, d, rb), dv[s * d..].as_mut_ptr(), d, true,
+                                    View { ptr: p[rows..].as_ptr(), rs: 1, cs: t as isize },
+                                    View { ptr: g[go..].as_ptr(), rs: (h * d) as isize, cs: 1 });
+                            }
+                        }
+                    },
+                );
+        })?;
+        let shape = q_t.shape().clone();
+        Ok((Some(tensor(dq, shape.clone())?), Some(tensor(dk, shape.clone())?), Some(tensor(dv, shape)?)))
+    }
+}
