@@ -82,7 +82,7 @@ pub fn pair_logps(net: &Net, pairs: &[Pair]) -> Result<Vec<(f64, f64)>> {
     let longest = pairs.iter().map(|p| p.chosen.ids.len().max(p.rejected.ids.len())).max();
     let mut out = Vec::with_capacity(pairs.len());
     for group in pair_groups(&refs, pass_budget(longest.unwrap_or(0))) {
-        let logps = group_logps(&net.model, &group)?.detach().to_vec1::<f32>()?;
+        let logps = net.model.no_grad(|| group_logps(&net.model, &group))?.to_vec1::<f32>()?;
         out.extend(logps.chunks(2).map(|c| (f64::from(c[0]), f64::from(c[1]))));
     }
     Ok(out)

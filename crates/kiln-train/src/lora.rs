@@ -209,8 +209,9 @@ impl Lora {
         }
     }
 
-    /// `y + (α/r)·dropout(x)·Aᵀ·Bᵀ` when `weight` is adapted, else `y`.
-    pub fn apply(&self, weight: &str, x: &Tensor, y: Tensor) -> Result<Tensor> {
+    /// `y + (α/r)·dropout(x)·Aᵀ·Bᵀ` when `weight` is adapted, else `y`; with `track` false
+    /// the adapters enter detached (no graph through them).
+    pub fn apply(&self, weight: &str, x: &Tensor, y: Tensor, track: bool) -> Result<Tensor> {
         let Some(&(a, b)) = self.index.get(weight) else {
             return Ok(y);
         };
@@ -232,8 +233,8 @@ impl Lora {
         } else {
             x.clone()
         };
-        let a = self.params[a].1.as_tensor();
-        let b = self.params[b].1.as_tensor();
+        let (a, b) = (self.params[a].1.as_tensor(), self.params[b].1.as_tensor());
+        let (a, b) = if track { (a.clone(), b.clone()) } else { (a.detach(), b.detach()) };
         let delta = x.matmul(&a.t()?)?.matmul(&b.t()?)?;
         Ok((y + (delta * self.config.scale())?)?)
     }

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use kiln_model::config::{Activation, Family, RopeStyle};
 use kiln_model::ModelConfig;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Standard deviation of the initial weights (GPT-2's 0.02).
 const INIT_STD: f64 = 0.02;
@@ -41,6 +42,9 @@ pub struct Llama {
     /// Run RMSNorm, SwiGLU, heads, causal softmax and cross-entropy as [`crate::fused`]
     /// kernels (f32 only) rather than as chains of candle ops; the two agree to f32 rounding.
     pub fused: bool,
+    /// Set inside [`Llama::no_grad`]: every parameter (and adapter) enters detached, so candle
+    /// records no graph and frees each activation as soon as it is used.
+    no_grad: AtomicBool,
     params: Vec<(String, Var)>,
     index: HashMap<String, usize>,
     dtype: DType,
@@ -169,6 +173,7 @@ impl Llama {
             adapters: None,
             frozen: false,
             fused: dtype == DType::F32,
+            no_grad: AtomicBool::new(false),
             params,
             index,
             dtype,
@@ -196,11 +201,26 @@ impl Llama {
             .param(name)
             .expect("parameter exists by construction")
             .as_tensor();
-        if self.frozen {
+        if self.frozen || !self.tracking() {
             t.detach()
         } else {
             t.clone()
         }
+    }
+
+    /// Runs `f` (evaluation, reference log-probabilities, sampling) with no autograd graph:
+    /// a held-out pass of a 135M model then needs its activations one layer at a time, not
+    /// all of them (with LoRA adapters, the graph would otherwise be recorded through them).
+    pub fn no_grad<R>(&self, f: impl FnOnce() -> R) -> R {
+        let before = self.no_grad.swap(true, Ordering::Relaxed);
+        let out = f();
+        self.no_grad.store(before, Ordering::Relaxed);
+        out
+    }
+
+    /// Whether passes now record a graph for backward (false inside [`Llama::no_grad`]).
+    pub fn tracking(&self) -> bool {
+        !self.no_grad.load(Ordering::Relaxed)
     }
 
     /// The parameters as plain tensors by name (for safetensors).
@@ -325,7 +345,7 @@ impl Llama {
     fn linear(&self, x: &Tensor, weight: &str) -> Result<Tensor> {
         let y = x.matmul(&self.p(weight).t()?)?;
         match &self.adapters {
-            Some(lora) => lora.apply(weight, x, y),
+            Some(lora) => lora.apply(weight, x, y, self.tracking()),
             None => Ok(y),
         }
     }
@@ -448,7 +468,7 @@ impl Llama {
             let window = &ids[ids.len().saturating_sub(ctx)..];
             let input = Tensor::new(window, &Device::Cpu)?.unsqueeze(0)?;
             let logits = self
-                .forward(&input)?
+                .no_grad(|| self.forward(&input))?
                 .squeeze(0)?
                 .get(window.len() - 1)?
                 .to_dtype(DType::F64)?

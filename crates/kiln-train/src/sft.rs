@@ -91,7 +91,7 @@ pub fn mean_nll(net: &Net, examples: &[Example], max_len: usize) -> Result<f64> 
     let (mut sum, mut n) = (0.0, 0usize);
     let refs: Vec<&Example> = examples.iter().collect();
     for batch in batches(&refs, pass_budget(max_len)) {
-        sum -= scalar(&weighted_logps(&net.model, &batch)?.sum_all()?.detach())?;
+        sum -= scalar(&net.model.no_grad(|| weighted_logps(&net.model, &batch))?.sum_all()?)?;
         n += batch.iter().map(|ex| ex.n_trained()).sum::<usize>();
     }
     Ok(sum / n.max(1) as f64)

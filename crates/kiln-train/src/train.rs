@@ -360,7 +360,7 @@ impl Trainer {
             let shape = (cfg.micro_batch, cfg.shape.context);
             let x = Tensor::from_vec(x.clone(), shape, &Device::Cpu)?;
             let y = Tensor::from_vec(y.clone(), shape, &Device::Cpu)?;
-            sum += f64::from(self.model.loss(&x, &y)?.detach().to_scalar::<f32>()?);
+            sum += f64::from(self.model.no_grad(|| self.model.loss(&x, &y))?.to_scalar::<f32>()?);
         }
         let loss = sum / batches.len() as f64;
         Ok((loss, loss / std::f64::consts::LN_2 * self.tokens_per_byte))

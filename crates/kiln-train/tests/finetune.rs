@@ -158,6 +158,12 @@ fn fresh_lora_is_the_base_model_and_a_step_moves_only_adapters() {
     assert_eq!(changed, adapters_before.len() / 2, "{changed} of {} adapter tensors moved", adapters_before.len());
     lora.set_training(false);
     assert_ne!(logits(&model, &ids), before, "the step changed the adapted model");
+    // A held-out pass records no graph, through the adapters either, and computes the same.
+    let tracked = weighted_logp(&model, &ex).unwrap();
+    let free = model.no_grad(|| weighted_logp(&model, &ex)).unwrap();
+    assert!(tracked.track_op() && !free.track_op(), "no_grad left a graph");
+    assert_eq!(tracked.to_scalar::<f32>().unwrap(), free.to_scalar::<f32>().unwrap());
+    assert!(model.tracking(), "no_grad is undone after its pass");
 }
 
 /// Deep copies (a [`candle_core::Var`] is updated in place, so plain clones follow it).

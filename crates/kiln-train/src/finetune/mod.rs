@@ -309,7 +309,7 @@ fn output_weight(model: &Llama) -> Result<Tensor> {
         .param(name)
         .ok_or_else(|| TrainError::Checkpoint(format!("the model has no {name}")))?
         .as_tensor();
-    Ok(if model.frozen { w.detach() } else { w.clone() })
+    Ok(if model.frozen || !model.tracking() { w.detach() } else { w.clone() })
 }
 
 /// `Σ weights[i]·log p(ids[i+1] | ids[..=i])` as a scalar tensor (differentiable). Logits are

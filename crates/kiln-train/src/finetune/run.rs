@@ -455,7 +455,7 @@ impl Run {
         let mut last = json!({});
         if self.step == 0 {
             // The starting model's held-out numbers, for comparison with the end (start.json).
-            let start = task.evaluate_start(&self.net)?;
+            let start = self.net.model.no_grad(|| task.evaluate_start(&self.net))?;
             if !start.is_empty() {
                 let mut line = json!({"step": 0});
                 let mut text = "before training".to_string();
@@ -519,7 +519,7 @@ impl Run {
             let eval_now = (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every))
                 || self.step == cfg.steps;
             if eval_now {
-                for (k, v) in task.evaluate(&self.net)? {
+                for (k, v) in self.net.model.no_grad(|| task.evaluate(&self.net))? {
                     line[&k] = json!(v);
                     text.push_str(&format!(" | {k} {v:.4}"));
                 }
