@@ -63,8 +63,9 @@ fn wants_grad(t: &Tensor) -> bool {
 /// `out[i] = e^(x[i] - shift)`; returns `Σ out`.
 fn exp_shifted(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     let n = x.len().min(out.len());
-    let mut body = 0;
-    let mut sum = 0.0f32;
+    // Only x86 has a vector path here (the others take the scalar loop for every element).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let (mut body, mut sum) = (0, 0.0f32);
     #[cfg(target_arch = "x86_64")]
     if kiln_model::quant::simd_available() {
         body = n - n % 8;
@@ -110,6 +111,7 @@ fn max_of(x: &[f32]) -> f32 {
 /// `σ(x) = 1 / (1 + e^-x)` into `out`.
 fn sigmoid(x: &[f32], out: &mut [f32]) {
     let n = x.len().min(out.len());
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut body = 0;
     #[cfg(target_arch = "x86_64")]
     if kiln_model::quant::simd_available() {
