@@ -360,61 +360,56 @@ impl Llama {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (h, kvh, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
-        // [b·t, heads·d] → [b, heads, t, d]
         let proj = |name: &str| self.linear(x, &layer_name(layer, name));
+        // [b·t, heads·d] each
+        let (q, k, v) = (
+            proj("self_attn.q_proj.weight")?,
+            proj("self_attn.k_proj.weight")?,
+            proj("self_attn.v_proj.weight")?,
+        );
         let y = if self.fused {
             let split = |y: Tensor, rep: usize, rotary: bool| -> Result<Tensor> {
                 Ok(crate::fused::heads(&y, b, t, d, rep, rotary.then_some(&tab.rotary))?)
             };
-            let q = split(proj("self_attn.q_proj.weight")?, 1, true)?;
-            let mut k = split(proj("self_attn.k_proj.weight")?, h / kvh, true)?;
-            let mut v = split(proj("self_attn.v_proj.weight")?, h / kvh, false)?;
-            if self.round_kv_f16 {
-                k = k.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
-                v = v.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
-            }
+            let q = split(q, 1, true)?;
+            let k = self.round_kv(split(k, h / kvh, true)?)?;
+            let v = self.round_kv(split(v, h / kvh, false)?)?;
             crate::fused::attention(&q, &k, &v, c.attn_scale, &tab.documents)?
         } else {
-            self.attention_unfused(x, layer, b, t, tab)?
-                .transpose(1, 2)?
-                .reshape((b * t, h * d))?
+            self.attention_unfused(q, k, v, b, t, tab)?
         };
         self.linear(&y, &layer_name(layer, "self_attn.o_proj.weight"))
     }
 
+    /// Keys or values rounded to f16 and back when `round_kv_f16` is set.
+    fn round_kv(&self, x: Tensor) -> Result<Tensor> {
+        if !self.round_kv_f16 {
+            return Ok(x);
+        }
+        Ok(x.to_dtype(DType::F16)?.to_dtype(self.dtype)?)
+    }
+
     /// The attention of [`Llama::attention`] from candle ops (for dtypes other than f32, and
-    /// the reference the fused kernels are tested against): heads `[b, h, t, d]` out.
+    /// the reference the fused kernels are tested against): projections `[b·t, heads·d]` in,
+    /// `[b·t, h·d]` out.
     fn attention_unfused(
         &self,
-        x: &Tensor,
-        layer: usize,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
         b: usize,
         t: usize,
         tab: &Tables,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (h, kvh, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        // [b·t, n·d] → [b, n, t, d]
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(
-            self.linear(x, &layer_name(layer, "self_attn.q_proj.weight"))?,
-            h,
-        )?;
-        let k = heads(
-            self.linear(x, &layer_name(layer, "self_attn.k_proj.weight"))?,
-            kvh,
-        )?;
-        let v = heads(
-            self.linear(x, &layer_name(layer, "self_attn.v_proj.weight"))?,
-            kvh,
-        )?;
-        let q = rope(&q, tab)?;
-        let (mut k, mut v) = (rope(&k, tab)?, v);
-        if self.round_kv_f16 {
-            k = k.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
-            v = v.to_dtype(DType::F16)?.to_dtype(self.dtype)?;
-        }
+        let q = rope(&heads(q, h)?, tab)?;
+        let k = self.round_kv(rope(&heads(k, kvh)?, tab)?)?;
+        let v = self.round_kv(heads(v, kvh)?)?;
         let k = repeat_kv(k, h / kvh)?;
         let v = repeat_kv(v, h / kvh)?;
         let attend = |q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor| -> Result<Tensor> {
@@ -436,7 +431,7 @@ impl Llama {
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&parts, 2)?
         };
-        Ok(y)
+        Ok(y.transpose(1, 2)?.reshape((b * t, h * d))?)
     }
 
     fn mlp(&self, x: &Tensor, layer: usize) -> Result<Tensor> {
