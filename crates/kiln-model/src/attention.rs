@@ -115,7 +115,8 @@ fn online_softmax_step(m: &mut f32, s: f32) -> (f32, f32) {
     }
 }
 
-/// The inner loops, chosen once: AVX2+F16C where the CPU has them, scalar otherwise.
+/// The inner loops, chosen once: AVX2+F16C where the CPU has them, NEON on AArch64, scalar
+/// otherwise.
 struct Kernels {
     /// `q · k` with `k` in f16, accumulated in f32.
     dot: fn(&[f32], &[f16]) -> f32,
@@ -130,6 +131,13 @@ fn kernels() -> &'static Kernels {
     if crate::quant::simd_available() {
         return &simd::KERNELS;
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // Chosen once: neon_available() reads the environment, and this runs for every head.
+        static CHOSEN: std::sync::OnceLock<&'static Kernels> = std::sync::OnceLock::new();
+        return CHOSEN.get_or_init(|| if crate::quant::neon_available() { &neon::KERNELS } else { &scalar::KERNELS });
+    }
+    #[allow(unreachable_code)]
     &scalar::KERNELS
 }
 
@@ -303,6 +311,181 @@ mod simd {
             }
         }
 
+    }
+}
+
+/// [`scalar`]'s operations four lanes at a time (NEON is baseline on AArch64). Halves are
+/// loaded as `u16` lanes (Rust's own `f16` type is unstable) and converted by `fcvtl`/`fcvtn`:
+/// exact widening, and rounding to nearest even under the default FPCR, the rounding of
+/// `f16::from_f32`, subnormals and infinities included.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{f16, scalar, Kernels};
+    use std::arch::aarch64::*;
+
+    pub static KERNELS: Kernels = Kernels { dot, mad_f16, scale_f16 };
+
+    /// Eight halves as two f32 vectors (lanes 0–3, 4–7).
+    #[inline(always)]
+    fn load_h(p: &[f16; 8]) -> (float32x4_t, float32x4_t) {
+        // SAFETY: NEON is baseline; the array holds eight halves, each a u16 underneath.
+        unsafe {
+            let h = vreinterpretq_f16_u16(vld1q_u16(p.as_ptr() as *const u16));
+            (vcvt_f32_f16(vget_low_f16(h)), vcvt_high_f32_f16(h))
+        }
+    }
+
+    /// Rounds two f32 vectors to eight halves and stores them.
+    #[inline(always)]
+    fn store_h(p: &mut [f16; 8], lo: float32x4_t, hi: float32x4_t) {
+        // SAFETY: as in `load_h`.
+        unsafe { vst1q_u16(p.as_mut_ptr() as *mut u16, vreinterpretq_u16_f16(vcvt_high_f16_f32(vcvt_f16_f32(lo), hi))) }
+    }
+
+    /// [`scalar::dot`] with each 16-lane accumulator held as four 4-lane vectors, so the
+    /// lanes and their reduction are the scalar ones.
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        let n = q.len().min(k.len());
+        let body = n - n % 64;
+        if body == 0 {
+            return scalar::dot(q, k);
+        }
+        let mut lanes = [[0f32; 16]; 4];
+        // SAFETY: NEON is baseline on AArch64; `q8` holds eight floats, and each store writes
+        // four floats at lane 4·(v mod 4) of a 16-lane row.
+        unsafe {
+            let mut acc = [vdupq_n_f32(0.0); 16];
+            for (qc, kc) in q[..body].as_chunks::<64>().0.iter().zip(k[..body].as_chunks::<64>().0) {
+                for (h, (q8, k8)) in qc.as_chunks::<8>().0.iter().zip(kc.as_chunks::<8>().0).enumerate() {
+                    let (klo, khi) = load_h(k8);
+                    acc[2 * h] = vfmaq_f32(acc[2 * h], vld1q_f32(q8.as_ptr()), klo);
+                    acc[2 * h + 1] = vfmaq_f32(acc[2 * h + 1], vld1q_f32(q8.as_ptr().add(4)), khi);
+                }
+            }
+            for (v, a) in acc.iter().enumerate() {
+                vst1q_f32(lanes[v / 4].as_mut_ptr().add(4 * (v % 4)), *a);
+            }
+        }
+        let mut tail = 0f64;
+        for e in body..n {
+            tail += (q[e] * k[e].to_f32()) as f64;
+        }
+        (scalar::reduce_lanes(lanes) as f64 + tail) as f32
+    }
+
+    fn mad_f16(acc: &mut [f16], v: &[f16], w: f32) {
+        let n = acc.len().min(v.len());
+        let body = n - n % 8;
+        for (a, x) in acc[..body].as_chunks_mut::<8>().0.iter_mut().zip(v[..body].as_chunks::<8>().0) {
+            let ((alo, ahi), (xlo, xhi)) = (load_h(a), load_h(x));
+            // acc + x·w, fused like the scalar mul_add.
+            // SAFETY: NEON is baseline on AArch64; registers only.
+            let (lo, hi) = unsafe { (vfmaq_n_f32(alo, xlo, w), vfmaq_n_f32(ahi, xhi, w)) };
+            store_h(a, lo, hi);
+        }
+        scalar::mad_f16(&mut acc[body..n], &v[body..n], w);
+    }
+
+    fn scale_f16(acc: &mut [f16], w: f32) {
+        let body = acc.len() - acc.len() % 8;
+        for a in acc[..body].as_chunks_mut::<8>().0 {
+            let (lo, hi) = load_h(a);
+            // SAFETY: NEON is baseline on AArch64; registers only.
+            let (lo, hi) = unsafe { (vmulq_n_f32(lo, w), vmulq_n_f32(hi, w)) };
+            store_h(a, lo, hi);
+        }
+        scalar::scale_f16(&mut acc[body..], w);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::scalar;
+        use super::*;
+
+        /// `n` values in [-1, 1) from a xorshift seeded by `seed`.
+        fn values(n: usize, seed: u32) -> Vec<f32> {
+            let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x >> 8) as f32 / (1 << 23) as f32 - 1.0
+                })
+                .collect()
+        }
+
+        fn halves(x: &[f32]) -> Vec<f16> {
+            x.iter().map(|&v| f16::from_f32(v)).collect()
+        }
+
+        fn bits(x: &[f16]) -> Vec<u16> {
+            x.iter().map(|h| h.to_bits()).collect()
+        }
+
+        /// The first element whose bits differ, NaN matching any NaN: Rust leaves a NaN
+        /// result's sign and payload open, and for NaN · NaN the scalar loop's bits depend on
+        /// which operand the compiler puts first.
+        fn mismatch(x: &[f16], y: &[f16]) -> Option<(usize, f16, f16)> {
+            let same = |a: &f16, b: &f16| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            x.iter().zip(y).position(|(a, b)| !same(a, b)).map(|i| (i, x[i], y[i]))
+        }
+
+        /// The standard of the AVX2 test: the NEON kernels give the scalar bits.
+        #[test]
+        fn neon_attention_kernels_match_scalar() {
+            if !crate::quant::neon_available() {
+                eprintln!("SKIP: KILN_FORCE_SCALAR=1");
+                return;
+            }
+            // The AVX2 test's sizes, then rows of up to 40 steps of 64 with short tails.
+            let sizes = [1, 7, 8, 15, 16, 33, 64, 100, 127, 128, 256].into_iter().chain((1..=40).map(|s| 64 * s + s % 9));
+            for (i, n) in sizes.enumerate() {
+                let (a, b) = (values(n, i as u32), halves(&values(n, 1000 + i as u32)));
+                assert_eq!(dot(&a, &b).to_bits(), scalar::dot(&a, &b).to_bits(), "dot n={n}");
+                let mut x = halves(&a);
+                let mut y = x.clone();
+                mad_f16(&mut x, &b, -1.3);
+                scalar::mad_f16(&mut y, &b, -1.3);
+                assert_eq!(bits(&x), bits(&y), "mad_f16 n={n}");
+                scale_f16(&mut x, 0.61);
+                scalar::scale_f16(&mut y, 0.61);
+                assert_eq!(bits(&x), bits(&y), "scale_f16 n={n}");
+            }
+        }
+
+        /// The f32 → f16 rounding at its edges, every accumulator against every value and
+        /// weight: ties to even (down and up), results in the subnormals and the tie below the
+        /// smallest one, overflow to infinity at 65520, NaN and infinities in each operand.
+        /// Compared as bits, except that NaN matches any NaN (see [`mismatch`]).
+        #[test]
+        fn neon_f16_rounding_matches_scalar_at_the_edges() {
+            if !crate::quant::neon_available() {
+                eprintln!("SKIP: KILN_FORCE_SCALAR=1");
+                return;
+            }
+            let (nan, inf, e) = (f32::NAN, f32::INFINITY, |k: i32| 2f32.powi(k));
+            let accs = [1.0, 1.0 + e(-10), -2.0, e(-24), 3.0 * e(-24), 0.0, -0.0, 65504.0, -65504.0, e(-14), nan, -nan, inf, -inf, 1000.0, -0.3];
+            let vals = [e(-11), -e(-11), e(-10), e(-24), 3.0 * e(-24), 16.0, 15.0, -16.0, 1.0, 0.0, -0.0, nan, inf, -inf, e(-14), 0.1];
+            let a: Vec<f32> = accs.iter().flat_map(|&x| [x; 16]).collect();
+            let v: Vec<f32> = (0..accs.len()).flat_map(|_| vals).collect();
+            for w in [1.0, 0.5, 0.75, e(-12), 3.0, -1.0, 1e-8, 0.0, inf, nan] {
+                // Once all in the vector body, once with five elements left to the scalar tail.
+                for extra in [0, 5] {
+                    let (a, v) = ([&a[..], &a[..extra]].concat(), [&v[..], &v[..extra]].concat());
+                    let (mut x, vh) = (halves(&a), halves(&v));
+                    let mut y = x.clone();
+                    mad_f16(&mut x, &vh, w);
+                    scalar::mad_f16(&mut y, &vh, w);
+                    assert_eq!(mismatch(&x, &y), None, "mad_f16 w={w} extra={extra}");
+                    let mut x = halves(&a);
+                    let mut y = x.clone();
+                    scale_f16(&mut x, w);
+                    scalar::scale_f16(&mut y, w);
+                    assert_eq!(mismatch(&x, &y), None, "scale_f16 w={w} extra={extra}");
+                }
+            }
+        }
     }
 }
 
