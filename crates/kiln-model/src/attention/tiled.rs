@@ -194,11 +194,15 @@ fn kernels(head_dim: usize) -> &'static Kernels {
     if crate::quant::simd_available() && head_dim.is_multiple_of(8) {
         return &simd::KERNELS;
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::quant::neon_available() && head_dim.is_multiple_of(4) {
+        return &neon::KERNELS;
+    }
     let _ = head_dim;
     &scalar::KERNELS
 }
 
-/// Plain loops: the reference, and the path for CPUs without AVX2.
+/// Plain loops: the reference, and the path for CPUs without AVX2 or NEON.
 mod scalar {
     use super::{f16, Kernels, KEYS, LANES};
 
@@ -238,7 +242,7 @@ mod scalar {
         p.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
 
-    fn softmax(p: &mut [f32; KEYS], max: f32, sums: &mut [f32; LANES]) {
+    pub fn softmax(p: &mut [f32; KEYS], max: f32, sums: &mut [f32; LANES]) {
         for v in p.iter_mut() {
             *v = crate::math::exp(*v - max);
         }
@@ -424,6 +428,122 @@ mod simd {
     }
 }
 
+/// [`scalar`]'s loops four lanes at a time, for head widths that are multiples of 4 (NEON is
+/// baseline on AArch64). The softmax stays scalar: math.rs keeps its four-lane `exp` private.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{f16, scalar, Kernels, KEYS};
+    use std::arch::aarch64::*;
+
+    pub static KERNELS: Kernels = Kernels { load_keys, load_values, scores, max, softmax: scalar::softmax, accumulate };
+
+    // SAFETY (all of them): NEON is baseline on AArch64; chosen only for head widths that are
+    // multiples of 4; every access stays within the slices, whose lengths the asserts check
+    // (`hd·KEYS` for the blocks, `n` keys of `stride` in the cache).
+
+    /// Four halves widened to f32 (`fcvtl`, exact); f16 is a u16 underneath.
+    #[inline(always)]
+    unsafe fn load_h(p: *const f16) -> float32x4_t {
+        vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p as *const u16)))
+    }
+
+    /// Four keys × four dimensions at a time: convert, transpose in registers, store.
+    fn load_keys(keys: &[f16], stride: usize, n: usize, hd: usize, kt: &mut [f32]) {
+        assert!(hd.is_multiple_of(4) && kt.len() >= hd * KEYS && (n == 0 || keys.len() >= (n - 1) * stride + hd));
+        unsafe {
+            for jb in (0..KEYS).step_by(4) {
+                for db in (0..hd).step_by(4) {
+                    let mut r = [vdupq_n_f32(0.0); 4];
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        if jb + i < n {
+                            *ri = load_h(keys.as_ptr().add((jb + i) * stride + db));
+                        }
+                    }
+                    // Pairs of lanes, then pairs of pairs: column `dd` holds dimension `db + dd`
+                    // of the four keys.
+                    let t0 = vreinterpretq_f64_f32(vtrn1q_f32(r[0], r[1]));
+                    let t1 = vreinterpretq_f64_f32(vtrn2q_f32(r[0], r[1]));
+                    let t2 = vreinterpretq_f64_f32(vtrn1q_f32(r[2], r[3]));
+                    let t3 = vreinterpretq_f64_f32(vtrn2q_f32(r[2], r[3]));
+                    let cols = [vtrn1q_f64(t0, t2), vtrn1q_f64(t1, t3), vtrn2q_f64(t0, t2), vtrn2q_f64(t1, t3)];
+                    for (dd, c) in cols.iter().enumerate() {
+                        vst1q_f32(kt.as_mut_ptr().add((db + dd) * KEYS + jb), vreinterpretq_f32_f64(*c));
+                    }
+                }
+            }
+        }
+    }
+
+    fn load_values(values: &[f16], stride: usize, n: usize, hd: usize, vf: &mut [f32]) {
+        assert!(hd.is_multiple_of(4) && vf.len() >= n * hd && (n == 0 || values.len() >= (n - 1) * stride + hd));
+        unsafe {
+            for j in 0..n {
+                for d in (0..hd).step_by(4) {
+                    vst1q_f32(vf.as_mut_ptr().add(j * hd + d), load_h(values.as_ptr().add(j * stride + d)));
+                }
+            }
+        }
+    }
+
+    /// Two queries at once: sixteen accumulators (of 32 registers) share each key load.
+    fn scores(q0: &[f32], q1: &[f32], kt: &[f32], scale: f32, s0: &mut [f32; KEYS], s1: &mut [f32; KEYS]) {
+        assert!(q0.len() == q1.len() && kt.len() >= q0.len() * KEYS);
+        unsafe {
+            let mut a = [vdupq_n_f32(0.0); KEYS / 4];
+            let mut b = [vdupq_n_f32(0.0); KEYS / 4];
+            for (d, (&x, &y)) in q0.iter().zip(q1).enumerate() {
+                let row = kt.as_ptr().add(d * KEYS);
+                for (v, (av, bv)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+                    let k = vld1q_f32(row.add(4 * v));
+                    // q·k + sum, fused like the scalar mul_add.
+                    *av = vfmaq_n_f32(*av, k, x);
+                    *bv = vfmaq_n_f32(*bv, k, y);
+                }
+            }
+            for (v, (av, bv)) in a.iter().zip(&b).enumerate() {
+                vst1q_f32(s0.as_mut_ptr().add(4 * v), vmulq_n_f32(*av, scale));
+                vst1q_f32(s1.as_mut_ptr().add(4 * v), vmulq_n_f32(*bv, scale));
+            }
+        }
+    }
+
+    /// `fmaxnm`, as `f32::max` compiles on AArch64 (a NaN loses to a number); exact, so the
+    /// order of the comparisons does not matter.
+    fn max(p: &[f32; KEYS]) -> f32 {
+        unsafe {
+            let at = |i: usize| vld1q_f32(p.as_ptr().add(4 * i));
+            let lo = vmaxnmq_f32(vmaxnmq_f32(at(0), at(1)), vmaxnmq_f32(at(2), at(3)));
+            let hi = vmaxnmq_f32(vmaxnmq_f32(at(4), at(5)), vmaxnmq_f32(at(6), at(7)));
+            vmaxnmvq_f32(vmaxnmq_f32(lo, hi))
+        }
+    }
+
+    /// Sixteen output vectors stay in registers across the keys.
+    fn accumulate(acc: &mut [f32], p: &[f32; KEYS], n: usize, vf: &[f32]) {
+        let hd = acc.len();
+        assert!(hd.is_multiple_of(4) && vf.len() >= n * hd);
+        unsafe {
+            for d0 in (0..hd).step_by(64) {
+                let width = (hd - d0).min(64) / 4;
+                let mut a = [vdupq_n_f32(0.0); 16];
+                for (i, ai) in a.iter_mut().enumerate().take(width) {
+                    *ai = vld1q_f32(acc.as_ptr().add(d0 + 4 * i));
+                }
+                for (j, &w) in p.iter().enumerate().take(n) {
+                    let row = vf.as_ptr().add(j * hd + d0);
+                    for (i, ai) in a.iter_mut().enumerate().take(width) {
+                        // v·p + acc, fused like the scalar mul_add.
+                        *ai = vfmaq_n_f32(*ai, vld1q_f32(row.add(4 * i)), w);
+                    }
+                }
+                for (i, ai) in a.iter().enumerate().take(width) {
+                    vst1q_f32(acc.as_mut_ptr().add(d0 + 4 * i), *ai);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +663,23 @@ mod tests {
                 let a = run(&c, &simd::KERNELS);
                 let b = run(&c, &scalar::KERNELS);
                 assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "shape {i}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_tiled_attention_gives_the_scalar_bits() {
+        if !crate::quant::neon_available() {
+            eprintln!("SKIP: KILN_FORCE_SCALAR=1");
+            return;
+        }
+        for (i, &(h, kvh, hd, w, pos0, n)) in SHAPES.iter().enumerate().filter(|s| s.1 .2 % 4 == 0) {
+            for seed in [i as u64 + 10, i as u64 + 40] {
+                let c = case(h, kvh, hd, w, pos0, n, seed);
+                let a = run(&c, &neon::KERNELS);
+                let b = run(&c, &scalar::KERNELS);
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "shape {i} seed {seed}");
             }
         }
     }
