@@ -60,7 +60,7 @@ pub unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
 /// rounding of `n`, and limits).
 #[cfg(target_arch = "aarch64")]
 #[inline]
-fn exp4(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
+pub(crate) fn exp4(x: std::arch::aarch64::float32x4_t) -> std::arch::aarch64::float32x4_t {
     use std::arch::aarch64::*;
     // SAFETY: NEON is part of the AArch64 baseline; no memory is touched.
     unsafe {

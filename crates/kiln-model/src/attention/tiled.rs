@@ -429,13 +429,15 @@ mod simd {
 }
 
 /// [`scalar`]'s loops four lanes at a time, for head widths that are multiples of 4 (NEON is
-/// baseline on AArch64). The softmax stays scalar: math.rs keeps its four-lane `exp` private.
+/// baseline on AArch64). The softmax uses [`crate::math::exp4`], which gives [`crate::math::exp`]'s
+/// bits lane by lane.
 #[cfg(target_arch = "aarch64")]
 mod neon {
-    use super::{f16, scalar, Kernels, KEYS};
+    use super::{f16, Kernels, KEYS, LANES};
+    use crate::math::exp4;
     use std::arch::aarch64::*;
 
-    pub static KERNELS: Kernels = Kernels { load_keys, load_values, scores, max, softmax: scalar::softmax, accumulate };
+    pub static KERNELS: Kernels = Kernels { load_keys, load_values, scores, max, softmax, accumulate };
 
     // SAFETY (all of them): NEON is baseline on AArch64; chosen only for head widths that are
     // multiples of 4; every access stays within the slices, whose lengths the asserts check
@@ -515,6 +517,25 @@ mod neon {
             let lo = vmaxnmq_f32(vmaxnmq_f32(at(0), at(1)), vmaxnmq_f32(at(2), at(3)));
             let hi = vmaxnmq_f32(vmaxnmq_f32(at(4), at(5)), vmaxnmq_f32(at(6), at(7)));
             vmaxnmvq_f32(vmaxnmq_f32(lo, hi))
+        }
+    }
+
+    /// The scalar softmax's order: `e^(p - max)` per key, then the eight partial sums (two
+    /// vectors here) take the keys eight at a time, lane `l` key `8c + l`.
+    fn softmax(p: &mut [f32; KEYS], max: f32, sums: &mut [f32; LANES]) {
+        unsafe {
+            let m = vdupq_n_f32(max);
+            let (mut lo, mut hi) = (vld1q_f32(sums.as_ptr()), vld1q_f32(sums.as_ptr().add(4)));
+            for c in 0..KEYS / LANES {
+                let ptr = p.as_mut_ptr().add(LANES * c);
+                let (a, b) = (exp4(vsubq_f32(vld1q_f32(ptr), m)), exp4(vsubq_f32(vld1q_f32(ptr.add(4)), m)));
+                vst1q_f32(ptr, a);
+                vst1q_f32(ptr.add(4), b);
+                lo = vaddq_f32(lo, a);
+                hi = vaddq_f32(hi, b);
+            }
+            vst1q_f32(sums.as_mut_ptr(), lo);
+            vst1q_f32(sums.as_mut_ptr().add(4), hi);
         }
     }
 
