@@ -41,7 +41,9 @@ struct Attention {
     d: usize,
     scale: f32,
     documents: Vec<(usize, usize)>,
-    /// The softmax of the forward pass, `[b, h, t, t]` (0 where masked), kept for backward.
+    /// The softmax of the forward pass, kept for backward: per (batch row, head), each
+    /// document's `[n, n]` block in turn (0 where masked), so packed rows of short documents
+    /// keep Σ n² scores rather than t².
     probs: Mutex<Option<Arc<Vec<f32>>>>,
 }
 
@@ -86,11 +88,39 @@ impl Shared {
 }
 
 impl Attention {
-    /// (start, length) of each query block of each document.
-    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-        self.documents
-            .iter()
-            .flat_map(|&(s, n)| (0..n).step_by(BLOCK).map(move |r0| (s, r0, BLOCK.min(n - r0))))
+    /// Each query block of each document: the document's start `s` and length `n`, where its
+    /// `[n, n]` probabilities start in a head's share of `probs`, the block's first row `r0`
+    /// (within the document) and its number of rows.
+    fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        let offsets = self.documents.iter().scan(0, |off, &(_, n)| {
+            let at = *off;
+            *off += n * n;
+            Some(at)
+        });
+        self.documents.iter().zip(offsets).flat_map(|(&(s, n), off)| {
+            (0..n).step_by(BLOCK).map(move |r0| Block { s, n, off, r0, rows: BLOCK.min(n - r0) })
+        })
+    }
+
+    /// Probabilities kept per (batch row, head): Σ n² over the documents.
+    fn probs_per_head(&self) -> usize {
+        self.documents.iter().map(|&(_, n)| n * n).sum()
+    }
+}
+
+/// One block of query rows of one document (see [`Attention::blocks`]).
+struct Block {
+    s: usize,
+    n: usize,
+    off: usize,
+    r0: usize,
+    rows: usize,
+}
+
+impl Block {
+    /// Where the block's first row of probabilities starts in a head's share.
+    fn first_prob(&self) -> usize {
+        self.off + self.r0 * self.n
     }
 }
 
@@ -103,25 +133,26 @@ impl CustomOp3 for Attention {
         let (q, k, v) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
         let (b, h, t, d) = (self.b, self.h, self.t, self.d);
         let mut out = vec![0.0f32; b * t * h * d];
-        let mut probs = vec![0.0f32; b * h * t * t];
+        let per_head = self.probs_per_head();
+        let mut probs = vec![0.0f32; b * h * per_head];
         let out_ptr = Shared(out.as_mut_ptr());
-        probs.par_chunks_mut(t * t).enumerate().for_each_init(
+        probs.par_chunks_mut(per_head).enumerate().for_each_init(
             || vec![0.0f32; t],
             |scratch, (bh, p)| {
                 let (bi, hi) = (bh / h, bh % h);
                 let (qb, kb, vb) = (&q[bh * t * d..][..t * d], &k[bh * t * d..][..t * d], &v[bh * t * d..][..t * d]);
-                for (s, r0, rb) in self.blocks() {
-                    let c = r0 + rb;
-                    let rows = (s + r0) * t + s;
-                    // SAFETY: scores of rows s+r0.. and keys s..s+c lie inside this head's
-                    // [t, t] block; q and k rows inside its [t, d] blocks.
+                for blk in self.blocks() {
+                    let Block { s, n, r0, rows: rb, .. } = blk;
+                    let (c, rows) = (r0 + rb, blk.first_prob());
+                    // SAFETY: scores of the block's rows and keys s..s+c lie inside this
+                    // head's [n, n] block of this document; q and k rows inside its [t, d].
                     unsafe {
-                        matmul((rb, c, d), p[rows..].as_mut_ptr(), t, false,
+                        matmul((rb, c, d), p[rows..].as_mut_ptr(), n, false,
                             View { ptr: qb[(s + r0) * d..].as_ptr(), rs: d as isize, cs: 1 },
                             View { ptr: kb[s * d..].as_ptr(), rs: 1, cs: d as isize });
                     }
                     for j in 0..rb {
-                        let row = &mut p[rows + j * t..][..c];
+                        let row = &mut p[rows + j * n..][..c];
                         let seen = r0 + j + 1;
                         for (x, s) in scratch[..seen].iter_mut().zip(&row[..seen]) {
                             *x = s * self.scale;
@@ -136,7 +167,7 @@ impl CustomOp3 for Attention {
                     unsafe {
                         let dst = out_ptr.at((bi * t + s + r0) * h * d + hi * d);
                         matmul((rb, d, c), dst, h * d, false,
-                            View { ptr: p[rows..].as_ptr(), rs: t as isize, cs: 1 },
+                            View { ptr: p[rows..].as_ptr(), rs: n as isize, cs: 1 },
                             View { ptr: vb[s * d..].as_ptr(), rs: d as isize, cs: 1 });
                     }
                 }
@@ -166,10 +197,11 @@ impl CustomOp3 for Attention {
                     |ds, (bh, ((dq, dk), dv))| {
                         let (bi, hi) = (bh / h, bh % h);
                         let (qb, kb, vb) = (&q[bh * t * d..][..t * d], &k[bh * t * d..][..t * d], &v[bh * t * d..][..t * d]);
-                        let p = &probs[bh * t * t..][..t * t];
-                        for (s, r0, rb) in self.blocks() {
-                            let c = r0 + rb;
-                            let rows = (s + r0) * t + s;
+                        let per_head = self.probs_per_head();
+                        let p = &probs[bh * per_head..][..per_head];
+                        for blk in self.blocks() {
+                            let Block { s, n, r0, rows: rb, .. } = blk;
+                            let (c, rows) = (r0 + rb, blk.first_prob());
                             let go = (bi * t + s + r0) * h * d + hi * d;
                             // SAFETY (all four products): views stay inside this head's blocks
                             // of q, k, v, p, and its columns of the [b·t, h·d] o and g; `ds`
@@ -183,7 +215,7 @@ impl CustomOp3 for Attention {
                             for j in 0..rb {
                                 let (oj, gj) = (&o[go + j * h * d..][..d], &g[go + j * h * d..][..d]);
                                 let dot: f32 = oj.iter().zip(gj).map(|(a, b)| a * b).sum();
-                                let pj = &p[rows + j * t..][..c];
+                                let pj = &p[rows + j * n..][..c];
                                 for (x, &pv) in ds[j * c..(j + 1) * c].iter_mut().zip(pj) {
                                     *x = self.scale * pv * (*x - dot);
                                 }
@@ -199,7 +231,7 @@ impl CustomOp3 for Attention {
                                     View { ptr: qb[(s + r0) * d..].as_ptr(), rs: d as isize, cs: 1 });
                                 // dV += Pᵀ·dO
                                 matmul((c, d, rb), dv[s * d..].as_mut_ptr(), d, true,
-                                    View { ptr: p[rows..].as_ptr(), rs: 1, cs: t as isize },
+                                    View { ptr: p[rows..].as_ptr(), rs: 1, cs: n as isize },
                                     View { ptr: g[go..].as_ptr(), rs: (h * d) as isize, cs: 1 });
                             }
                         }
