@@ -24,6 +24,8 @@ mod dot_neon;
 mod dot_scalar;
 mod quantize;
 pub mod packed;
+#[cfg(target_arch = "aarch64")]
+mod packed_neon;
 #[cfg(target_arch = "x86_64")]
 mod packed_x86;
 pub mod tile;

@@ -23,7 +23,9 @@
 use super::tile::TILE_ROWS;
 use kiln_gguf::GgmlType;
 
-/// Whether matrices of `ty` are packed on this CPU (the x86 kernels exist for them).
+/// Whether matrices of `ty` are packed on this CPU (the x86 kernels exist for them). AArch64
+/// has NEON kernels for [`dot_group`] too, but packing stays off there until the rest of the
+/// eight-row path ([`super::tile`]) has NEON kernels: `tile::supported` is false.
 pub fn packable(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0) && super::tile::supported(ty)
 }
@@ -206,10 +208,81 @@ fn dot_group_with(ty: GgmlType, group: &[u8], activations: &[u8], sums: &[i32], 
             }
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if super::neon_available() {
+        let _ = (sums, next, vnni);
+        if ty == GgmlType::Q4_1 {
+            let act: &[super::blocks::BlockQ8_1] = super::blocks::as_blocks(activations);
+            assert_eq!(act.len(), blocks, "activation row length");
+            return super::packed_neon::q4_1(group, act);
+        }
+        let act: &[super::blocks::BlockQ8_0] = super::blocks::as_blocks(activations);
+        assert_eq!(act.len(), blocks, "activation row length");
+        return match ty {
+            GgmlType::Q4_0 => super::packed_neon::q4_0(group, act),
+            GgmlType::Q5_0 => super::packed_neon::q5_0(group, act),
+            GgmlType::Q8_0 => super::packed_neon::q8_0(group, act),
+            other => panic!("{other} is not packed"),
+        };
+    }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (activations, sums, next, vnni, blocks);
-        unreachable!("packable() is false without the x86 kernels")
+        let _ = (sums, next, vnni, blocks);
+        dot_group_scalar(ty, group, activations)
+    }
+}
+
+/// [`dot_group`] in plain Rust, the reference the SIMD kernels are tested against: per block
+/// the exact integer sum of every row, then `acc = (d_w · d_y) · sum + acc` fused (and for
+/// Q4_1 `mins = m · s_y + mins` fused, added at the end), as the x86 kernels do it.
+pub fn dot_group_scalar(ty: GgmlType, group: &[u8], activations: &[u8]) -> [f32; TILE_ROWS] {
+    use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
+    let (block, _, _) = layout(ty);
+    let blocks = group.len() / (block * TILE_ROWS);
+    assert_eq!(activations.len(), blocks * super::vec_dot_type(ty).type_size(), "activation row length");
+    let (mut acc, mut mins) = ([0f32; TILE_ROWS], [0f32; TILE_ROWS]);
+    let mut stored = [0u8; 34];
+    let nibble_sum = |qs: &[u8; 16], off: i32, y: &[i8; 32]| -> i32 {
+        (0..16).map(|j| ((qs[j] & 0xF) as i32 - off) * y[j] as i32 + ((qs[j] >> 4) as i32 - off) * y[j + 16] as i32).sum()
+    };
+    for b in 0..blocks {
+        let src = &group[b * block * TILE_ROWS..][..block * TILE_ROWS];
+        for r in 0..TILE_ROWS {
+            unpack_block(ty, src, r, &mut stored[..block]);
+            let (d, m, dy, sy, sum) = if ty == GgmlType::Q4_1 {
+                let (w, y) = (&as_blocks::<BlockQ4_1>(&stored[..block])[0], &as_blocks::<BlockQ8_1>(activations)[b]);
+                (w.d.to_f32(), w.m.to_f32(), y.d.to_f32(), y.s.to_f32(), nibble_sum(&w.qs, 0, &y.qs))
+            } else {
+                let y = &as_blocks::<BlockQ8_0>(activations)[b];
+                let (d, sum) = match ty {
+                    GgmlType::Q4_0 => {
+                        let w = &as_blocks::<BlockQ4_0>(&stored[..block])[0];
+                        (w.d, nibble_sum(&w.qs, 8, &y.qs))
+                    }
+                    GgmlType::Q5_0 => {
+                        let w = &as_blocks::<BlockQ5_0>(&stored[..block])[0];
+                        let high = u32::from_le_bytes(w.qh);
+                        let q = |j: usize| {
+                            let nibble = if j < 16 { w.qs[j] & 0xF } else { w.qs[j - 16] >> 4 };
+                            (nibble as i32 | (((high >> j) & 1) << 4) as i32) - 16
+                        };
+                        (w.d, (0..32).map(|j| q(j) * y.qs[j] as i32).sum())
+                    }
+                    _ => {
+                        let w = &as_blocks::<BlockQ8_0>(&stored[..block])[0];
+                        (w.d, w.qs.iter().zip(&y.qs).map(|(&a, &v)| a as i32 * v as i32).sum())
+                    }
+                };
+                (d.to_f32(), 0.0, y.d.to_f32(), 0.0, sum)
+            };
+            acc[r] = (d * dy).mul_add(sum as f32, acc[r]);
+            mins[r] = m.mul_add(sy, mins[r]);
+        }
+    }
+    if ty == GgmlType::Q4_1 {
+        std::array::from_fn(|r| acc[r] + mins[r])
+    } else {
+        acc
     }
 }
 
@@ -273,6 +346,58 @@ mod tests {
                 quantize_activations(act_ty, &values(seed + 20, cols), &mut act).unwrap();
                 let (a, b) = (from_rows.dot(&act), from_group.dot(&act));
                 assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "{ty}");
+            }
+        }
+    }
+
+    /// The packed kernels of this target (AVX2/VNNI on x86, NEON on AArch64) give the bits of
+    /// [`dot_group_scalar`] on random data, for block counts of no particular shape and
+    /// matrices whose row count is not a multiple of eight (the tail rows stay unpacked); the
+    /// reference itself is checked against the row kernel.
+    #[test]
+    fn packed_kernels_give_the_bits_of_the_scalar_reference() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let mut flavours = vec![];
+            if cfg!(target_arch = "x86_64") && packable(ty) {
+                flavours.push(false);
+                if tile::vnni_available() {
+                    flavours.push(true);
+                }
+            }
+            if cfg!(target_arch = "aarch64") && crate::quant::neon_available() {
+                flavours.push(false);
+            }
+            let act_ty = crate::quant::vec_dot_type(ty);
+            for (rows, blocks) in [(8, 1), (13, 7), (21, 13), (19, 37)] {
+                let cols = 32 * blocks;
+                let row_bytes = ty.bytes_for(cols).unwrap();
+                let data = rows_of(ty, rows, cols, 31 * rows as u32 + blocks as u32);
+                let kernel = crate::quant::RowDot::new(ty, cols);
+                for g in 0..rows / TILE_ROWS {
+                    let src = &data[g * TILE_ROWS * row_bytes..][..TILE_ROWS * row_bytes];
+                    let mut group = vec![0u8; src.len()];
+                    pack_group(ty, src, row_bytes, &mut group);
+                    for seed in 0..3u32 {
+                        let x: Vec<f32> = values(100 * seed + blocks as u32, cols).iter().enumerate().map(|(i, v)| if i % 5 == seed as usize { 100.0 * v } else { *v }).collect();
+                        let mut act = vec![0u8; act_ty.bytes_for(cols).unwrap()];
+                        quantize_activations(act_ty, &x, &mut act).unwrap();
+                        let mut sums = vec![];
+                        if wants_sums(ty) {
+                            activation_sums(&act, &mut sums);
+                        }
+                        let reference = dot_group_scalar(ty, &group, &act);
+                        for (r, want) in reference.iter().enumerate() {
+                            let row = kernel.dot(&src[r * row_bytes..][..row_bytes], &act);
+                            assert!((want - row).abs() <= 1e-4 * (1.0 + row.abs()), "{ty} row {r}: {want} vs the row kernel's {row}");
+                        }
+                        for &vnni in &flavours {
+                            let got = dot_group_with(ty, &group, &act, &sums, &[], vnni);
+                            for r in 0..TILE_ROWS {
+                                assert_eq!(got[r].to_bits(), reference[r].to_bits(), "{ty} {rows} rows x {blocks} blocks, group {g} act {seed} row {r} vnni {vnni}: {} vs {}", got[r], reference[r]);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
