@@ -30,6 +30,8 @@ pub struct Tile {
     /// Whether `quants` is in the interleaved layout of the VNNI kernels
     /// (`tile_vnni::interleave`), with its per-block `corrections`.
     interleaved: bool,
+    // Filled where the tile is interleaved, which only the x86 kernels do.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     corrections: Vec<[i32; TILE_ROWS]>,
     /// Rows unpacked from a packed group where the tile is not interleaved.
     rows_scratch: Vec<u8>,
@@ -64,6 +66,8 @@ pub fn vnni_available() -> bool {
 /// (`y + 128`), which the kernels would otherwise redo for every tile of the matrix.
 pub struct Activations<'a> {
     raw: &'a [u8],
+    // Empty without the x86 VNNI kernels, its only readers.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     biased: Vec<u8>,
     row_bytes: usize,
     rows: usize,
@@ -169,6 +173,9 @@ impl Tile {
             }
             return;
         }
+        // Only the x86 (VNNI) kernels read the interleaved layout.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = interleave;
         // The type is matched once per row, so that the block loops inline and vectorize.
         for (r, row) in rows.iter().enumerate() {
             let quant_rows = self.quants.iter_mut().skip(r).step_by(TILE_ROWS);
@@ -219,6 +226,8 @@ impl Tile {
     /// `out(t, products of row t)`. The interleaved layout takes four activation rows per
     /// pass over the weights.
     pub fn dot_many(&self, acts: &Activations, mut out: impl FnMut(usize, &[f32; TILE_ROWS])) {
+        // Only the x86 interleaved pass moves it before the row-at-a-time loop.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut t = 0;
         #[cfg(target_arch = "x86_64")]
         if self.interleaved {
@@ -261,6 +270,7 @@ impl Tile {
     /// [`Tile::dot`] with the VNNI flavour chosen by the caller (which must have checked it);
     /// an interleaved tile always takes the VNNI kernels.
     fn dot_with(&self, activations: &[u8], vnni: bool) -> [f32; TILE_ROWS] {
+        #[cfg(target_arch = "x86_64")]
         let ty = self.ty.expect("a loaded tile");
         #[cfg(target_arch = "x86_64")]
         if self.interleaved {
@@ -294,21 +304,25 @@ impl Tile {
     }
 
     /// The 32 quants of block `b` of each row.
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn quants(&self, b: usize) -> &[[u8; 32]] {
         &self.quants[b * TILE_ROWS..(b + 1) * TILE_ROWS]
     }
 
     /// The scales of block `b` of each row.
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn scales(&self, b: usize) -> &[f32; TILE_ROWS] {
         &self.scales[b]
     }
 
     /// The start values of block `b`'s integer sums (interleaved layout).
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn corrections(&self, b: usize) -> &[i32; TILE_ROWS] {
         &self.corrections[b]
     }
 
     /// The minimums of block `b` of each row (Q4_1).
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn mins(&self, b: usize) -> &[f32; TILE_ROWS] {
         &self.mins[b]
     }
