@@ -12,7 +12,8 @@ shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 torch_spec=${TORCH:-torch==2.15.0}
 # --no-warn-conflicts: pip would list the CUDA wheels torch names and is not given.
-quiet=(--quiet --disable-pip-version-check --root-user-action=ignore --no-warn-conflicts)
+# --no-cache-dir: the torch wheel is about a gigabyte; a cached copy would double its disk use.
+quiet=(--quiet --disable-pip-version-check --root-user-action=ignore --no-warn-conflicts --no-cache-dir)
 
 [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
 pip=("$dir/bin/python" -m pip install "${quiet[@]}")
