@@ -31,6 +31,8 @@ mod packed_x86;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;
+#[cfg(target_arch = "aarch64")]
+mod tile_neon;
 #[cfg(target_arch = "x86_64")]
 mod tile_vnni;
 
@@ -401,9 +403,11 @@ impl RowDot {
 }
 
 /// Whether the NEON kernels are used: on AArch64 (where NEON is always there) unless
-/// `KILN_FORCE_SCALAR` is `1`.
+/// `KILN_FORCE_SCALAR` is `1`. Decided once per process (the eight-row kernels ask for every
+/// tile).
 pub fn neon_available() -> bool {
-    cfg!(target_arch = "aarch64") && !std::env::var("KILN_FORCE_SCALAR").is_ok_and(|v| v == "1")
+    static NEON: OnceLock<bool> = OnceLock::new();
+    *NEON.get_or_init(|| cfg!(target_arch = "aarch64") && !std::env::var("KILN_FORCE_SCALAR").is_ok_and(|v| v == "1"))
 }
 
 /// The NEON kernel for `ty`, if there is one.

@@ -3,8 +3,9 @@
 //! rows, not in reusing them. Read where they lie in the file, eight rows are eight streams, the
 //! eight block scales must be gathered, and each row's sums end up in the wrong lanes. Packed,
 //! a group is one stream: per block, the eight scales (f16, 16 bytes), then the quants with
-//! four bytes of every row side by side, so that one `vpdpbusd` (or `maddubs`) against four
-//! broadcast activation bytes adds four products to each row's own lane. This is the layout
+//! four bytes of every row side by side, so that one `vpdpbusd` (or `maddubs`; on AArch64 a
+//! pair of widening multiplies) against four broadcast activation bytes adds four products to
+//! each row's own lane. This is the layout
 //! of llama.cpp's repacked Q4_0/Q8_0 (`block_q4_0x8`), made lazily on the first product.
 //!
 //! The products are the same exact integer block sums, scaled and added in the same float
@@ -23,9 +24,9 @@
 use super::tile::TILE_ROWS;
 use kiln_gguf::GgmlType;
 
-/// Whether matrices of `ty` are packed on this CPU (the x86 kernels exist for them). AArch64
-/// has NEON kernels for [`dot_group`] too, but packing stays off there until the rest of the
-/// eight-row path ([`super::tile`]) has NEON kernels: `tile::supported` is false.
+/// Whether matrices of `ty` are packed on this CPU: the eight-row path ([`super::tile`])
+/// handles `ty` here, which is where [`dot_group`] has kernels too (AVX2/VNNI on x86-64, NEON
+/// on AArch64; neither under `KILN_FORCE_SCALAR=1`).
 pub fn packable(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0) && super::tile::supported(ty)
 }
@@ -159,15 +160,17 @@ pub fn activation_sums(activations: &[u8], out: &mut Vec<i32>) {
     out.extend(activations.chunks_exact(34).map(|b| b[2..].iter().map(|&q| q as i8 as i32).sum::<i32>()));
 }
 
-/// Whether [`dot_group`] takes activation block sums for `ty` (Q4_1 has its minimums instead).
+/// Whether [`dot_group`] takes activation block sums for `ty`: the x86 kernels do, to take
+/// the zero point out of their unsigned products (Q4_1 has its minimums instead); the NEON
+/// kernels subtract it from the quants and take none, so none are computed there.
 pub fn wants_sums(ty: GgmlType) -> bool {
-    ty != GgmlType::Q4_1
+    cfg!(target_arch = "x86_64") && ty != GgmlType::Q4_1
 }
 
 /// The dot products of the eight rows of a packed group with one activation row (Q8_1 for
-/// Q4_1, Q8_0 otherwise) whose block sums are `sums` ([`activation_sums`]; empty for Q4_1):
-/// the bits of [`super::tile::dot_in_place`] on the same rows. `next` (the group to be read
-/// after this one, or nothing) is prefetched.
+/// Q4_1, Q8_0 otherwise) whose block sums are `sums` ([`activation_sums`]; empty where not
+/// [`wants_sums`]): the bits of [`super::tile::dot_in_place`] on the same rows. `next` (the
+/// group to be read after this one, or nothing) is prefetched on x86.
 pub fn dot_group(packed: &PackedRows, g: usize, activations: &[u8], sums: &[i32], next: &[u8]) -> [f32; TILE_ROWS] {
     dot_group_with(packed.ty, packed.group(g), activations, sums, next, super::tile::vnni_available())
 }

@@ -70,14 +70,15 @@ fn quad(qs: &[i8; 32], k: usize) -> int8x16_t {
 /// # Safety
 /// `p` must be valid for 16 bytes.
 #[inline(always)]
-unsafe fn halves(p: *const u8) -> [float32x4_t; 2] {
+pub(super) unsafe fn halves(p: *const u8) -> [float32x4_t; 2] {
     let h = vreinterpretq_u16_u8(vld1q_u8(p));
     [vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h))), vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h)))]
 }
 
-/// `acc + (scales · d_y) · sums`, fused, for both halves.
+/// `acc + (scales · d_y) · sums`, fused, for both halves: the one float step of a block,
+/// shared with the tile kernels (`super::tile_neon`) so that both give the same bits.
 #[inline(always)]
-fn accumulate(acc: &mut [float32x4_t; 2], scales: [float32x4_t; 2], dy: F16Le, sums: [int32x4_t; 2]) {
+pub(super) fn accumulate(acc: &mut [float32x4_t; 2], scales: [float32x4_t; 2], dy: F16Le, sums: [int32x4_t; 2]) {
     // SAFETY: NEON is baseline on AArch64; registers only.
     unsafe {
         for h in 0..2 {
@@ -86,7 +87,7 @@ fn accumulate(acc: &mut [float32x4_t; 2], scales: [float32x4_t; 2], dy: F16Le, s
     }
 }
 
-fn store(acc: [float32x4_t; 2]) -> [f32; TILE_ROWS] {
+pub(super) fn store(acc: [float32x4_t; 2]) -> [f32; TILE_ROWS] {
     let mut out = [0f32; TILE_ROWS];
     // SAFETY: `out` holds eight f32.
     unsafe {

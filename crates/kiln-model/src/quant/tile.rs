@@ -5,14 +5,17 @@
 //! kernel pays the unpacking and the scaling again for every activation row. This is the idea
 //! of llama.cpp's repacked GEMM kernels (`ggml-cpu/repack.cpp`), done per tile at run time,
 //! from the rows as stored or from their packed groups (`super::packed`). Supports Q4_0,
-//! Q4_1, Q5_0 and Q8_0.
+//! Q4_1, Q5_0 and Q8_0, with AVX2 (and AVX-512 VNNI) kernels on x86-64 and NEON kernels on
+//! AArch64 (`super::tile_neon`: the same lane-per-row sums, four rows to a register).
 
 use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
 use kiln_gguf::GgmlType;
 #[cfg(target_arch = "x86_64")]
 use super::{tile_avx2, tile_vnni};
+#[cfg(target_arch = "aarch64")]
+use super::tile_neon;
 
-/// Weight rows per tile: one per f32 lane of an AVX2 register.
+/// Weight rows per tile: one per f32 lane of an AVX2 register (two NEON registers).
 pub const TILE_ROWS: usize = 8;
 
 /// Up to [`TILE_ROWS`] weight rows, unpacked. Reused from tile to tile (no allocation once
@@ -37,12 +40,13 @@ pub struct Tile {
     rows_scratch: Vec<u8>,
 }
 
-/// Whether [`Tile`] handles weights of `ty` on this CPU.
+/// Whether [`Tile`] handles weights of `ty` on this CPU: AVX2 on x86-64, NEON on AArch64
+/// (neither under `KILN_FORCE_SCALAR=1`).
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
         ty,
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
-    ) && super::simd_available()
+    ) && (super::simd_available() || super::neon_available())
 }
 
 /// Whether the AVX-512 VNNI flavour of the kernels runs (same results, fewer instructions):
@@ -299,18 +303,28 @@ impl Tile {
                 };
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if super::neon_available() {
+            // A NEON tile is never interleaved (no VNNI here).
+            let _ = vnni;
+            let ty = self.ty.expect("a loaded tile");
+            return match ty {
+                GgmlType::Q4_1 => tile_neon::tile_q4_1(self, self.act(activations)),
+                _ => tile_neon::tile_offset(self, self.act(activations), offset(ty) as i8),
+            };
+        }
         let _ = vnni;
         self.dot_scalar(activations)
     }
 
     /// The 32 quants of block `b` of each row.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(super) fn quants(&self, b: usize) -> &[[u8; 32]] {
         &self.quants[b * TILE_ROWS..(b + 1) * TILE_ROWS]
     }
 
     /// The scales of block `b` of each row.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(super) fn scales(&self, b: usize) -> &[f32; TILE_ROWS] {
         &self.scales[b]
     }
@@ -322,7 +336,7 @@ impl Tile {
     }
 
     /// The minimums of block `b` of each row (Q4_1).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(super) fn mins(&self, b: usize) -> &[f32; TILE_ROWS] {
         &self.mins[b]
     }
@@ -333,7 +347,7 @@ impl Tile {
         act
     }
 
-    /// The plain version, which the AVX2 one is tested against.
+    /// The plain version, which the AVX2 and NEON ones are tested against.
     pub fn dot_scalar(&self, activations: &[u8]) -> [f32; TILE_ROWS] {
         assert!(!self.interleaved, "dot_scalar reads the row layout");
         let ty = self.ty.expect("a loaded tile");
@@ -411,10 +425,31 @@ fn dot_in_place_with(ty: GgmlType, rows: &[&[u8]], activations: &[u8], next: &[u
             }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        // No prefetching (the NEON kernels read eight rows without hints) and no VNNI.
+        let _ = (next, vnni);
+        // Missing rows repeat the first, as on x86.
+        fn eight<'a, B: super::blocks::Block>(rows: &[&'a [u8]]) -> [&'a [B]; TILE_ROWS] {
+            std::array::from_fn(|r| as_blocks(rows.get(r).unwrap_or(&rows[0])))
+        }
+        if ty == GgmlType::Q4_1 {
+            let act: &[BlockQ8_1] = as_blocks(activations);
+            assert_eq!(act.len(), blocks, "activation row length");
+            return tile_neon::in_place_q4_1(eight(rows), act);
+        }
+        let act: &[BlockQ8_0] = as_blocks(activations);
+        assert_eq!(act.len(), blocks, "activation row length");
+        match ty {
+            GgmlType::Q4_0 => tile_neon::in_place_q4_0(eight(rows), act),
+            GgmlType::Q5_0 => tile_neon::in_place_q5_0(eight(rows), act),
+            _ => tile_neon::in_place_q8_0(eight(rows), act),
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (blocks, activations, next, vnni);
-        unreachable!("supported() is false without the x86 kernels")
+        unreachable!("supported() is false without the x86 or AArch64 kernels")
     }
 }
 
@@ -444,7 +479,7 @@ mod tests {
             GgmlType::Q5_0,
             GgmlType::Q8_0,
         ] {
-            for (n_rows, blocks) in [(8, 18), (5, 3), (1, 1), (8, 64)] {
+            for (n_rows, blocks) in [(8, 18), (5, 3), (1, 1), (8, 64), (3, 7), (7, 5)] {
                 let n = blocks * 32;
                 let rows: Vec<Vec<u8>> =
                     (0..n_rows).map(|r| q(ty, &row(r as u32 + 1, n))).collect();
@@ -479,14 +514,25 @@ mod tests {
     }
 
     #[test]
-    fn in_place_rows_give_the_bits_of_the_unpacked_tile() {
-        if !supported(GgmlType::Q4_0) {
-            return; // no SIMD here: the tile kernels are never used
+    fn tiles_run_wherever_there_are_simd_kernels() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let simd = if cfg!(target_arch = "aarch64") { crate::quant::neon_available() } else { crate::quant::simd_available() };
+            assert_eq!(supported(ty), simd, "{ty}");
+            assert_eq!(crate::quant::packed::packable(ty), simd, "{ty}");
         }
-        // Both kernel flavours and both tile layouts where the CPU has VNNI, AVX2 always.
+        assert!(!supported(GgmlType::Q4K) && !supported(GgmlType::F32));
+    }
+
+    #[test]
+    fn in_place_rows_give_the_bits_of_the_unpacked_tile() {
+        use crate::quant::packed;
+        if !supported(GgmlType::Q4_0) {
+            return; // KILN_FORCE_SCALAR=1 (or no AVX2): the tile kernels are never used
+        }
+        // Both kernel flavours and both tile layouts where the CPU has VNNI; AVX2 or NEON always.
         let flavours: &[bool] = if vnni_available() { &[false, true] } else { &[false] };
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
-            for (n_rows, blocks) in [(8, 18), (3, 5), (1, 1), (8, 64), (7, 2)] {
+            for (n_rows, blocks) in [(8, 18), (3, 5), (1, 1), (8, 64), (7, 2), (5, 7), (7, 13), (8, 37)] {
                 let n = blocks * 32;
                 let rows: Vec<Vec<u8>> = (0..n_rows).map(|r| q(ty, &row(7 * r as u32 + 3, n))).collect();
                 let rows: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
@@ -494,10 +540,35 @@ mod tests {
                 let act_bytes = act_ty.bytes_for(n).unwrap();
                 let mut acts = vec![0u8; 6 * act_bytes];
                 for (t, a) in acts.chunks_exact_mut(act_bytes).enumerate() {
-                    quantize_activations(act_ty, &row(5 + t as u32 * 31, n), a).unwrap();
+                    // Every other row with a few large values, so that sums reach the edges
+                    // of their ranges.
+                    let x: Vec<f32> = row(5 + t as u32 * 31, n).iter().enumerate().map(|(i, v)| if t % 2 == 1 && i % 5 == 0 { 100.0 * v } else { *v }).collect();
+                    quantize_activations(act_ty, &x, a).unwrap();
                 }
+                // The rows packed into a group (missing rows repeat the first): its kernels and
+                // its plain reference must give the same bits for the rows that exist.
+                let row_bytes = rows[0].len();
+                let mut group_rows = vec![0u8; TILE_ROWS * row_bytes];
+                for (k, dst) in group_rows.chunks_exact_mut(row_bytes).enumerate() {
+                    dst.copy_from_slice(rows.get(k).unwrap_or(&rows[0]));
+                }
+                let group = packed::PackedRows::pack(ty, &group_rows, TILE_ROWS, row_bytes, |_| {});
                 for (t, act) in acts.chunks_exact(act_bytes).enumerate() {
                     let reference = dot_in_place_with(ty, &rows, act, &[], false);
+                    let mut sums = vec![];
+                    if packed::wants_sums(ty) {
+                        packed::activation_sums(act, &mut sums);
+                    }
+                    let from_group = packed::dot_group(&group, 0, act, &sums, &[]);
+                    let plain = packed::dot_group_scalar(ty, group.group(0), act);
+                    let kernel = RowDot::new(ty, n);
+                    for r in 0..n_rows {
+                        let what = format!("{ty} {n_rows}x{blocks} act {t} row {r}");
+                        assert_eq!(from_group[r].to_bits(), reference[r].to_bits(), "{what}: packed group {} vs {}", from_group[r], reference[r]);
+                        assert_eq!(plain[r].to_bits(), reference[r].to_bits(), "{what}: plain reference {} vs {}", plain[r], reference[r]);
+                        let expect = kernel.dot(rows[r], act);
+                        assert!((reference[r] - expect).abs() <= TILE_TOL * (1.0 + expect.abs()), "{what}: {} vs the row kernel's {expect}", reference[r]);
+                    }
                     for &vnni in flavours {
                         let mut tile = Tile::default();
                         tile.load_with(ty, &rows, vnni);
