@@ -387,7 +387,7 @@ impl Tile {
 /// where unpacking a [`Tile`] would not pay. Gives exactly the bits [`Tile::dot`] gives for
 /// the same rows, so results do not depend on which path a matrix product takes. Rows past
 /// `rows.len()` give unspecified values. `next` (the rows to be read after these, or
-/// nothing) is prefetched along the way. Needs [`supported`]`(ty)`.
+/// nothing) is prefetched along the way (on x86). Needs [`supported`]`(ty)`.
 pub fn dot_in_place(ty: GgmlType, rows: &[&[u8]], activations: &[u8], next: &[u8]) -> [f32; TILE_ROWS] {
     dot_in_place_with(ty, rows, activations, next, vnni_available())
 }
