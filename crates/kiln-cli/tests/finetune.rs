@@ -191,6 +191,22 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
     }
     assert!(dpo.join("reference_logps.json").is_file());
     assert_resume_repeats(home.path(), "dpo", &dpo, &dir.path().join("resumed"));
+    // A finished run resumed trains and logs nothing, and reports its final model's held-out
+    // numbers again: those logged at its last step, with the pairs changed since the start.
+    let out = Kiln::new(home.path()).args(["-t", "2", "dpo", "-q", "--resume"]).arg(&dpo).run();
+    out.success();
+    let again = metrics(&dpo);
+    assert_eq!(again, m);
+    let last = &m[5];
+    let val = |k: &str| last[k].as_f64().unwrap_or_else(|| panic!("{k} in {last}"));
+    for expect in [
+        "step 6,".to_string(),
+        format!("reward accuracy {:.3}", val("val_rewards/accuracies")),
+        format!("by summed reply log-prob: {:.3}", val("val_logp_accuracy")),
+        format!("{} pairs gained, {} lost", val("val_mean_logp_gained"), val("val_mean_logp_lost")),
+    ] {
+        assert!(out.stdout.contains(&expect), "{expect:?} in {}", out.stdout);
+    }
 
     // Reward model: trains, reports held-out accuracy, scores answers.
     let rm = dir.path().join("rm");

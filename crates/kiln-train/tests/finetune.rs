@@ -292,7 +292,14 @@ fn dpo_starts_at_ln2_moves_the_margin_the_right_way_and_learns() {
     let end = dpo_stats(0.1, &pair_logps(&net, &train).unwrap(), &ref_train);
     assert!(end.loss < 0.4 && end.accuracy == 1.0, "after 30 steps: {end:?} (losses {losses:?})");
     let v = dpo.evaluate(&net).unwrap();
-    assert_eq!(v.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["val_loss", "val_rewards/margins", "val_rewards/accuracies", "val_logp_accuracy", "val_mean_logp_accuracy"]);
+    let keys = ["val_loss", "val_rewards/margins", "val_rewards/accuracies", "val_logp_accuracy", "val_mean_logp_accuracy", "val_logp_gained", "val_logp_lost", "val_logp_sign_p", "val_mean_logp_gained", "val_mean_logp_lost", "val_mean_logp_sign_p"];
+    assert_eq!(v.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), keys);
+    // The pairs gained minus those lost are the change in accuracy against the start.
+    let (start, m) = (dpo.evaluate_start(&net).unwrap(), |v: &[(String, f64)], i: usize| v[i].1);
+    for (acc, gained, lost) in [(3, 5, 6), (4, 8, 9)] {
+        let n_val = 4.0;
+        assert!(((m(&v, acc) - m(&start, acc)) * n_val - (m(&v, gained) - m(&v, lost))).abs() < 1e-9, "{}: {v:?} vs {start:?}", keys[acc]);
+    }
 }
 
 #[test]

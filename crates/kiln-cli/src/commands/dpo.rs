@@ -47,7 +47,7 @@ pub fn dpo(args: &DpoArgs) -> Result<()> {
     let last = train_and_write(&mut run, &mut data, args.common.quiet)?;
     let f = |k: &str| last[k].as_f64().unwrap_or(f64::NAN);
     outln!(
-        "{}: step {}, loss {:.4}, rewards/margins {:.4}, rewards/accuracies {:.3}; held out: loss {:.4}, reward accuracy {:.3}, preference accuracy {:.3} by summed and {:.3} by mean log-prob (starting model {:.3} and {before_mean:.3}); model in {}",
+        "{}: step {}, loss {:.4}, rewards/margins {:.4}, rewards/accuracies {:.3}; held out: loss {:.4}, reward accuracy {:.3}; model in {}",
         run.dir.display(),
         run.step,
         f("loss"),
@@ -55,10 +55,18 @@ pub fn dpo(args: &DpoArgs) -> Result<()> {
         f("rewards/accuracies"),
         f("val_loss"),
         f("val_rewards/accuracies"),
-        f("val_logp_accuracy"),
-        f("val_mean_logp_accuracy"),
-        before.logp_accuracy,
         run.dir.join("model").display()
     );
+    // The model's own preference on the held-out pairs, against the starting model's, with the
+    // pairs that changed (McNemar's exact test, one-sided).
+    for (what, key, start) in [("summed", "val_logp", before.logp_accuracy), ("mean", "val_mean_logp", before_mean)] {
+        outln!(
+            "held-out preference accuracy by {what} reply log-prob: {:.3} (starting model {start:.3}); {} pairs gained, {} lost, sign test p = {:.3}",
+            f(&format!("{key}_accuracy")),
+            f(&format!("{key}_gained")),
+            f(&format!("{key}_lost")),
+            f(&format!("{key}_sign_p")),
+        );
+    }
     Ok(())
 }

@@ -219,6 +219,12 @@ impl JsonLog {
         writeln!(f, "{v}").map_err(io_err(&self.path))
     }
 
+    /// The last line, if any.
+    pub fn last_line(&self) -> Result<Option<Json>> {
+        let text = std::fs::read_to_string(&self.path).map_err(io_err(&self.path))?;
+        Ok(text.lines().rev().find_map(|l| serde_json::from_str(l).ok()))
+    }
+
     /// The lines as pretraining records (for the loss plot).
     pub fn records(&self) -> Result<Vec<Record>> {
         crate::metrics::read(&self.path)
@@ -532,6 +538,18 @@ impl Run {
                 self.checkpoint(loader.cursor)?;
             }
             last = line;
+        }
+        if self.step > 0 && last == json!({}) {
+            // A finished run resumed: nothing to train, so its final model is evaluated again
+            // (with this kiln's metrics) and reported with its last logged step; nothing is
+            // logged.
+            last = self.log.last_line()?.unwrap_or_else(|| json!({"step": self.step}));
+            let mut text = format!("step {} (finished) re-evaluated", self.step);
+            for (k, v) in self.net.model.no_grad(|| task.evaluate(&self.net))? {
+                last[&k] = json!(v);
+                text.push_str(&format!(" | {k} {v:.4}"));
+            }
+            report(&text);
         }
         Ok(last)
     }
