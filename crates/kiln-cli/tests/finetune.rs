@@ -221,6 +221,11 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
         .run();
     out.success();
     assert!(out.stdout.contains("accuracy"), "{}", out.stdout);
+    // Two held-out pairs: 0, 1 or 2 right from coin flips with chance 1, 3/4 or 1/4 of as many.
+    let last = metrics(&rm).pop().unwrap();
+    let (acc, p) = (last["val_accuracy"].as_f64().unwrap(), last["val_accuracy_p"].as_f64().unwrap());
+    assert!((p - [1.0, 0.75, 0.25][(acc * 2.0).round() as usize]).abs() < 1e-12, "{last}");
+    assert!(out.stdout.contains(&format!("binomial p against chance {p:.3}")), "{}", out.stdout);
     let out = Kiln::new(home.path()).args(["rm", "score", "--model"]).arg(&rm).args(["--prompt", "Who are you?", "--answer", "I am kiln.", "--answer", "Go away."]).run();
     out.success();
     let scores: Vec<f64> = out.stdout.lines().map(|l| l.split('\t').next().unwrap().parse().unwrap()).collect();

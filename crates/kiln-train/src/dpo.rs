@@ -7,7 +7,7 @@
 //! `rewards/margins` (their difference) and `rewards/accuracies` (margin > 0), batch means.
 
 use crate::finetune::{
-    encode_example, group_within, log_sigmoid, pass_budget, read_data, sigmoid, split,
+    encode_example, group_within, log_sigmoid, pass_budget, read_data, sigmoid, sign_test_p, split,
     weighted_logps, Example, Loader, Net, Run, StepStats, Task,
 };
 use crate::model::Llama;
@@ -348,20 +348,6 @@ impl Flips {
     pub fn p_value(&self) -> f64 {
         sign_test_p(self.gained, self.gained + self.lost)
     }
-}
-
-/// P(X ≥ k) for X ~ Binomial(n, ½), summed in log space (no overflow for large n).
-pub fn sign_test_p(k: usize, n: usize) -> f64 {
-    let mut ln_pmf = -(n as f64) * std::f64::consts::LN_2;
-    let mut tail = 0.0;
-    for j in 0..=n {
-        if j >= k {
-            tail += ln_pmf.exp();
-        }
-        // C(n, j+1) = C(n, j)·(n − j)/(j + 1); past j = n it is never used.
-        ln_pmf += ((n - j) as f64).ln() - ((j + 1) as f64).ln();
-    }
-    tail.min(1.0)
 }
 
 impl Dpo {

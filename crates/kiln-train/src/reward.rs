@@ -7,7 +7,7 @@
 use crate::checkpoint::{load_tensors, save_tensors};
 use crate::dpo::{load_pairs, pair_groups, Pair};
 use crate::finetune::{
-    log_sigmoid, pass_budget, scalar, sigmoid, Example, Loader, Net, StepStats, Task,
+    log_sigmoid, pass_budget, scalar, sigmoid, sign_test_p, Example, Loader, Net, StepStats, Task,
 };
 use crate::model::Llama;
 use crate::optim::GradAccum;
@@ -182,9 +182,13 @@ impl Task for Rm {
             return Ok(Vec::new());
         }
         let (loss, accuracy) = self.held_out(net)?;
+        let n = self.val.len();
+        let right = (accuracy * n as f64).round() as usize;
         Ok(vec![
             ("val_loss".into(), loss),
             ("val_accuracy".into(), accuracy),
+            // The chance of at least this many right from coin flips (one-sided binomial).
+            ("val_accuracy_p".into(), sign_test_p(right, n)),
         ])
     }
 }

@@ -86,12 +86,13 @@ pub fn rm(args: &RmArgs) -> Result<()> {
     }
     let f = |k: &str| last[k].as_f64().unwrap_or(f64::NAN);
     outln!(
-        "{}: step {}, loss {:.4}; held out: loss {:.4}, accuracy {:.3}; score answers with `kiln rm score --model {0}`",
+        "{}: step {}, loss {:.4}; held out: loss {:.4}, accuracy {:.3} (one-sided binomial p against chance {:.3}); score answers with `kiln rm score --model {0}`",
         run.dir.display(),
         run.step,
         f("loss"),
         f("val_loss"),
         f("val_accuracy"),
+        f("val_accuracy_p"),
     );
     Ok(())
 }

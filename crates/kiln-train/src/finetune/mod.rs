@@ -421,6 +421,20 @@ pub fn log_sigmoid(z: f64) -> f64 {
     }
 }
 
+/// P(X ≥ k) for X ~ Binomial(n, ½), summed in log space (no overflow for large n).
+pub fn sign_test_p(k: usize, n: usize) -> f64 {
+    let mut ln_pmf = -(n as f64) * std::f64::consts::LN_2;
+    let mut tail = 0.0;
+    for j in 0..=n {
+        if j >= k {
+            tail += ln_pmf.exp();
+        }
+        // C(n, j+1) = C(n, j)·(n − j)/(j + 1); past j = n it is never used.
+        ln_pmf += ((n - j) as f64).ln() - ((j + 1) as f64).ln();
+    }
+    tail.min(1.0)
+}
+
 /// σ(z).
 pub fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
