@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Records llama-perplexity --hellaswag on SmolLM2 (400 tasks, per-task right/wrong) into
 # tests/fixtures/eval/hellaswag-llama-cpp-smollm2.json, which kiln-eval's tests compare with.
-# Needs llama.cpp built (scripts/llama-cpp.sh) and ../shared/data/eval beside the checkout.
+# Needs llama.cpp (scripts/llama-cpp.sh builds it) and HellaSwag (`kiln data pull hellaswag`, or
+# the mirror beside the checkout, ../shared/data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="${LLAMA_CPP_BIN:-/work/cache/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin}"
+BIN="${LLAMA_CPP_BIN:-$(scripts/llama-cpp.sh)}"
 MODEL="${KILN_SMOLLM2_GGUF:-${KILN_HOME:-$HOME/.cache/kiln}/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-bzip2 -dc ../shared/data/eval/hellaswag_val_full.txt.bz2 > "$TMP/hellaswag_val_full.txt"
+DATA="${KILN_HOME:-$HOME/.cache/kiln}/data/eval/hellaswag_val_full.txt.bz2"
+[ -f "$DATA" ] || DATA=../shared/data/eval/hellaswag_val_full.txt.bz2
+bzip2 -dc "$DATA" > "$TMP/hellaswag_val_full.txt"
 "$BIN/llama-perplexity" -m "$MODEL" -f "$TMP/hellaswag_val_full.txt" --hellaswag --hellaswag-tasks 400 -t 1 > "$TMP/out.txt" 2> "$TMP/err.txt"
 python3 - "$TMP/out.txt" "$MODEL" > tests/fixtures/eval/hellaswag-llama-cpp-smollm2.json <<'PY'
 import hashlib, json, re, sys

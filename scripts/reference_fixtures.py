@@ -298,7 +298,7 @@ def perplexity_fixture(bin_dir, server_ids, name, meta, model_path, wikitext):
         for n_ctx in PERPLEXITY_RUNS[name]:
             runs.append(run_perplexity(bin_dir, model_path, f.name, n_ctx))
     return header(name, meta, runs[0]["command"].split()[0]) | {
-        "text": {"file": "wikitext2_test.txt (/work/shared/data/eval)", "bytes": len(cut),
+        "text": {"file": "wikitext2_test.txt (kiln data pull wikitext2)", "bytes": len(cut),
                  "sha256": hashlib.sha256(cut).hexdigest(),
                  "cut": "first `bytes` bytes of the file; ends at a line boundary"},
         "method": "tokens = tokenize(text, add_special=true, parse_special=false); "

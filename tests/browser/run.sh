@@ -26,6 +26,12 @@ NPM_DIR="$CACHE/npm"
 export KILN_ARTIFACTS="${KILN_ARTIFACTS:-$root/target/artifacts}"
 
 log() { echo "browser test: $*" >&2; }
+# A skip is recorded for .ci/run's closing list (KILN_SKIP_LOG), never silent.
+skip() {
+  log "SKIP: $*"
+  [ -z "${KILN_SKIP_LOG:-}" ] || echo "tests/browser/run.sh: $*" >>"$KILN_SKIP_LOG"
+  exit 0
+}
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
@@ -50,8 +56,7 @@ if [ ! -x "$CHROMIUM" ]; then
     log "FAIL: no Chromium at $CHROMIUM and apt-get could not install it"
     exit 1
   fi
-  log "SKIP: no Chromium at $CHROMIUM (install the chromium package, or set CHROMIUM=/path/to/chromium)"
-  exit 0
+  skip "no Chromium at $CHROMIUM (install the chromium package, or set CHROMIUM=/path/to/chromium)"
 fi
 
 # --- node + npm ---
@@ -59,13 +64,11 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   if [ "${CI:-}" = "true" ]; then apt_install nodejs npm || true; fi
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  log "SKIP: node and npm are needed (install nodejs and npm)"
-  exit 0
+  skip "node and npm are needed (install nodejs and npm)"
 fi
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 if [ "$node_major" -lt 18 ]; then
-  log "SKIP: node $(node --version) is too old, need >= 18"
-  exit 0
+  skip "node $(node --version) is too old, need >= 18"
 fi
 
 # --- playwright-core, pinned in package.json (Node 18 gets the last release that supports it) ---

@@ -4,8 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! python3 -c "import openai" 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check openai 2>&1 | grep -v "Running pip as the 'root' user" || true
+# The client lives in a virtual environment: a stock Debian Python refuses system-wide pip
+# installs (PEP 668).
+venv=${KILN_TEST_VENV:-$PWD/target/py-venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+if ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore openai
 fi
 
 log=$(mktemp)
@@ -20,4 +24,4 @@ for _ in $(seq 1 300); do
 done
 url=$(grep -o "http://[0-9.:]*" "$log" | head -1)
 [ -n "$url" ] || { echo "kiln serve did not start:"; cat "$log"; exit 1; }
-python3 tests/openai/client_test.py "$url/v1"
+"$venv/bin/python" tests/openai/client_test.py "$url/v1"

@@ -7,17 +7,18 @@ mod util;
 use kiln_test_models::SMOLLM2;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use util::{shared_dir, temp_dir, Kiln};
+use util::{temp_dir, Kiln};
 
 /// HellaSwag items in the end-to-end run (~1 s of CPU each).
 const HELLASWAG_ITEMS: usize = 12;
 
-fn eval_data() -> Option<PathBuf> {
-    let d = shared_dir().map(|s| s.join("data/eval"));
-    if d.is_none() {
-        eprintln!("SKIP: ../shared/data/eval absent");
+/// HellaSwag's data directory and item count: the real set where a mirror or cache has it,
+/// else twelve items in its format written for these tests.
+fn hellaswag_data() -> (PathBuf, usize) {
+    match kiln_test_models::data_file("eval/hellaswag_val_full.txt.bz2") {
+        Some(file) => (file.parent().expect("parent").to_path_buf(), 10042),
+        None => (kiln_test_models::fixture("eval/hellaswag-format"), 12),
     }
-    d
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -28,14 +29,16 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn eval_hellaswag_writes_results_a_report_reads() {
-    let Some(data) = eval_data() else { return };
+    let (data, total) = hellaswag_data();
+    // Fewer than all, so the summary line says "of N" (the made-up set has twelve).
+    let items = HELLASWAG_ITEMS.min(total - 2);
     let Some(model) = SMOLLM2.path() else { return };
     let home = temp_dir();
     let runs = temp_dir();
     let out_json = runs.path().join("eval").join("results.json");
     std::fs::create_dir_all(out_json.parent().expect("parent")).expect("mkdir");
     let out = Kiln::new(home.path())
-        .args(["eval", "-q", "-t", "2", "--task", "hellaswag", "--limit", &HELLASWAG_ITEMS.to_string(), "--data"])
+        .args(["eval", "-q", "-t", "2", "--task", "hellaswag", "--limit", &items.to_string(), "--data"])
         .arg(&data)
         .arg("-m")
         .arg(&model)
@@ -43,21 +46,25 @@ fn eval_hellaswag_writes_results_a_report_reads() {
         .arg(&out_json)
         .run();
     out.success();
-    assert!(out.stdout.starts_with(&format!("hellaswag        {HELLASWAG_ITEMS} items of 10042  acc_llama_cpp ")), "{out:?}");
+    assert!(out.stdout.starts_with(&format!("hellaswag        {items} items of {total}  acc_llama_cpp ")), "{out:?}");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out_json).expect("results")).expect("JSON");
     assert_eq!(v["model_sha256"].as_str().map(str::len), Some(64));
     let task = &v["tasks"][0];
     assert_eq!(task["task"], "hellaswag");
-    assert_eq!(task["items"], HELLASWAG_ITEMS);
+    assert_eq!(task["items"], items);
     let per_item = task["per_item"].as_str().expect("per_item");
-    assert_eq!(per_item.len(), HELLASWAG_ITEMS);
+    assert_eq!(per_item.len(), items);
     assert_eq!(per_item.matches('1').count() as u64, task["metrics"][0]["hits"].as_u64().expect("hits"));
     let names: Vec<&str> = task["metrics"].as_array().expect("metrics").iter().filter_map(|m| m["name"].as_str()).collect();
     assert_eq!(names, ["acc_llama_cpp", "acc", "acc_norm"]);
     for m in task["metrics"].as_array().expect("metrics") {
         let (val, lo, hi) = (m["value"].as_f64().expect("value"), m["low"].as_f64().expect("low"), m["high"].as_f64().expect("high"));
-        // A 135M model: above nothing, below a strong model; the interval holds the value.
-        assert!((0.05..=0.8).contains(&val) && lo <= val && val <= hi, "{m}");
+        // A 135M model on the real items: above nothing, below a strong model; the interval
+        // holds the value (the twelve made-up items are too few to bound the value).
+        assert!(lo <= val && val <= hi, "{m}");
+        if total == 10042 {
+            assert!((0.05..=0.8).contains(&val), "{m}");
+        }
     }
     assert!(v["elapsed_s"].as_f64().expect("elapsed") > 0.0);
 
@@ -111,10 +118,11 @@ fn bad_eval_inputs_are_one_line_errors() {
 
 #[test]
 fn eval_ppl_equals_kiln_ppl_and_reports_bits_per_byte() {
-    let Some(data) = eval_data() else { return };
     let Some(model) = SMOLLM2.path() else { return };
     let home = temp_dir();
-    let text = data.join("wikitext2_test.txt");
+    // Any English text serves: WikiText-2 where present, else the committed fixture prose.
+    let text = kiln_test_models::data_file("eval/wikitext2_test.txt")
+        .unwrap_or_else(|| kiln_test_models::fixture("text/potters-year.txt"));
     let ppl =
         Kiln::new(home.path()).args(["ppl", "-t", "2", "-c", "128", "--chunks", "3", "-m"]).arg(&model).arg("--text").arg(&text).run();
     ppl.success();

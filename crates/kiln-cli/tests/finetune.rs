@@ -3,15 +3,15 @@
 //! from a checkpoint that repeats the uninterrupted run exactly, the result loading in
 //! `kiln run`, bad rows reported by line (or fatal), and one-line errors.
 //!
-//! The pretraining corpus is the first 100 KB of ../shared/data/pretrain/tinyshakespeare.txt;
-//! the tests print SKIP when ../shared is absent.
+//! The pretraining corpus is 100 KB of Tiny Shakespeare where a data mirror or cache has it,
+//! else of the committed fixture text (see `util::corpus`).
 
 #[allow(dead_code)] // each test binary uses part of the helpers
 mod util;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use util::{shared_dir, temp_dir, Kiln};
+use util::{temp_dir, Kiln};
 
 fn metrics(run: &Path) -> Vec<Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -22,14 +22,8 @@ fn metrics(run: &Path) -> Vec<Value> {
 }
 
 /// A tokenizer and a 2-layer model pretrained for a few steps in `dir`: returns the run.
-fn tiny_base(home: &Path, dir: &Path) -> Option<PathBuf> {
-    let Some(shared) = shared_dir() else {
-        eprintln!("SKIP: ../shared is absent");
-        return None;
-    };
-    let text = std::fs::read(shared.join("data/pretrain/tinyshakespeare.txt")).ok()?;
-    let data = dir.join("corpus.txt");
-    std::fs::write(&data, &text[..100_000.min(text.len())]).unwrap();
+fn tiny_base(home: &Path, dir: &Path) -> PathBuf {
+    let data = util::corpus(dir, 100_000);
     let tok = dir.join("tok");
     Kiln::new(home).args(["tokenizer", "train", "--vocab", "400", "--data"]).arg(&data).arg("--out").arg(&tok).run().success();
     let base = dir.join("base");
@@ -44,7 +38,7 @@ fn tiny_base(home: &Path, dir: &Path) -> Option<PathBuf> {
         .args(["--context", "96", "--micro-batch", "2", "--batch-tokens", "192", "--sample-every", "0", "--steps", "10", "-q"])
         .run()
         .success();
-    Some(base)
+    base
 }
 
 const SFT_ROWS: &[&str] = &[
@@ -103,7 +97,7 @@ fn assert_resume_repeats(home: &Path, cmd: &str, run: &Path, copy: &Path) {
 fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
     let home = temp_dir();
     let dir = temp_dir();
-    let Some(base) = tiny_base(home.path(), dir.path()) else { return };
+    let base = tiny_base(home.path(), dir.path());
     let sft_data = dir.path().join("chats.jsonl");
     write_rows(&sft_data, SFT_ROWS, true);
 

@@ -2,8 +2,8 @@
 //! SIGKILL and resumed logs the same losses as an uninterrupted one, the result runs in
 //! `kiln run` (as a run directory and as exported GGUF), and bad inputs get one error line.
 //!
-//! The corpus is the first 200 KB of ../shared/data/pretrain/tinyshakespeare.txt; the tests print
-//! SKIP when ../shared is absent.
+//! The corpus is the first 200 KB of Tiny Shakespeare where a data mirror or cache has it, else
+//! the committed fixture text repeated to 200 KB (see `util::corpus`).
 
 #[allow(dead_code)] // each test binary uses part of the helpers
 mod util;
@@ -11,18 +11,11 @@ mod util;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use util::{shared_dir, temp_dir, Kiln};
+use util::{temp_dir, Kiln};
 
-/// A small slice of Shakespeare in `dir`, or None (SKIP) without ../shared.
-fn corpus(dir: &Path) -> Option<PathBuf> {
-    let Some(shared) = shared_dir() else {
-        eprintln!("SKIP: ../shared is absent");
-        return None;
-    };
-    let text = std::fs::read(shared.join("data/pretrain/tinyshakespeare.txt")).ok()?;
-    let path = dir.join("shakespeare.txt");
-    std::fs::write(&path, &text[..200_000.min(text.len())]).unwrap();
-    Some(path)
+/// A 200 KB training corpus in `dir`.
+fn corpus(dir: &Path) -> PathBuf {
+    util::corpus(dir, 200_000)
 }
 
 /// A model small enough to take a few milliseconds per step, with gradient accumulation (2
@@ -71,9 +64,7 @@ fn metrics(run: &Path) -> Vec<Value> {
 fn train_killed_with_sigkill_then_resumed_logs_the_same_losses_and_runs_in_kiln() {
     let home = temp_dir();
     let dir = temp_dir();
-    let Some(data) = corpus(dir.path()) else {
-        return;
-    };
+    let data = corpus(dir.path());
     let tok = dir.path().join("tok");
     Kiln::new(home.path())
         .args(["tokenizer", "train", "--vocab", "512", "--data"])
@@ -271,9 +262,7 @@ fn bad_inputs_get_one_error_line() {
 fn corrupted_checkpoint_is_named_on_resume() {
     let home = temp_dir();
     let dir = temp_dir();
-    let Some(data) = corpus(dir.path()) else {
-        return;
-    };
+    let data = corpus(dir.path());
     let tok = dir.path().join("tok");
     Kiln::new(home.path())
         .args(["tokenizer", "train", "--vocab", "300", "--data"])

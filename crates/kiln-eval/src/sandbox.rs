@@ -130,7 +130,7 @@ mod tests {
     fn have_python() -> bool {
         let ok = Command::new("python3").arg("-c").arg("pass").status().is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("SKIP: python3 not found");
+            kiln_test_models::skip("python3 not found");
         }
         ok
     }

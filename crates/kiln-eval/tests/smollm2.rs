@@ -1,4 +1,4 @@
-//! kiln-eval on the real SmolLM2 model (skipped when it or ../shared is absent): the scorer
+//! kiln-eval on the real SmolLM2 model (skipped when it or the HellaSwag data is absent): the scorer
 //! against a plain forward pass, and HellaSwag task by task against llama-perplexity.
 
 use kiln_eval::score::{log_softmax_at, Scorer};
@@ -19,12 +19,10 @@ const HELLASWAG_MAX_DIFFERENT: usize = 1;
 /// arithmetic in a different batch split.
 const SCORE_TOL: f64 = 2e-3;
 
+/// The real HellaSwag (the llama.cpp fixture was recorded on it): from a mirror or cache.
 fn eval_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/eval");
-    if !d.is_dir() {
-        eprintln!("SKIP: {} absent (../shared is not beside the checkout)", d.display());
-    }
-    d.is_dir().then_some(d)
+    let file = kiln_test_models::data_file_or_skip("eval/hellaswag_val_full.txt.bz2", "hellaswag")?;
+    file.parent().map(Path::to_path_buf)
 }
 
 struct Loaded {

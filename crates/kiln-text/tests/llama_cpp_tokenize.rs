@@ -49,7 +49,7 @@ fn check(model: &'static TestModel, name: &str) {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("SKIP: llama.cpp fixture {} not readable ({e})", path.display());
+            kiln_test_models::skip(format!("llama.cpp fixture {} not readable ({e})", path.display()));
             return;
         }
     };

@@ -171,8 +171,19 @@ pub fn temp_dir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-/// The shared data directory beside the repository (`../shared`), when present.
-pub fn shared_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    dir.is_dir().then_some(dir)
+/// A training corpus of `bytes` bytes in `dir`: the start of Tiny Shakespeare where a data
+/// mirror or cache has it (so figures stay comparable), else the committed public-domain-style
+/// fixture `tests/fixtures/text/potters-year.txt` (written for kiln) repeated to length.
+pub fn corpus(dir: &Path, bytes: usize) -> PathBuf {
+    let text = match kiln_test_models::data_file("pretrain/tinyshakespeare.txt") {
+        Some(p) => std::fs::read(p).expect("read tinyshakespeare"),
+        None => {
+            let one =
+                std::fs::read(kiln_test_models::fixture("text/potters-year.txt")).expect("fixture");
+            one.iter().copied().cycle().take(bytes).collect()
+        }
+    };
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, &text[..bytes.min(text.len())]).expect("write corpus");
+    path
 }
