@@ -48,6 +48,8 @@ pub enum Command {
     Rm(crate::commands::rm::RmArgs),
     /// Benchmarks (HellaSwag, MMLU, ARC, TruthfulQA, GSM8K, HumanEval), perplexity, regression suites.
     Eval(crate::commands::eval::EvalArgs),
+    /// Public data sets (benchmarks, corpora, conversations): `kiln data list`, `pull NAME`, `path NAME`.
+    Data(crate::commands::data::DataArgs),
     /// A Markdown report card over a pipeline's runs (metrics, evals, plots, samples).
     Report(crate::commands::report::ReportArgs),
     /// Train a tokenizer (`kiln tokenizer train`).
@@ -94,9 +96,9 @@ pub struct SamplingArgs {
     /// Frequency penalty (0 = off).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
-    /// Random seed (same seed, same output).
-    #[arg(long, default_value_t = 0x6b696c6e)]
-    pub seed: u64,
+    /// Random seed: the same seed gives the same output (default: a fresh one each run; --verbose shows it).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Most tokens to generate.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
     pub max_tokens: usize,
@@ -106,7 +108,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The sampling settings these flags describe.
+    /// The sampling settings these flags describe. Without --seed each call draws a fresh
+    /// seed, so call it once per run and read the seed from the result.
     pub fn params(&self) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature,
@@ -117,9 +120,21 @@ impl SamplingArgs {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             penalty_last_n: 64,
-            seed: self.seed,
+            seed: self.seed.unwrap_or_else(fresh_seed),
         }
     }
+}
+
+/// A seed for a run without --seed. std's `RandomState` keys come from the OS's random
+/// source; the time and process id are mixed in as well. Kept to 32 bits, as llama.cpp's
+/// seeds are, so it is short enough to retype after `--seed`.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish() & 0xffff_ffff
 }
 
 /// `kiln pull`.
@@ -153,6 +168,9 @@ pub struct RunArgs {
     /// Print no timing line.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Print the model, context length and seed to stderr (rerun with --seed N to repeat a run).
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 /// `kiln chat`.
@@ -165,6 +183,9 @@ pub struct ChatArgs {
     /// System message.
     #[arg(long)]
     pub system: Option<String>,
+    /// Print the model, context length and seed to stderr (rerun with --seed N to repeat a run).
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 /// `kiln info`.

@@ -40,6 +40,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quantize(a) => commands::quantize::quantize(a),
         Command::Serve(a) => commands::serve::serve(a),
         Command::Eval(a) => commands::eval::eval(a),
+        Command::Data(a) => commands::data::data(a),
         Command::Report(a) => commands::report::report(a),
         Command::Tokenizer(a) => commands::tokenizer::tokenizer(a),
         Command::Train(a) => commands::train::train(a, threads),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-/// What can go wrong while resolving, pulling or verifying a model.
+/// What can go wrong while resolving, pulling or verifying a model or a data set.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// A model spec that does not parse (`pypi:` without `==VERSION`, a bad repo name, ...).
@@ -86,12 +86,51 @@ pub enum HubError {
     #[error("download of {url} failed: {message}")]
     HttpFailed { url: String, message: String },
 
-    /// A filesystem operation failed.
-    #[error("{context}: {source}")]
+    /// No data set by that name (`kiln data pull NAME`).
+    #[error("no data set named {name}: kiln knows {known} (`kiln data list` describes them)")]
+    UnknownDataSet { name: String, known: String },
+
+    /// A data file path that no known data set holds, and that `KILN_DATA` does not have.
+    #[error("{path} is not a file of any data set kiln knows (`kiln data list`), and no KILN_DATA directory holds it")]
+    UnknownDataFile { path: String },
+
+    /// A data file could be fetched from nowhere: it is not on this machine and neither the
+    /// mirror nor its source could be reached.
+    #[error("cannot fetch {file} of data set {set} from {tried}; point kiln at a copy: KILN_DATA=DIR for a directory holding DIR/{file} (for kiln eval, also --data DIR/eval), or KILN_DATA_MIRROR=DIR|URL for a mirror laid out the same way")]
+    DataUnavailable {
+        set: String,
+        file: String,
+        /// Each place tried, with why it failed.
+        tried: String,
+    },
+
+    /// A data file's bytes are not the ones in kiln's table.
+    #[error("checksum mismatch for {file} from {origin}: expected sha256 {expected}, got {actual}; nothing was installed")]
+    DataChecksumMismatch {
+        file: String,
+        origin: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// `KILN_DATA` or `KILN_DATA_MIRROR` does not say where data is.
+    #[error("{variable}={value:?}: {reason}")]
+    BadDataLocation {
+        variable: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    /// A downloaded tar archive could not be read, or lacks a member.
+    #[error("cannot read archive {archive}: {message}")]
+    BadArchive { archive: String, message: String },
+
+    /// A filesystem operation failed. The cause is part of the message and not chained as a
+    /// source, so that printing an error's chain shows the operating system's words once.
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -99,7 +138,7 @@ impl HubError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> HubError {
         HubError::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -14,7 +14,11 @@
 //! A pull works in `$KILN_HOME/tmp/` (same filesystem), verifies, then renames into place, so
 //! an interrupted pull never leaves a half file among the models; leftovers of dead pulls are
 //! removed by the next pull.
+//!
+//! Public data sets (HellaSwag, MMLU, Tiny Shakespeare, ...) are pulled the same way into
+//! `$KILN_HOME/data/`: see [`DataStore`] and `kiln data`.
 
+mod data;
 mod error;
 mod fetch;
 mod spec;
@@ -30,6 +34,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub use data::{
+    known_data_sets, DataFile, DataOrigin, DataSet, DataSetFiles, DataSources, DataStore,
+    LocalDataFile, Mirror, PublicFetcher,
+};
 pub use error::HubError;
 pub use fetch::{Fetcher, SystemFetcher};
 pub use spec::{

@@ -3,11 +3,12 @@
 use crate::args::ModelArgs;
 use crate::load::{open, resolve};
 use crate::output::Stdout;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use kiln_eval::results::sha256_file;
 use kiln_eval::tasks::{self, EvalContext, Task};
-use kiln_eval::{EvalResults, TaskResult};
+use kiln_eval::{EvalError, EvalResults, TaskResult};
+use kiln_hub::{DataSet, DataStore, Hub};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,9 +35,10 @@ pub struct EvalArgs {
     /// Write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Directory with the benchmark data (hellaswag_val_full.txt.bz2, mmlu/, core/, …).
-    #[arg(long, value_name = "DIR", default_value = "../shared/data/eval")]
-    pub data: PathBuf,
+    /// Directory with the benchmark files (hellaswag_val_full.txt.bz2, mmlu/, core/, …; default:
+    /// each task's data set, fetched into kiln's data cache on first use: see `kiln data list`).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Examples per MMLU prompt.
     #[arg(long, default_value_t = 5)]
     pub shots: usize,
@@ -68,6 +70,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             bail!("{}: no such suite file", s.display());
         }
     }
+    let progress = !args.quiet && std::io::stderr().is_terminal();
+    // The data first: a missing data set fails before a model is loaded.
+    let data_dir = match &args.data {
+        Some(dir) => dir.clone(),
+        None => pull_task_data(&task_list, progress)?,
+    };
     let path = resolve(args.model.model.as_deref())?;
     let lm = open(&path)?;
     // Room for 5-shot MMLU; perplexity chunks are --ctx or 512, as llama-perplexity's.
@@ -77,14 +85,14 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         model: &lm.model,
         tokenizer: &lm.tokenizer,
         template: &lm.template,
-        data_dir: args.data.clone(),
+        data_dir,
         ctx,
         ppl_chunk: args.model.ctx.unwrap_or(512),
         limit: args.limit,
         seed: args.seed,
         max_tokens: args.max_tokens,
         exec_timeout: Duration::from_secs(args.timeout.max(1)),
-        progress: !args.quiet && std::io::stderr().is_terminal(),
+        progress,
     };
     let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let t0 = Instant::now();
@@ -94,7 +102,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         if !args.quiet {
             eprintln!("{}: running", task.name());
         }
-        let r = tasks::run(&cx, task)?;
+        let r = tasks::run(&cx, task).map_err(|e| explain_missing_data(e, task))?;
         print_result(&mut out, &r)?;
         results.push(r);
     }
@@ -129,6 +137,56 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         bail!("{suite_failed} suite case(s) failed");
     }
     Ok(())
+}
+
+/// What each task reads, in kiln's data layout: data set names or file paths (`kiln data`).
+fn task_data(task: &Task) -> &'static [&'static str] {
+    match task {
+        Task::Hellaswag => &["eval/hellaswag_val_full.txt.bz2"],
+        Task::Mmlu { .. } | Task::MmluCloze => &["mmlu"],
+        Task::ArcEasy => &["eval/core/world_knowledge_arc_easy.jsonl"],
+        Task::ArcChallenge => &["eval/core/world_knowledge_arc_challenge.jsonl"],
+        Task::TruthfulQa => &["eval/TruthfulQA.csv"],
+        Task::Gsm8k => &["eval/gsm8k_test.jsonl"],
+        Task::HumanEval => &["eval/HumanEval.jsonl.gz"],
+        Task::Ppl(_) => &[],
+    }
+}
+
+/// The eval directory holding every file the tasks read: `$KILN_DATA/eval` when it has them
+/// all, else the data cache's, where missing files are fetched first.
+fn pull_task_data(task_list: &[Task], progress: bool) -> Result<PathBuf> {
+    let hub = Hub::from_env();
+    let items: Vec<&str> = task_list.iter().flat_map(|t| task_data(t).iter().copied()).collect();
+    if items.is_empty() {
+        // ppl:FILE and suites name their own files.
+        return Ok(hub.data_dir().join("eval"));
+    }
+    let store = hub.data_store()?;
+    Ok(store.root_for(&items, progress)?.join("eval"))
+}
+
+/// The data set a task reads.
+fn task_data_set(store: &DataStore, task: &Task) -> Option<&'static DataSet> {
+    let item = task_data(task).first()?;
+    match store.find_file(item) {
+        Some((set, _)) => Some(set),
+        None => store.find(item).ok(),
+    }
+}
+
+/// A task's missing data file (a `--data DIR` without it), said with where the data comes from.
+fn explain_missing_data(e: EvalError, task: &Task) -> anyhow::Error {
+    let EvalError::MissingData { path, .. } = &e else { return e.into() };
+    let store = DataStore::new(Hub::from_env(), Default::default());
+    let Some(set) = task_data_set(&store, task) else { return e.into() };
+    anyhow!(
+        "{path} not found: pass --data DIR holding kiln's eval files, or leave --data out to fetch data set {} from {} (licence: {}) into kiln's cache (`kiln data pull {}`)",
+        set.name,
+        set.homepage,
+        set.licence,
+        set.name
+    )
 }
 
 /// `hellaswag  400 items  acc_llama_cpp 41.25 % [36.5, 46.2]  acc …  (83.1 s)`.

@@ -123,7 +123,7 @@ impl EvalContext<'_> {
         } else {
             Err(EvalError::MissingData {
                 path: p.display().to_string(),
-                hint: "pass --data DIR (the directory with hellaswag_val_full.txt.bz2, mmlu/, core/ …)".into(),
+                hint: "pass --data DIR (the directory with hellaswag_val_full.txt.bz2, mmlu/, core/ …), or leave --data out to have kiln fetch the public data sets (`kiln data list` says where each comes from)".into(),
             })
         }
     }
