@@ -1,7 +1,7 @@
 //! `kiln run`: one prompt in, a streamed answer out.
 
 use crate::args::RunArgs;
-use crate::load::load;
+use crate::load::{load, LoadedModel};
 use crate::output::Stdout;
 use anyhow::{Context, Result};
 use kiln_generate::{GenerateOptions, Session};
@@ -22,6 +22,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     sampling.validate().map_err(anyhow::Error::msg)?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
+    if args.verbose {
+        print_setup(&lm, ctx, sampling.seed);
+    }
     let text = if args.raw {
         prompt
     } else {
@@ -79,4 +82,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `--verbose` lines of `run` and `chat` on stderr: what was loaded, and the seed that
+/// repeats the run (a fresh one is drawn unless --seed is given).
+pub fn print_setup(lm: &LoadedModel, ctx: usize, seed: u64) {
+    eprintln!("model: {} ({})", lm.path.display(), lm.model.config.family.architecture());
+    eprintln!("context: {ctx} tokens");
+    eprintln!("seed: {seed} (pass --seed {seed} to repeat)");
 }
