@@ -237,10 +237,19 @@ pub struct QuantizeArgs {
     /// The GGUF model to convert (path or name; default: the default model).
     #[arg(short, long)]
     pub model: Option<String>,
-    /// Weight type to write: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, f16, bf16 or f32.
-    #[arg(long = "type", value_name = "TYPE")]
-    pub ty: String,
+    /// Weight type to write.
+    #[arg(long = "type", value_name = "TYPE", ignore_case = true, value_parser = weight_type())]
+    pub ty: kiln_gguf::GgmlType,
     /// The GGUF file to write (replaced if it exists).
     #[arg(short, long)]
     pub out: PathBuf,
+}
+
+/// The GGUF weight types kiln writes, as a clap parser: `--help` lists them and a typo gets
+/// clap's suggestion (`q4_0`, `Q8_0`, `q4_k`… in any case).
+pub fn weight_type() -> impl clap::builder::TypedValueParser<Value = kiln_gguf::GgmlType> {
+    let names: Vec<&'static str> = kiln_model::formats::gguf_export::export_types().map(|t| t.name()).collect();
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name| kiln_gguf::GgmlType::from_name(&name).expect("a listed type has a name"))
 }

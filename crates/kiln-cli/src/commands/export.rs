@@ -6,8 +6,16 @@ use crate::output::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_gguf::GgmlType;
-use kiln_model::formats::gguf_export::export_types;
 use std::path::{Path, PathBuf};
+
+/// What `kiln export` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One GGUF file (llama.cpp, kiln).
+    Gguf,
+    /// A Hugging Face directory: config.json, model.safetensors, tokenizer files.
+    Hf,
+}
 
 /// `kiln export`.
 #[derive(Args, Debug)]
@@ -16,12 +24,12 @@ pub struct ExportArgs {
     /// llama GGUF file (dequantized to f32).
     #[arg(short, long)]
     pub model: PathBuf,
-    /// Output format: gguf or hf.
-    #[arg(long, default_value = "gguf")]
-    pub format: String,
-    /// GGUF weight type: f32, f16, q8_0, q4_0 (or any type `kiln quantize` writes).
-    #[arg(long = "type", value_name = "TYPE", default_value = "f16")]
-    pub ty: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
+    pub format: ExportFormat,
+    /// GGUF weight type (any type `kiln quantize` writes).
+    #[arg(long = "type", value_name = "TYPE", default_value = "F16", ignore_case = true, value_parser = crate::args::weight_type())]
+    pub ty: GgmlType,
     /// The file (gguf) or directory (hf) to write.
     #[arg(short, long)]
     pub out: PathBuf,
@@ -30,7 +38,7 @@ pub struct ExportArgs {
 /// Runs the command.
 pub fn export(args: &ExportArgs) -> Result<()> {
     if args.model.is_file() {
-        if args.format != "hf" {
+        if args.format != ExportFormat::Hf {
             bail!(
                 "--model {}: a GGUF file is exported with --format hf (to requantize it, use kiln quantize)",
                 args.model.display()
@@ -48,19 +56,9 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         return Ok(());
     }
     let dir = kiln_train::export::model_dir(&args.model)?;
-    match args.format.as_str() {
-        "gguf" => {
-            let ty = match GgmlType::from_name(&args.ty) {
-                Some(t) if export_types().any(|e| e == t) => t,
-                _ => bail!(
-                    "--type {}: kiln writes {}",
-                    args.ty,
-                    export_types()
-                        .map(|t| t.name().to_lowercase())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
+    match args.format {
+        ExportFormat::Gguf => {
+            let ty = args.ty;
             let report = kiln_model::threads::pool()
                 .install(|| kiln_train::export::export_gguf(&dir, ty, &args.out, |_, _| {}))
                 .with_context(|| {
@@ -76,11 +74,10 @@ pub fn export(args: &ExportArgs) -> Result<()> {
                 report.bytes_out as f64 / 1e6
             );
         }
-        "hf" => {
+        ExportFormat::Hf => {
             copy_dir(&dir, &args.out)?;
             outln!("wrote {} (Hugging Face layout)", args.out.display());
         }
-        other => bail!("--format {other}: use gguf or hf"),
     }
     Ok(())
 }

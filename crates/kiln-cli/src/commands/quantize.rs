@@ -6,8 +6,8 @@ use crate::load::resolve;
 use crate::output::outln;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kiln_gguf::{GgmlType, GgufFile};
-use kiln_model::formats::gguf_export::{export_types, requantize_gguf, ExportReport};
+use kiln_gguf::GgufFile;
+use kiln_model::formats::gguf_export::{requantize_gguf, ExportReport};
 use kiln_model::formats::{detect_format, ModelFormat};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 /// Runs the command.
 pub fn quantize(args: &QuantizeArgs) -> Result<()> {
-    let target = parse_type(&args.ty)?;
+    let target = args.ty;
     let path = resolve(args.model.as_deref())?;
     if detect_format(&path)? != ModelFormat::Gguf {
         bail!("{}: kiln quantize reads GGUF files only", path.display());
@@ -41,20 +41,6 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
         start.elapsed().as_secs_f64(),
     );
     Ok(())
-}
-
-/// The target type named `name` (`q4_0`, `Q8_0`, `q4_k`…), if kiln writes it.
-fn parse_type(name: &str) -> Result<GgmlType> {
-    let choices = || {
-        export_types()
-            .map(|t| t.name().to_lowercase())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match GgmlType::from_name(name) {
-        Some(t) if export_types().any(|e| e == t) => Ok(t),
-        _ => bail!("--type {name}: kiln writes {}", choices()),
-    }
 }
 
 /// Whether `a` and `b` name the same existing file.

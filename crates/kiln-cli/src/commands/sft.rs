@@ -59,9 +59,9 @@ pub struct FinetuneArgs {
     /// Random seed (data order, adapter initialisation, dropout).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// What to do with a row that fits no known shape: skip (reported) or fail.
-    #[arg(long, default_value = "skip")]
-    pub on_bad_row: String,
+    /// What to do with a row that fits no known shape.
+    #[arg(long, value_enum, default_value_t = BadRow::Skip)]
+    pub on_bad_row: BadRow,
     /// Train LoRA adapters instead of every weight.
     #[arg(long)]
     pub lora: bool,
@@ -80,6 +80,15 @@ pub struct FinetuneArgs {
     /// No per-step lines (the summary is still printed).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `--on-bad-row`: a row of the data that fits no known shape.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadRow {
+    /// Report it (file and line) and go on without it.
+    Skip,
+    /// Stop the run with its file and line.
+    Fail,
 }
 
 impl FinetuneArgs {
@@ -114,11 +123,7 @@ impl FinetuneArgs {
         }
         set!(lr => lr, warmup => warmup, max_len => max_len, val_rows => val_rows, eval_every => eval_every,
              ckpt_every => ckpt_every, weight_decay => weight_decay, grad_clip => grad_clip, seed => seed);
-        c.fail_on_bad_row = match self.on_bad_row.as_str() {
-            "skip" => false,
-            "fail" => true,
-            other => bail!("--on-bad-row {other}: use skip or fail"),
-        };
+        c.fail_on_bad_row = self.on_bad_row == BadRow::Fail;
         if self.lora {
             c.lora = Some(LoraConfig {
                 rank: self.rank,

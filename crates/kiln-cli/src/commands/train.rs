@@ -71,9 +71,9 @@ pub struct TrainArgs {
     /// Warm-up steps.
     #[arg(long)]
     pub warmup: Option<usize>,
-    /// Decay after warm-up: cosine, linear or constant.
-    #[arg(long)]
-    pub decay: Option<String>,
+    /// Decay after warm-up.
+    #[arg(long, value_enum)]
+    pub decay: Option<DecayArg>,
     /// AdamW weight decay.
     #[arg(long)]
     pub weight_decay: Option<f64>,
@@ -85,8 +85,8 @@ pub struct TrainArgs {
     pub beta2: Option<f64>,
     /// Optimizer of the hidden weight matrices: adamw, or muon (Newton–Schulz orthogonalized
     /// momentum, as in nanochat; embeddings, head and norms stay on AdamW).
-    #[arg(long)]
-    pub optimizer: Option<String>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
     /// Muon's peak learning rate (default 0.02; same schedule as --lr).
     #[arg(long)]
     pub muon_lr: Option<f64>,
@@ -153,13 +153,43 @@ fn settings_given(a: &TrainArgs) -> Vec<&'static str> {
     flags.iter().filter(|(_, given)| *given).map(|(name, _)| *name).collect()
 }
 
-fn decay(name: &str) -> Result<Decay> {
-    Ok(match name {
-        "cosine" => Decay::Cosine,
-        "linear" => Decay::Linear,
-        "constant" => Decay::Constant,
-        _ => bail!("--decay {name}: use cosine, linear or constant"),
-    })
+/// `--decay`: the learning-rate schedule after warm-up.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DecayArg {
+    /// Half a cosine down to --min-lr-frac of the peak.
+    Cosine,
+    /// A straight line down to --min-lr-frac of the peak.
+    Linear,
+    /// The peak until the end.
+    Constant,
+}
+
+impl From<DecayArg> for Decay {
+    fn from(d: DecayArg) -> Decay {
+        match d {
+            DecayArg::Cosine => Decay::Cosine,
+            DecayArg::Linear => Decay::Linear,
+            DecayArg::Constant => Decay::Constant,
+        }
+    }
+}
+
+/// `--optimizer`: what updates the hidden weight matrices.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OptimizerArg {
+    /// AdamW, as every other parameter.
+    Adamw,
+    /// Muon: Newton–Schulz orthogonalized momentum (nanochat's choice for matrices).
+    Muon,
+}
+
+impl From<OptimizerArg> for MatrixOptimizer {
+    fn from(o: OptimizerArg) -> MatrixOptimizer {
+        match o {
+            OptimizerArg::Adamw => MatrixOptimizer::AdamW,
+            OptimizerArg::Muon => MatrixOptimizer::Muon,
+        }
+    }
 }
 
 /// The preset with the flags applied.
@@ -190,15 +220,11 @@ fn config(args: &TrainArgs, vocab_size: usize) -> Result<TrainConfig> {
          warmup => c.warmup, weight_decay => c.weight_decay, beta1 => c.beta1, beta2 => c.beta2,
          muon_lr => c.muon_lr, muon_momentum => c.muon_momentum, grad_clip => c.grad_clip, eval_every => c.eval_every, eval_batches => c.eval_batches,
          sample_every => c.sample_every, ckpt_every => c.ckpt_every, keep => c.keep, seed => c.seed);
-    if let Some(d) = &args.decay {
-        c.decay = decay(d)?;
+    if let Some(d) = args.decay {
+        c.decay = d.into();
     }
-    if let Some(o) = &args.optimizer {
-        c.optimizer = match o.as_str() {
-            "adamw" => MatrixOptimizer::AdamW,
-            "muon" => MatrixOptimizer::Muon,
-            _ => bail!("--optimizer {o}: use adamw or muon"),
-        };
+    if let Some(o) = args.optimizer {
+        c.optimizer = o.into();
     }
     c.validate()?;
     Ok(c)
