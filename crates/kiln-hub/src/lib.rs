@@ -36,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use data::{
     known_data_sets, DataFile, DataOrigin, DataSet, DataSetFiles, DataSources, DataStore,
-    LocalDataFile, Mirror, PublicFetcher,
+    LocalDataFile, Mirror,
 };
 pub use error::HubError;
 pub use fetch::{Fetcher, SystemFetcher};
@@ -481,11 +481,8 @@ impl Hub {
         work: &Path,
         progress: bool,
     ) -> Result<Fetched, HubError> {
-        let endpoint = std::env::var("HF_ENDPOINT")
-            .ok()
-            .filter(|e| !e.trim().is_empty())
-            .unwrap_or_else(|| "https://huggingface.co".to_string());
-        let endpoint = endpoint.trim().trim_end_matches('/');
+        let endpoint = fetch::hf_endpoint();
+        let endpoint = endpoint.as_str();
         let file = match file {
             Some(f) => f.to_string(),
             None => {

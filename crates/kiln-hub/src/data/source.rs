@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{last_line, HubError};
-use crate::fetch::{self, Fetcher, SystemFetcher};
+use crate::fetch;
 
 /// The places besides the cache that data files are looked for, from the environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,47 +120,6 @@ impl std::fmt::Display for Mirror {
             Mirror::Dir(dir) => write!(f, "{}", dir.display()),
             Mirror::Url(url) => f.write_str(url),
         }
-    }
-}
-
-/// The fetcher for public data: curl without credentials (the model fetcher sends `HF_TOKEN`
-/// with its downloads, which must never go to other hosts), only over http and https.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PublicFetcher;
-
-impl Fetcher for PublicFetcher {
-    fn pip_download(
-        &self,
-        requirement: &str,
-        dest_dir: &Path,
-        tmp_dir: &Path,
-    ) -> Result<(), HubError> {
-        SystemFetcher.pip_download(requirement, dest_dir, tmp_dir)
-    }
-
-    fn http_get(&self, url: &str, dest: &Path) -> Result<(), HubError> {
-        let out = Command::new("curl")
-            .args(["-fL", "--retry", "2", "--connect-timeout", "20", "-sS"])
-            .args(["--proto", "=http,https", "--proto-redir", "=http,https"])
-            .arg("-o")
-            .arg(dest)
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| HubError::CurlMissing {
-                detail: format!("cannot run curl: {e}"),
-            })?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let message = last_line(&String::from_utf8_lossy(&out.stderr));
-        Err(fetch::curl_error(
-            url,
-            out.status.code().unwrap_or(-1),
-            message,
-        ))
     }
 }
 
