@@ -4,16 +4,19 @@
 #
 # usage: bench/train-vs-pytorch/bench.sh [PRESET=micro] [STEPS=100] [THREADS=2]
 # env:   PYTHON (a python with torch; default python3), WORK (scratch dir), VOCAB (default 8192)
-# Needs target/release/kiln (cargo build --release -p kiln) and ../shared/data.
+# Needs target/release/kiln (cargo build --release -p kiln; KILN=BINARY for another build) and
+# Tiny Shakespeare (../shared/data, DATA=FILE, or `kiln data pull tinyshakespeare`).
 set -euo pipefail
 preset=${1:-micro}
 steps=${2:-100}
 threads=${3:-2}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-data=$root/../shared/data/pretrain/tinyshakespeare.txt
+kiln=${KILN:-$root/target/release/kiln}
+# Tiny Shakespeare: DATA, else the mirror beside the checkout, else kiln's data cache (pulled).
+data=${DATA:-$root/../shared/data/pretrain/tinyshakespeare.txt}
+[ -f "$data" ] || data=$("$kiln" data path tinyshakespeare)
 work=${WORK:-/tmp/kiln-train-bench}
 vocab=${VOCAB:-8192}
-kiln=$root/target/release/kiln
 python=${PYTHON:-python3}
 mkdir -p "$work"
 [ -f "$work/tok$vocab/tokenizer.json" ] || "$kiln" tokenizer train --data "$data" --vocab "$vocab" --out "$work/tok$vocab"
