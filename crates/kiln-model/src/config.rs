@@ -38,6 +38,15 @@ impl Family {
             Family::Gemma3 => "gemma3",
         }
     }
+
+    /// How GGUF files of this family pair RoPE dimensions: llama.cpp's converter permutes the
+    /// Q and K rows of llama models only (Hugging Face files and kiln's trainer use halves).
+    pub fn gguf_rope_style(self) -> RopeStyle {
+        match self {
+            Family::Llama => RopeStyle::Interleaved,
+            _ => RopeStyle::Halves,
+        }
+    }
 }
 
 /// How rotary embeddings pair up the dimensions of a head.
@@ -101,9 +110,64 @@ pub struct ModelConfig {
     pub scale_embeddings: bool,
     /// Final logits soft-capping (Gemma 2 style), if any.
     pub final_logit_softcap: Option<f32>,
+    /// Q, K and V projections add a bias (Qwen2).
+    pub qkv_bias: bool,
+    /// Each query and key head is RMS-normalised before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// The attention and feed-forward outputs are RMS-normalised before their residual adds
+    /// (Gemma 3), and the feed-forward input norm is called `pre_feedforward_layernorm`.
+    pub post_norms: bool,
+    /// RMSNorm scales by `norm_weight_offset + w` for the weight `w` a Hugging Face file stores
+    /// (Gemma: 1). GGUF files, and the inference weights, hold the sum.
+    pub norm_weight_offset: f32,
+    /// Queries are multiplied by `attn_scale` before Q·K rather than the scores after, as
+    /// llama.cpp computes Gemma 3 (the same maths, rounded in another place).
+    pub scale_queries: bool,
 }
 
 impl ModelConfig {
+    /// The one description of what `family`'s block is: its switches (biases, q/k-norm,
+    /// post-norms, norm weight offset, activation, embedding scale, sliding-window pattern)
+    /// with llama defaults for the rest and every size zero. Readers of parameters files and
+    /// the trainer fill the sizes in (`ModelConfig { dim, .., ..ModelConfig::for_family(f) }`);
+    /// [`ModelConfig::validate`] refuses a size left at zero.
+    pub fn for_family(family: Family) -> ModelConfig {
+        let gemma = family == Family::Gemma3;
+        ModelConfig {
+            family,
+            vocab_size: 0,
+            dim: 0,
+            n_layers: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            head_dim: 0,
+            ffn_dim: 0,
+            context_length: 2048,
+            rms_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_theta_local: 10_000.0,
+            rope_dim: 0,
+            rope_style: RopeStyle::Halves,
+            sliding_window: None,
+            // Gemma 3: five sliding-window layers, then a global one.
+            sliding_pattern: if gemma { 6 } else { 0 },
+            attn_scale: 0.0,
+            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            scale_embeddings: gemma,
+            final_logit_softcap: None,
+            qkv_bias: family == Family::Qwen2,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            post_norms: gemma,
+            norm_weight_offset: if gemma { 1.0 } else { 0.0 },
+            scale_queries: gemma,
+        }
+    }
+
+    /// Whether the family has sliding-window layers at all (their window comes from the file).
+    pub fn has_sliding_layers(&self) -> bool {
+        self.sliding_pattern > 0
+    }
+
     /// Whether layer `layer` uses sliding-window attention.
     pub fn is_sliding(&self, layer: usize) -> bool {
         self.sliding_window.is_some() && self.sliding_pattern > 0 && layer % self.sliding_pattern < self.sliding_pattern - 1
@@ -159,8 +223,9 @@ impl ModelConfig {
                 .ok_or_else(|| ModelError::Config("vocab size unknown: no vocab_size and no token_embd.weight".into()))?,
         };
         let sliding_window = uint("attention.sliding_window")?.filter(|&w| w > 0);
+        let base = ModelConfig::for_family(family);
+        let sliding = base.has_sliding_layers();
         let cfg = ModelConfig {
-            family,
             vocab_size,
             dim,
             n_layers: required("block_count")?,
@@ -173,16 +238,12 @@ impl ModelConfig {
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
             rope_theta_local: float("rope.freq_base_swa").unwrap_or(10_000.0),
             rope_dim: uint("rope.dimension_count")?.unwrap_or(head_dim),
-            rope_style: match family {
-                Family::Llama => RopeStyle::Interleaved,
-                _ => RopeStyle::Halves,
-            },
-            sliding_window: if family == Family::Gemma3 { sliding_window } else { None },
-            sliding_pattern: if family == Family::Gemma3 { uint("attention.sliding_window_pattern")?.unwrap_or(6) } else { 0 },
+            rope_style: family.gguf_rope_style(),
+            sliding_window: if sliding { sliding_window } else { None },
+            sliding_pattern: if sliding { uint("attention.sliding_window_pattern")?.unwrap_or(base.sliding_pattern) } else { 0 },
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            activation: if family == Family::Gemma3 { Activation::GeluTanh } else { Activation::Silu },
-            scale_embeddings: family == Family::Gemma3,
             final_logit_softcap: float("final_logit_softcapping").filter(|&c| c > 0.0),
+            ..base
         };
         cfg.validate()?;
         Ok(cfg)
@@ -202,6 +263,12 @@ impl ModelConfig {
         }
         if !(self.rms_eps > 0.0 && self.rope_theta > 0.0) {
             return bad("rms epsilon and rope base must be positive".into());
+        }
+        if !(self.attn_scale > 0.0 && self.attn_scale.is_finite()) {
+            return bad(format!("attention scale {} must be positive", self.attn_scale));
+        }
+        if !self.norm_weight_offset.is_finite() {
+            return bad(format!("norm weight offset {} is not a number", self.norm_weight_offset));
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! by [`State`] and reused from call to call.
 
 use crate::attention::{attend, attend_rows, AttentionSpec, QueryRow};
-use crate::config::{Activation, Family, ModelConfig, RopeStyle};
+use crate::config::{Activation, ModelConfig, RopeStyle};
 use crate::kv_cache::KvCache;
 use crate::ops;
 use crate::weights::{QMatrix, Weights};
@@ -265,7 +265,7 @@ impl Model {
             }
         }
 
-        let scale_queries = c.family == Family::Gemma3;
+        let scale_queries = c.scale_queries;
         for (l, lw) in w.layers.iter().enumerate() {
             let x = &mut s.x[..n * d];
             let xb = grow(&mut s.xb, n * d);

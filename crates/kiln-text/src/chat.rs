@@ -28,7 +28,8 @@ impl ChatMessage {
 }
 
 /// ChatML (`<|im_start|>role\ncontent<|im_end|>\n`), the fallback template.
-const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+/// The ChatML template: what kiln trains into a model that has no template of its own.
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /// Gemma's turns. The system message has no turn of its own: it opens the first user turn.
 /// Unlike the template in Gemma's tokenizer_config.json this one does not write `bos_token`:
@@ -58,6 +59,17 @@ const GEMMA: &str = r#"{%- if messages and messages[0]['role'] == 'system' -%}
 {%- endif -%}
 "#;
 
+/// The template source for a model of `architecture` that has none of its own: Gemma's turns
+/// for the Gemma families (their vocabularies have `<start_of_turn>`/`<end_of_turn>`, not
+/// ChatML's markers), else ChatML.
+pub fn builtin_template(architecture: &str) -> &'static str {
+    if architecture.to_ascii_lowercase().starts_with("gemma") {
+        GEMMA
+    } else {
+        CHATML
+    }
+}
+
 /// A compiled chat template, with the BOS/EOS texts it is rendered with.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -75,9 +87,7 @@ impl ChatTemplate {
         if let Some(src) = tok.chat_template() {
             return ChatTemplate::from_source(src, &bos, &eos);
         }
-        let arch = architecture.to_ascii_lowercase();
-        let src = if arch.starts_with("gemma") { GEMMA } else { CHATML };
-        ChatTemplate::from_source(src, &bos, &eos)
+        ChatTemplate::from_source(builtin_template(architecture), &bos, &eos)
     }
 
     /// A template from Jinja source, rendered with these `bos_token` / `eos_token` texts.
@@ -330,6 +340,14 @@ mod tests {
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn models_without_a_template_get_their_familys_turns() {
+        assert!(builtin_template("gemma3").contains("<start_of_turn>"));
+        assert!(builtin_template("Gemma2").contains("<end_of_turn>"));
+        assert_eq!(builtin_template("llama"), CHATML);
+        assert_eq!(builtin_template("qwen3"), CHATML);
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod stream;
 mod strftime;
 mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate, Segment};
+pub use chat::{builtin_template, ChatMessage, ChatTemplate, Segment, CHATML};
 pub use error::TextError;
 pub use stream::TokenStream;
 pub use tokenizer::Tokenizer;

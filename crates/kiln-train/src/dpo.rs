@@ -10,7 +10,7 @@ use crate::finetune::{
     encode_example, group_within, log_sigmoid, pass_budget, read_data, sigmoid, sign_test_p, split,
     weighted_logps, Example, Loader, Net, Run, StepStats, Task,
 };
-use crate::model::Llama;
+use crate::model::Transformer;
 use candle_core::{DType, Device, Tensor};
 use crate::optim::GradAccum;
 use crate::{checkpoint, io_err, Result, TrainError};
@@ -95,7 +95,7 @@ pub(crate) fn pair_groups<'a>(pairs: &[&'a Pair], budget: usize) -> Vec<Vec<&'a 
 }
 
 /// The summed reply log-probabilities of a group's rows, `[chosen₀, rejected₀, chosen₁, …]`.
-fn group_logps(model: &Llama, group: &[&Pair]) -> Result<Tensor> {
+fn group_logps(model: &Transformer, group: &[&Pair]) -> Result<Tensor> {
     let rows: Vec<&Example> = group.iter().flat_map(|p| [&p.chosen, &p.rejected]).collect();
     weighted_logps(model, &rows)
 }

@@ -1,7 +1,8 @@
 //! kiln-train: where parameters files come from. Trains a byte-level BPE tokenizer, tokenizes
-//! corpora into shards, pretrains the llama-family transformer that `kiln run` executes (with
-//! candle's autograd, under the same Hugging Face tensor names), checkpoints and resumes, logs
-//! metrics, draws the loss curve and exports to a Hugging Face directory or GGUF.
+//! corpora into shards, pretrains and fine-tunes the transformer that `kiln run` executes, for
+//! every family kiln-model describes (with candle's autograd, under the same Hugging Face tensor
+//! names), checkpoints and resumes, logs metrics, draws the loss curve and exports to a Hugging
+//! Face directory or GGUF.
 #![deny(missing_docs)]
 
 pub mod checkpoint;

@@ -286,7 +286,7 @@ impl Lora {
         )
     }
 
-    /// Reads adapters written by [`Lora::save`] (or by PEFT, for the llama modules) for a model
+    /// Reads adapters written by [`Lora::save`] (or by PEFT, for these seven modules, which every family has) for a model
     /// with `model`'s shape.
     pub fn load(dir: &Path, model: &ModelConfig) -> Result<Lora> {
         let path = dir.join("adapter_config.json");

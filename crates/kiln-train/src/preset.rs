@@ -5,7 +5,7 @@
 
 use crate::schedule::Decay;
 use crate::{Result, TrainError};
-use kiln_model::config::{Activation, Family, RopeStyle};
+use kiln_model::config::{Family, RopeStyle};
 use kiln_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
@@ -220,7 +220,6 @@ impl TrainConfig {
         let s = &self.shape;
         let head_dim = s.dim / s.n_heads.max(1);
         ModelConfig {
-            family: Family::Llama,
             vocab_size: self.vocab_size,
             dim: s.dim,
             n_layers: s.n_layers,
@@ -234,12 +233,8 @@ impl TrainConfig {
             rope_theta_local: s.rope_theta,
             rope_dim: head_dim,
             rope_style: RopeStyle::Halves,
-            sliding_window: None,
-            sliding_pattern: 0,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            activation: Activation::Silu,
-            scale_embeddings: false,
-            final_logit_softcap: None,
+            ..ModelConfig::for_family(Family::Llama)
         }
     }
 
@@ -255,7 +250,7 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Llama;
+    use crate::model::Transformer;
 
     #[test]
     fn presets_validate_and_sizes_grow() {
@@ -263,7 +258,7 @@ mod tests {
         for name in PRESETS {
             let c = TrainConfig::preset(name, 8192).unwrap();
             c.validate().unwrap();
-            let n: usize = Llama::param_shapes(&c.model_config(), c.shape.tied)
+            let n: usize = Transformer::param_shapes(&c.model_config(), c.shape.tied)
                 .iter()
                 .map(|(_, s)| s.iter().product::<usize>())
                 .sum();
@@ -271,7 +266,7 @@ mod tests {
             last = n;
         }
         let gpt2 = TrainConfig::preset("gpt2-small", 50_257).unwrap();
-        let n: usize = Llama::param_shapes(&gpt2.model_config(), true)
+        let n: usize = Transformer::param_shapes(&gpt2.model_config(), true)
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum();

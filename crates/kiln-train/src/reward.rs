@@ -9,7 +9,7 @@ use crate::dpo::{load_pairs, pair_groups, Pair};
 use crate::finetune::{
     log_sigmoid, pass_budget, scalar, sigmoid, sign_test_p, Example, Loader, Net, StepStats, Task,
 };
-use crate::model::Llama;
+use crate::model::Transformer;
 use crate::optim::GradAccum;
 use crate::{Result, TrainError};
 use candle_core::{DType, Device, Tensor};
@@ -27,7 +27,7 @@ pub fn zero_head(dim: usize) -> Result<Tensor> {
 }
 
 /// The reward of a whole sequence: `head · h_last` (a differentiable scalar).
-pub fn score(model: &Llama, head: &Tensor, ids: &[u32]) -> Result<Tensor> {
+pub fn score(model: &Transformer, head: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
     let h = model.hidden(&x)?;
     let last = h.narrow(0, ids.len() - 1, 1)?;
@@ -37,7 +37,7 @@ pub fn score(model: &Llama, head: &Tensor, ids: &[u32]) -> Result<Tensor> {
 /// The rewards of several sequences in one forward pass, `[seqs.len()]`: packed into one row,
 /// each isolated from the others (positions restart, attention per sequence), so each gets
 /// what [`score`] gives it alone, up to float reassociation.
-pub fn scores(model: &Llama, head: &Tensor, seqs: &[&[u32]]) -> Result<Tensor> {
+pub fn scores(model: &Transformer, head: &Tensor, seqs: &[&[u32]]) -> Result<Tensor> {
     let (mut ids, mut starts, mut last) = (Vec::new(), Vec::new(), Vec::new());
     for seq in seqs {
         starts.push(ids.len());
@@ -51,18 +51,18 @@ pub fn scores(model: &Llama, head: &Tensor, seqs: &[&[u32]]) -> Result<Tensor> {
 }
 
 /// The reward of an encoded example (its whole sequence).
-pub fn score_example(model: &Llama, head: &Tensor, ex: &Example) -> Result<f64> {
+pub fn score_example(model: &Transformer, head: &Tensor, ex: &Example) -> Result<f64> {
     scalar(&score(model, head, &ex.ids)?.detach())
 }
 
 /// The rewards of a group of pairs, `[chosen₀, rejected₀, chosen₁, …]`, in one pass.
-fn pair_scores(model: &Llama, head: &Tensor, group: &[&Pair]) -> Result<Tensor> {
+fn pair_scores(model: &Transformer, head: &Tensor, group: &[&Pair]) -> Result<Tensor> {
     let seqs: Vec<&[u32]> = group.iter().flat_map(|p| [&p.chosen.ids[..], &p.rejected.ids[..]]).collect();
     scores(model, head, &seqs)
 }
 
 /// Mean Bradley–Terry loss and accuracy (r_c > r_r) of a model on pairs.
-pub fn pair_metrics(model: &Llama, head: &Tensor, pairs: &[Pair]) -> Result<(f64, f64)> {
+pub fn pair_metrics(model: &Transformer, head: &Tensor, pairs: &[Pair]) -> Result<(f64, f64)> {
     let (mut loss, mut right) = (0.0, 0usize);
     let refs: Vec<&Pair> = pairs.iter().collect();
     let longest = pairs.iter().map(|p| p.chosen.ids.len().max(p.rejected.ids.len())).max();
@@ -195,10 +195,10 @@ impl Task for Rm {
 
 /// A reward-model run directory made by `kiln rm`: the model (adapters merged), its head and
 /// its tokenizer.
-pub fn load_reward_model(run_dir: &Path) -> Result<(Llama, Tensor, kiln_text::Tokenizer)> {
+pub fn load_reward_model(run_dir: &Path) -> Result<(Transformer, Tensor, kiln_text::Tokenizer)> {
     let head = load_head(run_dir)?;
     let base = crate::finetune::load_base(run_dir)?;
-    let model = Llama::from_tensors(base.config, base.tied, base.tensors, DType::F32)?;
+    let model = Transformer::from_tensors(base.config, base.tied, base.tensors, DType::F32)?;
     let tok = kiln_text::Tokenizer::from_dir(&crate::export::model_dir(run_dir)?)?;
     Ok((model, head, tok))
 }
@@ -212,7 +212,7 @@ mod tests {
     fn packed_scores_are_the_scores_alone() {
         let cfg = crate::preset::TrainConfig::preset("nano", 97).unwrap().model_config();
         let dim = cfg.dim;
-        let model = Llama::init(cfg, true, 7, DType::F32).unwrap();
+        let model = Transformer::init(cfg, true, 7, DType::F32).unwrap();
         let head_values: Vec<f32> = (0..dim).map(|i| ((i * 37 % 11) as f32 - 5.0) / 10.0).collect();
         let head = Tensor::from_vec(head_values, (1, dim), &Device::Cpu).unwrap();
         let seqs: Vec<Vec<u32>> = [(1u32, 7usize), (2, 15), (3, 4)]

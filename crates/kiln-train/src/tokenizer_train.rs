@@ -32,7 +32,7 @@ pub const IM_END: &str = "<|im_end|>";
 /// The special tokens, ids 0, 1, 2.
 pub const SPECIALS: &[&str] = &[BOS, IM_START, IM_END];
 /// The ChatML template written into tokenizer_config.json.
-pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+pub use kiln_text::CHATML;
 
 /// The template of a pretrained (base) model: the messages' text as it is. A base model continues
 /// documents and has no chat format until fine-tuning gives it one, so `kiln run RUN "ROMEO:"`

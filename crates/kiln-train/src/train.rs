@@ -15,7 +15,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::data::{self, Batches};
 use crate::export::{write_hf_dir, TOKENIZER_FILES};
 use crate::metrics::{MetricsLog, Record};
-use crate::model::Llama;
+use crate::model::Transformer;
 use crate::optim::{AdamW, GradAccum, Muon};
 use crate::preset::MatrixOptimizer;
 use crate::preset::TrainConfig;
@@ -43,7 +43,7 @@ pub struct Trainer {
     /// The resolved configuration.
     pub cfg: TrainConfig,
     /// The model being trained.
-    pub model: Llama,
+    pub model: Transformer,
     opt: AdamW,
     /// Muon for the hidden matrices, when the run uses it (AdamW then skips them).
     muon: Option<Muon>,
@@ -181,12 +181,12 @@ impl Trainer {
         let mut sample_rng = Rng::new(cfg.seed ^ 0x5a3);
         let (model, step, tokens_seen, resume_step, state) = match &ckpt {
             None => {
-                let model = Llama::init(model_cfg, cfg.shape.tied, cfg.seed, DType::F32)?;
+                let model = Transformer::init(model_cfg, cfg.shape.tied, cfg.seed, DType::F32)?;
                 (model, 0, 0, None, None)
             }
             Some(dir) => {
                 let c = checkpoint::load(dir)?;
-                let model = Llama::from_tensors(model_cfg, cfg.shape.tied, c.model, DType::F32)?;
+                let model = Transformer::from_tensors(model_cfg, cfg.shape.tied, c.model, DType::F32)?;
                 train.rng = Rng::new(c.state.loader_rng);
                 sample_rng = Rng::new(c.state.sample_rng);
                 let (step, tokens_seen) = (c.state.step, c.state.tokens_seen);

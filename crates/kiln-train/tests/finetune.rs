@@ -5,13 +5,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgmlType;
-use kiln_model::config::{Activation, Family, RopeStyle};
+use kiln_model::config::Family;
 use kiln_model::ModelConfig;
 use kiln_text::conversation::{conversation_from_json, read_rows};
 use kiln_text::{ChatTemplate, Tokenizer};
 use kiln_train::finetune::{encode_example, load_base, weighted_logp, Example};
 use kiln_train::lora::{Lora, LoraConfig};
-use kiln_train::model::Llama;
+use kiln_train::model::Transformer;
 use kiln_train::optim::{AdamW, GradAccum};
 use kiln_train::rng::Rng;
 use std::collections::HashMap;
@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 fn config(vocab: usize) -> ModelConfig {
     let (dim, heads) = (32, 4);
     ModelConfig {
-        family: Family::Llama,
         vocab_size: vocab,
         dim,
         n_layers: 2,
@@ -29,23 +28,15 @@ fn config(vocab: usize) -> ModelConfig {
         head_dim: dim / heads,
         ffn_dim: 72,
         context_length: 64,
-        rms_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_theta_local: 10_000.0,
         rope_dim: dim / heads,
-        rope_style: RopeStyle::Halves,
-        sliding_window: None,
-        sliding_pattern: 0,
         attn_scale: 1.0 / ((dim / heads) as f32).sqrt(),
-        activation: Activation::Silu,
-        scale_embeddings: false,
-        final_logit_softcap: None,
+        ..ModelConfig::for_family(Family::Llama)
     }
 }
 
-fn random_model(cfg: &ModelConfig, seed: u64) -> Llama {
+fn random_model(cfg: &ModelConfig, seed: u64) -> Transformer {
     let mut rng = Rng::new(seed);
-    let tensors: HashMap<String, Tensor> = Llama::param_shapes(cfg, true)
+    let tensors: HashMap<String, Tensor> = Transformer::param_shapes(cfg, true)
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
@@ -55,7 +46,7 @@ fn random_model(cfg: &ModelConfig, seed: u64) -> Llama {
             (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap())
         })
         .collect();
-    Llama::from_tensors(cfg.clone(), true, tensors, DType::F32).unwrap()
+    Transformer::from_tensors(cfg.clone(), true, tensors, DType::F32).unwrap()
 }
 
 fn lora_config(dropout: f64) -> LoraConfig {
@@ -67,7 +58,7 @@ fn lora_config(dropout: f64) -> LoraConfig {
     }
 }
 
-fn logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
+fn logits(model: &Transformer, ids: &[u32]) -> Vec<f32> {
     let x = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     model.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
@@ -100,7 +91,7 @@ fn merged_lora_gives_the_adapter_models_logits() {
     model.adapters = Some(trained_lora(&cfg));
     let adapted = logits(&model, &ids);
     let merged_tensors = model.adapters.as_ref().unwrap().merge(&model.tensors()).unwrap();
-    let merged = Llama::from_tensors(cfg.clone(), true, merged_tensors, DType::F32).unwrap();
+    let merged = Transformer::from_tensors(cfg.clone(), true, merged_tensors, DType::F32).unwrap();
     let merged_logits = logits(&merged, &ids);
     let moved = max_abs_diff(&base_logits, &adapted);
     let d = max_abs_diff(&adapted, &merged_logits);
@@ -113,7 +104,7 @@ fn merged_lora_gives_the_adapter_models_logits() {
     lora.save(dir.path()).unwrap();
     let back = Lora::load(dir.path(), &cfg).unwrap();
     assert_eq!(back.config, lora.config);
-    let again = Llama::from_tensors(cfg.clone(), true, back.merge(&model.tensors()).unwrap(), DType::F32).unwrap();
+    let again = Transformer::from_tensors(cfg.clone(), true, back.merge(&model.tensors()).unwrap(), DType::F32).unwrap();
     assert_eq!(logits(&again, &ids), merged_logits);
 }
 
@@ -222,7 +213,7 @@ fn gguf_base_is_dequantized_into_the_trainers_layout() {
     kiln_train::export::export_gguf(&hf, GgmlType::F32, &gguf, |_, _| {}).unwrap();
     let base = load_base(&gguf).unwrap();
     assert!(base.tied);
-    let back = Llama::from_tensors(base.config.clone(), base.tied, base.tensors, DType::F32).unwrap();
+    let back = Transformer::from_tensors(base.config.clone(), base.tied, base.tensors, DType::F32).unwrap();
     let ids: Vec<u32> = (0..16).map(|i| (i * 5 % tok.vocab_size()) as u32).collect();
     let d = max_abs_diff(&logits(&model, &ids), &logits(&back, &ids));
     assert!(d < 1e-4, "{d}");

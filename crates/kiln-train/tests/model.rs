@@ -4,9 +4,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgmlType;
-use kiln_model::config::{Activation, Family, RopeStyle};
+use kiln_model::config::Family;
 use kiln_model::{Model, ModelConfig};
-use kiln_train::model::Llama;
+use kiln_train::model::Transformer;
 use kiln_train::optim::{AdamW, GradAccum, Muon};
 use kiln_train::rng::Rng;
 use std::collections::HashMap;
@@ -31,7 +31,6 @@ const Q8_REL_TOL: f32 = 0.05;
 fn tiny_config(vocab: usize, dim: usize, heads: usize, kv_heads: usize, ctx: usize) -> ModelConfig {
     let head_dim = dim / heads;
     ModelConfig {
-        family: Family::Llama,
         vocab_size: vocab,
         dim,
         n_layers: 2,
@@ -40,24 +39,16 @@ fn tiny_config(vocab: usize, dim: usize, heads: usize, kv_heads: usize, ctx: usi
         head_dim,
         ffn_dim: 2 * dim + 8,
         context_length: ctx,
-        rms_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_theta_local: 10_000.0,
         rope_dim: head_dim,
-        rope_style: RopeStyle::Halves,
-        sliding_window: None,
-        sliding_pattern: 0,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        activation: Activation::Silu,
-        scale_embeddings: false,
-        final_logit_softcap: None,
+        ..ModelConfig::for_family(Family::Llama)
     }
 }
 
 /// A model with large random weights (so every nonlinearity is exercised) in `dtype`.
-fn random_model(cfg: &ModelConfig, tied: bool, dtype: DType, seed: u64) -> Llama {
+fn random_model(cfg: &ModelConfig, tied: bool, dtype: DType, seed: u64) -> Transformer {
     let mut rng = Rng::new(seed);
-    let tensors: HashMap<String, Tensor> = Llama::param_shapes(cfg, tied)
+    let tensors: HashMap<String, Tensor> = Transformer::param_shapes(cfg, tied)
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
@@ -69,10 +60,10 @@ fn random_model(cfg: &ModelConfig, tied: bool, dtype: DType, seed: u64) -> Llama
             (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap())
         })
         .collect();
-    Llama::from_tensors(cfg.clone(), tied, tensors, dtype).unwrap()
+    Transformer::from_tensors(cfg.clone(), tied, tensors, dtype).unwrap()
 }
 
-fn loss_of(model: &Llama, x: &Tensor, y: &Tensor) -> f64 {
+fn loss_of(model: &Transformer, x: &Tensor, y: &Tensor) -> f64 {
     model.loss(x, y).unwrap().to_scalar::<f64>().unwrap()
 }
 
@@ -155,7 +146,7 @@ fn argmaxes(logits: &[f32], vocab: usize) -> Vec<usize> {
 }
 
 /// The trainer's logits for one sequence, flattened.
-fn trainer_logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
+fn trainer_logits(model: &Transformer, ids: &[u32]) -> Vec<f32> {
     let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     model.forward(&input).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
@@ -166,13 +157,13 @@ const MEMORIZED: &str = "ROMEO: But soft, what light through yonder window break
 /// The memorization task both optimizers are checked on: 200 full-batch steps over
 /// [`MEMORIZED`], each applied by `update(model, gradients)`. Returns the tokenizer, the ids,
 /// the config, the trained model and the last loss.
-fn memorize(dir: &Path, mut update: impl FnMut(&Llama, &GradAccum)) -> (kiln_text::Tokenizer, Vec<u32>, ModelConfig, Llama, f32) {
+fn memorize(dir: &Path, mut update: impl FnMut(&Transformer, &GradAccum)) -> (kiln_text::Tokenizer, Vec<u32>, ModelConfig, Transformer, f32) {
     let tok = tokenizer_dir(dir, MEMORIZED);
     let mut ids = vec![tok.bos_id().unwrap()];
     ids.extend(tok.encode(MEMORIZED, false).unwrap());
     let n = ids.len() - 1;
     let cfg = tiny_config(tok.vocab_size(), 32, 4, 2, 128);
-    let model = Llama::init(cfg.clone(), true, 3, DType::F32).unwrap();
+    let model = Transformer::init(cfg.clone(), true, 3, DType::F32).unwrap();
     let x = Tensor::new(&ids[..n], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let y = Tensor::new(&ids[1..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let mut loss = f32::MAX;
@@ -209,7 +200,7 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
     )
     .unwrap();
     let mut model = model;
-    model.round_kv_f16 = true;
+    model.inference_rounding = true;
     let probe: Vec<u32> = ids.iter().cycle().take(64).copied().collect();
     let ours = trainer_logits(&model, &probe);
     let kiln = kiln_model::formats::load_hf_dir(&hf).unwrap();
@@ -263,7 +254,7 @@ fn untied_gqa_model_logits_match_kiln() {
     let mut model = random_model(&cfg, false, DType::F32, 9);
     let ids: Vec<u32> = (0..64).map(|i| (i * 7 % tok.vocab_size()) as u32).collect();
     let plain = trainer_logits(&model, &ids);
-    model.round_kv_f16 = true;
+    model.inference_rounding = true;
     let ours = trainer_logits(&model, &ids);
     let hf = dir.path().join("model");
     kiln_train::export::write_hf_dir(

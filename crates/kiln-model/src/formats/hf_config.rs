@@ -159,11 +159,7 @@ fn activation(f: &Fields) -> Result<Activation, ModelError> {
         "hidden_act"
     };
     let Some(v) = f.raw(key) else {
-        return Ok(if f.family == Family::Gemma3 {
-            Activation::GeluTanh
-        } else {
-            Activation::Silu
-        });
+        return Ok(ModelConfig::for_family(f.family).activation);
     };
     match v.as_str() {
         Some("silu" | "swish") => Ok(Activation::Silu),
@@ -332,7 +328,7 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
         )));
     }
     let n_layers = f.required_uint("num_hidden_layers")?;
-    let gemma = family == Family::Gemma3;
+    let base = ModelConfig::for_family(family);
     let rope_theta = match f.explicit_float("rope_theta")? {
         Some(t) => t,
         None => match rope_parameters(&f, "full_attention") {
@@ -350,22 +346,20 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
         }
         .unwrap_or(10_000.0),
     };
-    let (sliding_window, sliding_pattern) = if gemma {
+    let (sliding_window, sliding_pattern) = if base.has_sliding_layers() {
         gemma_sliding(&f, n_layers)?
     } else {
         (None, 0)
     };
-    let attn_scale = if gemma {
-        let s = f.float("query_pre_attn_scalar")?.unwrap_or(head_dim as f64);
-        if s.is_nan() || s <= 0.0 {
-            return Err(bad(format!("query_pre_attn_scalar {s} must be positive")));
+    // Gemma's query_pre_attn_scalar (the only family with one) replaces the head width.
+    let attn_scale = match f.float("query_pre_attn_scalar")? {
+        Some(s) if s.is_nan() || s <= 0.0 => {
+            return Err(bad(format!("query_pre_attn_scalar {s} must be positive")))
         }
-        (1.0 / s.sqrt()) as f32
-    } else {
-        1.0 / (head_dim as f32).sqrt()
+        Some(s) => (1.0 / s.sqrt()) as f32,
+        None => 1.0 / (head_dim as f32).sqrt(),
     };
     let model = ModelConfig {
-        family,
         vocab_size: f.required_uint("vocab_size")?,
         dim,
         n_layers,
@@ -384,11 +378,11 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
         sliding_pattern,
         attn_scale,
         activation: activation(&f)?,
-        scale_embeddings: gemma,
         final_logit_softcap: f
             .explicit_float("final_logit_softcapping")?
             .filter(|&c| c > 0.0)
             .map(|c| c as f32),
+        ..base
     };
     model.validate()?;
     let top = Fields {
@@ -398,7 +392,7 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
     let tie_word_embeddings = f
         .bool("tie_word_embeddings")?
         .or(top.bool("tie_word_embeddings")?)
-        .unwrap_or(gemma);
+        .unwrap_or(family == Family::Gemma3);
     let rope_freqs = rope_freqs(&f, rope_theta, model.rope_dim)?;
     Ok(HfConfig {
         model,
@@ -515,6 +509,49 @@ mod tests {
             (c.model.family, c.model.head_dim, c.model.rms_eps),
             (Family::Qwen2, 64, 1e-6)
         );
+    }
+
+    #[test]
+    fn every_family_reads_its_switches_from_the_one_description() {
+        for (model_type, family) in [
+            ("llama", Family::Llama),
+            ("mistral", Family::Llama),
+            ("qwen2", Family::Qwen2),
+            ("qwen3", Family::Qwen3),
+            ("gemma3_text", Family::Gemma3),
+        ] {
+            let mut j = llama();
+            j["model_type"] = json!(model_type);
+            j.as_object_mut().unwrap().remove("hidden_act");
+            let m = hf_config(&j).unwrap();
+            let want = ModelConfig::for_family(family);
+            let switches = |c: &ModelConfig| {
+                (
+                    c.family,
+                    c.qkv_bias,
+                    c.qk_norm,
+                    c.post_norms,
+                    c.norm_weight_offset,
+                    c.scale_queries,
+                )
+            };
+            assert_eq!(switches(&m), switches(&want), "{model_type}");
+            assert_eq!(
+                (m.activation, m.scale_embeddings),
+                (want.activation, want.scale_embeddings)
+            );
+        }
+        let m = ModelConfig::for_family(Family::Qwen2);
+        assert!(m.qkv_bias && !m.qk_norm && !m.post_norms && m.norm_weight_offset == 0.0);
+        let m = ModelConfig::for_family(Family::Gemma3);
+        assert!(
+            !m.qkv_bias
+                && m.qk_norm
+                && m.post_norms
+                && m.norm_weight_offset == 1.0
+                && m.scale_queries
+        );
+        assert!(ModelConfig::for_family(Family::Qwen3).qk_norm);
     }
 
     #[test]

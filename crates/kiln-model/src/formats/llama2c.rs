@@ -18,7 +18,7 @@
 //! θ = 10000, RMSNorm ε = 1e-5 and SwiGLU: w1 is the gate, w3 the up and w2 the down projection.
 
 use super::map_file;
-use crate::config::{Activation, Family, ModelConfig, RopeStyle};
+use crate::config::{Family, ModelConfig, RopeStyle};
 use crate::loader::{load_weights, RawTensor, TensorSource};
 use crate::weights::Backing;
 use crate::{GgmlType, Model, ModelError};
@@ -378,7 +378,6 @@ fn size_error(path: &Path, needed: usize, found: usize) -> ModelError {
 fn config(h: &Header) -> ModelConfig {
     let head_dim = h.head_size();
     ModelConfig {
-        family: Family::Llama,
         vocab_size: h.vocab_size,
         dim: h.dim,
         n_layers: h.n_layers,
@@ -387,17 +386,10 @@ fn config(h: &Header) -> ModelConfig {
         head_dim,
         ffn_dim: h.hidden_dim,
         context_length: h.seq_len,
-        rms_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_theta_local: 10_000.0,
         rope_dim: head_dim,
         rope_style: RopeStyle::Interleaved,
-        sliding_window: None,
-        sliding_pattern: 0,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        activation: Activation::Silu,
-        scale_embeddings: false,
-        final_logit_softcap: None,
+        ..ModelConfig::for_family(Family::Llama)
     }
 }
 

@@ -13,12 +13,12 @@
 
 use crate::checkpoint;
 use crate::export::{model_dir, read_hf_dir};
-use crate::model::{target_logp, Llama};
+use crate::model::Transformer;
 use crate::{io_err, Result, TrainError};
 use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgufFile;
-use kiln_model::config::{Family, RopeStyle};
-use kiln_model::formats::names::gguf_to_hf;
+use kiln_model::config::RopeStyle;
+use kiln_model::formats::names::{gguf_to_hf, is_norm_weight};
 use kiln_model::ModelConfig;
 use kiln_text::conversation::{read_rows, BadRow};
 use kiln_text::{ChatMessage, ChatTemplate, Tokenizer};
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 /// The starting model of a fine-tuning run, as f32 tensors with Hugging Face names.
 pub struct Base {
-    /// Shape (half-split RoPE, as the trainer computes it).
+    /// Family, shape and switches (half-split RoPE, as the trainer computes it).
     pub config: ModelConfig,
     /// Whether the output projection is the embedding.
     pub tied: bool,
@@ -46,8 +46,9 @@ pub fn unpermute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     crate::export::move_rope_rows(w, heads, cols, false)
 }
 
-/// Loads the model at `path`: a kiln run directory (its `model/`), a Hugging Face llama
-/// directory, or a llama GGUF file (every tensor dequantized to f32).
+/// Loads the model at `path`: a kiln run directory (its `model/`), a Hugging Face directory or
+/// a GGUF file of any family kiln runs (every tensor dequantized to f32, in Hugging Face's
+/// layout: llama Q/K rows back in half-split order, Gemma norms back to `w` from `1 + w`).
 pub fn load_base(path: &Path) -> Result<Base> {
     if path.is_dir() {
         let dir = model_dir(path)?;
@@ -76,14 +77,15 @@ pub fn load_base(path: &Path) -> Result<Base> {
         ))
     })?;
     let mut config = ModelConfig::from_gguf(&file).map_err(TrainError::Model)?;
-    if config.family != Family::Llama {
+    if file.tensor("rope_freqs.weight").is_some() {
         return Err(TrainError::Config(format!(
-            "{}: fine-tuning supports llama-family models, this is {:?}",
-            path.display(),
-            config.family
+            "{}: scaled RoPE (rope_freqs, Llama 3.1 style) is not implemented in kiln's trainer",
+            path.display()
         )));
     }
+    let permuted = config.rope_style == RopeStyle::Interleaved;
     config.rope_style = RopeStyle::Halves;
+    let offset = config.norm_weight_offset;
     let mut tensors = HashMap::new();
     for info in &file.tensors {
         let Some(hf) = gguf_to_hf(&info.name, config.family) else {
@@ -107,10 +109,12 @@ pub fn load_base(path: &Path) -> Result<Base> {
                 out,
             );
         }
-        if hf.ends_with("q_proj.weight") {
+        if permuted && hf.ends_with("q_proj.weight") {
             values = unpermute_rope_rows(&values, config.n_heads, cols);
-        } else if hf.ends_with("k_proj.weight") {
+        } else if permuted && hf.ends_with("k_proj.weight") {
             values = unpermute_rope_rows(&values, config.n_kv_heads, cols);
+        } else if offset != 0.0 && is_norm_weight(&info.name) {
+            values.iter_mut().for_each(|v| *v -= offset);
         }
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         tensors.insert(hf, Tensor::from_vec(values, shape, &Device::Cpu)?);
@@ -135,14 +139,15 @@ pub fn load_base(path: &Path) -> Result<Base> {
 }
 
 /// Writes the base's tokenizer into `dir` with the chat template fine-tuning trains: the
-/// model's own, or ChatML when it has none or only kiln's pass-through template for base models.
+/// model's own, or the family's built-in one (Gemma's turns, else ChatML) when it has none or
+/// only kiln's pass-through template for base models.
 pub fn write_tokenizer(base: &Base, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     checkpoint::write_atomic(&dir.join("tokenizer.json"), base.tokenizer_json.as_bytes())?;
     let mut cfg = base.tokenizer_config.clone();
     let template = cfg.get("chat_template").and_then(Json::as_str);
     if template.is_none() || template == Some(crate::tokenizer_train::BASE_TEMPLATE) {
-        cfg["chat_template"] = crate::tokenizer_train::CHATML.into();
+        cfg["chat_template"] = kiln_text::builtin_template(base.config.family.architecture()).into();
     }
     let text = serde_json::to_string_pretty(&cfg).expect("json serializes");
     checkpoint::write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
@@ -298,28 +303,14 @@ pub fn pack(examples: &[&Example], max_len: usize) -> Vec<Example> {
     rows
 }
 
-/// The output projection as the forward pass uses it (detached when the model is frozen).
-fn output_weight(model: &Llama) -> Result<Tensor> {
-    let name = if model.tied {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
-    let w = model
-        .param(name)
-        .ok_or_else(|| TrainError::Checkpoint(format!("the model has no {name}")))?
-        .as_tensor();
-    Ok(if model.frozen || !model.tracking() { w.detach() } else { w.clone() })
-}
-
 /// `Σ weights[i]·log p(ids[i+1] | ids[..=i])` as a scalar tensor (differentiable). Logits are
 /// computed only from the first weighted position on.
-pub fn weighted_logp(model: &Llama, ex: &Example) -> Result<Tensor> {
+pub fn weighted_logp(model: &Transformer, ex: &Example) -> Result<Tensor> {
     let t = ex.ids.len() - 1;
     let start = ex.weights.iter().position(|&w| w > 0.0).unwrap_or(0);
     let x = Tensor::new(&ex.ids[..t], &Device::Cpu)?.unsqueeze(0)?;
     let h = model.hidden_packed(&x, &ex.starts)?.narrow(0, start, t - start)?;
-    let picked = target_logp(&h, &output_weight(model)?, &ex.ids[start + 1..], model.fused)?;
+    let picked = model.target_logp(&h, &ex.ids[start + 1..])?;
     let w = Tensor::new(&ex.weights[start..], &Device::Cpu)?.to_dtype(picked.dtype())?;
     Ok((picked * w)?.sum_all()?)
 }
@@ -331,7 +322,7 @@ pub fn weighted_logp(model: &Llama, ex: &Example) -> Result<Tensor> {
 /// makes each weight's gradient once per batch, which is most of a short row's cost when every
 /// weight is trained; packing rather than padding spends no work on padding. Logits are computed
 /// only at weighted positions. A row that is itself packed must come alone.
-pub fn weighted_logps(model: &Llama, rows: &[&Example]) -> Result<Tensor> {
+pub fn weighted_logps(model: &Transformer, rows: &[&Example]) -> Result<Tensor> {
     if let [row] = rows {
         return Ok(weighted_logp(model, row)?.reshape(1)?);
     }
@@ -356,7 +347,7 @@ pub fn weighted_logps(model: &Llama, rows: &[&Example]) -> Result<Tensor> {
     let dev = &Device::Cpu;
     let x = Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?;
     let h = model.hidden_packed(&x, &starts)?.index_select(&Tensor::new(at.as_slice(), dev)?, 0)?;
-    let picked = target_logp(&h, &output_weight(model)?, &targets, model.fused)?;
+    let picked = model.target_logp(&h, &targets)?;
     let weighted = (picked * Tensor::new(weights.as_slice(), dev)?.to_dtype(h.dtype())?)?;
     let sums = per_row
         .into_iter()
@@ -482,7 +473,7 @@ mod tests {
     #[test]
     fn packed_rows_compute_what_their_examples_compute_alone() {
         let cfg = crate::preset::TrainConfig::preset("nano", 97).unwrap().model_config();
-        let model = Llama::init(cfg, true, 5, DType::F32).unwrap();
+        let model = Transformer::init(cfg, true, 5, DType::F32).unwrap();
         let example = |seed: u32, len: usize| {
             let ids: Vec<u32> = (0..len as u32).map(|i| (i * 31 + seed * 7) % 97).collect();
             Example { weights: (1..len).map(|i| if i > 2 { 1.0 } else { 0.0 }).collect(), ids, starts: Vec::new() }
@@ -504,7 +495,7 @@ mod tests {
     #[test]
     fn rows_in_one_pass_compute_what_they_compute_alone() {
         let cfg = crate::preset::TrainConfig::preset("nano", 97).unwrap().model_config();
-        let model = Llama::init(cfg, true, 5, DType::F32).unwrap();
+        let model = Transformer::init(cfg, true, 5, DType::F32).unwrap();
         let example = |seed: u32, len: usize, from: usize| {
             let ids: Vec<u32> = (0..len as u32).map(|i| (i * 29 + seed * 11) % 97).collect();
             Example { weights: (1..len).map(|i| if i > from { 1.0 } else { 0.0 }).collect(), ids, starts: Vec::new() }

@@ -6,7 +6,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::export::write_hf_dir;
 use crate::lora::{Lora, LoraConfig};
 use crate::metrics::Record;
-use crate::model::Llama;
+use crate::model::Transformer;
 use crate::optim::{AdamW, GradAccum};
 use crate::rng::Rng;
 use crate::schedule::{lr_at, Decay};
@@ -235,7 +235,7 @@ impl JsonLog {
 /// as a reward head.
 pub struct Net {
     /// The transformer.
-    pub model: Llama,
+    pub model: Transformer,
     /// Extra trainable parameters by name (the reward head).
     pub extra: Vec<(String, Var)>,
 }
@@ -400,7 +400,7 @@ impl Run {
                 }
             }
         }
-        let mut model = Llama::from_tensors(config.clone(), base.tied, model_tensors, DType::F32)?;
+        let mut model = Transformer::from_tensors(config.clone(), base.tied, model_tensors, DType::F32)?;
         if let Some(lc) = &cfg.lora {
             let lora = match &ck {
                 Some(c) => {

@@ -1,6 +1,7 @@
-//! Causal self-attention as one op with its own backward: `softmax(q·kᵀ·scale + mask)·v` per
-//! head, in blocks of query rows so the masked upper triangle is mostly not computed, with
-//! every head of every row a rayon task whose products run on that task's thread. candle
+//! Causal self-attention (optionally in a sliding window) as one op with its own backward:
+//! `softmax(q·kᵀ·scale + mask)·v` per head, in blocks of query rows so the masked upper
+//! triangle is mostly not computed, with every head of every row a rayon task whose products
+//! run on that task's thread. candle
 //! would run one pool-wide GEMM per head and product (small ones, dominated by their start-up),
 //! plus copies for `kᵀ`, the mask, the softmax and the output transpose.
 
@@ -14,9 +15,10 @@ const BLOCK: usize = 64;
 
 /// Attention of heads `q`, `k`, `v` `[b, h, t, d]` (keys and values already repeated per query
 /// head), each row attending to itself and the earlier rows of its own document (`documents`:
-/// (start, length) per packed document; empty for one). The result is `[b·t, h·d]`, the layout
-/// the output projection reads.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, documents: &[(usize, usize)]) -> CResult<Tensor> {
+/// (start, length) per packed document; empty for one), and with a sliding `window` only to
+/// the last `window` of them (itself included). The result is `[b·t, h·d]`, the layout the
+/// output projection reads.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: Option<usize>, documents: &[(usize, usize)]) -> CResult<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     if k.dims() != q.dims() || v.dims() != q.dims() {
         return Err(candle_core::Error::Msg(format!(
@@ -30,7 +32,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, documents: &[(u
     if documents.iter().any(|&(s, n)| s + n > t) {
         return Err(candle_core::Error::Msg("attention: a document runs past the row".into()));
     }
-    let op = Attention { b, h, t, d, scale, documents, probs: Mutex::new(None) };
+    if window == Some(0) {
+        return Err(candle_core::Error::Msg("attention: a window of no positions".into()));
+    }
+    let op = Attention { b, h, t, d, scale, window, documents, probs: Mutex::new(None) };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
@@ -40,6 +45,9 @@ struct Attention {
     t: usize,
     d: usize,
     scale: f32,
+    /// Keys a row sees at most (sliding-window layers); the probabilities of the others are 0,
+    /// so the backward pass needs no change.
+    window: Option<usize>,
     documents: Vec<(usize, usize)>,
     /// The softmax of the forward pass, kept for backward: per (batch row, head), each
     /// document's `[n, n]` block in turn (0 where masked), so packed rows of short documents
@@ -154,12 +162,14 @@ impl CustomOp3 for Attention {
                     for j in 0..rb {
                         let row = &mut p[rows + j * n..][..c];
                         let seen = r0 + j + 1;
-                        for (x, s) in scratch[..seen].iter_mut().zip(&row[..seen]) {
+                        let first = self.window.map_or(0, |w| seen.saturating_sub(w));
+                        for (x, s) in scratch[first..seen].iter_mut().zip(&row[first..seen]) {
                             *x = s * self.scale;
                         }
-                        let max = max_of(&scratch[..seen]);
-                        let inv = 1.0 / exp_shifted(&scratch[..seen], max, &mut row[..seen]);
-                        row[..seen].iter_mut().for_each(|x| *x *= inv);
+                        let max = max_of(&scratch[first..seen]);
+                        let inv = 1.0 / exp_shifted(&scratch[first..seen], max, &mut row[first..seen]);
+                        row[first..seen].iter_mut().for_each(|x| *x *= inv);
+                        row[..first].iter_mut().for_each(|x| *x = 0.0);
                         row[seen..].iter_mut().for_each(|x| *x = 0.0);
                     }
                     // SAFETY: this (batch row, head)'s columns hi·d.. of output rows

@@ -1,11 +1,11 @@
 //! Fused CPU kernels, each with its own backward pass, for the parts of a training step that
 //! candle would run as chains of single-threaded element-wise ops: the cross-entropy of the
-//! output layer, RMSNorm, SwiGLU, splitting projections into (rotated, repeated) heads, and
-//! causal attention. One pass over the data instead of five to ten, vector `e^x`,
+//! output layer, RMSNorm, SwiGLU and GeGLU, splitting projections into (rotated, repeated)
+//! heads, and causal (sliding-window) attention. One pass over the data instead of five to ten, vector `e^x`,
 //! and rows spread over rayon's pool (the one candle's matrix products use, so nothing spins
 //! against it). On `micro` these were about half of a step (docs/LOG.md).
 //!
-//! They take contiguous f32 tensors on the CPU; [`crate::model::Llama`] uses them when its
+//! They take contiguous f32 tensors on the CPU; [`crate::model::Transformer`] uses them when its
 //! dtype is f32 and otherwise builds the same functions from candle ops, which the tests
 //! below use as the reference (values and gradients).
 
@@ -14,7 +14,9 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 mod attention;
+mod glu;
 pub use attention::attention;
+pub use glu::{geglu, swiglu};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -106,33 +108,6 @@ fn max_of(x: &[f32]) -> f32 {
         }
     }
     tail.iter().chain(&m).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
-}
-
-/// `σ(x) = 1 / (1 + e^-x)` into `out`.
-fn sigmoid(x: &[f32], out: &mut [f32]) {
-    let n = x.len().min(out.len());
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut body = 0;
-    #[cfg(target_arch = "x86_64")]
-    if kiln_model::quant::simd_available() {
-        body = n - n % 8;
-        // SAFETY: simd_available() checked AVX2, FMA and F16C; both slices hold `body` floats.
-        unsafe { sigmoid_avx2(&x[..body], &mut out[..body]) };
-    }
-    for (o, &v) in out[body..n].iter_mut().zip(&x[body..n]) {
-        *o = 1.0 / (1.0 + kiln_model::math::exp(-v));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sigmoid_avx2(x: &[f32], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let one = _mm256_set1_ps(1.0);
-    for i in (0..x.len()).step_by(8) {
-        let e = kiln_model::math::exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(x.as_ptr().add(i))));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_div_ps(one, _mm256_add_ps(one, e)));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,59 +270,6 @@ impl CustomOp2 for RmsNorm {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SwiGLU
-
-/// `silu(gate) · up` (`silu(x) = x·σ(x)`), element-wise over equal shapes.
-pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
-    if gate.shape() != up.shape() {
-        return Err(candle_core::Error::Msg(format!("swiglu: shapes {:?} and {:?}", gate.shape(), up.shape())));
-    }
-    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
-}
-
-struct SwiGlu;
-
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "kiln-swiglu"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let (gate, up) = (f32s(s1, l1)?, f32s(s2, l2)?);
-        let mut out = gate.to_vec();
-        out.par_chunks_mut(MIN_TASK_FLOATS)
-            .zip(up.par_chunks(MIN_TASK_FLOATS))
-            .for_each(|(o, u)| kiln_model::math::swiglu(o, u));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(&self, gate_t: &Tensor, up_t: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let n = gate_t.elem_count();
-        let (mut dgate, mut dup) = (vec![0.0f32; n], vec![0.0f32; n]);
-        with_values([gate_t, up_t, grad], |[gate, up, g]| {
-            let chunk = MIN_TASK_FLOATS;
-            dgate
-                .par_chunks_mut(chunk)
-                .zip(dup.par_chunks_mut(chunk))
-                .enumerate()
-                .for_each(|(c, (dg, du))| {
-                    let off = c * chunk;
-                    let len = dg.len();
-                    let (x, u, g) = (&gate[off..off + len], &up[off..off + len], &g[off..off + len]);
-                    sigmoid(x, dg);
-                    for j in 0..len {
-                        let s = dg[j];
-                        du[j] = g[j] * x[j] * s;
-                        dg[j] = g[j] * u[j] * s * (1.0 + x[j] * (1.0 - s));
-                    }
-                });
-        })?;
-        let shape = gate_t.shape().clone();
-        Ok((Some(tensor(dgate, shape.clone())?), Some(tensor(dup, shape)?)))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Heads
 
 /// Rotary tables for [`heads`]: `cos`/`sin` of each position's angles, `[t, d/2]`.
@@ -453,7 +375,7 @@ mod tests {
     use super::*;
     use candle_core::{Var, D};
 
-    fn rand(seed: u64, shape: &[usize], scale: f64) -> Tensor {
+    pub(super) fn rand(seed: u64, shape: &[usize], scale: f64) -> Tensor {
         let mut rng = crate::rng::Rng::new(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| (rng.normal() * scale) as f32).collect();
@@ -470,7 +392,7 @@ mod tests {
 
     /// Forward values and the gradients of `Σ out · probe` for every input agree between the
     /// fused op and the candle-op reference.
-    fn check(inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> Tensor, reference: impl Fn(&[Tensor]) -> Tensor, what: &str) {
+    pub(super) fn check(inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> Tensor, reference: impl Fn(&[Tensor]) -> Tensor, what: &str) {
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (a, b) = (fused(&ts), reference(&ts));
@@ -518,16 +440,6 @@ mod tests {
     }
 
     #[test]
-    fn swiglu_matches_its_definition() {
-        check(
-            &[rand(4, &[33, 21], 3.0), rand(5, &[33, 21], 1.0)],
-            |x| swiglu(&x[0], &x[1]).unwrap(),
-            |x| (x[0].silu().unwrap() * &x[1]).unwrap(),
-            "swiglu",
-        );
-    }
-
-    #[test]
     fn heads_split_rotate_and_repeat() {
         let (b, t, n, d, rep) = (2, 5, 3, 6, 2);
         let angles: Vec<f32> = (0..t * d / 2).map(|i| 0.3 * i as f32).collect();
@@ -563,19 +475,26 @@ mod tests {
 
     #[test]
     fn attention_matches_masked_softmax_of_products() {
-        // t spans two query blocks and a partial third; packed documents cut across blocks.
+        // t spans two query blocks and a partial third; packed documents cut across blocks;
+        // windows shorter than a block, than a document and longer than the row.
         let (b, h, t, d, scale) = (2, 3, 150, 8, 0.3f32);
-        let mask = |n: usize| {
-            let m: Vec<f32> = (0..n * n).map(|k| if k % n > k / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = |n: usize, window: Option<usize>| {
+            let m: Vec<f32> = (0..n * n)
+                .map(|k| {
+                    let (q, key) = (k / n, k % n);
+                    let visible = key <= q && window.is_none_or(|w| q - key < w);
+                    if visible { 0.0 } else { f32::NEG_INFINITY }
+                })
+                .collect();
             Tensor::from_vec(m, (n, n), &Device::Cpu).unwrap()
         };
-        let reference = |x: &[Tensor], docs: &[(usize, usize)]| {
+        let reference = |x: &[Tensor], docs: &[(usize, usize)], window: Option<usize>| {
             let parts: Vec<Tensor> = docs
                 .iter()
                 .map(|&(s, n)| {
                     let part = |y: &Tensor| y.narrow(2, s, n).unwrap().contiguous().unwrap();
                     let sc = (part(&x[0]).matmul(&part(&x[1]).t().unwrap()).unwrap() * f64::from(scale)).unwrap();
-                    let sc = sc.broadcast_add(&mask(n)).unwrap();
+                    let sc = sc.broadcast_add(&mask(n, window)).unwrap();
                     let m = sc.max_keepdim(D::Minus1).unwrap().detach();
                     let e = sc.broadcast_sub(&m).unwrap().exp().unwrap();
                     let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
@@ -584,14 +503,17 @@ mod tests {
                 .collect();
             Tensor::cat(&parts, 2).unwrap().transpose(1, 2).unwrap().reshape((b * t, h * d)).unwrap()
         };
-        for docs in [vec![], vec![(0, 70), (70, 3), (73, 77)]] {
-            let whole = if docs.is_empty() { vec![(0, t)] } else { docs.clone() };
-            check(
-                &[rand(10, &[b, h, t, d], 1.0), rand(11, &[b, h, t, d], 1.0), rand(12, &[b, h, t, d], 1.0)],
-                |x| attention(&x[0], &x[1], &x[2], scale, &docs).unwrap(),
-                |x| reference(x, &whole),
-                &format!("attention {docs:?}"),
-            );
+        for window in [None, Some(1), Some(20), Some(100), Some(400)] {
+            for docs in [vec![], vec![(0, 70), (70, 3), (73, 77)]] {
+                let whole = if docs.is_empty() { vec![(0, t)] } else { docs.clone() };
+                check(
+                    &[rand(10, &[b, h, t, d], 1.0), rand(11, &[b, h, t, d], 1.0), rand(12, &[b, h, t, d], 1.0)],
+                    |x| attention(&x[0], &x[1], &x[2], scale, window, &docs).unwrap(),
+                    |x| reference(x, &whole, window),
+                    &format!("attention {docs:?}, window {window:?}"),
+                );
+            }
         }
+        assert!(attention(&rand(1, &[1, 1, 4, 2], 1.0), &rand(2, &[1, 1, 4, 2], 1.0), &rand(3, &[1, 1, 4, 2], 1.0), 1.0, Some(0), &[]).is_err());
     }
 }
