@@ -61,20 +61,27 @@ pub fn open(path: &Path) -> Result<LoadedModel> {
         ModelFormat::Gguf => {
             let file = GgufFile::open(path).with_context(context)?;
             let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("{}: cannot build the tokenizer", path.display()))?;
+            let tokenizer = Tokenizer::from_gguf(&file)
+                .with_context(|| format!("{}: cannot build the tokenizer", path.display()))?;
             let template = ChatTemplate::for_model(&tokenizer, &arch)?;
             let model = Model::from_gguf(file).with_context(context)?;
             Ok(LoadedModel { model, tokenizer, template, path: path.to_path_buf() })
         }
         format => {
             let model = open_model(path).with_context(context)?;
-            let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().map(Path::to_path_buf).unwrap_or_default() };
+            let dir = if path.is_dir() {
+                path.to_path_buf()
+            } else {
+                path.parent().map(Path::to_path_buf).unwrap_or_default()
+            };
             let tokenizer = if format == ModelFormat::HfDir || dir.join("tokenizer_config.json").is_file() {
                 Tokenizer::from_dir(&dir)
             } else {
                 Tokenizer::from_file(&dir.join("tokenizer.json"))
             }
-            .with_context(|| format!("{}: cannot load the tokenizer (kiln looks for tokenizer.json beside the model)", dir.display()))?;
+            .with_context(|| {
+                format!("{}: cannot load the tokenizer (kiln looks for tokenizer.json beside the model)", dir.display())
+            })?;
             let template = ChatTemplate::for_model(&tokenizer, model.config.family.architecture())?;
             Ok(LoadedModel { model, tokenizer, template, path: path.to_path_buf() })
         }

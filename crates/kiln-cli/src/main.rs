@@ -38,7 +38,8 @@ fn run(cli: Cli) -> Result<()> {
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    if matches!(cli.command, Command::Train(_) | Command::Sft(_) | Command::Merge(_) | Command::Dpo(_) | Command::Rm(_)) {
+    if matches!(cli.command, Command::Train(_) | Command::Sft(_) | Command::Merge(_) | Command::Dpo(_) | Command::Rm(_))
+    {
         // Allocator and candle settings for training; must precede the worker threads.
         kiln_train::runtime::tune();
     }
@@ -74,7 +75,8 @@ mod tests {
     #[test]
     fn a_cause_quoted_by_its_error_is_not_repeated() {
         let os = "No such file or directory (os error 2)";
-        let quoted = anyhow::Error::new(std::io::Error::new(std::io::ErrorKind::NotFound, os)).context(format!("corpus.txt: {os}"));
+        let quoted = anyhow::Error::new(std::io::Error::new(std::io::ErrorKind::NotFound, os))
+            .context(format!("corpus.txt: {os}"));
         assert_eq!(one_line(&quoted), format!("corpus.txt: {os}"));
         let nested = anyhow::anyhow!("inner").context("middle").context("outer");
         assert_eq!(one_line(&nested), "outer: middle: inner");

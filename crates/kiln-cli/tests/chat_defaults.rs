@@ -23,10 +23,7 @@ fn sample(home: &Path, model: &Path, extra: &[&str]) -> util::Output {
     // The whole distribution (no top-k/top-p/min-p cut) at temperature 1: two seeds agreeing on
     // 24 tokens is practically impossible.
     let out = Kiln::new(home)
-        .args([
-            "run", "--raw", "-q", "-n", "24", "--temp", "1", "--top-k", "0", "--top-p", "1",
-            "--min-p", "0",
-        ])
+        .args(["run", "--raw", "-q", "-n", "24", "--temp", "1", "--top-k", "0", "--top-p", "1", "--min-p", "0"])
         .args(extra)
         .args(["Once upon a time", "-m"])
         .arg(model)
@@ -38,10 +35,7 @@ fn sample(home: &Path, model: &Path, extra: &[&str]) -> util::Output {
 
 /// The number on the `seed: N` line that --verbose prints.
 fn seed_line(stderr: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("seed:"))
-        .unwrap_or_else(|| panic!("a seed line in {stderr}"));
+    let line = stderr.lines().find(|l| l.starts_with("seed:")).unwrap_or_else(|| panic!("a seed line in {stderr}"));
     line["seed:".len()..]
         .split_whitespace()
         .next()
@@ -55,10 +49,7 @@ fn runs_without_a_seed_differ_and_runs_with_one_repeat() {
     let home = temp_dir();
     let a = sample(home.path(), &model, &[]);
     let b = sample(home.path(), &model, &[]);
-    assert_ne!(
-        a.stdout, b.stdout,
-        "no --seed: a fresh seed each run\n{a:?}\n{b:?}"
-    );
+    assert_ne!(a.stdout, b.stdout, "no --seed: a fresh seed each run\n{a:?}\n{b:?}");
     let c = sample(home.path(), &model, &["--seed", "11"]);
     let d = sample(home.path(), &model, &["--seed", "11"]);
     assert_eq!(c.stdout, d.stdout, "same --seed, same text");
@@ -70,16 +61,10 @@ fn verbose_prints_the_seed_that_repeats_the_run() {
     let home = temp_dir();
     let first = sample(home.path(), &model, &["--verbose"]);
     let seed = seed_line(&first.stderr);
-    assert!(
-        first.stderr.contains("context:") && first.stderr.contains(&model.display().to_string()),
-        "{first:?}"
-    );
+    assert!(first.stderr.contains("context:") && first.stderr.contains(&model.display().to_string()), "{first:?}");
     let again = sample(home.path(), &model, &["--seed", &seed.to_string()]);
     assert_eq!(first.stdout, again.stdout, "--seed {seed} repeats the run");
-    assert!(
-        again.stderr.is_empty(),
-        "no --verbose, -q: nothing on stderr: {again:?}"
-    );
+    assert!(again.stderr.is_empty(), "no --verbose, -q: nothing on stderr: {again:?}");
 }
 
 #[test]
@@ -92,19 +77,9 @@ fn chat_show_is_readable_and_unknown_commands_are_not_sent() {
         .stdin("/show\n/bogus\n/quit\n")
         .run();
     out.success();
-    assert!(
-        out.stdout.is_empty(),
-        "no message reached the model: {out:?}"
-    );
-    assert!(
-        out.stderr
-            .contains("unknown command /bogus: /help lists the commands"),
-        "{out:?}"
-    );
-    assert!(
-        !out.stderr.contains("SamplingParams"),
-        "no debug dump: {out:?}"
-    );
+    assert!(out.stdout.is_empty(), "no message reached the model: {out:?}");
+    assert!(out.stderr.contains("unknown command /bogus: /help lists the commands"), "{out:?}");
+    assert!(!out.stderr.contains("SamplingParams"), "no debug dump: {out:?}");
     let show = |key: &str| -> String {
         // The last such line: --verbose's own `model:` and `context:` lines come first.
         let line = out
@@ -147,10 +122,7 @@ impl Chat {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the kiln binary");
-        let (stdout, stderr) = (
-            Arc::new(Mutex::new(String::new())),
-            Arc::new(Mutex::new(String::new())),
-        );
+        let (stdout, stderr) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
         let drain = |mut from: Box<dyn Read + Send>, into: Arc<Mutex<String>>| {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 256];
@@ -158,9 +130,7 @@ impl Chat {
                     if n == 0 {
                         break;
                     }
-                    into.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             })
         };
@@ -168,27 +138,16 @@ impl Chat {
             drain(Box::new(child.stdout.take().unwrap()), Arc::clone(&stdout)),
             drain(Box::new(child.stderr.take().unwrap()), Arc::clone(&stderr)),
         ];
-        Chat {
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
+        Chat { child, stdout, stderr, readers }
     }
 
     fn send(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin still open");
-        stdin
-            .write_all(text.as_bytes())
-            .and_then(|_| stdin.flush())
-            .expect("write to kiln chat");
+        stdin.write_all(text.as_bytes()).and_then(|_| stdin.flush()).expect("write to kiln chat");
     }
 
     fn interrupt(&self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -INT failed");
     }
 
@@ -196,10 +155,7 @@ impl Chat {
     fn wait_for(&self, what: &str, ready: impl Fn(&str, &str) -> bool) {
         let start = Instant::now();
         loop {
-            let (out, err) = (
-                self.stdout.lock().unwrap().clone(),
-                self.stderr.lock().unwrap().clone(),
-            );
+            let (out, err) = (self.stdout.lock().unwrap().clone(), self.stderr.lock().unwrap().clone());
             if ready(&out, &err) {
                 return;
             }
@@ -248,25 +204,17 @@ fn ctrl_c_stops_the_answer_and_keeps_the_session() {
     // The partial answer is closed with a newline before the note on stderr.
     chat.wait_for("the partial answer's newline", |out, _| out.ends_with('\n'));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        chat.alive(),
-        "the first Ctrl-C ends the answer, not kiln chat"
-    );
+    assert!(chat.alive(), "the first Ctrl-C ends the answer, not kiln chat");
     let first_len = chat.stdout.lock().unwrap().len();
     chat.send("What is the capital of France?\n/show\n/quit\n");
     let (code, out, err) = chat.finish();
     let report = format!("--- stdout ---\n{out}\n--- stderr ---\n{err}");
     assert_eq!(code, Some(0), "/quit after the stop: {report}");
     assert!(!err.contains("panicked"), "{report}");
-    assert!(
-        !out[first_len..].trim().is_empty(),
-        "the second message is answered: {report}"
-    );
+    assert!(!out[first_len..].trim().is_empty(), "the second message is answered: {report}");
     // The stopped answer stays in the history: two user turns.
-    let turns = err
-        .lines()
-        .find(|l| l.starts_with("turns in history:"))
-        .unwrap_or_else(|| panic!("/show output: {report}"));
+    let turns =
+        err.lines().find(|l| l.starts_with("turns in history:")).unwrap_or_else(|| panic!("/show output: {report}"));
     assert!(turns.ends_with(" 2"), "{turns}\n{report}");
 }
 
@@ -286,10 +234,6 @@ fn ctrl_c_twice_at_the_prompt_quits() {
     // Stdin stays open: the process must end by itself, not at the end of its input.
     chat.wait_exit();
     let (code, out, err) = chat.finish();
-    assert_eq!(
-        code,
-        Some(130),
-        "the second Ctrl-C quits as a shell reports SIGINT\n{out}\n{err}"
-    );
+    assert_eq!(code, Some(130), "the second Ctrl-C quits as a shell reports SIGINT\n{out}\n{err}");
     assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
 }

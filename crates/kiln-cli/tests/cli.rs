@@ -59,16 +59,7 @@ fn greedy_run_continues_the_prompt_as_llama_cpp_does() {
     assert!(content.starts_with(" Paris.\n\n"), "{content:?}");
     let home = temp_dir();
     let out = Kiln::new(home.path())
-        .args([
-            "run",
-            "--temp",
-            "0",
-            "-n",
-            "16",
-            "--raw",
-            "The capital of France is",
-            "-m",
-        ])
+        .args(["run", "--temp", "0", "-n", "16", "--raw", "The capital of France is", "-m"])
         .arg(&model)
         .run();
     out.success();
@@ -89,10 +80,7 @@ fn run_reads_the_prompt_from_stdin_when_none_is_given() {
         .run();
     out.success();
     assert!(out.stdout.starts_with(" Paris"), "{out:?}");
-    assert!(
-        out.stderr.is_empty(),
-        "-q prints nothing on stderr: {out:?}"
-    );
+    assert!(out.stderr.is_empty(), "-q prints nothing on stderr: {out:?}");
 }
 
 #[test]
@@ -101,19 +89,7 @@ fn same_seed_gives_the_same_sample_and_another_seed_another() {
     let home = temp_dir();
     let sample = |seed: &str| {
         let out = Kiln::new(home.path())
-            .args([
-                "run",
-                "--temp",
-                "0.8",
-                "--seed",
-                seed,
-                "-n",
-                "32",
-                "--raw",
-                "-q",
-                "Once upon a time",
-                "-m",
-            ])
+            .args(["run", "--temp", "0.8", "--seed", seed, "-n", "32", "--raw", "-q", "Once upon a time", "-m"])
             .arg(&model)
             .run();
         out.success();
@@ -122,11 +98,7 @@ fn same_seed_gives_the_same_sample_and_another_seed_another() {
     };
     let a = sample("7");
     assert_eq!(a, sample("7"), "same seed, same text");
-    assert_ne!(
-        a,
-        sample("8"),
-        "32 sampled tokens at temperature 0.8 should differ between seeds"
-    );
+    assert_ne!(a, sample("8"), "32 sampled tokens at temperature 0.8 should differ between seeds");
 }
 
 #[test]
@@ -139,11 +111,7 @@ fn chat_over_stdin_answers_each_turn_and_survives_bad_commands() {
         .stdin("What is 2+2?\n/set temp 0\n/set temp abc\n/set top_p 0\n/set\n/reset\nhi\n/quit\nnever read\n")
         .run();
     out.success();
-    let answers: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let answers: Vec<&str> = out.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(answers.len() >= 2, "two turns, two answers: {out:?}");
     assert!(out.stdout.contains('4'), "2+2: {out:?}");
     for expected in [
@@ -153,10 +121,7 @@ fn chat_over_stdin_answers_each_turn_and_survives_bad_commands() {
         "usage: /set",
         "(new conversation)",
     ] {
-        assert!(
-            out.stderr.contains(expected),
-            "stderr should say {expected:?}: {out:?}"
-        );
+        assert!(out.stderr.contains(expected), "stderr should say {expected:?}: {out:?}");
     }
 }
 
@@ -164,10 +129,7 @@ fn chat_over_stdin_answers_each_turn_and_survives_bad_commands() {
 fn chat_ends_quietly_at_end_of_input() {
     let Some(model) = smollm2() else { return };
     let home = temp_dir();
-    let out = Kiln::new(home.path())
-        .args(["chat", "-n", "4", "-m"])
-        .arg(&model)
-        .run();
+    let out = Kiln::new(home.path()).args(["chat", "-n", "4", "-m"]).arg(&model).run();
     out.success();
     assert!(out.stdout.is_empty(), "{out:?}");
 }
@@ -185,17 +147,8 @@ fn ppl_agrees_with_llama_perplexity_on_a_wikitext_prefix() {
     let full = std::fs::read(&wikitext).expect("read wikitext-2");
     let prefix = &full[..n_bytes.min(full.len())];
     let sha = format!("{:x}", Sha256::digest(prefix));
-    assert_eq!(
-        sha,
-        text_info["sha256"].as_str().unwrap(),
-        "the fixture was made from another text"
-    );
-    let run = reference["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["n_ctx"] == 128)
-        .expect("an n_ctx 128 run");
+    assert_eq!(sha, text_info["sha256"].as_str().unwrap(), "the fixture was made from another text");
+    let run = reference["runs"].as_array().unwrap().iter().find(|r| r["n_ctx"] == 128).expect("an n_ctx 128 run");
     let expected = run["running_ppl"][PPL_CHUNKS - 1].as_f64().unwrap();
 
     let dir = temp_dir();
@@ -208,27 +161,13 @@ fn ppl_agrees_with_llama_perplexity_on_a_wikitext_prefix() {
         .arg(&model)
         .run();
     out.success();
-    let last = out
-        .stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    let figures: Vec<&str> = last
-        .strip_prefix("PPL = ")
-        .unwrap_or_else(|| panic!("last line {last:?}: {out:?}"))
-        .split(" +/- ")
-        .collect();
-    let [ppl, err] = figures[..] else {
-        panic!("last line {last:?} is not `PPL = X +/- Y`")
-    };
+    let last = out.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let figures: Vec<&str> =
+        last.strip_prefix("PPL = ").unwrap_or_else(|| panic!("last line {last:?}: {out:?}")).split(" +/- ").collect();
+    let [ppl, err] = figures[..] else { panic!("last line {last:?} is not `PPL = X +/- Y`") };
     let (ppl, err): (f64, f64) = (ppl.parse().unwrap(), err.parse().unwrap());
     let rel = (ppl - expected).abs() / expected;
-    assert!(
-        rel < PPL_REL_TOL,
-        "kiln {ppl} vs llama.cpp {expected} after {PPL_CHUNKS} chunks: {:.3}% off",
-        rel * 100.0
-    );
+    assert!(rel < PPL_REL_TOL, "kiln {ppl} vs llama.cpp {expected} after {PPL_CHUNKS} chunks: {:.3}% off", rel * 100.0);
     assert!(err > 0.0 && err < ppl, "standard error {err}");
 }
 
@@ -236,35 +175,20 @@ fn ppl_agrees_with_llama_perplexity_on_a_wikitext_prefix() {
 fn bench_json_has_llama_bench_field_names() {
     let Some(model) = smollm2() else { return };
     let home = temp_dir();
-    let out = Kiln::new(home.path())
-        .args([
-            "bench", "-p", "16", "-n", "4", "-r", "1", "-o", "json", "-m",
-        ])
-        .arg(&model)
-        .run();
+    let out =
+        Kiln::new(home.path()).args(["bench", "-p", "16", "-n", "4", "-r", "1", "-o", "json", "-m"]).arg(&model).run();
     out.success();
-    let json: Value =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
+    let json: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
     let rows = json.as_array().expect("a JSON array");
-    assert_eq!(
-        rows.len(),
-        2,
-        "a prompt test and a generation test: {out:?}"
-    );
+    assert_eq!(rows.len(), 2, "a prompt test and a generation test: {out:?}");
     for row in rows {
         for key in ["n_prompt", "n_gen", "n_threads", "avg_ts", "stddev_ts"] {
             assert!(row.get(key).is_some_and(Value::is_number), "{key} in {row}");
         }
         assert!(row["avg_ts"].as_f64().unwrap() > 0.0, "{row}");
     }
-    assert_eq!(
-        (rows[0]["n_prompt"].as_u64(), rows[0]["n_gen"].as_u64()),
-        (Some(16), Some(0))
-    );
-    assert_eq!(
-        (rows[1]["n_prompt"].as_u64(), rows[1]["n_gen"].as_u64()),
-        (Some(0), Some(4))
-    );
+    assert_eq!((rows[0]["n_prompt"].as_u64(), rows[0]["n_gen"].as_u64()), (Some(16), Some(0)));
+    assert_eq!((rows[1]["n_prompt"].as_u64(), rows[1]["n_gen"].as_u64()), (Some(0), Some(4)));
 }
 
 // ---- inspecting ----------------------------------------------------------------------------
@@ -275,18 +199,8 @@ fn info_shows_llama_shape_quant_types_and_chat_template() {
     let home = temp_dir();
     let out = Kiln::new(home.path()).args(["info"]).arg(&model).run();
     out.success();
-    for expected in [
-        "\"llama\"",
-        "Q4_1",
-        "49152",
-        "chat template (",
-        "<|im_start|>",
-        "layers        30",
-    ] {
-        assert!(
-            out.stdout.contains(expected),
-            "info should show {expected:?}: {out:?}"
-        );
+    for expected in ["\"llama\"", "Q4_1", "49152", "chat template (", "<|im_start|>", "layers        30"] {
+        assert!(out.stdout.contains(expected), "info should show {expected:?}: {out:?}");
     }
 }
 
@@ -297,10 +211,7 @@ fn info_shows_gemma3_sliding_window() {
     let out = Kiln::new(home.path()).args(["info"]).arg(&model).run();
     out.success();
     for expected in ["\"gemma3\"", "sliding       window 512", "262144"] {
-        assert!(
-            out.stdout.contains(expected),
-            "info should show {expected:?}: {out:?}"
-        );
+        assert!(out.stdout.contains(expected), "info should show {expected:?}: {out:?}");
     }
 }
 
@@ -309,14 +220,8 @@ fn pull_list_names_the_known_models() {
     let home = temp_dir();
     let out = Kiln::new(home.path()).args(["pull", "--list"]).run();
     out.success();
-    assert!(
-        out.stdout.contains("smollm2-135m") && out.stdout.contains("gemma3-270m"),
-        "{out:?}"
-    );
-    assert!(
-        !home.path().join("models").exists(),
-        "listing names pulls nothing"
-    );
+    assert!(out.stdout.contains("smollm2-135m") && out.stdout.contains("gemma3-270m"), "{out:?}");
+    assert!(!home.path().join("models").exists(), "listing names pulls nothing");
 }
 
 #[test]
@@ -324,16 +229,9 @@ fn list_shows_an_empty_cache() {
     let home = temp_dir();
     let out = Kiln::new(home.path()).args(["list"]).run();
     out.success();
-    assert!(
-        out.stdout
-            .contains(&home.path().join("models").display().to_string()),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains(&home.path().join("models").display().to_string()), "{out:?}");
     assert!(out.stdout.contains("(empty"), "{out:?}");
-    assert!(
-        out.stdout.contains("smollm2-135m"),
-        "known names follow: {out:?}"
-    );
+    assert!(out.stdout.contains("smollm2-135m"), "known names follow: {out:?}");
 }
 
 /// A cache holding the real SmolLM2 (linked, with its manifest): `kiln list` shows it and the
@@ -356,18 +254,12 @@ fn list_shows_cached_models_and_names_resolve_to_them() {
 
     let out = Kiln::new(home.path()).args(["list"]).run();
     out.success();
-    assert!(
-        out.stdout.contains(&cached.display().to_string()),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains(&cached.display().to_string()), "{out:?}");
     assert!(!out.stdout.contains("(empty"), "{out:?}");
 
     let out = Kiln::new(home.path()).args(["info", "smollm2"]).run();
     out.success();
-    assert!(
-        out.stdout.contains(&cached.display().to_string()),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains(&cached.display().to_string()), "{out:?}");
 }
 
 // ---- errors: one line, non-zero exit, never a panic ----------------------------------------
@@ -379,11 +271,9 @@ fn truncated_gguf_is_a_one_line_error_at_every_cut() {
     let dir = temp_dir();
     for cut in [4, 10, 1 << 20, bytes.len() / 2] {
         let path = write(dir.path(), &format!("cut-{cut}.gguf"), &bytes[..cut]);
-        for args in [
-            &["run", "--raw", "-n", "1", "hi", "-m"][..],
-            &["info"],
-            &["bench", "-p", "1", "-n", "0", "-r", "1", "-m"],
-        ] {
+        for args in
+            [&["run", "--raw", "-n", "1", "hi", "-m"][..], &["info"], &["bench", "-p", "1", "-n", "0", "-r", "1", "-m"]]
+        {
             let out = Kiln::new(dir.path()).args(args).arg(&path).run();
             let line = out.error_line(Some(1));
             assert!(line.contains("truncated"), "cut at {cut}, {args:?}: {line}");
@@ -395,10 +285,7 @@ fn truncated_gguf_is_a_one_line_error_at_every_cut() {
 fn text_file_named_gguf_is_not_a_model() {
     let dir = temp_dir();
     let path = write(dir.path(), "notes.gguf", "just some text, not a model\n");
-    let out = Kiln::new(dir.path())
-        .args(["run", "hi", "-m"])
-        .arg(&path)
-        .run();
+    let out = Kiln::new(dir.path()).args(["run", "hi", "-m"]).arg(&path).run();
     let line = out.error_line(Some(1));
     assert!(line.contains("not a model file"), "{line}");
 }
@@ -407,50 +294,29 @@ fn text_file_named_gguf_is_not_a_model() {
 fn missing_model_path_is_named_in_the_error() {
     let dir = temp_dir();
     let path = dir.path().join("nowhere/model.gguf");
-    for args in [
-        &["run", "hi", "-m"][..],
-        &["info"],
-        &["chat", "-m"],
-        &["bench", "-m"],
-    ] {
+    for args in [&["run", "hi", "-m"][..], &["info"], &["chat", "-m"], &["bench", "-m"]] {
         let out = Kiln::new(dir.path()).args(args).arg(&path).run();
         let line = out.error_line(Some(1));
-        assert!(
-            line.contains(&path.display().to_string()),
-            "{args:?}: {line}"
-        );
+        assert!(line.contains(&path.display().to_string()), "{args:?}: {line}");
     }
 }
 
 #[test]
 fn unknown_model_name_lists_the_known_ones() {
     let home = temp_dir();
-    let out = Kiln::new(home.path())
-        .args(["run", "hi", "-m", "no-such-model"])
-        .run();
+    let out = Kiln::new(home.path()).args(["run", "hi", "-m", "no-such-model"]).run();
     let line = out.error_line(Some(1));
-    assert!(
-        line.contains("no-such-model") && line.contains("smollm2-135m"),
-        "{line}"
-    );
-    assert!(
-        !home.path().join("models").exists(),
-        "an unknown name pulls nothing"
-    );
+    assert!(line.contains("no-such-model") && line.contains("smollm2-135m"), "{line}");
+    assert!(!home.path().join("models").exists(), "an unknown name pulls nothing");
 }
 
 #[test]
 fn unknown_flag_is_a_usage_error_with_exit_code_2() {
     let home = temp_dir();
-    let out = Kiln::new(home.path())
-        .args(["run", "--no-such-flag", "hi"])
-        .run();
+    let out = Kiln::new(home.path()).args(["run", "--no-such-flag", "hi"]).run();
     out.no_panic();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        out.stderr.starts_with("error: ") && out.stderr.contains("--no-such-flag"),
-        "{out:?}"
-    );
+    assert!(out.stderr.starts_with("error: ") && out.stderr.contains("--no-such-flag"), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
 }
 
@@ -459,30 +325,14 @@ fn prompt_longer_than_the_context_names_both_lengths() {
     let Some(model) = smollm2() else { return };
     let home = temp_dir();
     let out = Kiln::new(home.path())
-        .args([
-            "run",
-            "--ctx",
-            "8",
-            "--raw",
-            "one two three four five six seven eight nine ten eleven",
-            "-m",
-        ])
+        .args(["run", "--ctx", "8", "--raw", "one two three four five six seven eight nine ten eleven", "-m"])
         .arg(&model)
         .run();
     let line = out.error_line(Some(1));
     let number_after = |word: &str| -> usize {
-        let rest = &line[line
-            .find(word)
-            .unwrap_or_else(|| panic!("{word:?} in {line}"))
-            + word.len()..];
-        let digits: String = rest
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits
-            .parse()
-            .unwrap_or_else(|_| panic!("a number after {word:?} in {line}"))
+        let rest = &line[line.find(word).unwrap_or_else(|| panic!("{word:?} in {line}")) + word.len()..];
+        let digits: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or_else(|_| panic!("a number after {word:?} in {line}"))
     };
     assert!(number_after("needs") > 8, "{line}");
     assert_eq!(number_after("holds"), 8, "{line}");
@@ -546,27 +396,16 @@ fn ppl_on_a_text_shorter_than_one_chunk_says_so() {
     let Some(model) = smollm2() else { return };
     let dir = temp_dir();
     let text = write(dir.path(), "short.txt", "Too short to score.\n");
-    let out = Kiln::new(dir.path())
-        .args(["ppl", "-c", "128", "-f"])
-        .arg(&text)
-        .args(["-m"])
-        .arg(&model)
-        .run();
+    let out = Kiln::new(dir.path()).args(["ppl", "-c", "128", "-f"]).arg(&text).args(["-m"]).arg(&model).run();
     let line = out.error_line(Some(1));
-    assert!(
-        line.contains("fewer than one chunk") && line.contains("128"),
-        "{line}"
-    );
+    assert!(line.contains("fewer than one chunk") && line.contains("128"), "{line}");
 }
 
 #[test]
 fn ppl_on_a_missing_text_names_it() {
     let dir = temp_dir();
     let text = dir.path().join("missing.txt");
-    let out = Kiln::new(dir.path())
-        .args(["ppl", "-m", "unused.gguf", "-f"])
-        .arg(&text)
-        .run();
+    let out = Kiln::new(dir.path()).args(["ppl", "-m", "unused.gguf", "-f"]).arg(&text).run();
     let line = out.error_line(Some(1));
     assert!(line.contains(&text.display().to_string()), "{line}");
 }
@@ -576,25 +415,11 @@ fn bad_config_json_in_a_hugging_face_dir_is_reported() {
     let dir = temp_dir();
     let hf = dir.path().join("hf-model");
     std::fs::create_dir(&hf).unwrap();
-    write(
-        &hf,
-        "config.json",
-        "{\"model_type\": \"llama\", \"hidden_size\": ",
-    );
-    write(
-        &hf,
-        "model.safetensors",
-        b"\x02\x00\x00\x00\x00\x00\x00\x00{}",
-    );
-    let out = Kiln::new(dir.path())
-        .args(["run", "hi", "-m"])
-        .arg(&hf)
-        .run();
+    write(&hf, "config.json", "{\"model_type\": \"llama\", \"hidden_size\": ");
+    write(&hf, "model.safetensors", b"\x02\x00\x00\x00\x00\x00\x00\x00{}");
+    let out = Kiln::new(dir.path()).args(["run", "hi", "-m"]).arg(&hf).run();
     let line = out.error_line(Some(1));
-    assert!(
-        line.contains("config.json") && line.contains("not valid JSON"),
-        "{line}"
-    );
+    assert!(line.contains("config.json") && line.contains("not valid JSON"), "{line}");
     let out = Kiln::new(dir.path()).args(["bench", "-m"]).arg(&hf).run();
     out.error_line(Some(1));
 }
@@ -615,16 +440,7 @@ fn run_into_a_pipe_closed_after_a_few_bytes_ends_quietly() {
     let Some(model) = smollm2() else { return };
     let home = temp_dir();
     let mut running = Kiln::new(home.path())
-        .args([
-            "run",
-            "--temp",
-            "0",
-            "-n",
-            "200",
-            "--raw",
-            "Once upon a time",
-            "-m",
-        ])
+        .args(["run", "--temp", "0", "-n", "200", "--raw", "Once upon a time", "-m"])
         .arg(&model)
         .spawn();
     let mut stdout = running.child.stdout.take().unwrap();
@@ -638,20 +454,14 @@ fn run_into_a_pipe_closed_after_a_few_bytes_ends_quietly() {
 fn printing_commands_into_a_closed_pipe_end_quietly() {
     let Some(model) = smollm2() else { return };
     let dir = temp_dir();
-    let text = write(
-        dir.path(),
-        "text.txt",
-        "The quick brown fox jumps over the lazy dog. ".repeat(20),
-    );
+    let text = write(dir.path(), "text.txt", "The quick brown fox jumps over the lazy dog. ".repeat(20));
     let model = model.display().to_string();
     let text = text.display().to_string();
     let commands: &[&[&str]] = &[
         &["info", "--all", &model],
         &["pull", "--list"],
         &["list"],
-        &[
-            "ppl", "-c", "16", "--chunks", "2", "-f", &text, "-m", &model,
-        ],
+        &["ppl", "-c", "16", "--chunks", "2", "-f", &text, "-m", &model],
         &["bench", "-p", "4", "-n", "0", "-r", "1", "-m", &model],
     ];
     for args in commands {

@@ -28,11 +28,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[track_caller]
 fn success(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected success: {out:?}\n{}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "expected success: {out:?}\n{}", text(&out.stderr));
     text(&out.stdout)
 }
 
@@ -51,16 +47,11 @@ fn error_line(out: &Output) -> String {
 /// The data mirror beside the checkout, when there is one.
 fn shared_data() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    dir.join("pretrain/tinyshakespeare.txt")
-        .is_file()
-        .then(|| dir.canonicalize().expect("canonical path"))
+    dir.join("pretrain/tinyshakespeare.txt").is_file().then(|| dir.canonicalize().expect("canonical path"))
 }
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("kiln-data-test-")
-        .tempdir()
-        .expect("temp dir")
+    tempfile::Builder::new().prefix("kiln-data-test-").tempdir().expect("temp dir")
 }
 
 #[test]
@@ -68,35 +59,16 @@ fn data_list_names_every_set_with_its_source_and_state() {
     let home = temp_dir();
     let out = success(&kiln(home.path(), None, &["data", "list"]));
     let cache = home.path().join("data");
-    assert!(
-        out.starts_with(&format!("data cache: {}\n", cache.display())),
-        "{out}"
-    );
-    for name in [
-        "hellaswag",
-        "mmlu",
-        "core (arc)",
-        "tinyshakespeare",
-        "alpaca",
-        "hh-rlhf",
-    ] {
+    assert!(out.starts_with(&format!("data cache: {}\n", cache.display())), "{out}");
+    for name in ["hellaswag", "mmlu", "core (arc)", "tinyshakespeare", "alpaca", "hh-rlhf"] {
         assert!(out.contains(&format!("\n{name} ")), "{name} listed: {out}");
     }
-    assert!(
-        out.contains("licence: MIT; from https://github.com/klosax/hellaswag_text_data"),
-        "{out}"
-    );
-    assert!(
-        out.contains("not here: `kiln data pull tinyshakespeare` fetches it"),
-        "{out}"
-    );
+    assert!(out.contains("licence: MIT; from https://github.com/klosax/hellaswag_text_data"), "{out}");
+    assert!(out.contains("not here: `kiln data pull tinyshakespeare` fetches it"), "{out}");
 
     // No name: the list, and how to name one.
     let out = success(&kiln(home.path(), None, &["data", "pull"]));
-    assert!(
-        out.contains("\nhellaswag ") && out.ends_with("e.g. `kiln data pull hellaswag mmlu`\n"),
-        "{out}"
-    );
+    assert!(out.contains("\nhellaswag ") && out.ends_with("e.g. `kiln data pull hellaswag mmlu`\n"), "{out}");
 }
 
 #[test]
@@ -108,102 +80,41 @@ fn data_pull_from_a_mirror_then_from_the_cache() {
         eprintln!("no ../shared/data: checking the refusal of a wrong file instead");
         let mirror = temp_dir();
         std::fs::create_dir_all(mirror.path().join("pretrain")).expect("mkdir");
-        std::fs::write(
-            mirror.path().join("pretrain/tinyshakespeare.txt"),
-            "not Shakespeare",
-        )
-        .expect("write");
-        let out = kiln(
-            home.path(),
-            Some(mirror.path()),
-            &["data", "pull", "tinyshakespeare"],
-        );
+        std::fs::write(mirror.path().join("pretrain/tinyshakespeare.txt"), "not Shakespeare").expect("write");
+        let out = kiln(home.path(), Some(mirror.path()), &["data", "pull", "tinyshakespeare"]);
         let line = error_line(&out);
-        assert!(
-            line.starts_with("error: checksum mismatch for pretrain/tinyshakespeare.txt from "),
-            "{line}"
-        );
+        assert!(line.starts_with("error: checksum mismatch for pretrain/tinyshakespeare.txt from "), "{line}");
         assert!(line.ends_with("; nothing was installed"), "{line}");
-        assert!(!home
-            .path()
-            .join("data/pretrain/tinyshakespeare.txt")
-            .exists());
+        assert!(!home.path().join("data/pretrain/tinyshakespeare.txt").exists());
         return;
     };
     let file = home.path().join("data/pretrain/tinyshakespeare.txt");
-    let out = success(&kiln(
-        home.path(),
-        Some(&shared),
-        &["data", "pull", "tinyshakespeare"],
-    ));
-    assert_eq!(
-        out,
-        format!(
-            "tinyshakespeare: {} (1 file, 1.1 MB, fetched)\n",
-            file.display()
-        )
-    );
+    let out = success(&kiln(home.path(), Some(&shared), &["data", "pull", "tinyshakespeare"]));
+    assert_eq!(out, format!("tinyshakespeare: {} (1 file, 1.1 MB, fetched)\n", file.display()));
     let want = std::fs::read(shared.join("pretrain/tinyshakespeare.txt")).expect("mirror file");
-    assert!(
-        std::fs::read(&file).expect("pulled file") == want,
-        "the mirror's bytes"
-    );
-    let manifest =
-        std::fs::read_to_string(home.path().join("data/pretrain/tinyshakespeare.txt.json"))
-            .expect("a manifest beside the file");
-    assert!(
-        manifest.contains("\"spec\": \"data:tinyshakespeare\""),
-        "{manifest}"
-    );
+    assert!(std::fs::read(&file).expect("pulled file") == want, "the mirror's bytes");
+    let manifest = std::fs::read_to_string(home.path().join("data/pretrain/tinyshakespeare.txt.json"))
+        .expect("a manifest beside the file");
+    assert!(manifest.contains("\"spec\": \"data:tinyshakespeare\""), "{manifest}");
 
     // Again, with no mirror at all: the cache answers.
-    let out = success(&kiln(
-        home.path(),
-        None,
-        &["data", "pull", "tinyshakespeare"],
-    ));
-    assert_eq!(
-        out,
-        format!(
-            "tinyshakespeare: {} (1 file, 1.1 MB, already here)\n",
-            file.display()
-        )
-    );
-    let out = success(&kiln(
-        home.path(),
-        None,
-        &["data", "path", "tinyshakespeare"],
-    ));
+    let out = success(&kiln(home.path(), None, &["data", "pull", "tinyshakespeare"]));
+    assert_eq!(out, format!("tinyshakespeare: {} (1 file, 1.1 MB, already here)\n", file.display()));
+    let out = success(&kiln(home.path(), None, &["data", "path", "tinyshakespeare"]));
     assert_eq!(out, format!("{}\n", file.display()));
     let out = success(&kiln(home.path(), None, &["data", "list"]));
-    assert!(
-        out.contains(&format!("cached: {}\n", file.display())),
-        "{out}"
-    );
+    assert!(out.contains(&format!("cached: {}\n", file.display())), "{out}");
 }
 
 #[test]
 fn data_errors_are_one_line() {
     let home = temp_dir();
-    let line = error_line(&kiln(
-        home.path(),
-        None,
-        &["data", "pull", "hellaswag", "nope"],
-    ));
-    assert!(
-        line.starts_with("error: no data set named nope: kiln knows hellaswag, mmlu, core (arc), "),
-        "{line}"
-    );
-    assert!(
-        !home.path().join("data").exists(),
-        "an unknown name fetches nothing"
-    );
+    let line = error_line(&kiln(home.path(), None, &["data", "pull", "hellaswag", "nope"]));
+    assert!(line.starts_with("error: no data set named nope: kiln knows hellaswag, mmlu, core (arc), "), "{line}");
+    assert!(!home.path().join("data").exists(), "an unknown name fetches nothing");
 
     let line = error_line(&kiln(home.path(), None, &["data", "path", "eval/nope.txt"]));
-    assert!(
-        line.starts_with("error: eval/nope.txt is not a file of any data set kiln knows"),
-        "{line}"
-    );
+    assert!(line.starts_with("error: eval/nope.txt is not a file of any data set kiln knows"), "{line}");
 
     let nowhere = home.path().join("no-such-mirror");
     let line = error_line(&kiln(home.path(), Some(&nowhere), &["data", "list"]));
@@ -227,18 +138,7 @@ fn eval_without_data_fetches_the_task_data() {
     let Some(model) = SMOLLM2.path() else { return };
     let home = temp_dir();
     let model = model.display().to_string();
-    let args = [
-        "eval",
-        "-q",
-        "-t",
-        "2",
-        "--task",
-        "truthfulqa",
-        "--limit",
-        "1",
-        "-m",
-        &model,
-    ];
+    let args = ["eval", "-q", "-t", "2", "--task", "truthfulqa", "--limit", "1", "-m", &model];
     let out = success(&kiln(home.path(), Some(&shared), &args));
     assert!(out.starts_with("truthfulqa_mc1   1 items of 817 "), "{out}");
     let pulled = home.path().join("data/eval/TruthfulQA.csv");

@@ -55,10 +55,12 @@ fn eval_hellaswag_writes_results_a_report_reads() {
     let per_item = task["per_item"].as_str().expect("per_item");
     assert_eq!(per_item.len(), items);
     assert_eq!(per_item.matches('1').count() as u64, task["metrics"][0]["hits"].as_u64().expect("hits"));
-    let names: Vec<&str> = task["metrics"].as_array().expect("metrics").iter().filter_map(|m| m["name"].as_str()).collect();
+    let names: Vec<&str> =
+        task["metrics"].as_array().expect("metrics").iter().filter_map(|m| m["name"].as_str()).collect();
     assert_eq!(names, ["acc_llama_cpp", "acc", "acc_norm"]);
     for m in task["metrics"].as_array().expect("metrics") {
-        let (val, lo, hi) = (m["value"].as_f64().expect("value"), m["low"].as_f64().expect("low"), m["high"].as_f64().expect("high"));
+        let (val, lo, hi) =
+            (m["value"].as_f64().expect("value"), m["low"].as_f64().expect("low"), m["high"].as_f64().expect("high"));
         // A 135M model on the real items: above nothing, below a strong model; the interval
         // holds the value (the twelve made-up items are too few to bound the value).
         assert!(lo <= val && val <= hi, "{m}");
@@ -113,7 +115,10 @@ fn bad_eval_inputs_are_one_line_errors() {
     let e = Kiln::new(d).args(["eval", "-q", "--suite"]).arg(&bad).arg("-m").arg(&model).run();
     assert!(e.error_line(Some(1)).starts_with(&format!("error: {}:2: bad JSON line", bad.display())), "{e:?}");
     let e = Kiln::new(d).args(["eval", "-q", "--task", "mmlu", "--data", "/nonexistent/eval", "-m"]).arg(&model).run();
-    assert!(e.error_line(Some(1)).starts_with("error: /nonexistent/eval/mmlu/test not found: pass --data DIR"), "{e:?}");
+    assert!(
+        e.error_line(Some(1)).starts_with("error: /nonexistent/eval/mmlu/test not found: pass --data DIR"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -123,8 +128,12 @@ fn eval_ppl_equals_kiln_ppl_and_reports_bits_per_byte() {
     // Any English text serves: WikiText-2 where present, else the committed fixture prose.
     let text = kiln_test_models::data_file("eval/wikitext2_test.txt")
         .unwrap_or_else(|| kiln_test_models::fixture("text/potters-year.txt"));
-    let ppl =
-        Kiln::new(home.path()).args(["ppl", "-t", "2", "-c", "128", "--chunks", "3", "-m"]).arg(&model).arg("--text").arg(&text).run();
+    let ppl = Kiln::new(home.path())
+        .args(["ppl", "-t", "2", "-c", "128", "--chunks", "3", "-m"])
+        .arg(&model)
+        .arg("--text")
+        .arg(&text)
+        .run();
     ppl.success();
     let want: f64 = ppl
         .stdout

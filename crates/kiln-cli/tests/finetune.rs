@@ -25,7 +25,13 @@ fn metrics(run: &Path) -> Vec<Value> {
 fn tiny_base(home: &Path, dir: &Path) -> PathBuf {
     let data = util::corpus(dir, 100_000);
     let tok = dir.join("tok");
-    Kiln::new(home).args(["tokenizer", "train", "--vocab", "400", "--data"]).arg(&data).arg("--out").arg(&tok).run().success();
+    Kiln::new(home)
+        .args(["tokenizer", "train", "--vocab", "400", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&tok)
+        .run()
+        .success();
     let base = dir.join("base");
     Kiln::new(home)
         .args(["-t", "2", "train", "--data"])
@@ -35,7 +41,19 @@ fn tiny_base(home: &Path, dir: &Path) -> PathBuf {
         .arg("--out")
         .arg(&base)
         .args(["--preset", "nano", "--dim", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--ffn", "64"])
-        .args(["--context", "96", "--micro-batch", "2", "--batch-tokens", "192", "--sample-every", "0", "--steps", "10", "-q"])
+        .args([
+            "--context",
+            "96",
+            "--micro-batch",
+            "2",
+            "--batch-tokens",
+            "192",
+            "--sample-every",
+            "0",
+            "--steps",
+            "10",
+            "-q",
+        ])
         .run()
         .success();
     base
@@ -123,7 +141,22 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
         .arg(&sft_data)
         .arg("--out")
         .arg(&sft)
-        .args(["--lora", "--rank", "4", "--steps", "8", "--ckpt-every", "2", "--batch-tokens", "24", "--val-rows", "1", "--lr", "3e-3", "--pack"])
+        .args([
+            "--lora",
+            "--rank",
+            "4",
+            "--steps",
+            "8",
+            "--ckpt-every",
+            "2",
+            "--batch-tokens",
+            "24",
+            "--val-rows",
+            "1",
+            "--lr",
+            "3e-3",
+            "--pack",
+        ])
         .run();
     out.success();
     assert!(out.stderr.contains("skipped") && out.stderr.contains("line 7"), "{}", out.stderr);
@@ -131,7 +164,9 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
     assert_eq!(m.len(), 8);
     assert!(m.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()));
     assert!(m[7]["val_loss"].is_number());
-    for f in ["model/config.json", "model/model.safetensors", "adapter/adapter_config.json", "loss.png", "finetune.json"] {
+    for f in
+        ["model/config.json", "model/model.safetensors", "adapter/adapter_config.json", "loss.png", "finetune.json"]
+    {
         assert!(sft.join(f).is_file(), "{f}");
     }
     assert_resume_repeats(home.path(), "sft", &sft, &dir.path().join("resumed"));
@@ -151,9 +186,21 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
 
     // kiln merge folds the same adapters into the same model: same greedy text in kiln run.
     let merged = dir.path().join("merged");
-    Kiln::new(home.path()).args(["merge", "--model"]).arg(&base).arg("--adapter").arg(sft.join("adapter")).arg("--out").arg(&merged).run().success();
+    Kiln::new(home.path())
+        .args(["merge", "--model"])
+        .arg(&base)
+        .arg("--adapter")
+        .arg(sft.join("adapter"))
+        .arg("--out")
+        .arg(&merged)
+        .run()
+        .success();
     let greedy = |model: &Path| {
-        let out = Kiln::new(home.path()).args(["-t", "2", "run", "--temp", "0", "-n", "12", "-q", "--model"]).arg(model).arg("Who are you?").run();
+        let out = Kiln::new(home.path())
+            .args(["-t", "2", "run", "--temp", "0", "-n", "12", "-q", "--model"])
+            .arg(model)
+            .arg("Who are you?")
+            .run();
         out.success();
         out.stdout.clone()
     };
@@ -220,16 +267,31 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
     let (acc, p) = (last["val_accuracy"].as_f64().unwrap(), last["val_accuracy_p"].as_f64().unwrap());
     assert!((p - [1.0, 0.75, 0.25][(acc * 2.0).round() as usize]).abs() < 1e-12, "{last}");
     assert!(out.stdout.contains(&format!("binomial p against chance {p:.3}")), "{}", out.stdout);
-    let out = Kiln::new(home.path()).args(["rm", "score", "--model"]).arg(&rm).args(["--prompt", "Who are you?", "--answer", "I am kiln.", "--answer", "Go away."]).run();
+    let out = Kiln::new(home.path())
+        .args(["rm", "score", "--model"])
+        .arg(&rm)
+        .args(["--prompt", "Who are you?", "--answer", "I am kiln.", "--answer", "Go away."])
+        .run();
     out.success();
     let scores: Vec<f64> = out.stdout.lines().map(|l| l.split('\t').next().unwrap().parse().unwrap()).collect();
     assert_eq!(scores.len(), 2);
 
     // Wrong inputs: one line each.
-    let out = Kiln::new(home.path()).args(["sft", "--model"]).arg(dir.path().join("nope")).arg("--data").arg(&sft_data).arg("--out").arg(dir.path().join("x")).run();
+    let out = Kiln::new(home.path())
+        .args(["sft", "--model"])
+        .arg(dir.path().join("nope"))
+        .arg("--data")
+        .arg(&sft_data)
+        .arg("--out")
+        .arg(dir.path().join("x"))
+        .run();
     assert!(out.error_line(Some(1)).contains("nope"));
     let out = Kiln::new(home.path()).args(["dpo", "--resume"]).arg(&sft).run();
     assert!(out.error_line(Some(1)).contains("kiln sft"));
-    let out = Kiln::new(home.path()).args(["rm", "score", "--model"]).arg(&sft).args(["--prompt", "a", "--answer", "b"]).run();
+    let out = Kiln::new(home.path())
+        .args(["rm", "score", "--model"])
+        .arg(&sft)
+        .args(["--prompt", "a", "--answer", "b"])
+        .run();
     assert!(out.error_line(Some(1)).contains("not a reward model"));
 }

@@ -35,7 +35,10 @@ fn serve_prints_its_address_and_answers_there() {
     let health = http_get(&addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"ok\""), "{health}");
     let page = http_get(&addr, "/");
-    assert!(page.starts_with("HTTP/1.1 200") && page.contains("text/html") && page.contains("<html"), "the chat page is served");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("text/html") && page.contains("<html"),
+        "the chat page is served"
+    );
     let models = http_get(&addr, "/v1/models");
     assert!(models.contains("SmolLM2-135M-Instruct.Q4_1"), "{models}");
     child.kill().unwrap();

@@ -99,25 +99,15 @@ fn train_killed_with_sigkill_then_resumed_logs_the_same_losses_and_runs_in_kiln(
     let mut running = train(&killed).spawn();
     let start = Instant::now();
     while metrics(&killed).len() < 45 {
-        assert!(
-            running.child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the run made no progress"
-        );
+        assert!(running.child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(start.elapsed() < Duration::from_secs(120), "the run made no progress");
         std::thread::sleep(Duration::from_millis(2));
     }
     running.child.kill().unwrap(); // SIGKILL on Unix
     running.finish();
     let at_kill = metrics(&killed).len();
     assert!(at_kill < 150, "killed after {at_kill} steps");
-    Kiln::new(home.path())
-        .args(["-t", "2", "train", "-q", "--resume"])
-        .arg(&killed)
-        .run()
-        .success();
+    Kiln::new(home.path()).args(["-t", "2", "train", "-q", "--resume"]).arg(&killed).run().success();
     let resumed = metrics(&killed);
     assert_eq!(resumed.len(), expected.len());
     for (a, b) in expected.iter().zip(&resumed) {
@@ -126,31 +116,18 @@ fn train_killed_with_sigkill_then_resumed_logs_the_same_losses_and_runs_in_kiln(
             let (x, y) = (a[key].as_f64(), b[key].as_f64());
             assert_eq!(x.is_some(), y.is_some(), "step {}: {key}", a["step"]);
             if let (Some(x), Some(y)) = (x, y) {
-                assert!(
-                    x.to_bits() == y.to_bits(),
-                    "step {} {key}: uninterrupted {x}, resumed {y}",
-                    a["step"]
-                );
+                assert!(x.to_bits() == y.to_bits(), "step {} {key}: uninterrupted {x}, resumed {y}", a["step"]);
             }
         }
     }
-    for f in [
-        "loss.png",
-        "loss.svg",
-        "model/config.json",
-        "model/model.safetensors",
-        "model/tokenizer.json",
-    ] {
+    for f in ["loss.png", "loss.svg", "model/config.json", "model/model.safetensors", "model/tokenizer.json"] {
         assert!(killed.join(f).is_file(), "{f}");
     }
 
     // The run directory runs in kiln, and so does its f32 GGUF export, token for token.
     let run_out = |model: &Path| {
-        let out = Kiln::new(home.path())
-            .args(["run", "--temp", "0", "-n", "12", "--model"])
-            .arg(model)
-            .arg("ROMEO:")
-            .run();
+        let out =
+            Kiln::new(home.path()).args(["run", "--temp", "0", "-n", "12", "--model"]).arg(model).arg("ROMEO:").run();
         out.success();
         out.stdout
     };
@@ -208,11 +185,7 @@ fn bad_inputs_get_one_error_line() {
     let home = temp_dir();
     let dir = temp_dir();
     let corpus = dir.path().join("c.jsonl");
-    std::fs::write(
-        &corpus,
-        "{\"text\": \"to be or not to be\"}\n{\"txt\": 3}\n",
-    )
-    .unwrap();
+    std::fs::write(&corpus, "{\"text\": \"to be or not to be\"}\n{\"txt\": 3}\n").unwrap();
     let out = Kiln::new(home.path())
         .args(["tokenizer", "train", "--vocab", "300", "--data"])
         .arg(&corpus)
@@ -220,10 +193,7 @@ fn bad_inputs_get_one_error_line() {
         .arg(dir.path().join("t"))
         .run();
     let line = out.error_line(Some(1));
-    assert!(
-        line.contains("c.jsonl:2") && line.contains("\"text\""),
-        "{line}"
-    );
+    assert!(line.contains("c.jsonl:2") && line.contains("\"text\""), "{line}");
 
     let out = Kiln::new(home.path())
         .args(["train", "--data"])
@@ -235,17 +205,11 @@ fn bad_inputs_get_one_error_line() {
         .run();
     assert!(out.error_line(Some(1)).contains("missing"));
 
-    let out = Kiln::new(home.path())
-        .args(["train", "--resume"])
-        .arg(dir.path())
-        .run();
+    let out = Kiln::new(home.path()).args(["train", "--resume"]).arg(dir.path()).run();
     assert!(out.error_line(Some(1)).contains("not a kiln run directory"));
 
     // A resumed run keeps its settings: flags that would change them are refused, not ignored.
-    let out = Kiln::new(home.path())
-        .args(["train", "--lr", "0.1", "--steps", "9", "--resume"])
-        .arg(dir.path())
-        .run();
+    let out = Kiln::new(home.path()).args(["train", "--lr", "0.1", "--steps", "9", "--resume"]).arg(dir.path()).run();
     let line = out.error_line(Some(1));
     assert!(line.contains("only --steps can change") && line.ends_with("drop --lr"), "{line}");
 
@@ -285,13 +249,7 @@ fn corrupted_checkpoint_is_named_on_resume() {
         .success();
     let ckpt = run.join("checkpoints/step_000010/optim.safetensors");
     std::fs::write(&ckpt, b"not safetensors").unwrap();
-    let out = Kiln::new(home.path())
-        .args(["train", "--steps", "12", "--resume"])
-        .arg(&run)
-        .run();
+    let out = Kiln::new(home.path()).args(["train", "--steps", "12", "--resume"]).arg(&run).run();
     let line = out.error_line(Some(1));
-    assert!(
-        line.contains("optim.safetensors") && line.contains("not a readable"),
-        "{line}"
-    );
+    assert!(line.contains("optim.safetensors") && line.contains("not a readable"), "{line}");
 }

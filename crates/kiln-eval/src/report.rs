@@ -129,7 +129,11 @@ pub struct Run {
 
 impl Run {
     fn is_empty(&self) -> bool {
-        self.tokenizer.is_none() && self.metrics.is_none() && self.evals.is_empty() && self.plots.is_empty() && self.samples.is_empty()
+        self.tokenizer.is_none()
+            && self.metrics.is_none()
+            && self.evals.is_empty()
+            && self.plots.is_empty()
+            && self.samples.is_empty()
     }
 }
 
@@ -145,8 +149,12 @@ pub fn read_run(dir: &Path, root: &Path) -> Result<Run, EvalError> {
         Err(_) => dir.display().to_string(),
     };
     let mut run = Run { dir: dir.to_path_buf(), name, ..Run::default() };
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(dir).map_err(|e| EvalError::io(dir, e))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| EvalError::io(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
     files.sort();
     for f in files {
         let fname = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
@@ -189,7 +197,8 @@ pub fn gather(root: &Path) -> Result<Vec<Run>, EvalError> {
             let Ok(entries) = std::fs::read_dir(d) else { continue };
             for e in entries.flatten() {
                 let p = e.path();
-                let skip = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') || n == "checkpoints");
+                let skip =
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') || n == "checkpoints");
                 if p.is_dir() && !skip {
                     next.push(p);
                 }

@@ -18,7 +18,10 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
     let _ = writeln!(md, "# kiln report card\n");
     let _ = writeln!(md, "Runs under `{}`: {}.\n", root.display(), runs.len());
     if runs.is_empty() {
-        let _ = writeln!(md, "No runs found (looked for metrics.jsonl, tokenizer_report.json, kiln eval results, plots, samples.jsonl).");
+        let _ = writeln!(
+            md,
+            "No runs found (looked for metrics.jsonl, tokenizer_report.json, kiln eval results, plots, samples.jsonl)."
+        );
         return md;
     }
     summary(&mut md, runs);
@@ -55,10 +58,22 @@ pub fn render(runs: &[Run], root: &Path, report_dir: &Path) -> String {
             }
             md.push('\n');
             for t in r.tasks.iter().filter(|t| !t.samples.is_empty()) {
-                let _ = writeln!(md, "*{} answers* ({} of {} shown)\n", t.task, t.samples.len().min(SAMPLES_SHOWN), t.items);
+                let _ = writeln!(
+                    md,
+                    "*{} answers* ({} of {} shown)\n",
+                    t.task,
+                    t.samples.len().min(SAMPLES_SHOWN),
+                    t.items
+                );
                 for s in t.samples.iter().take(SAMPLES_SHOWN) {
                     let verdict = if s.correct { "right".to_string() } else { format!("wrong: {}", s.note) };
-                    let _ = writeln!(md, "> **Q:** {}\n>\n> **A:** {}\n>\n> *{}*\n", quote(&s.prompt), quote(&s.answer), quote(&verdict));
+                    let _ = writeln!(
+                        md,
+                        "> **Q:** {}\n>\n> **A:** {}\n>\n> *{}*\n",
+                        quote(&s.prompt),
+                        quote(&s.answer),
+                        quote(&verdict)
+                    );
                 }
             }
         }
@@ -79,8 +94,9 @@ fn summary(md: &mut String, runs: &[Run]) {
     let _ = writeln!(md, "| run | steps | final loss | best val_loss | best val_bpb | tokens/s | bytes/token | evals |\n|---|---:|---:|---:|---:|---:|---:|---|");
     for run in runs {
         let m = run.metrics.as_ref();
-        let num =
-            |key: &str, f: fn(&crate::report::Series) -> f64| m.and_then(|m| m.get(key)).map(|s| fmt(f(s))).unwrap_or_else(|| "–".into());
+        let num = |key: &str, f: fn(&crate::report::Series) -> f64| {
+            m.and_then(|m| m.get(key)).map(|s| fmt(f(s))).unwrap_or_else(|| "–".into())
+        };
         let steps = m.and_then(|m| m.last_step).map(|s| format!("{s}")).unwrap_or_else(|| "–".into());
         let mut evals = Vec::new();
         for (file, r) in &run.evals {
@@ -119,8 +135,15 @@ fn metrics_table(md: &mut String, m: &Metrics) {
     keys.extend(m.series.iter().map(|s| s.key.as_str()).filter(|k| !KNOWN.contains(k)));
     for k in keys {
         if let Some(s) = m.get(k) {
-            let _ =
-                writeln!(md, "| {k} | {} | {} | {} | {} | {} |", fmt(s.first()), fmt(s.last()), fmt(s.min()), fmt(s.max()), s.points.len());
+            let _ = writeln!(
+                md,
+                "| {k} | {} | {} | {} | {} | {} |",
+                fmt(s.first()),
+                fmt(s.last()),
+                fmt(s.min()),
+                fmt(s.max()),
+                s.points.len()
+            );
         }
     }
     md.push('\n');
@@ -180,14 +203,17 @@ fn field(v: &Value, keys: &[&str]) -> String {
 }
 
 fn quote(s: &str) -> String {
-    let s: String = if s.chars().count() > 400 { format!("{}…", s.chars().take(400).collect::<String>()) } else { s.to_string() };
+    let s: String =
+        if s.chars().count() > 400 { format!("{}…", s.chars().take(400).collect::<String>()) } else { s.to_string() };
     s.replace('\n', "\n> ")
 }
 
 /// `ppl:../long/path/file.txt` → `ppl:file.txt`.
 fn short_task(task: &str) -> String {
     match task.split_once(':') {
-        Some((kind, path)) => format!("{kind}:{}", Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path)),
+        Some((kind, path)) => {
+            format!("{kind}:{}", Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path))
+        }
         None => task.to_string(),
     }
 }
@@ -223,7 +249,8 @@ mod tests {
         std::fs::write(pre.join("samples.jsonl"), "{\"prompt\":\"Once\",\"answer\":\"upon a time\"}\n").expect("w");
         let tok = r.join("tokenizer");
         std::fs::create_dir_all(&tok).expect("mkdir");
-        std::fs::write(tok.join("tokenizer_report.json"), "{\"vocab_size\": 4096, \"bytes_per_token\": 3.9}").expect("w");
+        std::fs::write(tok.join("tokenizer_report.json"), "{\"vocab_size\": 4096, \"bytes_per_token\": 3.9}")
+            .expect("w");
         std::fs::write(r.join("unrelated.txt"), "x").expect("w");
         let ev = crate::results::EvalResults {
             kiln_version: "0".into(),
@@ -238,7 +265,11 @@ mod tests {
                 task: "gsm8k".into(),
                 items: 1,
                 available: 1319,
-                metrics: vec![crate::results::Metric::accuracy("exact_match", crate::stats::Proportion { hits: 0, total: 1 }, "")],
+                metrics: vec![crate::results::Metric::accuracy(
+                    "exact_match",
+                    crate::stats::Proportion { hits: 0, total: 1 },
+                    "",
+                )],
                 elapsed_s: 3.0,
                 setting: String::new(),
                 samples: vec![crate::results::Sample {
@@ -254,7 +285,10 @@ mod tests {
         let runs = gather(r).expect("gather");
         assert_eq!(runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["pretrain", "tokenizer"]);
         let md = render(&runs, r, r);
-        assert!(md.contains("| pretrain | 100 | 3.2500 | 3.5000 | 1.1250 | 1100 | – | eval: gsm8k exact_match 0.0 % |"), "{md}");
+        assert!(
+            md.contains("| pretrain | 100 | 3.2500 | 3.5000 | 1.1250 | 1100 | – | eval: gsm8k exact_match 0.0 % |"),
+            "{md}"
+        );
         assert!(md.contains("| tokenizer | – | – | – | – | – | 3.9000 | – |"), "{md}");
         assert!(md.contains("| loss | 9 | 3.2500 | 3.2500 | 9 | 2 |"), "{md}");
         assert!(md.contains("![loss.svg](pretrain/loss.svg)"), "{md}");

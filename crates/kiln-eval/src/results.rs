@@ -33,7 +33,14 @@ impl Metric {
     /// An accuracy with its Wilson interval.
     pub fn accuracy(name: &str, p: Proportion, about: &str) -> Metric {
         let (lo, hi) = p.wilson95();
-        Metric { name: name.into(), value: p.value(), low: Some(lo), high: Some(hi), hits: Some(p.hits), about: about.into() }
+        Metric {
+            name: name.into(),
+            value: p.value(),
+            low: Some(lo),
+            high: Some(hi),
+            hits: Some(p.hits),
+            about: about.into(),
+        }
     }
 
     /// A plain value.

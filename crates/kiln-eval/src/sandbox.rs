@@ -112,7 +112,8 @@ impl Sandbox {
         if let Ok(mut f) = std::fs::File::open(&err_path) {
             let _ = f.read_to_string(&mut stderr);
         }
-        let tail: String = stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+        let tail: String =
+            stderr.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
         Ok(Outcome::Failed(if tail.is_empty() { format!("exit status {status}") } else { tail }))
     }
 }
@@ -142,13 +143,19 @@ mod tests {
         }
         let sb = Sandbox::new();
         let lim = Limits { timeout: Duration::from_secs(2), memory_mib: 512 };
-        assert_eq!(sb.run_python("def f(x):\n    return x + 1\nassert f(1) == 2\n", lim).expect("ran"), Outcome::Passed);
+        assert_eq!(
+            sb.run_python("def f(x):\n    return x + 1\nassert f(1) == 2\n", lim).expect("ran"),
+            Outcome::Passed
+        );
         match sb.run_python("assert 1 + 1 == 3, 'wrong sum'\n", lim).expect("ran") {
             Outcome::Failed(msg) => assert!(msg.contains("AssertionError: wrong sum"), "{msg}"),
             other => panic!("expected a failure, got {other:?}"),
         }
         let t0 = Instant::now();
-        assert_eq!(sb.run_python("import time\nwhile True:\n    time.sleep(0.01)\n", lim).expect("ran"), Outcome::TimedOut);
+        assert_eq!(
+            sb.run_python("import time\nwhile True:\n    time.sleep(0.01)\n", lim).expect("ran"),
+            Outcome::TimedOut
+        );
         assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     }
 
@@ -160,7 +167,9 @@ mod tests {
         let sb = Sandbox::new();
         let lim = Limits { timeout: Duration::from_secs(5), memory_mib: 256 };
         // 1 GiB does not fit in 256 MiB of address space.
-        assert!(matches!(sb.run_python("x = bytearray(1 << 30)\n", lim).expect("ran"), Outcome::Failed(m) if m.contains("MemoryError")));
+        assert!(
+            matches!(sb.run_python("x = bytearray(1 << 30)\n", lim).expect("ran"), Outcome::Failed(m) if m.contains("MemoryError"))
+        );
         // The environment is empty, so nothing of kiln's leaks in.
         assert_eq!(sb.run_python("import os\nassert 'HOME' not in os.environ\n", lim).expect("ran"), Outcome::Passed);
         if sb.network_isolated() {

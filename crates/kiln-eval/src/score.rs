@@ -60,7 +60,15 @@ pub struct Scorer<'m> {
 impl<'m> Scorer<'m> {
     /// A scorer with room for `ctx` positions.
     pub fn new(model: &'m Model, ctx: usize) -> Scorer<'m> {
-        Scorer { model, state: model.new_state(ctx), cached: Vec::new(), prefix_logits: Vec::new(), copies: Vec::new(), batch: BatchState::default(), tokens_computed: 0 }
+        Scorer {
+            model,
+            state: model.new_state(ctx),
+            cached: Vec::new(),
+            prefix_logits: Vec::new(),
+            copies: Vec::new(),
+            batch: BatchState::default(),
+            tokens_computed: 0,
+        }
     }
 
     /// The context length.
@@ -93,7 +101,8 @@ impl<'m> Scorer<'m> {
         self.run_prefix(&seqs[0][..p])?;
         let vocab = self.model.config.vocab_size;
         // Logits for positions p-1 (cached) and p..len-1 (run now); the last token needs none.
-        let rests: Vec<&[u32]> = seqs.iter().map(|s| if s.len() > p + 1 { &s[p..s.len() - 1] } else { &[][..] }).collect();
+        let rests: Vec<&[u32]> =
+            seqs.iter().map(|s| if s.len() > p + 1 { &s[p..s.len() - 1] } else { &[][..] }).collect();
         let batched = self.run_batched(p, &rests)?;
         let mut out = Vec::with_capacity(seqs.len());
         for (i, s) in seqs.iter().enumerate() {

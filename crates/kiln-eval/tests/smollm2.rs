@@ -70,7 +70,8 @@ fn scorer_reusing_prefixes_equals_one_forward_pass() {
             let mut state = lm.model.new_state(64);
             let vocab = lm.model.config.vocab_size;
             let logits = lm.model.forward(&mut state, seq, true).expect("forward");
-            let want: Vec<f64> = (start..seq.len()).map(|j| log_softmax_at(&logits[(j - 1) * vocab..j * vocab], seq[j])).collect();
+            let want: Vec<f64> =
+                (start..seq.len()).map(|j| log_softmax_at(&logits[(j - 1) * vocab..j * vocab], seq[j])).collect();
             assert_eq!(cont.logprobs.len(), want.len());
             for (g, w) in cont.logprobs.iter().zip(&want) {
                 assert!((g - w).abs() < SCORE_TOL, "{g} vs {w}");
@@ -83,8 +84,10 @@ fn scorer_reusing_prefixes_equals_one_forward_pass() {
 fn hellaswag_tasks_agree_with_llama_perplexity() {
     let Some(dir) = eval_dir() else { return };
     let Some(lm) = load() else { return };
-    let fixture_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/eval/hellaswag-llama-cpp-smollm2.json");
-    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&fixture_path).expect("fixture")).expect("JSON");
+    let fixture_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/eval/hellaswag-llama-cpp-smollm2.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixture_path).expect("fixture")).expect("JSON");
     let correct: Vec<bool> = fixture["correct"].as_str().expect("correct").chars().map(|c| c == '1').collect();
     let cx = context(&lm, dir.clone());
     let path = dir.join(hellaswag::FILE);

@@ -35,7 +35,13 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, stop: Vec::new(), sampling: SamplingParams::default(), logprobs: None, ignore_eos: false }
+        GenerateOptions {
+            max_tokens: 256,
+            stop: Vec::new(),
+            sampling: SamplingParams::default(),
+            logprobs: None,
+            ignore_eos: false,
+        }
     }
 }
 
@@ -259,14 +265,23 @@ impl<'t> Decoder<'t> {
             self.text.truncate(end);
             if self.emitted < end {
                 let from = std::mem::replace(&mut self.emitted, end);
-                return Some(TokenEvent { token: self.last_token().unwrap_or(0), text: &self.text[from..end], logprobs: None });
+                return Some(TokenEvent {
+                    token: self.last_token().unwrap_or(0),
+                    text: &self.text[from..end],
+                    logprobs: None,
+                });
             }
         }
         None
     }
 
     /// The finished generation.
-    pub fn into_generation(self, prompt_tokens_computed: usize, prompt_time: Duration, generate_time: Duration) -> Generation {
+    pub fn into_generation(
+        self,
+        prompt_tokens_computed: usize,
+        prompt_time: Duration,
+        generate_time: Duration,
+    ) -> Generation {
         Generation {
             tokens: self.tokens,
             text: self.text,
@@ -297,7 +312,11 @@ fn stop_scan(text: &str, from: usize, stops: &[String]) -> (usize, bool) {
     let mut safe = text.len();
     for s in stops.iter().filter(|s| !s.is_empty()) {
         for k in (1..s.len()).rev() {
-            if text.len() >= k && s.is_char_boundary(k) && text.is_char_boundary(text.len() - k) && text.ends_with(&s[..k]) {
+            if text.len() >= k
+                && s.is_char_boundary(k)
+                && text.is_char_boundary(text.len() - k)
+                && text.ends_with(&s[..k])
+            {
                 safe = safe.min(text.len() - k);
                 break;
             }

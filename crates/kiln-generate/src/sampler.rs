@@ -48,7 +48,14 @@ impl SamplingParams {
 
     /// Checks the ranges, so a bad flag or request gets a clear message.
     pub fn validate(&self) -> Result<(), String> {
-        let finite = [self.temperature, self.top_p, self.min_p, self.repeat_penalty, self.presence_penalty, self.frequency_penalty];
+        let finite = [
+            self.temperature,
+            self.top_p,
+            self.min_p,
+            self.repeat_penalty,
+            self.presence_penalty,
+            self.frequency_penalty,
+        ];
         if finite.iter().any(|v| !v.is_finite()) {
             return Err("sampling parameters must be finite numbers".into());
         }
@@ -296,7 +303,8 @@ mod tests {
         assert_eq!(top[0].token, 1);
         assert_eq!(top.len(), 3);
         assert_eq!(chosen.logprob, top[0].logprob);
-        let total: f32 = logits().iter().enumerate().map(|(i, _)| logprobs(&logits(), i as u32, 0).0.logprob.exp()).sum();
+        let total: f32 =
+            logits().iter().enumerate().map(|(i, _)| logprobs(&logits(), i as u32, 0).0.logprob.exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
     }
 

@@ -272,8 +272,19 @@ struct Engine<'m> {
 impl<'m> Engine<'m> {
     fn new(model: &'m Model, tokenizer: &'m Tokenizer, config: SchedulerConfig, counters: Arc<Counters>) -> Engine<'m> {
         // Caches are zero-filled lazily by the OS, so idle slots cost address space, not memory.
-        let slots = (0..config.parallel).map(|_| Slot { state: model.new_state(config.context), fed: Vec::new(), active: None }).collect();
-        Engine { model, tokenizer, slots, queue: VecDeque::new(), batch: BatchState::default(), counters, next_order: 0, recent: VecDeque::new() }
+        let slots = (0..config.parallel)
+            .map(|_| Slot { state: model.new_state(config.context), fed: Vec::new(), active: None })
+            .collect();
+        Engine {
+            model,
+            tokenizer,
+            slots,
+            queue: VecDeque::new(),
+            batch: BatchState::default(),
+            counters,
+            next_order: 0,
+            recent: VecDeque::new(),
+        }
     }
 
     fn run(mut self, jobs: Receiver<Job>) {
@@ -375,7 +386,12 @@ impl<'m> Engine<'m> {
 
         // Decode: every sequence with a token waiting to be fed.
         let decoding: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].active.as_ref().is_some_and(|a| a.prompt_done == a.prompt.len() && a.first_token.is_some()))
+            .filter(|&i| {
+                self.slots[i]
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.prompt_done == a.prompt.len() && a.first_token.is_some())
+            })
             .collect();
         if decoding.is_empty() {
             return;
@@ -538,4 +554,3 @@ mod tests {
         assert_eq!(reusable_prefix(5, 1), 0);
     }
 }
-

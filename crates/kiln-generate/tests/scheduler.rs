@@ -1,7 +1,9 @@
 //! The continuous-batching scheduler against the one-request generation loop, on the default
 //! model: same answers together as alone, a bounded queue, and abandoned requests freed.
 
-use kiln_generate::{Event, FinishReason, GenerateOptions, Job, SamplingParams, Scheduler, SchedulerConfig, Session, SubmitError};
+use kiln_generate::{
+    Event, FinishReason, GenerateOptions, Job, SamplingParams, Scheduler, SchedulerConfig, Session, SubmitError,
+};
 use kiln_model::Model;
 use kiln_text::Tokenizer;
 use std::sync::mpsc::{channel, Receiver};
@@ -61,7 +63,8 @@ fn together_equals_alone() {
         })
         .collect();
 
-    let scheduler = Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: 4, queue: 2, context: 512 });
+    let scheduler =
+        Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: 4, queue: 2, context: 512 });
     let mut receivers = Vec::new();
     for p in &prompts {
         let (j, rx) = job(p.clone(), opts.clone());
@@ -154,7 +157,8 @@ fn a_reused_prefix_answers_as_a_fresh_prompt() {
     let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode_prompt(t).unwrap()).collect();
     assert!(prompts[2].len() > 100);
     let opts = greedy(16);
-    let scheduler = Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: 1, queue: 1, context: 512 });
+    let scheduler =
+        Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: 1, queue: 1, context: 512 });
     for (i, p) in prompts.iter().enumerate() {
         let mut session = Session::new(&model, 512);
         let alone = session.generate(&tokenizer, p, &opts, |_| true).unwrap().text;
@@ -171,7 +175,11 @@ fn a_reused_prefix_answers_as_a_fresh_prompt() {
         assert_eq!(text, alone, "prompt {i} answered differently after reuse");
         if i % 2 == 1 {
             let shared = prompts[i].iter().zip(&prompts[i - 1]).take_while(|(a, b)| a == b).count();
-            assert!(summary.cached_tokens > 0 && summary.cached_tokens <= shared, "prompt {i}: {} of {shared} reused", summary.cached_tokens);
+            assert!(
+                summary.cached_tokens > 0 && summary.cached_tokens <= shared,
+                "prompt {i}: {} of {shared} reused",
+                summary.cached_tokens
+            );
         }
     }
 }

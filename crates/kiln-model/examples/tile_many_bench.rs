@@ -52,7 +52,12 @@ fn main() {
         best = best.min(t.elapsed().as_secs_f64());
     }
     let macs = (rows * cols * acts_rows) as f64;
-    println!("{ty} {rows}x{cols} x {acts_rows} rows, dot_many: best {:.1} us, {:.1} GMAC/s, checksum {:.3}", best * 1e6, macs / best / 1e9, out.iter().sum::<f32>());
+    println!(
+        "{ty} {rows}x{cols} x {acts_rows} rows, dot_many: best {:.1} us, {:.1} GMAC/s, checksum {:.3}",
+        best * 1e6,
+        macs / best / 1e9,
+        out.iter().sum::<f32>()
+    );
     let w = kiln_model::weights::QMatrix::from_bytes(ty, rows, cols, weights.clone());
     let mut best = f64::INFINITY;
     for _ in 0..reps {
@@ -60,5 +65,10 @@ fn main() {
         kiln_model::ops::matmul_prepared(&w, &acts, acts_rows, &mut out);
         best = best.min(t.elapsed().as_secs_f64());
     }
-    println!("{ty} {rows}x{cols} x {acts_rows} rows, matmul_prepared: best {:.1} us, {:.1} GMAC/s, checksum {:.3}", best * 1e6, macs / best / 1e9, out.iter().sum::<f32>());
+    println!(
+        "{ty} {rows}x{cols} x {acts_rows} rows, matmul_prepared: best {:.1} us, {:.1} GMAC/s, checksum {:.3}",
+        best * 1e6,
+        macs / best / 1e9,
+        out.iter().sum::<f32>()
+    );
 }

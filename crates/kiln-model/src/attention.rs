@@ -68,7 +68,15 @@ pub fn attend_rows(spec: &AttentionSpec, q: &[f32], rows: &[QueryRow], out: &mut
 }
 
 /// Head `h` of the query `q_head` at position `pos`, written to `o`.
-fn attend_head(spec: &AttentionSpec, q_head: &[f32], h: usize, pos: usize, keys: &[f16], values: &[f16], o: &mut [f32]) {
+fn attend_head(
+    spec: &AttentionSpec,
+    q_head: &[f32],
+    h: usize,
+    pos: usize,
+    keys: &[f16],
+    values: &[f16],
+    o: &mut [f32],
+) {
     let hd = spec.head_dim;
     let kv_dim = spec.n_kv_heads * hd;
     let kvh = h / (spec.n_heads / spec.n_kv_heads);
@@ -310,7 +318,6 @@ mod simd {
                 assert_eq!(x, y, "scale_f16 n={n}");
             }
         }
-
     }
 }
 
@@ -439,7 +446,8 @@ mod neon {
                 return;
             }
             // The AVX2 test's sizes, then rows of up to 40 steps of 64 with short tails.
-            let sizes = [1, 7, 8, 15, 16, 33, 64, 100, 127, 128, 256].into_iter().chain((1..=40).map(|s| 64 * s + s % 9));
+            let sizes =
+                [1, 7, 8, 15, 16, 33, 64, 100, 127, 128, 256].into_iter().chain((1..=40).map(|s| 64 * s + s % 9));
             for (i, n) in sizes.enumerate() {
                 let (a, b) = (values(n, i as u32), halves(&values(n, 1000 + i as u32)));
                 assert_eq!(dot(&a, &b).to_bits(), scalar::dot(&a, &b).to_bits(), "dot n={n}");
@@ -465,8 +473,42 @@ mod neon {
                 return;
             }
             let (nan, inf, e) = (f32::NAN, f32::INFINITY, |k: i32| 2f32.powi(k));
-            let accs = [1.0, 1.0 + e(-10), -2.0, e(-24), 3.0 * e(-24), 0.0, -0.0, 65504.0, -65504.0, e(-14), nan, -nan, inf, -inf, 1000.0, -0.3];
-            let vals = [e(-11), -e(-11), e(-10), e(-24), 3.0 * e(-24), 16.0, 15.0, -16.0, 1.0, 0.0, -0.0, nan, inf, -inf, e(-14), 0.1];
+            let accs = [
+                1.0,
+                1.0 + e(-10),
+                -2.0,
+                e(-24),
+                3.0 * e(-24),
+                0.0,
+                -0.0,
+                65504.0,
+                -65504.0,
+                e(-14),
+                nan,
+                -nan,
+                inf,
+                -inf,
+                1000.0,
+                -0.3,
+            ];
+            let vals = [
+                e(-11),
+                -e(-11),
+                e(-10),
+                e(-24),
+                3.0 * e(-24),
+                16.0,
+                15.0,
+                -16.0,
+                1.0,
+                0.0,
+                -0.0,
+                nan,
+                inf,
+                -inf,
+                e(-14),
+                0.1,
+            ];
             let a: Vec<f32> = accs.iter().flat_map(|&x| [x; 16]).collect();
             let v: Vec<f32> = (0..accs.len()).flat_map(|_| vals).collect();
             for w in [1.0, 0.5, 0.75, e(-12), 3.0, -1.0, 1e-8, 0.0, inf, nan] {
@@ -504,7 +546,8 @@ mod tests {
         attend(&spec, &q, 2, &keys, &values, &mut out);
         for h in 0..2 {
             let qh = &q[h * 2..h * 2 + 2];
-            let s: Vec<f32> = (0..3).map(|j| 0.5 * (qh[0] * keys[2 * j].to_f32() + qh[1] * keys[2 * j + 1].to_f32())).collect();
+            let s: Vec<f32> =
+                (0..3).map(|j| 0.5 * (qh[0] * keys[2 * j].to_f32() + qh[1] * keys[2 * j + 1].to_f32())).collect();
             let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let w: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f32 = w.iter().sum();

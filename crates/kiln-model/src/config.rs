@@ -170,7 +170,9 @@ impl ModelConfig {
 
     /// Whether layer `layer` uses sliding-window attention.
     pub fn is_sliding(&self, layer: usize) -> bool {
-        self.sliding_window.is_some() && self.sliding_pattern > 0 && layer % self.sliding_pattern < self.sliding_pattern - 1
+        self.sliding_window.is_some()
+            && self.sliding_pattern > 0
+            && layer % self.sliding_pattern < self.sliding_pattern - 1
     }
 
     /// Width of all query heads together.
@@ -217,10 +219,9 @@ impl ModelConfig {
         let head_dim = uint("attention.key_length")?.unwrap_or(dim / n_heads);
         let vocab_size = match uint("vocab_size")? {
             Some(v) => v,
-            None => file
-                .tensor("token_embd.weight")
-                .map(|t| t.dims.get(1).copied().unwrap_or(0) as usize)
-                .ok_or_else(|| ModelError::Config("vocab size unknown: no vocab_size and no token_embd.weight".into()))?,
+            None => file.tensor("token_embd.weight").map(|t| t.dims.get(1).copied().unwrap_or(0) as usize).ok_or_else(
+                || ModelError::Config("vocab size unknown: no vocab_size and no token_embd.weight".into()),
+            )?,
         };
         let sliding_window = uint("attention.sliding_window")?.filter(|&w| w > 0);
         let base = ModelConfig::for_family(family);
@@ -240,7 +241,11 @@ impl ModelConfig {
             rope_dim: uint("rope.dimension_count")?.unwrap_or(head_dim),
             rope_style: family.gguf_rope_style(),
             sliding_window: if sliding { sliding_window } else { None },
-            sliding_pattern: if sliding { uint("attention.sliding_window_pattern")?.unwrap_or(base.sliding_pattern) } else { 0 },
+            sliding_pattern: if sliding {
+                uint("attention.sliding_window_pattern")?.unwrap_or(base.sliding_pattern)
+            } else {
+                0
+            },
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             final_logit_softcap: float("final_logit_softcapping").filter(|&c| c > 0.0),
             ..base

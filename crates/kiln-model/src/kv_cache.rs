@@ -47,7 +47,12 @@ impl KvCache {
     /// Makes this cache hold the first `len` positions of `other` (same shape), so several
     /// continuations can each start from one computed prefix.
     pub fn copy_prefix_from(&mut self, other: &KvCache, len: usize) {
-        assert!(len <= other.len && len <= self.capacity && self.kv_dim == other.kv_dim && self.keys.len() == other.keys.len());
+        assert!(
+            len <= other.len
+                && len <= self.capacity
+                && self.kv_dim == other.kv_dim
+                && self.keys.len() == other.keys.len()
+        );
         let n = len * self.kv_dim;
         for (dst, src) in self.keys.iter_mut().zip(&other.keys) {
             dst[..n].copy_from_slice(&src[..n]);

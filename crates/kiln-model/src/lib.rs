@@ -68,7 +68,9 @@ pub enum ModelError {
         found: Vec<usize>,
     },
     /// The input does not fit in the context.
-    #[error("the input needs {needed} positions but the context holds {context}; use a shorter prompt or a larger --ctx")]
+    #[error(
+        "the input needs {needed} positions but the context holds {context}; use a shorter prompt or a larger --ctx"
+    )]
     ContextOverflow {
         /// Positions needed.
         needed: usize,

@@ -43,7 +43,10 @@ pub unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LOW));
     let overflow = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(HIGH));
     let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LOW)), _mm256_set1_ps(HIGH));
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
     let mut p = _mm256_set1_ps(1.987_569_1e-4);
@@ -51,7 +54,8 @@ pub unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
     let e_r = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
-    let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+    let two_n =
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
     let e = _mm256_andnot_ps(underflow, _mm256_mul_ps(e_r, two_n));
     _mm256_blendv_ps(e, _mm256_set1_ps(f32::INFINITY), overflow)
 }
@@ -139,7 +143,9 @@ pub fn gelu_tanh(x: f32) -> f32 {
 /// entry of padding at the end: the vector lookup reads four bytes at each index.
 fn gelu_table() -> &'static [f16] {
     static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32()))).chain([f16::ZERO]).collect())
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX).map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32()))).chain([f16::ZERO]).collect()
+    })
 }
 
 /// One lane of [`geglu`].
@@ -245,7 +251,10 @@ mod tests {
 
     #[test]
     fn vector_exp_and_swiglu_give_the_scalar_bits() {
-        let xs: Vec<f32> = (0..200_000).map(|i| -95.0 + i as f32 * 0.00097).chain([f32::NEG_INFINITY, f32::INFINITY, 1e30, -1e30, 0.0, -0.0, 88.5, -88.5]).collect();
+        let xs: Vec<f32> = (0..200_000)
+            .map(|i| -95.0 + i as f32 * 0.00097)
+            .chain([f32::NEG_INFINITY, f32::INFINITY, 1e30, -1e30, 0.0, -0.0, 88.5, -88.5])
+            .collect();
         #[cfg(target_arch = "x86_64")]
         if crate::quant::simd_available() {
             for chunk in xs.chunks_exact(8) {
@@ -288,9 +297,22 @@ mod tests {
         let table = gelu_table();
         // f16 rounding ties (to even, up and down), f16 subnormals and the tie below the
         // smallest, NaN and infinities, and an odd length for the scalar tail.
-        let ties = [1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), -(2.0 + 2f32.powi(-10)), 2f32.powi(-25), 3.0 * 2f32.powi(-25), 2f32.powi(-24), -1e-6];
+        let ties = [
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            -(2.0 + 2f32.powi(-10)),
+            2f32.powi(-25),
+            3.0 * 2f32.powi(-25),
+            2f32.powi(-24),
+            -1e-6,
+        ];
         let special = [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 65520.0, -9.999, 9.999];
-        let xs: Vec<f32> = (0..4003).map(|i| -12.0 + i as f32 * 0.006).chain([-10.0, 10.0, 0.0, -0.0, 65504.0, -65504.0, 1e6, -1e6, 1e-8]).chain(ties).chain(special).collect();
+        let xs: Vec<f32> = (0..4003)
+            .map(|i| -12.0 + i as f32 * 0.006)
+            .chain([-10.0, 10.0, 0.0, -0.0, 65504.0, -65504.0, 1e6, -1e6, 1e-8])
+            .chain(ties)
+            .chain(special)
+            .collect();
         let ups: Vec<f32> = (0..xs.len()).map(|i| 0.5 + (i % 13) as f32 * 0.37 - 3.0).collect();
         let mut got = xs.clone();
         geglu(&mut got, &ups);

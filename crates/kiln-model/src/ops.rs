@@ -2,7 +2,6 @@
 //! the same numbers as ggml's CPU backend (accumulation order and precision included), so
 //! that greedy outputs match llama.cpp token for token.
 
-
 mod matmul;
 pub use matmul::{matmul, matmul_prepared, matmul_prepared_fused, prepare_activations, same_activations};
 
@@ -35,7 +34,14 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
 
 /// Cosines and sines of RoPE for one position: `cos[i], sin[i]` rotate pair `i`.
 /// θ_i = pos · base^(−2i/n) is built by repeated multiplication in f32, as ggml does.
-pub fn rope_angles(pos: usize, base: f32, rope_dim: usize, freq_divisors: Option<&[f32]>, cos: &mut [f32], sin: &mut [f32]) {
+pub fn rope_angles(
+    pos: usize,
+    base: f32,
+    rope_dim: usize,
+    freq_divisors: Option<&[f32]>,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
     let theta_scale = base.powf(-2.0 / rope_dim as f32);
     let mut theta = pos as f32;
     for i in 0..rope_dim / 2 {

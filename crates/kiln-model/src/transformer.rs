@@ -153,7 +153,12 @@ impl Model {
     /// The result for each sequence is bit-identical to `forward(state, &[token], false)`:
     /// every row goes through the same single-row kernels and its own attention, so a request
     /// answers the same whatever else shares its batch.
-    pub fn decode_batch<'b>(&self, batch: &'b mut BatchState, states: &mut [&mut State], tokens: &[u32]) -> Result<&'b [f32], ModelError> {
+    pub fn decode_batch<'b>(
+        &self,
+        batch: &'b mut BatchState,
+        states: &mut [&mut State],
+        tokens: &[u32],
+    ) -> Result<&'b [f32], ModelError> {
         assert_eq!(states.len(), tokens.len(), "one token per sequence");
         let vocab = self.config.vocab_size;
         for (state, &t) in states.iter().zip(tokens) {
@@ -175,13 +180,21 @@ impl Model {
     /// `tokens[i]` follows what `states[i]` holds. Returns the logits of every token of every
     /// sequence, back to back (`Σ len × vocab`). Sequences whose tokens together pass
     /// [`Model::max_rows`] are run in several passes.
-    pub fn forward_many<'b>(&self, batch: &'b mut BatchState, states: &mut [&mut State], tokens: &[&[u32]]) -> Result<&'b [f32], ModelError> {
+    pub fn forward_many<'b>(
+        &self,
+        batch: &'b mut BatchState,
+        states: &mut [&mut State],
+        tokens: &[&[u32]],
+    ) -> Result<&'b [f32], ModelError> {
         assert_eq!(states.len(), tokens.len(), "one token list per sequence");
         let vocab = self.config.vocab_size;
         for (state, t) in states.iter().zip(tokens) {
             self.check_input(&state.cache, t)?;
             if t.len() > MAX_BATCH {
-                return Err(ModelError::Format(format!("forward_many takes at most {MAX_BATCH} tokens per sequence, got {}", t.len())));
+                return Err(ModelError::Format(format!(
+                    "forward_many takes at most {MAX_BATCH} tokens per sequence, got {}",
+                    t.len()
+                )));
             }
         }
         let total: usize = tokens.iter().map(|t| t.len()).sum();
@@ -200,9 +213,8 @@ impl Model {
             let lens: Vec<usize> = tokens[first..end].iter().map(|t| t.len()).collect();
             let mut caches: Vec<&mut KvCache> = states[first..end].iter_mut().map(|s| &mut s.cache).collect();
             let out = &mut batch.logits[row0 * vocab..(row0 + rows) * vocab];
-            crate::threads::pool().install(|| {
-                self.step(&mut batch.scratch, &mut caches, &lens, &flat, Output::Logits { rows, out })
-            });
+            crate::threads::pool()
+                .install(|| self.step(&mut batch.scratch, &mut caches, &lens, &flat, Output::Logits { rows, out }));
             row0 += rows;
             first = end;
         }
@@ -261,7 +273,14 @@ impl Model {
         for (bi, &base) in bases.iter().enumerate() {
             for (t, &pos) in s.pos.iter().enumerate() {
                 let at = (bi * n + t) * half;
-                ops::rope_angles(pos, base, c.rope_dim, w.rope_freqs.as_deref(), &mut s.cos[at..at + half], &mut s.sin[at..at + half]);
+                ops::rope_angles(
+                    pos,
+                    base,
+                    c.rope_dim,
+                    w.rope_freqs.as_deref(),
+                    &mut s.cos[at..at + half],
+                    &mut s.sin[at..at + half],
+                );
             }
         }
 
@@ -323,7 +342,14 @@ impl Model {
                 let mut row = 0;
                 for (cache, &len) in caches.iter().zip(lens) {
                     let (keys, values) = cache.layer(l);
-                    attend(&spec, &q[row * q_dim..(row + len) * q_dim], cache.len(), keys, values, &mut att[row * q_dim..(row + len) * q_dim]);
+                    attend(
+                        &spec,
+                        &q[row * q_dim..(row + len) * q_dim],
+                        cache.len(),
+                        keys,
+                        values,
+                        &mut att[row * q_dim..(row + len) * q_dim],
+                    );
                     row += len;
                 }
             } else {

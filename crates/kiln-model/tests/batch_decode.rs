@@ -40,7 +40,8 @@ fn check(test_model: &TestModel) {
 
     // Together: the same prefill, then every step decodes all sequences in one pass.
     let mut states: Vec<_> = prompts.iter().map(|_| model.new_state(256)).collect();
-    let mut next: Vec<u32> = prompts.iter().zip(&mut states).map(|(p, s)| argmax(model.forward(s, p, false).unwrap())).collect();
+    let mut next: Vec<u32> =
+        prompts.iter().zip(&mut states).map(|(p, s)| argmax(model.forward(s, p, false).unwrap())).collect();
     let mut batch = BatchState::default();
     for step in 0..steps {
         let mut refs: Vec<_> = states.iter_mut().collect();

@@ -33,7 +33,6 @@ const WRONG_ROPE_MIN_REL_DIFF: f32 = 1e-2;
 
 const TOKENS: [u32; 12] = [1, 17, 299, 42, 0, 5, 123, 250, 7, 7, 88, 3];
 
-
 #[derive(Clone, Copy, Debug)]
 struct Shape {
     family: Family,
@@ -60,23 +59,10 @@ const LLAMA: Shape = Shape {
     ctx: 64,
     tied: false,
 };
-const QWEN2: Shape = Shape {
-    family: Family::Qwen2,
-    ..LLAMA
-};
+const QWEN2: Shape = Shape { family: Family::Qwen2, ..LLAMA };
 /// Qwen3 and Gemma 3 with q_dim (4 × 32) wider than dim, as in the real models.
-const QWEN3: Shape = Shape {
-    family: Family::Qwen3,
-    head_dim: 32,
-    tied: true,
-    ..LLAMA
-};
-const GEMMA3: Shape = Shape {
-    family: Family::Gemma3,
-    head_dim: 32,
-    tied: true,
-    ..LLAMA
-};
+const QWEN3: Shape = Shape { family: Family::Qwen3, head_dim: 32, tied: true, ..LLAMA };
+const GEMMA3: Shape = Shape { family: Family::Gemma3, head_dim: 32, tied: true, ..LLAMA };
 /// Small enough to truncate and corrupt at every byte.
 const MICRO: Shape = Shape {
     family: Family::Llama,
@@ -135,14 +121,8 @@ impl Storage {
     fn bytes(self, values: &[f32]) -> Vec<u8> {
         match self {
             Storage::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Storage::F16 => values
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect(),
-            Storage::BF16 => values
-                .iter()
-                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                .collect(),
+            Storage::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            Storage::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
         }
     }
 
@@ -165,13 +145,7 @@ impl Storage {
 
 fn random_model(s: &Shape, storage: Storage, seed: u64) -> Vec<Tensor> {
     let mut rng = Rng(seed);
-    let (d, q, kv, f, h) = (
-        s.dim,
-        s.n_heads * s.head_dim,
-        s.n_kv_heads * s.head_dim,
-        s.ffn,
-        s.head_dim,
-    );
+    let (d, q, kv, f, h) = (s.dim, s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim, s.ffn, s.head_dim);
     let gemma = s.family == Family::Gemma3;
     let mut out = Vec::new();
     let mut add = |hf: String, gguf: String, shape: Vec<usize>, kind: Kind| {
@@ -180,154 +154,42 @@ fn random_model(s: &Shape, storage: Storage, seed: u64) -> Vec<Tensor> {
             Kind::Norm | Kind::Bias => 0.2,
             _ => 1.5 / (*shape.last().unwrap() as f32).sqrt(),
         };
-        let offset = if kind == Kind::Norm && !gemma {
-            1.0
-        } else {
-            0.0
-        };
-        let values = (0..n)
-            .map(|_| storage.round(offset + scale * rng.uniform()))
-            .collect();
-        out.push(Tensor {
-            hf,
-            gguf,
-            shape,
-            values,
-            kind,
-        });
+        let offset = if kind == Kind::Norm && !gemma { 1.0 } else { 0.0 };
+        let values = (0..n).map(|_| storage.round(offset + scale * rng.uniform())).collect();
+        out.push(Tensor { hf, gguf, shape, values, kind });
     };
-    add(
-        "model.embed_tokens.weight".into(),
-        "token_embd.weight".into(),
-        vec![s.vocab, d],
-        Kind::Matrix,
-    );
+    add("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![s.vocab, d], Kind::Matrix);
     for l in 0..s.n_layers {
         let hf = |n: &str| format!("model.layers.{l}.{n}");
         let gg = |n: &str| format!("blk.{l}.{n}");
-        add(
-            hf("input_layernorm.weight"),
-            gg("attn_norm.weight"),
-            vec![d],
-            Kind::Norm,
-        );
-        add(
-            hf("self_attn.q_proj.weight"),
-            gg("attn_q.weight"),
-            vec![q, d],
-            Kind::QProj,
-        );
-        add(
-            hf("self_attn.k_proj.weight"),
-            gg("attn_k.weight"),
-            vec![kv, d],
-            Kind::KProj,
-        );
-        add(
-            hf("self_attn.v_proj.weight"),
-            gg("attn_v.weight"),
-            vec![kv, d],
-            Kind::Matrix,
-        );
-        add(
-            hf("self_attn.o_proj.weight"),
-            gg("attn_output.weight"),
-            vec![d, q],
-            Kind::Matrix,
-        );
+        add(hf("input_layernorm.weight"), gg("attn_norm.weight"), vec![d], Kind::Norm);
+        add(hf("self_attn.q_proj.weight"), gg("attn_q.weight"), vec![q, d], Kind::QProj);
+        add(hf("self_attn.k_proj.weight"), gg("attn_k.weight"), vec![kv, d], Kind::KProj);
+        add(hf("self_attn.v_proj.weight"), gg("attn_v.weight"), vec![kv, d], Kind::Matrix);
+        add(hf("self_attn.o_proj.weight"), gg("attn_output.weight"), vec![d, q], Kind::Matrix);
         if s.family == Family::Qwen2 {
-            add(
-                hf("self_attn.q_proj.bias"),
-                gg("attn_q.bias"),
-                vec![q],
-                Kind::Bias,
-            );
-            add(
-                hf("self_attn.k_proj.bias"),
-                gg("attn_k.bias"),
-                vec![kv],
-                Kind::Bias,
-            );
-            add(
-                hf("self_attn.v_proj.bias"),
-                gg("attn_v.bias"),
-                vec![kv],
-                Kind::Bias,
-            );
+            add(hf("self_attn.q_proj.bias"), gg("attn_q.bias"), vec![q], Kind::Bias);
+            add(hf("self_attn.k_proj.bias"), gg("attn_k.bias"), vec![kv], Kind::Bias);
+            add(hf("self_attn.v_proj.bias"), gg("attn_v.bias"), vec![kv], Kind::Bias);
         }
         if matches!(s.family, Family::Qwen3 | Family::Gemma3) {
-            add(
-                hf("self_attn.q_norm.weight"),
-                gg("attn_q_norm.weight"),
-                vec![h],
-                Kind::Norm,
-            );
-            add(
-                hf("self_attn.k_norm.weight"),
-                gg("attn_k_norm.weight"),
-                vec![h],
-                Kind::Norm,
-            );
+            add(hf("self_attn.q_norm.weight"), gg("attn_q_norm.weight"), vec![h], Kind::Norm);
+            add(hf("self_attn.k_norm.weight"), gg("attn_k_norm.weight"), vec![h], Kind::Norm);
         }
         if gemma {
-            add(
-                hf("post_attention_layernorm.weight"),
-                gg("post_attention_norm.weight"),
-                vec![d],
-                Kind::Norm,
-            );
-            add(
-                hf("pre_feedforward_layernorm.weight"),
-                gg("ffn_norm.weight"),
-                vec![d],
-                Kind::Norm,
-            );
-            add(
-                hf("post_feedforward_layernorm.weight"),
-                gg("post_ffw_norm.weight"),
-                vec![d],
-                Kind::Norm,
-            );
+            add(hf("post_attention_layernorm.weight"), gg("post_attention_norm.weight"), vec![d], Kind::Norm);
+            add(hf("pre_feedforward_layernorm.weight"), gg("ffn_norm.weight"), vec![d], Kind::Norm);
+            add(hf("post_feedforward_layernorm.weight"), gg("post_ffw_norm.weight"), vec![d], Kind::Norm);
         } else {
-            add(
-                hf("post_attention_layernorm.weight"),
-                gg("ffn_norm.weight"),
-                vec![d],
-                Kind::Norm,
-            );
+            add(hf("post_attention_layernorm.weight"), gg("ffn_norm.weight"), vec![d], Kind::Norm);
         }
-        add(
-            hf("mlp.gate_proj.weight"),
-            gg("ffn_gate.weight"),
-            vec![f, d],
-            Kind::Matrix,
-        );
-        add(
-            hf("mlp.up_proj.weight"),
-            gg("ffn_up.weight"),
-            vec![f, d],
-            Kind::Matrix,
-        );
-        add(
-            hf("mlp.down_proj.weight"),
-            gg("ffn_down.weight"),
-            vec![d, f],
-            Kind::Matrix,
-        );
+        add(hf("mlp.gate_proj.weight"), gg("ffn_gate.weight"), vec![f, d], Kind::Matrix);
+        add(hf("mlp.up_proj.weight"), gg("ffn_up.weight"), vec![f, d], Kind::Matrix);
+        add(hf("mlp.down_proj.weight"), gg("ffn_down.weight"), vec![d, f], Kind::Matrix);
     }
-    add(
-        "model.norm.weight".into(),
-        "output_norm.weight".into(),
-        vec![d],
-        Kind::Norm,
-    );
+    add("model.norm.weight".into(), "output_norm.weight".into(), vec![d], Kind::Norm);
     if !s.tied {
-        add(
-            "lm_head.weight".into(),
-            "output.weight".into(),
-            vec![s.vocab, d],
-            Kind::Matrix,
-        );
+        add("lm_head.weight".into(), "output.weight".into(), vec![s.vocab, d], Kind::Matrix);
     }
     out
 }
@@ -382,26 +244,14 @@ fn gguf_bytes(s: &Shape, tensors: &[Tensor], storage: Storage) -> Vec<u8> {
     }
     if s.family == Family::Gemma3 {
         w.set(&format!("{arch}.attention.sliding_window"), u(GEMMA_WINDOW));
-        w.set(
-            &format!("{arch}.attention.sliding_window_pattern"),
-            u(GEMMA_PATTERN),
-        );
+        w.set(&format!("{arch}.attention.sliding_window_pattern"), u(GEMMA_PATTERN));
     }
     for t in tensors {
         let values = gguf_values(s, t);
         // Like llama.cpp's converter: 1-D tensors stay F32.
-        let ty = if t.shape.len() == 1 {
-            Storage::F32
-        } else {
-            storage
-        };
+        let ty = if t.shape.len() == 1 { Storage::F32 } else { storage };
         let dims = t.shape.iter().rev().map(|&x| x as u64).collect();
-        w.add_tensor(TensorData {
-            name: t.gguf.clone(),
-            dims,
-            ty: ty.ggml(),
-            data: ty.bytes(&values),
-        });
+        w.add_tensor(TensorData { name: t.gguf.clone(), dims, ty: ty.ggml(), data: ty.bytes(&values) });
     }
     let mut out = Vec::new();
     w.write(&mut out).unwrap();
@@ -434,13 +284,7 @@ fn hf_config_json(s: &Shape) -> serde_json::Value {
     });
     if s.family == Family::Gemma3 {
         let types: Vec<&str> = (0..s.n_layers)
-            .map(|l| {
-                if l % GEMMA_PATTERN < GEMMA_PATTERN - 1 {
-                    "sliding_attention"
-                } else {
-                    "full_attention"
-                }
-            })
+            .map(|l| if l % GEMMA_PATTERN < GEMMA_PATTERN - 1 { "sliding_attention" } else { "full_attention" })
             .collect();
         let extra = json!({
             "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": s.head_dim,
@@ -465,19 +309,13 @@ fn write_hf_dir(
     prefix: &str,
 ) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(config).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(config).unwrap()).unwrap();
     let name = |t: &Tensor| match t.hf.strip_prefix("model.") {
         Some(rest) if !prefix.is_empty() => format!("{prefix}{rest}"),
         _ => t.hf.clone(),
     };
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|t| (name(t), t.shape.clone(), storage.bytes(&t.values)))
-        .collect();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|t| (name(t), t.shape.clone(), storage.bytes(&t.values))).collect();
     let mut weight_map = serde_json::Map::new();
     for shard in 0..n_shards {
         let file = if n_shards == 1 {
@@ -491,25 +329,14 @@ fn write_hf_dir(
             .filter(|(i, _)| i % n_shards == shard)
             .map(|(_, (n, shape, bytes))| {
                 weight_map.insert(n.clone(), json!(file));
-                (
-                    n.clone(),
-                    TensorView::new(storage.dtype(), shape.clone(), bytes).unwrap(),
-                )
+                (n.clone(), TensorView::new(storage.dtype(), shape.clone(), bytes).unwrap())
             })
             .collect();
-        std::fs::write(
-            dir.join(&file),
-            safetensors::serialize(views, &None).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(dir.join(&file), safetensors::serialize(views, &None).unwrap()).unwrap();
     }
     if n_shards > 1 {
         let index = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
-        std::fs::write(
-            dir.join("model.safetensors.index.json"),
-            serde_json::to_vec(&index).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     }
 }
 
@@ -529,62 +356,21 @@ fn quantize_q80(w: &[f32], gs: usize) -> (Vec<i8>, Vec<f32>) {
 
 /// Writes a llama2.c checkpoint of `version` 0, 1 or 2 (int8 groups of `gs`).
 fn llama2c_bytes(s: &Shape, tensors: &[Tensor], version: u32, gs: usize) -> Vec<u8> {
-    let get = |name: &str| {
-        gguf_values(
-            s,
-            tensors
-                .iter()
-                .find(|t| t.gguf == name)
-                .unwrap_or_else(|| panic!("{name}")),
-        )
-    };
-    let layers = |name: &str| {
-        (0..s.n_layers)
-            .map(|l| get(&format!("blk.{l}.{name}")))
-            .collect::<Vec<_>>()
-    };
+    let get = |name: &str| gguf_values(s, tensors.iter().find(|t| t.gguf == name).unwrap_or_else(|| panic!("{name}")));
+    let layers = |name: &str| (0..s.n_layers).map(|l| get(&format!("blk.{l}.{name}"))).collect::<Vec<_>>();
     let vocab = s.vocab as i32;
-    let ints = [
-        s.dim as i32,
-        s.ffn as i32,
-        s.n_layers as i32,
-        s.n_heads as i32,
-        s.n_kv_heads as i32,
-        vocab,
-        s.ctx as i32,
-    ];
+    let ints =
+        [s.dim as i32, s.ffn as i32, s.n_layers as i32, s.n_heads as i32, s.n_kv_heads as i32, vocab, s.ctx as i32];
     let mut out = Vec::new();
-    let f32s = |out: &mut Vec<u8>, arrays: &[Vec<f32>]| {
-        arrays
-            .iter()
-            .flatten()
-            .for_each(|v| out.extend(v.to_le_bytes()))
-    };
-    let matrices = [
-        layers("attn_q.weight"),
-        layers("attn_k.weight"),
-        layers("attn_v.weight"),
-        layers("attn_output.weight"),
-    ]
-    .concat();
-    let ffn = [
-        layers("ffn_gate.weight"),
-        layers("ffn_down.weight"),
-        layers("ffn_up.weight"),
-    ]
-    .concat();
-    let classifier = if s.tied {
-        vec![]
-    } else {
-        vec![get("output.weight")]
-    };
+    let f32s =
+        |out: &mut Vec<u8>, arrays: &[Vec<f32>]| arrays.iter().flatten().for_each(|v| out.extend(v.to_le_bytes()));
+    let matrices =
+        [layers("attn_q.weight"), layers("attn_k.weight"), layers("attn_v.weight"), layers("attn_output.weight")]
+            .concat();
+    let ffn = [layers("ffn_gate.weight"), layers("ffn_down.weight"), layers("ffn_up.weight")].concat();
+    let classifier = if s.tied { vec![] } else { vec![get("output.weight")] };
     if version == 0 {
-        let ints = [
-            &ints[..5],
-            &[if s.tied { vocab } else { -vocab }],
-            &ints[6..],
-        ]
-        .concat();
+        let ints = [&ints[..5], &[if s.tied { vocab } else { -vocab }], &ints[6..]].concat();
         ints.iter().for_each(|i| out.extend(i.to_le_bytes()));
         f32s(&mut out, &[get("token_embd.weight")]);
         f32s(&mut out, &layers("attn_norm.weight"));
@@ -613,17 +399,11 @@ fn llama2c_bytes(s: &Shape, tensors: &[Tensor], version: u32, gs: usize) -> Vec<
         f32s(&mut out, &weights);
     } else {
         let quantized: Vec<_> = weights.iter().map(|w| quantize_q80(w, gs)).collect();
-        quantized
-            .iter()
-            .for_each(|(q, _)| out.extend(q.iter().map(|&x| x as u8)));
-        quantized
-            .iter()
-            .for_each(|(_, sc)| sc.iter().for_each(|v| out.extend(v.to_le_bytes())));
+        quantized.iter().for_each(|(q, _)| out.extend(q.iter().map(|&x| x as u8)));
+        quantized.iter().for_each(|(_, sc)| sc.iter().for_each(|v| out.extend(v.to_le_bytes())));
     }
     out
 }
-
-
 
 fn gguf_model(s: &Shape, tensors: &[Tensor], storage: Storage) -> Model {
     Model::from_gguf(GgufFile::from_vec(gguf_bytes(s, tensors, storage)).unwrap()).unwrap()
@@ -633,24 +413,13 @@ fn gguf_model(s: &Shape, tensors: &[Tensor], storage: Storage) -> Model {
 fn check_gguf_matches_hf(s: &Shape, storage: Storage, n_shards: usize, seed: u64) -> Vec<f32> {
     let tensors = random_model(s, storage, seed);
     let dir = tempfile::tempdir().unwrap();
-    write_hf_dir(
-        dir.path(),
-        &hf_config_json(s),
-        &tensors,
-        storage,
-        n_shards,
-        "",
-    );
+    write_hf_dir(dir.path(), &hf_config_json(s), &tensors, storage, n_shards, "");
     let hf = load_hf_dir(dir.path()).unwrap();
     let gguf = gguf_model(s, &tensors, storage);
     assert_eq!(hf.config.rope_style, RopeStyle::Halves);
     let (a, b) = (logits(&hf, &TOKENS), logits(&gguf, &TOKENS));
     let diff = rel_diff(&a, &b);
-    assert!(
-        diff <= GGUF_VS_HF_REL_TOL,
-        "{:?} {storage:?}: HF vs GGUF relative difference {diff}",
-        s.family
-    );
+    assert!(diff <= GGUF_VS_HF_REL_TOL, "{:?} {storage:?}: HF vs GGUF relative difference {diff}", s.family);
     b
 }
 
@@ -666,19 +435,13 @@ fn llama_gguf_hf_and_llama2c_agree() {
     let reference = logits(&gguf, &TOKENS);
     assert_eq!(gguf.config.rope_style, RopeStyle::Interleaved);
     let diff = rel_diff(&logits(&hf, &TOKENS), &reference);
-    assert!(
-        diff <= GGUF_VS_HF_REL_TOL,
-        "HF vs GGUF relative difference {diff}"
-    );
+    assert!(diff <= GGUF_VS_HF_REL_TOL, "HF vs GGUF relative difference {diff}");
 
     // The comparison can see a RoPE mistake: HF weights rotated as adjacent pairs miss badly.
     let mut wrong = load_hf_dir(&hf_dir).unwrap();
     wrong.config.rope_style = RopeStyle::Interleaved;
     let miss = rel_diff(&logits(&wrong, &TOKENS), &reference);
-    assert!(
-        miss > WRONG_ROPE_MIN_REL_DIFF,
-        "wrong RoPE pairing only moved logits by {miss}"
-    );
+    assert!(miss > WRONG_ROPE_MIN_REL_DIFF, "wrong RoPE pairing only moved logits by {miss}");
 
     // llama2.c holds GGUF's values and runs the same arithmetic: the logits are identical.
     for version in [0, 1] {
@@ -716,56 +479,32 @@ fn gemma3_gguf_matches_hf_with_norms_plus_one() {
     let mut text = hf_config_json(&s);
     text.as_object_mut().unwrap().remove("layer_types");
     text["sliding_window_pattern"] = json!(GEMMA_PATTERN);
-    let config =
-        json!({"model_type": "gemma3", "text_config": text, "vision_config": {"hidden_size": 8}});
+    let config = json!({"model_type": "gemma3", "text_config": text, "vision_config": {"hidden_size": 8}});
     let dir = tempfile::tempdir().unwrap();
-    write_hf_dir(
-        dir.path(),
-        &config,
-        &tensors,
-        Storage::F32,
-        2,
-        "language_model.model.",
-    );
+    write_hf_dir(dir.path(), &config, &tensors, Storage::F32, 2, "language_model.model.");
     let hf = load_hf_dir(dir.path()).unwrap();
-    assert_eq!(
-        (hf.config.sliding_window, hf.config.sliding_pattern),
-        (Some(GEMMA_WINDOW), GEMMA_PATTERN)
-    );
+    assert_eq!((hf.config.sliding_window, hf.config.sliding_pattern), (Some(GEMMA_WINDOW), GEMMA_PATTERN));
     let diff = rel_diff(&logits(&hf, &TOKENS), &reference);
-    assert!(
-        diff <= GGUF_VS_HF_REL_TOL,
-        "multimodal-layout HF vs GGUF relative difference {diff}"
-    );
+    assert!(diff <= GGUF_VS_HF_REL_TOL, "multimodal-layout HF vs GGUF relative difference {diff}");
 }
 
 #[test]
 fn llama2c_v2_int8_matches_v1_of_the_widened_weights() {
     const GROUP: usize = 32;
-    let s = Shape {
-        tied: true,
-        ..LLAMA
-    };
+    let s = Shape { tied: true, ..LLAMA };
     let tensors = random_model(&s, Storage::F32, 6);
     // What v2 stores, widened back: the weights v1 must hold to give the same model.
     let mut widened = random_model(&s, Storage::F32, 6);
     for t in widened.iter_mut().filter(|t| t.shape.len() == 2) {
         let (q, scales) = quantize_q80(&gguf_values(&s, t), GROUP);
-        t.values = q
-            .chunks(GROUP)
-            .zip(&scales)
-            .flat_map(|(g, &sc)| g.iter().map(move |&x| x as f32 * sc))
-            .collect();
+        t.values = q.chunks(GROUP).zip(&scales).flat_map(|(g, &sc)| g.iter().map(move |&x| x as f32 * sc)).collect();
         t.kind = Kind::Matrix; // already in GGUF order
     }
     let dir = tempfile::tempdir().unwrap();
     let (v1, v2) = (dir.path().join("v1.bin"), dir.path().join("v2.bin"));
     std::fs::write(&v1, llama2c_bytes(&s, &widened, 1, 0)).unwrap();
     std::fs::write(&v2, llama2c_bytes(&s, &tensors, 2, GROUP)).unwrap();
-    assert_eq!(
-        logits(&load_llama2c(&v2).unwrap(), &TOKENS),
-        logits(&load_llama2c(&v1).unwrap(), &TOKENS)
-    );
+    assert_eq!(logits(&load_llama2c(&v2).unwrap(), &TOKENS), logits(&load_llama2c(&v1).unwrap(), &TOKENS));
 }
 
 #[test]
@@ -773,11 +512,7 @@ fn open_model_dispatches_by_format() {
     let s = LLAMA;
     let tensors = random_model(&s, Storage::F32, 7);
     let dir = tempfile::tempdir().unwrap();
-    let (gguf, bin, hf) = (
-        dir.path().join("m.gguf"),
-        dir.path().join("m.bin"),
-        dir.path().join("hf"),
-    );
+    let (gguf, bin, hf) = (dir.path().join("m.gguf"), dir.path().join("m.bin"), dir.path().join("hf"));
     std::fs::write(&gguf, gguf_bytes(&s, &tensors, Storage::F32)).unwrap();
     std::fs::write(&bin, llama2c_bytes(&s, &tensors, 0, 0)).unwrap();
     write_hf_dir(&hf, &hf_config_json(&s), &tensors, Storage::F32, 1, "");
@@ -789,12 +524,7 @@ fn open_model_dispatches_by_format() {
         (hf.join("config.json"), ModelFormat::HfDir),
         (hf.join("model.safetensors"), ModelFormat::HfDir),
     ] {
-        assert_eq!(
-            formats::detect_format(&path).unwrap(),
-            format,
-            "{}",
-            path.display()
-        );
+        assert_eq!(formats::detect_format(&path).unwrap(), format, "{}", path.display());
         let diff = rel_diff(&logits(&open_model(&path).unwrap(), &TOKENS), &reference);
         assert!(diff <= GGUF_VS_HF_REL_TOL, "{}: {diff}", path.display());
     }
@@ -810,14 +540,8 @@ fn open_model_dispatches_by_format() {
     let other = dir.path().join("notes.txt");
     std::fs::write(&other, "hello").unwrap();
     let e = error_line(open_model(&other));
-    assert!(
-        e.contains("GGUF") && e.contains("safetensors") && e.contains("llama2.c"),
-        "{e}"
-    );
-    assert!(matches!(
-        open_model(&dir.path().join("missing.gguf")),
-        Err(ModelError::Io { .. })
-    ));
+    assert!(e.contains("GGUF") && e.contains("safetensors") && e.contains("llama2.c"), "{e}");
+    assert!(matches!(open_model(&dir.path().join("missing.gguf")), Err(ModelError::Io { .. })));
 }
 
 /// The error of a load that must fail.
@@ -840,9 +564,7 @@ fn no_panic<T>(what: &str, load: impl FnOnce() -> Result<T, ModelError>) -> Resu
 /// (where the structure is), then about 64 spread over the rest, then the last 8.
 fn cut_lengths(len: usize, header: usize) -> Vec<usize> {
     let header = header.min(len);
-    let mut cuts: Vec<usize> = (0..header)
-        .chain((header..len).step_by((len - header) / 64 + 1))
-        .collect();
+    let mut cuts: Vec<usize> = (0..header).chain((header..len).step_by((len - header) / 64 + 1)).collect();
     cuts.extend(len.saturating_sub(8)..len);
     cuts.sort_unstable();
     cuts.dedup();
@@ -860,9 +582,7 @@ fn truncated_files_are_errors() {
     let gguf = gguf_bytes(&s, &tensors, Storage::F32);
     assert!(Model::from_gguf(GgufFile::from_vec(gguf.clone()).unwrap()).is_ok());
     for n in 0..gguf.len() {
-        let r = no_panic(&format!("GGUF cut at {n}"), || {
-            Model::from_gguf(GgufFile::from_vec(gguf[..n].to_vec())?)
-        });
+        let r = no_panic(&format!("GGUF cut at {n}"), || Model::from_gguf(GgufFile::from_vec(gguf[..n].to_vec())?));
         assert!(r.is_err(), "GGUF cut at {n} of {} loaded", gguf.len());
     }
 
@@ -871,22 +591,12 @@ fn truncated_files_are_errors() {
         let path = dir.path().join(format!("v{version}.bin"));
         std::fs::write(&path, &bytes).unwrap();
         assert!(load_llama2c(&path).is_ok());
-        for n in cut_lengths(bytes.len(), 256 + 64)
-            .into_iter()
-            .chain([bytes.len() + 1, bytes.len() + 4])
-        {
+        for n in cut_lengths(bytes.len(), 256 + 64).into_iter().chain([bytes.len() + 1, bytes.len() + 4]) {
             let mut cut = bytes.clone();
             cut.resize(n, 0);
             std::fs::write(&path, &cut).unwrap();
-            let r = no_panic(&format!("llama2.c v{version} cut at {n}"), || {
-                load_llama2c(&path)
-            });
-            let e = r.err().unwrap_or_else(|| {
-                panic!(
-                    "llama2.c v{version} of length {n} (of {}) loaded",
-                    bytes.len()
-                )
-            });
+            let r = no_panic(&format!("llama2.c v{version} cut at {n}"), || load_llama2c(&path));
+            let e = r.err().unwrap_or_else(|| panic!("llama2.c v{version} of length {n} (of {}) loaded", bytes.len()));
             assert!(!e.to_string().contains('\n'), "error is one line: {e}");
         }
     }
@@ -990,10 +700,7 @@ fn block_count_beyond_file_size(b: &[u8]) -> bool {
     let Ok(f) = GgufFile::from_vec(b.to_vec()) else {
         return false;
     };
-    let blocks = f
-        .get("llama.block_count")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
+    let blocks = f.get("llama.block_count").and_then(|v| v.as_u64()).unwrap_or(0);
     blocks > b.len() as u64
 }
 
@@ -1007,22 +714,13 @@ fn gguf_with_a_huge_block_count_is_an_error() {
     let tensors = random_model(&s, Storage::F32, 11);
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String("llama".into()));
-    for (k, v) in [
-        ("embedding_length", s.dim),
-        ("feed_forward_length", s.ffn),
-        ("attention.head_count", s.n_heads),
-    ] {
+    for (k, v) in [("embedding_length", s.dim), ("feed_forward_length", s.ffn), ("attention.head_count", s.n_heads)] {
         w.set(&format!("llama.{k}"), Value::U32(v as u32));
     }
     w.set("llama.block_count", Value::U32(u32::MAX));
     for t in &tensors {
         let dims = t.shape.iter().rev().map(|&x| x as u64).collect();
-        w.add_tensor(TensorData {
-            name: t.gguf.clone(),
-            dims,
-            ty: GgmlType::F32,
-            data: Storage::F32.bytes(&t.values),
-        });
+        w.add_tensor(TensorData { name: t.gguf.clone(), dims, ty: GgmlType::F32, data: Storage::F32.bytes(&t.values) });
     }
     let mut bytes = Vec::new();
     w.write(&mut bytes).unwrap();
@@ -1043,10 +741,7 @@ fn hf_directory_problems_are_clear_errors() {
         .iter()
         .map(|t| {
             let bytes = if t.hf.ends_with("up_proj.weight") {
-                t.values
-                    .iter()
-                    .flat_map(|&v| (v as f64).to_le_bytes())
-                    .collect()
+                t.values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect()
             } else {
                 Storage::F32.bytes(&t.values)
             };
@@ -1055,33 +750,17 @@ fn hf_directory_problems_are_clear_errors() {
         .collect();
     let mut views = Vec::new();
     for (n, shape, bytes) in &data {
-        let dtype = if n.ends_with("up_proj.weight") {
-            Dtype::F64
-        } else {
-            Dtype::F32
-        };
-        views.push((
-            n.clone(),
-            TensorView::new(dtype, shape.clone(), bytes).unwrap(),
-        ));
+        let dtype = if n.ends_with("up_proj.weight") { Dtype::F64 } else { Dtype::F32 };
+        views.push((n.clone(), TensorView::new(dtype, shape.clone(), bytes).unwrap()));
     }
-    std::fs::write(
-        hf.join("model.safetensors"),
-        safetensors::serialize(views, &None).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(hf.join("model.safetensors"), safetensors::serialize(views, &None).unwrap()).unwrap();
     let e = error_line(load_hf_dir(&hf));
-    assert!(
-        e.contains("model.layers.0.mlp.up_proj.weight") && e.contains("F64"),
-        "{e}"
-    );
+    assert!(e.contains("model.layers.0.mlp.up_proj.weight") && e.contains("F64"), "{e}");
 
     // Untied config without lm_head.
     let untied_missing = dir.path().join("untied");
-    let without_head: Vec<Tensor> = random_model(&s, Storage::F32, 10)
-        .into_iter()
-        .filter(|t| t.hf != "lm_head.weight")
-        .collect();
+    let without_head: Vec<Tensor> =
+        random_model(&s, Storage::F32, 10).into_iter().filter(|t| t.hf != "lm_head.weight").collect();
     write_hf_dir(&untied_missing, &config, &without_head, Storage::F32, 1, "");
     assert!(error_line(load_hf_dir(&untied_missing)).contains("lm_head.weight"));
 
@@ -1096,11 +775,7 @@ fn hf_directory_problems_are_clear_errors() {
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     assert!(error_line(load_hf_dir(&empty)).contains("config.json"));
-    std::fs::write(
-        empty.join("config.json"),
-        serde_json::to_vec(&config).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(empty.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     assert!(error_line(load_hf_dir(&empty)).contains("safetensors"));
     let sharded = dir.path().join("sharded");
     write_hf_dir(&sharded, &config, &tensors, Storage::F32, 2, "");

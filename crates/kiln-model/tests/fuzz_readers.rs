@@ -69,7 +69,6 @@ fn keep_going() -> bool {
     std::env::var("KILN_FUZZ_KEEP_GOING").is_ok_and(|v| v == "1")
 }
 
-
 // ---- mutations -----------------------------------------------------------------------------
 
 /// A little-endian number field in a binary seed whose value the reader trusts for structure.
@@ -166,11 +165,7 @@ fn mutate(bytes: &mut Vec<u8>, t: &Target, rng: &mut Rng) {
             continue;
         }
         // Mostly the header, sometimes anywhere.
-        let span = if rng.below(4) == 0 {
-            len
-        } else {
-            t.header.clamp(1, len)
-        };
+        let span = if rng.below(4) == 0 { len } else { t.header.clamp(1, len) };
         match rng.below(8) {
             0 => {
                 for _ in 0..1 + rng.below(8) {
@@ -190,11 +185,7 @@ fn mutate(bytes: &mut Vec<u8>, t: &Target, rng: &mut Rng) {
             }
             4 => {
                 // Truncate: near the header's end or anywhere.
-                let cut = if rng.below(2) == 0 {
-                    rng.below(span + 1)
-                } else {
-                    rng.below(len + 1)
-                };
+                let cut = if rng.below(2) == 0 { rng.below(span + 1) } else { rng.below(len + 1) };
                 bytes.truncate(cut);
             }
             5 if !t.donors.is_empty() => {
@@ -216,9 +207,7 @@ fn mutate(bytes: &mut Vec<u8>, t: &Target, rng: &mut Rng) {
                     let from = rng.below(len);
                     bytes[from..(from + 1 + rng.below(32)).min(len)].to_vec()
                 } else {
-                    (0..1 + rng.below(16))
-                        .map(|_| rng.next_u64() as u8)
-                        .collect()
+                    (0..1 + rng.below(16)).map(|_| rng.next_u64() as u8).collect()
                 };
                 bytes.splice(to..to, chunk);
             }
@@ -247,14 +236,7 @@ struct Fuzz {
 impl Fuzz {
     fn new(name: &'static str, stages: &'static [&'static str]) -> Fuzz {
         let accepted = vec![0; stages.len()];
-        Fuzz {
-            name,
-            seed: base_seed(),
-            inputs: 0,
-            stages,
-            accepted,
-            crashes: Vec::new(),
-        }
+        Fuzz { name, seed: base_seed(), inputs: 0, stages, accepted, crashes: Vec::new() }
     }
 
     /// Counts one input and the stages it passed.
@@ -274,23 +256,14 @@ impl Fuzz {
         if !panicked && took < SLOW_INPUT {
             return;
         }
-        let stage = if panicked {
-            format!("panicked in {stage}")
-        } else {
-            format!("took {took:.1?} in {stage}")
-        };
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("fuzz-crash-{}-{:#x}-{i}", self.name, self.seed));
+        let stage = if panicked { format!("panicked in {stage}") } else { format!("took {took:.1?} in {stage}") };
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-crash-{}-{:#x}-{i}", self.name, self.seed));
         std::fs::create_dir_all(&dir).unwrap();
         for (name, bytes) in files {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
-        let msg = format!(
-            "{}: input {i} (KILN_FUZZ_SEED={:#x}) {stage}; saved in {}",
-            self.name,
-            self.seed,
-            dir.display()
-        );
+        let msg =
+            format!("{}: input {i} (KILN_FUZZ_SEED={:#x}) {stage}; saved in {}", self.name, self.seed, dir.display());
         eprintln!("CRASH {msg}");
         self.crashes.push(msg);
         assert!(keep_going(), "{}", self.crashes.last().unwrap());
@@ -308,12 +281,7 @@ impl Fuzz {
     }
 
     fn finish(self) {
-        let counts: Vec<String> = self
-            .accepted
-            .iter()
-            .zip(self.stages)
-            .map(|(n, s)| format!("{n} {s}"))
-            .collect();
+        let counts: Vec<String> = self.accepted.iter().zip(self.stages).map(|(n, s)| format!("{n} {s}")).collect();
         eprintln!(
             "fuzz {}: {} inputs (KILN_FUZZ_SEED={:#x}): {}; {} crashes",
             self.name,
@@ -330,8 +298,7 @@ impl Fuzz {
 fn run_model(m: &Model) -> bool {
     let mut state = m.new_state(4);
     let vocab = m.config.vocab_size as u32;
-    m.forward(&mut state, &[0, 1 % vocab], false).is_ok()
-        && m.forward(&mut state, &[2 % vocab], false).is_ok()
+    m.forward(&mut state, &[0, 1 % vocab], false).is_ok() && m.forward(&mut state, &[2 % vocab], false).is_ok()
 }
 
 // ---- GGUF seeds ----------------------------------------------------------------------------
@@ -349,30 +316,13 @@ struct Tiny {
     vocab: usize,
 }
 
-const TINY_LLAMA: Tiny = Tiny {
-    family: Family::Llama,
-    dim: 256,
-    ffn: 256,
-    layers: 2,
-    heads: 2,
-    kv_heads: 1,
-    head_dim: 128,
-    vocab: 64,
-};
-const TINY_GEMMA: Tiny = Tiny {
-    family: Family::Gemma3,
-    ..TINY_LLAMA
-};
+const TINY_LLAMA: Tiny =
+    Tiny { family: Family::Llama, dim: 256, ffn: 256, layers: 2, heads: 2, kv_heads: 1, head_dim: 128, vocab: 64 };
+const TINY_GEMMA: Tiny = Tiny { family: Family::Gemma3, ..TINY_LLAMA };
 
 /// GGUF dims (row length first) of tensor `name` in a `t`-shaped model.
 fn tiny_dims(name: &str, t: &Tiny) -> Option<Vec<usize>> {
-    let (d, q, kv, f, h) = (
-        t.dim,
-        t.heads * t.head_dim,
-        t.kv_heads * t.head_dim,
-        t.ffn,
-        t.head_dim,
-    );
+    let (d, q, kv, f, h) = (t.dim, t.heads * t.head_dim, t.kv_heads * t.head_dim, t.ffn, t.head_dim);
     let rest = match name.strip_prefix("blk.") {
         Some(tail) => {
             let (layer, rest) = tail.split_once('.')?;
@@ -424,10 +374,7 @@ fn default_tensor_names(t: &Tiny) -> Vec<String> {
             "post_ffw_norm.weight",
         ]);
     }
-    let mut names = vec![
-        "token_embd.weight".to_string(),
-        "output_norm.weight".to_string(),
-    ];
+    let mut names = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
     for l in 0..t.layers {
         names.extend(block.iter().map(|s| format!("blk.{l}.{s}")));
     }
@@ -451,15 +398,7 @@ fn default_type(name: &str) -> GgmlType {
 /// Random weights of `ty` (norms near 1).
 fn tensor_bytes(name: &str, ty: GgmlType, n: usize, rng: &mut Rng) -> Vec<u8> {
     let norm = name.ends_with("norm.weight");
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            if norm {
-                1.0 + 0.1 * rng.uniform()
-            } else {
-                0.5 * rng.uniform()
-            }
-        })
-        .collect();
+    let values: Vec<f32> = (0..n).map(|_| if norm { 1.0 + 0.1 * rng.uniform() } else { 0.5 * rng.uniform() }).collect();
     let mut out = vec![0u8; ty.bytes_for(n).expect("whole blocks")];
     quant::quantize_row(ty, &values, &mut out).expect("quantize");
     out
@@ -475,9 +414,7 @@ fn tiny_gguf(t: &Tiny, real: Option<&GgufFile>) -> Vec<u8> {
     if let Some(f) = real {
         for (k, v) in &f.metadata {
             let v = match (k.as_str(), v) {
-                ("tokenizer.ggml.merges", Value::Array(a)) => {
-                    Value::Array(a.iter().take(16).cloned().collect())
-                }
+                ("tokenizer.ggml.merges", Value::Array(a)) => Value::Array(a.iter().take(16).cloned().collect()),
                 (_, Value::Array(a)) if k.starts_with("tokenizer.") => {
                     Value::Array(a.iter().take(t.vocab).cloned().collect())
                 }
@@ -490,19 +427,11 @@ fn tiny_gguf(t: &Tiny, real: Option<&GgufFile>) -> Vec<u8> {
     } else {
         w.set("general.architecture", Value::String(arch.into()));
         w.set("general.name", Value::String(format!("tiny {arch}")));
-        let tokens: Vec<Value> = (0..t.vocab)
-            .map(|i| Value::String(format!("t{i}")))
-            .collect();
+        let tokens: Vec<Value> = (0..t.vocab).map(|i| Value::String(format!("t{i}"))).collect();
         w.set("tokenizer.ggml.model", Value::String("llama".into()));
         w.set("tokenizer.ggml.tokens", Value::Array(tokens));
-        w.set(
-            "tokenizer.ggml.scores",
-            Value::Array((0..t.vocab).map(|i| Value::F32(-(i as f32))).collect()),
-        );
-        w.set(
-            "tokenizer.ggml.token_type",
-            Value::Array((0..t.vocab).map(|_| Value::I32(1)).collect()),
-        );
+        w.set("tokenizer.ggml.scores", Value::Array((0..t.vocab).map(|i| Value::F32(-(i as f32))).collect()));
+        w.set("tokenizer.ggml.token_type", Value::Array((0..t.vocab).map(|_| Value::I32(1)).collect()));
     }
     let u = |x: usize| Value::U32(x as u32);
     for (k, v) in [
@@ -530,19 +459,10 @@ fn tiny_gguf(t: &Tiny, real: Option<&GgufFile>) -> Vec<u8> {
         };
         let real_ty = types.iter().find(|(n, _)| *n == name).map(|&(_, ty)| ty);
         let ty = real_ty.unwrap_or_else(|| default_type(&name));
-        let ty = if dims[0] % ty.block_size() == 0 {
-            ty
-        } else {
-            GgmlType::F32
-        };
+        let ty = if dims[0] % ty.block_size() == 0 { ty } else { GgmlType::F32 };
         let n = dims.iter().product();
         let data = tensor_bytes(&name, ty, n, &mut rng);
-        w.add_tensor(TensorData {
-            name,
-            dims: dims.iter().map(|&d| d as u64).collect(),
-            ty,
-            data,
-        });
+        w.add_tensor(TensorData { name, dims: dims.iter().map(|&d| d as u64).collect(), ty, data });
     }
     let mut bytes = Vec::new();
     w.write(&mut bytes).unwrap();
@@ -553,10 +473,7 @@ fn tiny_gguf(t: &Tiny, real: Option<&GgufFile>) -> Vec<u8> {
 fn real_header(path: &Path, data: usize) -> Option<(Vec<u8>, usize)> {
     let f = GgufFile::open(path).ok()?;
     let start = f.tensors.iter().map(|t| f.tensor_file_offset(t)).min()?;
-    Some((
-        f.bytes()[..(start + data).min(f.file_len())].to_vec(),
-        start,
-    ))
+    Some((f.bytes()[..(start + data).min(f.file_len())].to_vec(), start))
 }
 
 /// The GGUF number fields the reader trusts: counts, lengths, value types, dims, tensor types
@@ -581,10 +498,7 @@ fn gguf_fields(b: &[u8]) -> Vec<Field> {
             Some(v)
         }
         fn skip(&mut self, n: u64) -> Option<()> {
-            self.pos = self
-                .pos
-                .checked_add(usize::try_from(n).ok()?)
-                .filter(|&p| p <= self.b.len())?;
+            self.pos = self.pos.checked_add(usize::try_from(n).ok()?).filter(|&p| p <= self.b.len())?;
             Some(())
         }
         fn string(&mut self) -> Option<()> {
@@ -618,11 +532,7 @@ fn gguf_fields(b: &[u8]) -> Vec<Field> {
             }
         }
     }
-    let mut w = Walk {
-        b,
-        pos: 4,
-        fields: Vec::new(),
-    };
+    let mut w = Walk { b, pos: 4, fields: Vec::new() };
     let _ = (|| {
         w.u32()?; // version
         let n_tensors = w.u64()?;
@@ -656,12 +566,7 @@ struct Seed {
 impl Seed {
     fn gguf(name: &'static str, bytes: Vec<u8>, header: usize) -> Seed {
         let fields = gguf_fields(&bytes);
-        Seed {
-            name,
-            bytes,
-            header,
-            fields,
-        }
+        Seed { name, bytes, header, fields }
     }
 }
 
@@ -676,18 +581,10 @@ fn gguf_seeds() -> (Vec<Seed>, Option<Seed>) {
     let smol = open_real(&SMOLLM2);
     let gemma = open_real(&GEMMA3);
     let mut seeds = Vec::new();
-    for (name, t, real) in [
-        ("tiny-llama", TINY_LLAMA, &smol),
-        ("tiny-gemma3", TINY_GEMMA, &gemma),
-    ] {
+    for (name, t, real) in [("tiny-llama", TINY_LLAMA, &smol), ("tiny-gemma3", TINY_GEMMA, &gemma)] {
         let bytes = tiny_gguf(&t, real.as_ref().map(|(_, f)| f));
         let file = GgufFile::from_vec(bytes.clone()).expect("seed parses");
-        let header = file
-            .tensors
-            .iter()
-            .map(|t| file.tensor_file_offset(t))
-            .min()
-            .unwrap();
+        let header = file.tensors.iter().map(|t| file.tensor_file_offset(t)).min().unwrap();
         let model = Model::from_gguf(file).unwrap_or_else(|e| panic!("{name} seed loads: {e}"));
         assert!(run_model(&model), "{name} seed runs");
         seeds.push(Seed::gguf(name, bytes, header));
@@ -731,15 +628,7 @@ fn mutated_gguf_files_never_panic_the_reader_or_loader() {
             _ => &seeds[rng.below(seeds.len())],
         };
         let mut bytes = seed.bytes.clone();
-        mutate(
-            &mut bytes,
-            &Target {
-                header: seed.header,
-                fields: &seed.fields,
-                donors: &donors,
-            },
-            &mut rng,
-        );
+        mutate(&mut bytes, &Target { header: seed.header, fields: &seed.fields, donors: &donors }, &mut rng);
         check_gguf(&mut fuzz, i as u64, seed.name, bytes);
     }
     if real.is_none() {
@@ -762,9 +651,7 @@ fn gguf_weight_matrix_in_an_activation_format_is_an_error() {
             bytes.resize(bytes.len() + (1 << 17), 0);
             let file = GgufFile::from_vec(bytes).expect("still a valid GGUF file");
             assert_eq!(file.tensor(victim).unwrap().ty, ty);
-            let e = Model::from_gguf(file)
-                .err()
-                .unwrap_or_else(|| panic!("{victim} as {ty} loaded"));
+            let e = Model::from_gguf(file).err().unwrap_or_else(|| panic!("{victim} as {ty} loaded"));
             assert!(e.to_string().contains(victim), "{e}");
         }
     }
@@ -774,15 +661,8 @@ fn gguf_weight_matrix_in_an_activation_format_is_an_error() {
 fn tensor_info_end(bytes: &[u8], name: &str) -> usize {
     let mut key = (name.len() as u64).to_le_bytes().to_vec();
     key.extend(name.as_bytes());
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key.as_slice())
-        .expect("tensor name in the header");
-    let n_dims = u32::from_le_bytes(
-        bytes[at + key.len()..at + key.len() + 4]
-            .try_into()
-            .unwrap(),
-    ) as usize;
+    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).expect("tensor name in the header");
+    let n_dims = u32::from_le_bytes(bytes[at + key.len()..at + key.len() + 4].try_into().unwrap()) as usize;
     at + key.len() + 4 + 8 * n_dims + 4 + 8
 }
 
@@ -802,7 +682,10 @@ fn safetensors_bytes(tensors: &[(String, &str, Vec<usize>, Vec<f32>)]) -> Vec<u8
                 other => unreachable!("{other}"),
             }
         }
-        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
     }
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
@@ -830,15 +713,7 @@ fn hf_seed(t: &Tiny, shards: usize) -> HfDir {
         shape.reverse();
         let n = shape.iter().product();
         let norm = gguf.ends_with("norm.weight");
-        let values = (0..n)
-            .map(|_| {
-                if norm && !gemma {
-                    1.0
-                } else {
-                    0.5 * rng.uniform()
-                }
-            })
-            .collect();
+        let values = (0..n).map(|_| if norm && !gemma { 1.0 } else { 0.5 * rng.uniform() }).collect();
         tensors.push((hf, ["F32", "F16", "BF16"][k % 3], shape, values));
     }
     let mut config = serde_json::json!({
@@ -856,16 +731,10 @@ fn hf_seed(t: &Tiny, shards: usize) -> HfDir {
         c.remove("rope_scaling");
         c.insert("sliding_window".into(), 4.into());
         c.insert("query_pre_attn_scalar".into(), 16.into());
-        c.insert(
-            "layer_types".into(),
-            serde_json::json!(["sliding_attention", "full_attention"]),
-        );
+        c.insert("layer_types".into(), serde_json::json!(["sliding_attention", "full_attention"]));
         c.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
     }
-    let mut dir = vec![(
-        "config.json".to_string(),
-        serde_json::to_vec_pretty(&config).unwrap(),
-    )];
+    let mut dir = vec![("config.json".to_string(), serde_json::to_vec_pretty(&config).unwrap())];
     if shards == 1 {
         dir.push(("model.safetensors".into(), safetensors_bytes(&tensors)));
         return dir;
@@ -880,26 +749,18 @@ fn hf_seed(t: &Tiny, shards: usize) -> HfDir {
         dir.push((file, safetensors_bytes(chunk)));
     }
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
-    dir.push((
-        "model.safetensors.index.json".into(),
-        serde_json::to_vec_pretty(&index).unwrap(),
-    ));
+    dir.push(("model.safetensors.index.json".into(), serde_json::to_vec_pretty(&index).unwrap()));
     dir
 }
 
 /// Replaces a number or a quoted string in JSON text by another.
 fn mutate_json_token(text: &mut Vec<u8>, rng: &mut Rng) {
-    let numbers: Vec<(usize, usize)> = spans(text, |b| {
-        b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e'
-    });
+    let numbers: Vec<(usize, usize)> = spans(text, |b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e');
     let strings: Vec<(usize, usize)> = quoted_spans(text);
     let use_number = rng.below(3) != 0 && !numbers.is_empty();
     let (from, to, new): (usize, usize, String) = if use_number {
         let (a, b) = numbers[rng.below(numbers.len())];
-        let old: f64 = std::str::from_utf8(&text[a..b])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1.0);
+        let old: f64 = std::str::from_utf8(&text[a..b]).ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
         let new = match rng.below(12) {
             0 => "0".to_string(),
             1 => "-1".into(),
@@ -974,12 +835,7 @@ fn spans(text: &[u8], member: impl Fn(u8) -> bool) -> Vec<(usize, usize)> {
 
 /// Contents of `"…"` strings (no escapes in these seeds).
 fn quoted_spans(text: &[u8]) -> Vec<(usize, usize)> {
-    let quotes: Vec<usize> = text
-        .iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'"')
-        .map(|(i, _)| i)
-        .collect();
+    let quotes: Vec<usize> = text.iter().enumerate().filter(|(_, &b)| b == b'"').map(|(i, _)| i).collect();
     quotes.chunks_exact(2).map(|q| (q[0] + 1, q[1])).collect()
 }
 
@@ -1018,15 +874,7 @@ fn mutate_hf(dir: &mut HfDir, donors: &[&[u8]], rng: &mut Rng) {
             }
             _ => {
                 let header = if json { bytes.len() } else { 8 + 512 };
-                mutate(
-                    bytes,
-                    &Target {
-                        header,
-                        fields: &[Field::U64(0)],
-                        donors,
-                    },
-                    rng,
-                );
+                mutate(bytes, &Target { header, fields: &[Field::U64(0)], donors }, rng);
             }
         }
     }
@@ -1034,26 +882,9 @@ fn mutate_hf(dir: &mut HfDir, donors: &[&[u8]], rng: &mut Rng) {
 
 #[test]
 fn mutated_hugging_face_dirs_never_panic_the_loader() {
-    let tiny = Tiny {
-        family: Family::Llama,
-        dim: 8,
-        ffn: 16,
-        layers: 2,
-        heads: 2,
-        kv_heads: 1,
-        head_dim: 4,
-        vocab: 16,
-    };
-    let seeds = [
-        hf_seed(&tiny, 1),
-        hf_seed(
-            &Tiny {
-                family: Family::Gemma3,
-                ..tiny
-            },
-            2,
-        ),
-    ];
+    let tiny =
+        Tiny { family: Family::Llama, dim: 8, ffn: 16, layers: 2, heads: 2, kv_heads: 1, head_dim: 4, vocab: 16 };
+    let seeds = [hf_seed(&tiny, 1), hf_seed(&Tiny { family: Family::Gemma3, ..tiny }, 2)];
     let tmp = tempfile::tempdir().unwrap();
     for (k, seed) in seeds.iter().enumerate() {
         let dir = tmp.path().join(format!("seed{k}"));
@@ -1079,15 +910,8 @@ fn mutated_hugging_face_dirs_never_panic_the_loader() {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
         // Opened as a directory, and through one of its files (as `kiln run -m dir/config.json`).
-        let path = if rng.below(4) == 0 {
-            dir.join(&files[rng.below(files.len())].0)
-        } else {
-            dir.clone()
-        };
-        let saved: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(n, b)| (n.as_str(), b.as_slice()))
-            .collect();
+        let path = if rng.below(4) == 0 { dir.join(&files[rng.below(files.len())].0) } else { dir.clone() };
+        let saved: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
         let mut accepted = [false; 2];
         fuzz.guard(i as u64, "open_model / forward", &saved, || {
             let Ok(model) = open_model(&path) else { return };
@@ -1104,16 +928,8 @@ fn mutated_hugging_face_dirs_never_panic_the_loader() {
 /// took a minute, and 2^40 aborted the process on allocation.
 #[test]
 fn hf_config_with_a_huge_head_dim_is_an_error_not_an_allocation() {
-    let tiny = Tiny {
-        family: Family::Llama,
-        dim: 8,
-        ffn: 16,
-        layers: 2,
-        heads: 2,
-        kv_heads: 1,
-        head_dim: 4,
-        vocab: 16,
-    };
+    let tiny =
+        Tiny { family: Family::Llama, dim: 8, ffn: 16, layers: 2, heads: 2, kv_heads: 1, head_dim: 4, vocab: 16 };
     let tmp = tempfile::tempdir().unwrap();
     for rope_scaling in [
         serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -1130,14 +946,8 @@ fn hf_config_with_a_huge_head_dim_is_an_error_not_an_allocation() {
                 std::fs::write(tmp.path().join(name), bytes).unwrap();
             }
             let start = std::time::Instant::now();
-            let e = open_model(tmp.path())
-                .err()
-                .expect("a huge head_dim is an error");
-            assert!(
-                start.elapsed().as_secs_f64() < 1.0,
-                "head_dim {head_dim}: {:?}",
-                start.elapsed()
-            );
+            let e = open_model(tmp.path()).err().expect("a huge head_dim is an error");
+            assert!(start.elapsed().as_secs_f64() < 1.0, "head_dim {head_dim}: {:?}", start.elapsed());
             assert!(e.to_string().contains("head_dim"), "{e}");
         }
     }
@@ -1149,16 +959,8 @@ fn hf_config_with_a_huge_head_dim_is_an_error_not_an_allocation() {
 /// 4.6·10^18 heads.
 #[test]
 fn head_count_times_head_width_overflow_is_an_error() {
-    let tiny = Tiny {
-        family: Family::Llama,
-        dim: 8,
-        ffn: 16,
-        layers: 2,
-        heads: 2,
-        kv_heads: 1,
-        head_dim: 4,
-        vocab: 16,
-    };
+    let tiny =
+        Tiny { family: Family::Llama, dim: 8, ffn: 16, layers: 2, heads: 2, kv_heads: 1, head_dim: 4, vocab: 16 };
     let tmp = tempfile::tempdir().unwrap();
     for family in [Family::Llama, Family::Gemma3] {
         for (key, n) in [
@@ -1177,9 +979,7 @@ fn head_count_times_head_width_overflow_is_an_error() {
                 std::fs::write(tmp.path().join(name), bytes).unwrap();
             }
             let result = catch_unwind(|| open_model(tmp.path()).map(|_| ()));
-            let e = result
-                .unwrap_or_else(|_| panic!("{key} = {n} panicked"))
-                .err();
+            let e = result.unwrap_or_else(|_| panic!("{key} = {n} panicked")).err();
             let e = e.unwrap_or_else(|| panic!("{family:?} with {key} = {n} loaded"));
             assert!(e.to_string().contains("heads"), "{e}");
         }
@@ -1193,15 +993,7 @@ fn llama2c_seed(t: &Tiny, version: u32, shared: bool) -> Vec<u8> {
     let (d, f, l, kv) = (t.dim, t.ffn, t.layers, t.kv_heads * t.head_dim);
     let seq = 8;
     let vocab = t.vocab as i32;
-    let ints = [
-        d as i32,
-        f as i32,
-        l as i32,
-        t.heads as i32,
-        t.kv_heads as i32,
-        vocab,
-        seq,
-    ];
+    let ints = [d as i32, f as i32, l as i32, t.heads as i32, t.kv_heads as i32, vocab, seq];
     let mut rng = Rng(0xc0de);
     let mut out = Vec::new();
     let mut floats = |out: &mut Vec<u8>, n: usize, norm: bool| {
@@ -1229,11 +1021,7 @@ fn llama2c_seed(t: &Tiny, version: u32, shared: bool) -> Vec<u8> {
         out.push(u8::from(shared));
         out.resize(256, 0);
         floats(&mut out, 2 * l * d + d, true);
-        floats(
-            &mut out,
-            t.vocab * d + l * (2 * d * d + 2 * kv * d) + l * 3 * f * d,
-            false,
-        );
+        floats(&mut out, t.vocab * d + l * (2 * d * d + 2 * kv * d) + l * 3 * f * d, false);
     }
     if !shared {
         floats(&mut out, t.vocab * d, false);
@@ -1243,21 +1031,9 @@ fn llama2c_seed(t: &Tiny, version: u32, shared: bool) -> Vec<u8> {
 
 #[test]
 fn mutated_llama2c_checkpoints_never_panic_the_loader() {
-    let tiny = Tiny {
-        family: Family::Llama,
-        dim: 16,
-        ffn: 32,
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 4,
-        vocab: 32,
-    };
-    let seeds = [
-        llama2c_seed(&tiny, 0, true),
-        llama2c_seed(&tiny, 0, false),
-        llama2c_seed(&tiny, 1, true),
-    ];
+    let tiny =
+        Tiny { family: Family::Llama, dim: 16, ffn: 32, layers: 2, heads: 4, kv_heads: 2, head_dim: 4, vocab: 32 };
+    let seeds = [llama2c_seed(&tiny, 0, true), llama2c_seed(&tiny, 0, false), llama2c_seed(&tiny, 1, true)];
     let tmp = tempfile::tempdir().unwrap();
     for (k, seed) in seeds.iter().enumerate() {
         let path = tmp.path().join(format!("seed{k}.bin"));
@@ -1266,10 +1042,8 @@ fn mutated_llama2c_checkpoints_never_panic_the_loader() {
         assert!(run_model(&m), "llama2.c seed {k} runs");
     }
     let v0_fields: Vec<Field> = (0..7).map(|k| Field::I32(4 * k)).collect();
-    let v1_fields: Vec<Field> = [Field::U32(0), Field::I32(4)]
-        .into_iter()
-        .chain((0..7).map(|k| Field::I32(8 + 4 * k)))
-        .collect();
+    let v1_fields: Vec<Field> =
+        [Field::U32(0), Field::I32(4)].into_iter().chain((0..7).map(|k| Field::I32(8 + 4 * k))).collect();
     let donors: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
     let mut fuzz = Fuzz::new("llama2c", &["loaded as models", "ran"]);
     let total = iters(DEFAULT_LLAMA2C_ITERS);
@@ -1279,32 +1053,15 @@ fn mutated_llama2c_checkpoints_never_panic_the_loader() {
         let mut rng = Rng::for_input(fuzz.seed, i as u64);
         let k = rng.below(seeds.len());
         let mut bytes = seeds[k].clone();
-        let (header, fields) = if k < 2 {
-            (28, &v0_fields)
-        } else {
-            (64, &v1_fields)
-        };
-        mutate(
-            &mut bytes,
-            &Target {
-                header,
-                fields,
-                donors: &donors,
-            },
-            &mut rng,
-        );
+        let (header, fields) = if k < 2 { (28, &v0_fields) } else { (64, &v1_fields) };
+        mutate(&mut bytes, &Target { header, fields, donors: &donors }, &mut rng);
         std::fs::write(&path, &bytes).unwrap();
         let mut accepted = [false; 2];
-        fuzz.guard(
-            i as u64,
-            "open_model / forward",
-            &[("input.bin", &bytes)],
-            || {
-                let Ok(model) = open_model(&path) else { return };
-                accepted[0] = true;
-                accepted[1] = run_model(&model);
-            },
-        );
+        fuzz.guard(i as u64, "open_model / forward", &[("input.bin", &bytes)], || {
+            let Ok(model) = open_model(&path) else { return };
+            accepted[0] = true;
+            accepted[1] = run_model(&model);
+        });
         fuzz.record(&accepted);
     }
     fuzz.finish();

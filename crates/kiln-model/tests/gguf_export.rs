@@ -25,7 +25,6 @@ const FALLBACK_REL_TOL: f32 = 0.04;
 
 const TOKENS: [u32; 10] = [1, 17, 299, 42, 0, 5, 123, 250, 7, 88];
 
-
 /// A tiny llama: `dim` wide, `ffn` hidden, 2 layers, 4 query and 2 key/value heads, 300 tokens.
 struct Tiny {
     dim: usize,
@@ -63,28 +62,15 @@ fn write_tiny(dir: &Path, s: &Tiny, seed: u64) -> PathBuf {
     let tokens = (0..VOCAB).map(|i| Value::String(format!("t{i}"))).collect();
     w.set("tokenizer.ggml.model", Value::String("gpt2".into()));
     w.set("tokenizer.ggml.tokens", Value::Array(tokens));
-    w.set(
-        "tokenizer.ggml.token_type",
-        Value::Array(vec![Value::I32(1); VOCAB]),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        Value::Array(vec![Value::String("t 1".into())]),
-    );
-    w.set(
-        "tokenizer.chat_template",
-        Value::String("{{ messages }}".into()),
-    );
+    w.set("tokenizer.ggml.token_type", Value::Array(vec![Value::I32(1); VOCAB]));
+    w.set("tokenizer.ggml.merges", Value::Array(vec![Value::String("t 1".into())]));
+    w.set("tokenizer.chat_template", Value::String("{{ messages }}".into()));
     w.set("general.alignment", u(32));
 
     let mut add = |name: String, dims: Vec<usize>| {
         let n: usize = dims.iter().product();
         let norm = dims.len() == 1;
-        let scale = if norm {
-            0.2
-        } else {
-            1.5 / (dims[0] as f32).sqrt()
-        };
+        let scale = if norm { 0.2 } else { 1.5 / (dims[0] as f32).sqrt() };
         let offset = if norm { 1.0 } else { 0.0 };
         let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.uniform()).collect();
         w.add_tensor(TensorData {
@@ -117,59 +103,34 @@ fn write_tiny(dir: &Path, s: &Tiny, seed: u64) -> PathBuf {
     path
 }
 
-
-
 /// Requantizes `src` to `target` beside it; returns the report, the written file, and the
 /// relative logit difference from `src`.
 fn requantize(src: &Path, target: GgmlType) -> (ExportReport, GgufFile, f32) {
     let out = src.with_file_name(format!("out-{target}.gguf"));
     let file = GgufFile::open(src).unwrap();
     let mut calls = Vec::new();
-    let report =
-        requantize_gguf(&file, target, &out, |done, total| calls.push((done, total))).unwrap();
+    let report = requantize_gguf(&file, target, &out, |done, total| calls.push((done, total))).unwrap();
     let total: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     assert_eq!(calls.first(), Some(&(0, total)));
     assert_eq!(calls.last(), Some(&(total, total)));
-    assert!(
-        calls.windows(2).all(|w| w[0].0 <= w[1].0),
-        "progress goes forward"
-    );
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "progress goes forward");
     assert_eq!(report.bytes_out, std::fs::metadata(&out).unwrap().len());
-    let diff = rel_diff(
-        &logits(&Model::open_gguf(&out).unwrap(), &TOKENS),
-        &logits(&Model::open_gguf(src).unwrap(), &TOKENS),
-    );
-    eprintln!(
-        "{target}: relative logit difference {diff:.5}, {} notes",
-        report.notes.len()
-    );
+    let diff =
+        rel_diff(&logits(&Model::open_gguf(&out).unwrap(), &TOKENS), &logits(&Model::open_gguf(src).unwrap(), &TOKENS));
+    eprintln!("{target}: relative logit difference {diff:.5}, {} notes", report.notes.len());
     (report, GgufFile::open(&out).unwrap(), diff)
 }
 
 /// Metadata is the source's, in order, but for the two keys a requantization sets and the
 /// alignment, which the writer fixes at 32.
 fn check_metadata(src: &GgufFile, out: &GgufFile, target: GgmlType) {
-    let skip = [
-        "general.file_type",
-        "general.quantization_version",
-        "general.alignment",
-    ];
+    let skip = ["general.file_type", "general.quantization_version", "general.alignment"];
     let kept = |f: &GgufFile| -> Vec<(String, Value)> {
-        f.metadata
-            .iter()
-            .filter(|(k, _)| !skip.contains(&k.as_str()))
-            .cloned()
-            .collect()
+        f.metadata.iter().filter(|(k, _)| !skip.contains(&k.as_str())).cloned().collect()
     };
     assert_eq!(kept(out), kept(src));
-    assert_eq!(
-        out.get("general.file_type"),
-        Some(&Value::U32(llama_file_type(target).unwrap()))
-    );
-    assert_eq!(
-        out.get("general.quantization_version"),
-        Some(&Value::U32(2))
-    );
+    assert_eq!(out.get("general.file_type"), Some(&Value::U32(llama_file_type(target).unwrap())));
+    assert_eq!(out.get("general.quantization_version"), Some(&Value::U32(2)));
 }
 
 fn ty(f: &GgufFile, name: &str) -> GgmlType {
@@ -181,15 +142,9 @@ fn q8_0_and_q4_0_load_and_stay_close_to_f32() {
     let dir = tempfile::tempdir().unwrap();
     let src = write_tiny(dir.path(), &Tiny { dim: 64, ffn: 96 }, 7);
     let src_file = GgufFile::open(&src).unwrap();
-    for (target, tol) in [
-        (GgmlType::Q8_0, Q8_0_REL_TOL),
-        (GgmlType::Q4_0, Q4_0_REL_TOL),
-    ] {
+    for (target, tol) in [(GgmlType::Q8_0, Q8_0_REL_TOL), (GgmlType::Q4_0, Q4_0_REL_TOL)] {
         let (report, out, diff) = requantize(&src, target);
-        assert!(
-            diff <= tol,
-            "{target}: logits differ from F32 by {diff} (budget {tol})"
-        );
+        assert!(diff <= tol, "{target}: logits differ from F32 by {diff} (budget {tol})");
         check_metadata(&src_file, &out, target);
         assert!(report.notes.is_empty(), "{:?}", report.notes);
         assert_eq!(report.tensors.len(), src_file.tensors.len());
@@ -200,12 +155,7 @@ fn q8_0_and_q4_0_load_and_stay_close_to_f32() {
         assert_eq!(ty(&out, "blk.1.ffn_down.weight"), target);
         assert_eq!(ty(&out, "token_embd.weight"), GgmlType::Q8_0);
         assert_eq!(ty(&out, "output.weight"), GgmlType::Q8_0);
-        assert!(
-            report.bytes_out < report.bytes_in / 3,
-            "{target}: {} → {} bytes",
-            report.bytes_in,
-            report.bytes_out
-        );
+        assert!(report.bytes_out < report.bytes_in / 3, "{target}: {} → {} bytes", report.bytes_in, report.bytes_out);
     }
 }
 
@@ -216,18 +166,11 @@ fn k_types_load_and_stay_close_to_f32() {
     let src_file = GgufFile::open(&src).unwrap();
     for (target, tol) in [(GgmlType::Q6K, Q6_K_REL_TOL), (GgmlType::Q4K, Q4_K_REL_TOL)] {
         let (report, out, diff) = requantize(&src, target);
-        assert!(
-            diff <= tol,
-            "{target}: logits differ from F32 by {diff} (budget {tol})"
-        );
+        assert!(diff <= tol, "{target}: logits differ from F32 by {diff} (budget {tol})");
         check_metadata(&src_file, &out, target);
         assert!(report.notes.is_empty(), "{:?}", report.notes);
         assert_eq!(ty(&out, "blk.0.attn_q.weight"), target);
-        let embd = if target == GgmlType::Q4K {
-            GgmlType::Q8_0
-        } else {
-            target
-        };
+        let embd = if target == GgmlType::Q4K { GgmlType::Q8_0 } else { target };
         assert_eq!(ty(&out, "token_embd.weight"), embd);
     }
 }
@@ -242,21 +185,14 @@ fn rows_that_do_not_fill_blocks_fall_back_with_a_note() {
     assert_eq!(ty(&out, "blk.0.ffn_down.weight"), GgmlType::F16);
     assert_eq!(ty(&out, "blk.0.ffn_up.weight"), GgmlType::Q4_0);
     assert_eq!(report.notes.len(), LAYERS, "{:?}", report.notes);
-    assert!(
-        report.notes[0].starts_with("blk.0.ffn_down.weight: row length 80"),
-        "{}",
-        report.notes[0]
-    );
+    assert!(report.notes[0].starts_with("blk.0.ffn_down.weight: row length 80"), "{}", report.notes[0]);
     assert!(diff <= Q4_0_REL_TOL);
 
     let (report, out, diff) = requantize(&src, GgmlType::Q4K);
     assert_eq!(ty(&out, "blk.0.attn_q.weight"), GgmlType::Q8_0);
     assert_eq!(ty(&out, "blk.0.ffn_down.weight"), GgmlType::F16);
     assert_eq!(report.notes.len(), 7 * LAYERS, "{:?}", report.notes);
-    assert!(
-        diff <= FALLBACK_REL_TOL,
-        "all-fallback logits differ by {diff}"
-    );
+    assert!(diff <= FALLBACK_REL_TOL, "all-fallback logits differ by {diff}");
 }
 
 #[test]
@@ -269,10 +205,7 @@ fn a_refused_target_writes_nothing() {
     assert!(err.to_string().contains("activation format"), "{err}");
     let missing_dir = dir.path().join("no/such/dir/x.gguf");
     assert!(requantize_gguf(&file, GgmlType::Q8_0, &missing_dir, |_, _| {}).is_err());
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "only the source is left: {names:?}");
 }
 
@@ -283,12 +216,7 @@ fn greedy_text(model: &Model, vocab: &[Value], prompt: &[u32], n: usize) -> Stri
     let mut logits = model.forward(&mut state, prompt, false).unwrap().to_vec();
     let mut text = String::new();
     for _ in 0..n {
-        let next = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0 as u32;
+        let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
         text.push_str(vocab[next as usize].as_str().unwrap());
         logits.copy_from_slice(model.forward(&mut state, &[next], false).unwrap());
     }
@@ -305,23 +233,13 @@ fn smollm2_requantized_to_q8_0_still_knows_paris() {
     assert!(report.notes.is_empty(), "{:?}", report.notes);
     let file = GgufFile::open(&out).unwrap();
     check_metadata(&src, &file, GgmlType::Q8_0);
-    let vocab = file
-        .get("tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .unwrap()
-        .to_vec();
+    let vocab = file.get("tokenizer.ggml.tokens").and_then(Value::as_array).unwrap().to_vec();
     // "The capital of France is", as llama.cpp tokenizes it (tests/fixtures/reference/greedy-smollm2.json).
     let prompt = [504, 3575, 282, 4649, 314];
-    let prompt_text: String = prompt
-        .iter()
-        .map(|&t| vocab[t as usize].as_str().unwrap())
-        .collect();
+    let prompt_text: String = prompt.iter().map(|&t| vocab[t as usize].as_str().unwrap()).collect();
     assert_eq!(prompt_text.replace('Ġ', " "), "The capital of France is");
     let model = Model::from_gguf(file).unwrap();
     let text = greedy_text(&model, &vocab, &prompt, 8);
     eprintln!("SmolLM2 Q8_0 (requantized): The capital of France is{text}");
-    assert!(
-        text.contains("Paris"),
-        "greedy continuation {text:?} does not name Paris"
-    );
+    assert!(text.contains("Paris"), "greedy continuation {text:?} does not name Paris");
 }

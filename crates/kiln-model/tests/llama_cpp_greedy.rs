@@ -27,7 +27,8 @@ fn greedy(model: &Model, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f64>) {
     let mut logits = model.forward(&mut state, prompt, false).unwrap().to_vec();
     let (mut out, mut probs) = (Vec::new(), Vec::new());
     for _ in 0..n {
-        let (next, max) = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b });
+        let (next, max) =
+            logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b });
         let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
         out.push(next as u32);
         probs.push(1.0 / sum);
@@ -69,7 +70,10 @@ fn check(which: &TestModel) {
                 ours[same],
                 expected[same]
             );
-            eprintln!("{:?}: near-tie at token {same} (gap {gap:.4}), compared up to there", case["prompt"].as_str().unwrap());
+            eprintln!(
+                "{:?}: near-tie at token {same} (gap {gap:.4}), compared up to there",
+                case["prompt"].as_str().unwrap()
+            );
         }
     }
     let fraction = matched as f64 / total as f64;

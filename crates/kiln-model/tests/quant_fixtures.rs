@@ -10,27 +10,20 @@ use kiln_model::quant::{dequantize_row, quantize_row, reference, vec_dot, vec_do
 use kiln_model::GgmlType;
 
 /// The fixture names of the 13 weight types.
-const WEIGHT_TYPES: [&str; 13] = [
-    "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
-    "q6_k",
-];
+const WEIGHT_TYPES: [&str; 13] =
+    ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"];
 
 /// How far the dispatched (possibly SIMD) dot product may drift from ggml's scalar one,
 /// relative to the sum of |w_i a_i|: reordering f32 additions only.
 const SIMD_REL_TOL: f64 = 1e-5;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/quant")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 fn ty(name: &str) -> GgmlType {
@@ -73,10 +66,8 @@ fn check_quantize(prefix: &str, name: &str) {
     let x = f32s(&fixture(&format!("{prefix}_{name}.f32")));
     let want = fixture(&format!("{prefix}_{name}.bin"));
     let t = ty(name);
-    for (path, quantize) in [
-        ("dispatch", quantize_row as fn(_, &_, &mut _) -> _),
-        ("scalar", reference::quantize_row),
-    ] {
+    for (path, quantize) in [("dispatch", quantize_row as fn(_, &_, &mut _) -> _), ("scalar", reference::quantize_row)]
+    {
         let mut got = vec![0u8; t.bytes_for(x.len()).expect("whole blocks")];
         quantize(t, &x, &mut got).unwrap();
         if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
@@ -112,9 +103,7 @@ fn k_quantization_matches_ggml_reference() {
 
 #[test]
 fn quantized_dot_is_bit_exact_with_ggml_generic() {
-    for name in [
-        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
-    ] {
+    for name in ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"] {
         let t = ty(name);
         let w = fixture(&format!("dequant_{name}.bin"));
         let a = fixture(&format!("ggml_dot_{name}.a"));
@@ -125,11 +114,8 @@ fn quantized_dot_is_bit_exact_with_ggml_generic() {
 
         // The dispatched kernel (AVX2 where the CPU has it) reorders f32 sums only.
         let fast = vec_dot(t, n, &w, &a) as f64;
-        let mag: f64 = dequant(t, &w)
-            .iter()
-            .zip(dequant(vec_dot_type(t), &a))
-            .map(|(&x, y)| (x as f64 * y as f64).abs())
-            .sum();
+        let mag: f64 =
+            dequant(t, &w).iter().zip(dequant(vec_dot_type(t), &a)).map(|(&x, y)| (x as f64 * y as f64).abs()).sum();
         assert!(
             (fast - want as f64).abs() <= SIMD_REL_TOL * mag,
             "vec_dot {name}: dispatched {fast}, ggml {want} (sum |terms| {mag})"

@@ -36,12 +36,18 @@ pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool" | "developer") {
-            return Err(ApiError::invalid_param("messages", format!("unknown role `{}`; use system, user, assistant or tool", m.role)));
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!("unknown role `{}`; use system, user, assistant or tool", m.role),
+            ));
         }
         let role = if m.role == "developer" { "system" } else { m.role.as_str() };
         messages.push(ChatMessage::new(role, m.text()?));
     }
-    let text = app.template.render(&messages, true).map_err(|e| ApiError::invalid(format!("the chat template failed on these messages: {e}")))?;
+    let text = app
+        .template
+        .render(&messages, true)
+        .map_err(|e| ApiError::invalid(format!("the chat template failed on these messages: {e}")))?;
     let prompt = app.tokenizer.encode_prompt(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     if req.top_logprobs.is_some() && !req.logprobs {
@@ -60,7 +66,8 @@ pub async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Resul
         let (ids, text) = match input {
             PromptInput::Text(t) => (app.tokenizer.encode_prompt(&t).map_err(|e| ApiError::invalid(e.to_string()))?, t),
             PromptInput::Tokens(ids) => {
-                let text = app.tokenizer.decode(&ids, false).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
+                let text =
+                    app.tokenizer.decode(&ids, false).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
                 (ids, text)
             }
         };
@@ -70,7 +77,13 @@ pub async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Resul
 }
 
 /// Submits one job per (prompt, choice) and answers in full or as a stream.
-async fn respond(app: Arc<AppState>, kind: Kind, common: &Common, prompts: Vec<(Vec<u32>, String)>, logprobs: Option<usize>) -> Result<Response, ApiError> {
+async fn respond(
+    app: Arc<AppState>,
+    kind: Kind,
+    common: &Common,
+    prompts: Vec<(Vec<u32>, String)>,
+    logprobs: Option<usize>,
+) -> Result<Response, ApiError> {
     let n = common.choices()?;
     let context = app.scheduler.context();
     let longest = prompts.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
@@ -88,7 +101,11 @@ async fn respond(app: Arc<AppState>, kind: Kind, common: &Common, prompts: Vec<(
             let mut opts: GenerateOptions = options.clone();
             opts.sampling.seed = opts.sampling.seed.wrapping_add(c as u64);
             let tx = tx.clone();
-            jobs.push(Job { prompt: prompt.clone(), options: opts, sink: Box::new(move |e| tx.send((index, e)).is_ok()) });
+            jobs.push(Job {
+                prompt: prompt.clone(),
+                options: opts,
+                sink: Box::new(move |e| tx.send((index, e)).is_ok()),
+            });
             echoes.push(echo.clone());
         }
     }
@@ -130,7 +147,15 @@ impl Answer {
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
         let choices = echoes.into_iter().map(|e| ChoiceState { text: e, ..Default::default() }).collect();
-        Answer { app, kind, id: format!("{prefix}-{created:x}{serial:06x}"), created, with_logprobs, prompt_tokens, choices }
+        Answer {
+            app,
+            kind,
+            id: format!("{prefix}-{created:x}{serial:06x}"),
+            created,
+            with_logprobs,
+            prompt_tokens,
+            choices,
+        }
     }
 
     fn object(&self, chunk: bool) -> &'static str {
@@ -161,7 +186,8 @@ impl Answer {
             }
             Kind::Text => {
                 let offset = self.choices[choice].text.len();
-                let top: serde_json::Map<String, Value> = top.iter().map(|t| (piece(t.token), json!(t.logprob))).collect();
+                let top: serde_json::Map<String, Value> =
+                    top.iter().map(|t| (piece(t.token), json!(t.logprob))).collect();
                 json!({ "token": piece(chosen.token), "logprob": chosen.logprob, "top": top, "offset": offset })
             }
         }
@@ -174,8 +200,10 @@ impl Answer {
     }
 
     fn usage(&self) -> Value {
-        let completion: usize = self.choices.iter().filter_map(|c| c.summary.as_ref()).map(|s| s.completion_tokens).sum();
-        let cached: usize = self.choices.iter().filter_map(|c| c.summary.as_ref()).map(|s| s.cached_tokens).max().unwrap_or(0);
+        let completion: usize =
+            self.choices.iter().filter_map(|c| c.summary.as_ref()).map(|s| s.completion_tokens).sum();
+        let cached: usize =
+            self.choices.iter().filter_map(|c| c.summary.as_ref()).map(|s| s.cached_tokens).max().unwrap_or(0);
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -190,7 +218,8 @@ impl Answer {
         let prompt_ms = s.iter().map(|s| s.prompt_time.as_secs_f64() * 1e3).fold(0.0, f64::max);
         let predicted_ms = s.iter().map(|s| s.generate_time.as_secs_f64() * 1e3).fold(0.0, f64::max);
         let predicted: usize = s.iter().map(|s| s.completion_tokens).sum();
-        let per_second = if predicted > 1 && predicted_ms > 0.0 { (predicted - 1) as f64 * 1e3 / predicted_ms } else { 0.0 };
+        let per_second =
+            if predicted > 1 && predicted_ms > 0.0 { (predicted - 1) as f64 * 1e3 / predicted_ms } else { 0.0 };
         json!({ "prompt_n": self.prompt_tokens, "prompt_ms": prompt_ms, "predicted_n": predicted, "predicted_ms": predicted_ms, "predicted_per_second": per_second })
     }
 }
@@ -259,12 +288,18 @@ async fn full_answer(mut answer: Answer, mut rx: UnboundedReceiver<(usize, Event
 }
 
 /// Streams the choices as Server-Sent Events, ending with `data: [DONE]`.
-fn stream_answer(answer: Answer, rx: UnboundedReceiver<(usize, Event)>, include_usage: bool) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+fn stream_answer(
+    answer: Answer,
+    rx: UnboundedReceiver<(usize, Event)>,
+    include_usage: bool,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let mut pending: VecDeque<String> = VecDeque::new();
     // Chat streams open each choice with the assistant's role; echoed prompts come first.
     for i in 0..answer.choices.len() {
         match answer.kind {
-            Kind::Chat => pending.push_back(chunk(&answer, i, json!({ "role": "assistant", "content": "" }), Value::Null, None).to_string()),
+            Kind::Chat => pending.push_back(
+                chunk(&answer, i, json!({ "role": "assistant", "content": "" }), Value::Null, None).to_string(),
+            ),
             Kind::Text if !answer.choices[i].text.is_empty() => {
                 pending.push_back(chunk(&answer, i, json!(answer.choices[i].text), Value::Null, None).to_string())
             }
@@ -310,7 +345,10 @@ impl StreamState {
             }
             let Some((i, event)) = self.rx.recv().await else {
                 // The engine dropped the jobs without a word: end the stream cleanly.
-                self.pending.push_back(json!({ "error": { "message": "generation ended unexpectedly", "type": "server_error" } }).to_string());
+                self.pending.push_back(
+                    json!({ "error": { "message": "generation ended unexpectedly", "type": "server_error" } })
+                        .to_string(),
+                );
                 self.pending.push_back("[DONE]".into());
                 self.finished = true;
                 continue;
@@ -343,7 +381,9 @@ impl StreamState {
                 }
                 Event::Failed(e) => {
                     a.choices[i].failed = Some(e.clone());
-                    self.pending.push_back(json!({ "error": { "message": e, "type": "server_error", "code": null } }).to_string());
+                    self.pending.push_back(
+                        json!({ "error": { "message": e, "type": "server_error", "code": null } }).to_string(),
+                    );
                 }
             }
         }

@@ -63,7 +63,12 @@ pub async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(other) => return Err(ApiError::invalid_param("encoding_format", format!("encoding_format must be float or base64, got {other}"))),
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                format!("encoding_format must be float or base64, got {other}"),
+            ))
+        }
     };
     let mut inputs = Vec::new();
     for input in prompt_inputs(&req.input, "input")? {
@@ -75,7 +80,10 @@ pub async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result
             return Err(ApiError::invalid_param("input", "an input is empty"));
         }
         if ids.len() > app.scheduler.context() {
-            return Err(ApiError::invalid_param("input", format!("an input is {} tokens, but the context is {} tokens", ids.len(), app.scheduler.context())));
+            return Err(ApiError::invalid_param(
+                "input",
+                format!("an input is {} tokens, but the context is {} tokens", ids.len(), app.scheduler.context()),
+            ));
         }
         inputs.push(ids);
     }
@@ -87,7 +95,10 @@ pub async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result
         let model = &worker.model;
         let longest = inputs.iter().map(Vec::len).max().unwrap_or(1);
         let mut state = model.new_state(longest);
-        inputs.iter().map(|ids| model.hidden_states(&mut state, ids).map(|h| mean_pool(&h, model.config.dim))).collect::<Result<Vec<_>, _>>()
+        inputs
+            .iter()
+            .map(|ids| model.hidden_states(&mut state, ids).map(|h| mean_pool(&h, model.config.dim)))
+            .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -141,7 +152,10 @@ pub async fn tokenize(State(app): State<Arc<AppState>>, body: Bytes) -> Result<J
     let req: TokenizeRequest = parse_body(&body)?;
     let ids = app.tokenizer.encode(&req.content, req.add_special).map_err(|e| ApiError::invalid(e.to_string()))?;
     if req.with_pieces {
-        let tokens: Vec<Value> = ids.iter().map(|&id| json!({ "id": id, "piece": app.tokenizer.decode(&[id], false).unwrap_or_default() })).collect();
+        let tokens: Vec<Value> = ids
+            .iter()
+            .map(|&id| json!({ "id": id, "piece": app.tokenizer.decode(&[id], false).unwrap_or_default() }))
+            .collect();
         return Ok(Json(json!({ "tokens": tokens })));
     }
     Ok(Json(json!({ "tokens": ids })))
@@ -156,7 +170,8 @@ pub struct DetokenizeRequest {
 /// `POST /detokenize`.
 pub async fn detokenize(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: DetokenizeRequest = parse_body(&body)?;
-    let content = app.tokenizer.decode(&req.tokens, false).map_err(|e| ApiError::invalid_param("tokens", e.to_string()))?;
+    let content =
+        app.tokenizer.decode(&req.tokens, false).map_err(|e| ApiError::invalid_param("tokens", e.to_string()))?;
     Ok(Json(json!({ "content": content })))
 }
 
@@ -167,15 +182,40 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
         let _ = writeln!(out, "# HELP kiln_{name} {help}\n# TYPE kiln_{name} {kind}\nkiln_{name} {value}");
     };
-    metric("requests_finished_total", "counter", "Generation requests finished (or failed).", m.requests_total.to_string());
-    metric("prompt_tokens_total", "counter", "Prompt tokens processed, reused ones included.", m.prompt_tokens_total.to_string());
+    metric(
+        "requests_finished_total",
+        "counter",
+        "Generation requests finished (or failed).",
+        m.requests_total.to_string(),
+    );
+    metric(
+        "prompt_tokens_total",
+        "counter",
+        "Prompt tokens processed, reused ones included.",
+        m.prompt_tokens_total.to_string(),
+    );
     metric("generated_tokens_total", "counter", "Tokens generated.", m.generated_tokens_total.to_string());
     metric("requests_running", "gauge", "Requests decoding now.", m.running.to_string());
     metric("queue_depth", "gauge", "Requests waiting for a slot.", m.queued.to_string());
     metric("slots_total", "gauge", "Requests decoded together at most (--parallel).", app.parallel.to_string());
-    metric("tokens_per_second", "gauge", "Generated tokens per second over the last 5 seconds.", format!("{:.3}", m.tokens_per_second));
-    metric("kv_cache_used_positions", "gauge", "KV-cache positions in use over all slots.", m.kv_positions_used.to_string());
-    metric("kv_cache_usage_ratio", "gauge", "KV-cache positions in use over those allocated.", format!("{:.6}", m.kv_positions_used as f64 / m.kv_positions_total.max(1) as f64));
+    metric(
+        "tokens_per_second",
+        "gauge",
+        "Generated tokens per second over the last 5 seconds.",
+        format!("{:.3}", m.tokens_per_second),
+    );
+    metric(
+        "kv_cache_used_positions",
+        "gauge",
+        "KV-cache positions in use over all slots.",
+        m.kv_positions_used.to_string(),
+    );
+    metric(
+        "kv_cache_usage_ratio",
+        "gauge",
+        "KV-cache positions in use over those allocated.",
+        format!("{:.6}", m.kv_positions_used as f64 / m.kv_positions_total.max(1) as f64),
+    );
     let _ = writeln!(out, "# HELP kiln_http_requests_total HTTP requests answered, by path and status.\n# TYPE kiln_http_requests_total counter");
     for ((path, status), count) in app.http_counts.lock().expect("counts lock").iter() {
         let _ = writeln!(out, "kiln_http_requests_total{{path=\"{path}\",status=\"{status}\"}} {count}");

@@ -19,7 +19,13 @@ pub struct ApiError {
 impl ApiError {
     /// 400: the request is wrong (bad JSON, a field out of range).
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", code: None, param: None, message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code: None,
+            param: None,
+            message: message.into(),
+        }
     }
 
     /// 400 naming the offending field.
@@ -51,12 +57,24 @@ impl ApiError {
 
     /// 404 for a path.
     pub fn not_found(path: &str) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, kind: "invalid_request_error", code: Some("not_found"), param: None, message: format!("no endpoint at {path}") }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: Some("not_found"),
+            param: None,
+            message: format!("no endpoint at {path}"),
+        }
     }
 
     /// 500: something went wrong on our side.
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "server_error", code: None, param: None, message: message.into() }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            code: None,
+            param: None,
+            message: message.into(),
+        }
     }
 }
 

@@ -108,7 +108,8 @@ fn append(path: &Path, row: &Value) -> std::io::Result<()> {
 /// (up to the last user turn), or an Alpaca `{"instruction", "input"}`.
 pub fn prompt_from_json(row: &Value) -> Result<Vec<ChatMessage>, String> {
     let messages = |v: &Value| -> Result<Vec<ChatMessage>, String> {
-        serde_json::from_value::<Vec<ChatMessage>>(v.clone()).map_err(|e| format!("messages must be [{{\"role\", \"content\"}}…]: {e}"))
+        serde_json::from_value::<Vec<ChatMessage>>(v.clone())
+            .map_err(|e| format!("messages must be [{{\"role\", \"content\"}}…]: {e}"))
     };
     let obj = row.as_object().ok_or("a row must be a JSON object")?;
     let mut prompt = if let Some(p) = obj.get("prompt") {
@@ -138,7 +139,11 @@ pub fn prompt_from_json(row: &Value) -> Result<Vec<ChatMessage>, String> {
 
 impl LabelState {
     /// A session over `prompts`, resuming from what `options.out` already holds.
-    pub fn new(served: ServedModel, prompts: Vec<Vec<ChatMessage>>, options: LabelOptions) -> std::io::Result<LabelState> {
+    pub fn new(
+        served: ServedModel,
+        prompts: Vec<Vec<ChatMessage>>,
+        options: LabelOptions,
+    ) -> std::io::Result<LabelState> {
         let done = labeled_ids(&options.out)?;
         Ok(LabelState {
             served,
@@ -172,7 +177,12 @@ impl LabelState {
                 ..Default::default()
             };
             session.reset();
-            Ok(session.generate(&s.tokenizer, &ids, &opts, |_| true).map_err(|e| e.to_string())?.text.trim().to_string())
+            Ok(session
+                .generate(&s.tokenizer, &ids, &opts, |_| true)
+                .map_err(|e| e.to_string())?
+                .text
+                .trim()
+                .to_string())
         };
         let a = answer(2 * id as u64 + 1)?;
         let mut b = answer(2 * id as u64 + 2)?;
@@ -190,7 +200,18 @@ impl LabelState {
 /// The labeling page and its API.
 pub fn router(state: Arc<LabelState>) -> Router {
     Router::new()
-        .route("/", get(|| async { ([(header::CONTENT_SECURITY_POLICY, "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'")], Html(PAGE)) }))
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                    )],
+                    Html(PAGE),
+                )
+            }),
+        )
         .route("/api/next", get(next))
         .route("/api/label", post(label))
         .with_state(state)
@@ -283,7 +304,10 @@ struct LabelRequest {
 }
 
 /// Records one verdict (appended and fsynced before answering).
-async fn label(State(state): State<Arc<LabelState>>, body: Result<Json<LabelRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn label(
+    State(state): State<Arc<LabelState>>,
+    body: Result<Json<LabelRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -308,9 +332,15 @@ async fn label(State(state): State<Arc<LabelState>>, body: Result<Json<LabelRequ
     let row = match req.choice.as_str() {
         "a" | "b" => {
             let (chosen, rejected) = if req.choice == "a" { (&pair.a, &pair.b) } else { (&pair.b, &pair.a) };
-            (prefs, json!({ "id": req.id, "prompt": prompt, "chosen": reply(chosen), "rejected": reply(rejected), "label": req.choice, "labeler": req.labeler, "time": time }))
+            (
+                prefs,
+                json!({ "id": req.id, "prompt": prompt, "chosen": reply(chosen), "rejected": reply(rejected), "label": req.choice, "labeler": req.labeler, "time": time }),
+            )
         }
-        _ => (others, json!({ "id": req.id, "prompt": prompt, "answer_a": pair.a, "answer_b": pair.b, "label": req.choice, "labeler": req.labeler, "time": time })),
+        _ => (
+            others,
+            json!({ "id": req.id, "prompt": prompt, "answer_a": pair.a, "answer_b": pair.b, "label": req.choice, "labeler": req.labeler, "time": time }),
+        ),
     };
     let written = append(&row.0, &row.1).and_then(|()| {
         if req.better.trim().is_empty() {

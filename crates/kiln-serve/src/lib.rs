@@ -81,7 +81,8 @@ impl AppState {
             served.tokenizer.clone(),
             SchedulerConfig { parallel: options.parallel, queue: options.queue, context: options.context },
         );
-        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let created =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         AppState {
             scheduler,
             model: served.model,
@@ -134,7 +135,11 @@ pub fn router(app: Arc<AppState>) -> Router {
 /// Refuses API calls without the right key, when the server has one.
 async fn require_key(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(key) = &app.api_key {
-        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if given.map(str::trim) != Some(key.as_str()) {
             return ApiError::unauthorized().into_response();
         }
@@ -144,7 +149,8 @@ async fn require_key(State(app): State<Arc<AppState>>, request: Request, next: N
 
 /// Counts answers by route and status for `/metrics`.
 async fn count_requests(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let path =
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
     let response = next.run(request).await;
     let key = (path, response.status().as_u16());
     *app.http_counts.lock().expect("counts lock").entry(key).or_insert(0) += 1;
@@ -153,7 +159,12 @@ async fn count_requests(State(app): State<Arc<AppState>>, request: Request, next
 
 /// Serves the labeling page ([`label`]) on `host:port` until Ctrl-C; `on_ready` gets the
 /// bound address.
-pub async fn serve_labeling(state: Arc<label::LabelState>, host: &str, port: u16, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+pub async fn serve_labeling(
+    state: Arc<label::LabelState>,
+    host: &str,
+    port: u16,
+    on_ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind((host, port)).await?;
     on_ready(listener.local_addr()?);
     axum::serve(listener, label::router(state))
@@ -164,7 +175,11 @@ pub async fn serve_labeling(state: Arc<label::LabelState>, host: &str, port: u16
 }
 
 /// Binds and serves until Ctrl-C; `on_ready` gets the bound address (useful with port 0).
-pub async fn serve(served: ServedModel, options: ServeOptions, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+pub async fn serve(
+    served: ServedModel,
+    options: ServeOptions,
+    on_ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind((options.host.as_str(), options.port)).await?;
     let app = Arc::new(AppState::new(served, &options));
     on_ready(listener.local_addr()?);

@@ -12,7 +12,8 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid("the request body is empty; send a JSON object"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON for this endpoint: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON for this endpoint: {e}")))
 }
 
 /// `stop`: one string or a list.
@@ -101,7 +102,10 @@ impl Common {
         let mut s = SamplingParams::default();
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::invalid_param("temperature", format!("temperature must be between 0 and 2, got {t}")));
+                return Err(ApiError::invalid_param(
+                    "temperature",
+                    format!("temperature must be between 0 and 2, got {t}"),
+                ));
             }
             s.temperature = t;
         }
@@ -146,7 +150,9 @@ impl Common {
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             None => default_max,
             Some(m) if m >= 1 => m as usize,
-            Some(m) => return Err(ApiError::invalid_param("max_tokens", format!("max_tokens must be at least 1, got {m}"))),
+            Some(m) => {
+                return Err(ApiError::invalid_param("max_tokens", format!("max_tokens must be at least 1, got {m}")))
+            }
         };
         let stop = match &self.stop {
             None => Vec::new(),
@@ -154,10 +160,16 @@ impl Common {
             Some(Stop::Many(v)) => v.clone(),
         };
         if stop.len() > MAX_STOPS {
-            return Err(ApiError::invalid_param("stop", format!("at most {MAX_STOPS} stop strings, got {}", stop.len())));
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!("at most {MAX_STOPS} stop strings, got {}", stop.len()),
+            ));
         }
         if logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
-            return Err(ApiError::invalid_param("top_logprobs", format!("at most {MAX_TOP_LOGPROBS} alternatives per token")));
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                format!("at most {MAX_TOP_LOGPROBS} alternatives per token"),
+            ));
         }
         s.validate().map_err(ApiError::invalid)?;
         Ok(GenerateOptions { max_tokens, stop, sampling: s, logprobs, ignore_eos: self.ignore_eos })
@@ -188,14 +200,20 @@ impl InMessage {
                         (kind, _) => {
                             return Err(ApiError::invalid_param(
                                 "messages",
-                                format!("message parts of type {} are not supported; this model reads text", kind.unwrap_or("(missing)")),
+                                format!(
+                                    "message parts of type {} are not supported; this model reads text",
+                                    kind.unwrap_or("(missing)")
+                                ),
                             ))
                         }
                     }
                 }
                 Ok(out)
             }
-            other => Err(ApiError::invalid_param("messages", format!("message content must be a string or a list of parts, got {other}"))),
+            other => Err(ApiError::invalid_param(
+                "messages",
+                format!("message content must be a string or a list of parts, got {other}"),
+            )),
         }
     }
 }
@@ -251,12 +269,21 @@ pub enum PromptInput {
 
 /// Reads `prompt`/`input`: a string, a list of strings, a list of ids, or a list of lists of ids.
 pub fn prompt_inputs(value: &Value, field: &str) -> Result<Vec<PromptInput>, ApiError> {
-    let bad = || ApiError::invalid_param(field, format!("{field} must be a string, a list of strings, a list of token ids, or a list of such lists"));
-    let ids = |v: &[Value]| -> Option<Vec<u32>> { v.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect() };
+    let bad = || {
+        ApiError::invalid_param(
+            field,
+            format!("{field} must be a string, a list of strings, a list of token ids, or a list of such lists"),
+        )
+    };
+    let ids = |v: &[Value]| -> Option<Vec<u32>> {
+        v.iter().map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect()
+    };
     match value {
         Value::String(s) => Ok(vec![PromptInput::Text(s.clone())]),
         Value::Array(items) if items.is_empty() => Err(ApiError::invalid_param(field, format!("{field} is empty"))),
-        Value::Array(items) if items.iter().all(Value::is_number) => Ok(vec![PromptInput::Tokens(ids(items).ok_or_else(bad)?)]),
+        Value::Array(items) if items.iter().all(Value::is_number) => {
+            Ok(vec![PromptInput::Tokens(ids(items).ok_or_else(bad)?)])
+        }
         Value::Array(items) => items
             .iter()
             .map(|item| match item {

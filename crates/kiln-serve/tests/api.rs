@@ -45,9 +45,8 @@ fn read_chat_stream(events: &[String]) -> (String, String, Value) {
 fn sixteen_streams_at_once_answer_as_alone_and_the_seventeenth_is_refused() {
     let Some(server) = start(8, 8, 1024, None) else { return };
     let addr = server.addr;
-    let questions: Vec<String> = (0..16)
-        .map(|i| format!("In one sentence, what is {} times {}? Then name a fruit.", i + 2, i + 3))
-        .collect();
+    let questions: Vec<String> =
+        (0..16).map(|i| format!("In one sentence, what is {} times {}? Then name a fruit.", i + 2, i + 3)).collect();
     let max_tokens = 40;
 
     // Each alone, not streamed.
@@ -89,7 +88,10 @@ fn sixteen_streams_at_once_answer_as_alone_and_the_seventeenth_is_refused() {
         assert_eq!(text, alone[i], "request {i} streamed beside 15 others differs from alone");
         assert!(finish == "stop" || finish == "length", "{finish}");
         assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
-        assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+        assert_eq!(
+            usage["total_tokens"],
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        );
     }
     assert_eq!(metric(addr, "kiln_requests_running"), 0.0);
     assert_eq!(metric(addr, "kiln_queue_depth"), 0.0);
@@ -138,9 +140,21 @@ fn bad_requests_get_openai_shaped_errors_and_the_server_keeps_going() {
     assert_error(&request(addr, "POST", chat, Some("{\"messages\": [}"), &[]), 400, "not valid JSON");
     assert_error(&request(addr, "POST", chat, Some(""), &[]), 400, "empty");
     assert_error(&post(addr, chat, &json!({"messages": []})), 400, "at least one message");
-    assert_error(&post(addr, chat, &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})), 404, "gpt-4o");
-    assert_error(&post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "temperature": 5})), 400, "temperature");
-    assert_error(&post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})), 400, "max_tokens");
+    assert_error(
+        &post(addr, chat, &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})),
+        404,
+        "gpt-4o",
+    );
+    assert_error(
+        &post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "temperature": 5})),
+        400,
+        "temperature",
+    );
+    assert_error(
+        &post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})),
+        400,
+        "max_tokens",
+    );
     assert_error(&post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0})), 400, "top_p");
     assert_error(&post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "n": 0})), 400, "n must be");
     assert_error(&post(addr, chat, &json!({"messages": [{"role": "wizard", "content": "x"}]})), 400, "wizard");
@@ -176,7 +190,8 @@ fn completions_choices_logprobs_tokenize_and_embeddings() {
     let addr = server.addr;
 
     // n choices with a seed: distinct indices, reproducible.
-    let body = json!({"prompt": "Once upon a time", "max_tokens": 8, "n": 3, "seed": 7, "temperature": 1.0, "logprobs": 2});
+    let body =
+        json!({"prompt": "Once upon a time", "max_tokens": 8, "n": 3, "seed": 7, "temperature": 1.0, "logprobs": 2});
     let a = post(addr, "/v1/completions", &body).json();
     let b = post(addr, "/v1/completions", &body).json();
     assert_eq!(a["choices"].as_array().unwrap().len(), 3);
@@ -202,7 +217,9 @@ fn completions_choices_logprobs_tokenize_and_embeddings() {
     }
 
     // Echo puts the prompt first.
-    let e = post(addr, "/v1/completions", &json!({"prompt": "Roses are", "max_tokens": 3, "echo": true, "temperature": 0})).json();
+    let e =
+        post(addr, "/v1/completions", &json!({"prompt": "Roses are", "max_tokens": 3, "echo": true, "temperature": 0}))
+            .json();
     assert!(e["choices"][0]["text"].as_str().unwrap().starts_with("Roses are"));
 
     // Tokenize and back.
@@ -213,16 +230,28 @@ fn completions_choices_logprobs_tokenize_and_embeddings() {
     assert_eq!(d["content"], "Hello world");
 
     // Embeddings: unit vectors of the model's width, and base64 carries the same numbers.
-    let v = post(addr, "/v1/embeddings", &json!({"input": ["The cat sat on the mat.", "A cat is sitting on a mat.", "Interest rates rose again."]})).json();
-    let vecs: Vec<Vec<f64>> = v["data"].as_array().unwrap().iter().map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
+    let v = post(
+        addr,
+        "/v1/embeddings",
+        &json!({"input": ["The cat sat on the mat.", "A cat is sitting on a mat.", "Interest rates rose again."]}),
+    )
+    .json();
+    let vecs: Vec<Vec<f64>> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect();
     assert_eq!(vecs.len(), 3);
     assert_eq!(vecs[0].len(), 576);
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     assert!((dot(&vecs[0], &vecs[0]) - 1.0).abs() < 1e-4);
     assert!(dot(&vecs[0], &vecs[1]) > dot(&vecs[0], &vecs[2]), "similar sentences should be closer");
-    let b64 = post(addr, "/v1/embeddings", &json!({"input": "The cat sat on the mat.", "encoding_format": "base64"})).json();
+    let b64 =
+        post(addr, "/v1/embeddings", &json!({"input": "The cat sat on the mat.", "encoding_format": "base64"})).json();
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(b64["data"][0]["embedding"].as_str().unwrap()).unwrap();
     let first = f32::from_le_bytes(bytes[..4].try_into().unwrap()) as f64;
     assert!((first - vecs[0][0]).abs() < 1e-6);
     assert_eq!(bytes.len(), 576 * 4);

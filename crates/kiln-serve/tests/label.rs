@@ -14,7 +14,13 @@ use std::time::Duration;
 fn start(out: &Path, prompts: &[serde_json::Value]) -> Option<TestServer> {
     let served = common::served_model()?;
     let prompts = prompts.iter().map(|p| prompt_from_json(p).unwrap()).collect();
-    let options = LabelOptions { out: out.to_path_buf(), instructions: DEFAULT_INSTRUCTIONS.into(), max_tokens: 16, temperature: 0.8, context: 256 };
+    let options = LabelOptions {
+        out: out.to_path_buf(),
+        instructions: DEFAULT_INSTRUCTIONS.into(),
+        max_tokens: 16,
+        temperature: 0.8,
+        context: 256,
+    };
     let state = Arc::new(LabelState::new(served, prompts, options).unwrap());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -27,7 +33,11 @@ fn start(out: &Path, prompts: &[serde_json::Value]) -> Option<TestServer> {
 fn labels_are_written_for_dpo_once_each_and_a_restart_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("prefs.jsonl");
-    let prompts = [json!({"prompt": "What is the capital of France?"}), json!({"instruction": "Add", "input": "2 and 3"}), json!({"prompt": "Name a colour."})];
+    let prompts = [
+        json!({"prompt": "What is the capital of France?"}),
+        json!({"instruction": "Add", "input": "2 and 3"}),
+        json!({"prompt": "Name a colour."}),
+    ];
     let Some(server) = start(&out, &prompts) else { return };
     let addr = server.addr;
 
@@ -44,7 +54,10 @@ fn labels_are_written_for_dpo_once_each_and_a_restart_resumes() {
     assert_eq!(post(addr, "/api/label", &json!({"id": 2, "choice": "a"})).status, 400);
     assert_eq!(post(addr, "/api/label", &json!({"id": 9, "choice": "a"})).status, 400);
     assert_eq!(post(addr, "/api/label", &json!({"id": 0, "choice": "a", "extra": 1})).status, 400);
-    assert_eq!(common::request(addr, "POST", "/api/label", Some("{"), &[("Content-Type", "application/json")]).status, 400);
+    assert_eq!(
+        common::request(addr, "POST", "/api/label", Some("{"), &[("Content-Type", "application/json")]).status,
+        400
+    );
 
     let r = post(addr, "/api/label", &json!({"id": 0, "choice": "b", "labeler": "ada"}));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -68,7 +81,11 @@ fn labels_are_written_for_dpo_once_each_and_a_restart_resumes() {
     assert_eq!((p.chosen[0].content.as_str(), p.rejected[0].content.as_str()), (b.as_str(), a.as_str()));
     let others = std::fs::read_to_string(dir.path().join("prefs.others.jsonl")).unwrap();
     assert!(others.contains("\"both_bad\""), "{others}");
-    let better = kiln_text::conversation::read_rows(&dir.path().join("prefs.better.jsonl"), kiln_text::conversation::conversation_from_json).unwrap();
+    let better = kiln_text::conversation::read_rows(
+        &dir.path().join("prefs.better.jsonl"),
+        kiln_text::conversation::conversation_from_json,
+    )
+    .unwrap();
     assert_eq!(better.rows[0].1.messages.last().unwrap(), &ChatMessage::new("assistant", "Blue."));
 
     // A new session skips what is labeled.

@@ -59,7 +59,9 @@ fn text_of(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Null => Some(String::new()),
         // Content given as parts: keep the text ones.
-        Value::Array(parts) => Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")),
+        Value::Array(parts) => {
+            Some(parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(""))
+        }
         _ => None,
     }
 }
@@ -84,9 +86,16 @@ fn messages_of(v: &Value) -> Result<Vec<ChatMessage>, String> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let role = m.get("role").or_else(|| m.get("from")).and_then(Value::as_str).ok_or_else(|| format!("message {} has no role (or from)", i + 1))?;
+            let role = m
+                .get("role")
+                .or_else(|| m.get("from"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("message {} has no role (or from)", i + 1))?;
             let role = normalise_role(role).ok_or_else(|| format!("message {} has an unknown role {role:?}", i + 1))?;
-            let content = m.get("content").or_else(|| m.get("value")).ok_or_else(|| format!("message {} has no content (or value)", i + 1))?;
+            let content = m
+                .get("content")
+                .or_else(|| m.get("value"))
+                .ok_or_else(|| format!("message {} has no content (or value)", i + 1))?;
             let content = text_of(content).ok_or_else(|| format!("message {} content is not text", i + 1))?;
             Ok(ChatMessage::new(role, content))
         })
@@ -131,7 +140,10 @@ pub fn conversation_from_json(row: &Value) -> Result<Conversation, String> {
         let mut m = system_prefix(row);
         if let Some(history) = obj.get("history").and_then(Value::as_array) {
             for pair in history {
-                let pair = pair.as_array().filter(|p| p.len() == 2).ok_or("history must be a list of [question, answer] pairs")?;
+                let pair = pair
+                    .as_array()
+                    .filter(|p| p.len() == 2)
+                    .ok_or("history must be a list of [question, answer] pairs")?;
                 m.push(ChatMessage::new("user", text_of(&pair[0]).unwrap_or_default()));
                 m.push(ChatMessage::new("assistant", text_of(&pair[1]).unwrap_or_default()));
             }
@@ -149,7 +161,10 @@ pub fn conversation_from_json(row: &Value) -> Result<Conversation, String> {
         m.extend(messages_of(c)?);
         m
     } else if let (Some(q), Some(a)) = (obj.get("question"), obj.get("answer")) {
-        vec![ChatMessage::new("user", text_of(q).ok_or("question must be text")?), ChatMessage::new("assistant", text_of(a).ok_or("answer must be text")?)]
+        vec![
+            ChatMessage::new("user", text_of(q).ok_or("question must be text")?),
+            ChatMessage::new("assistant", text_of(a).ok_or("answer must be text")?),
+        ]
     } else {
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         return Err(format!(
@@ -169,7 +184,11 @@ pub fn preference_from_json(row: &Value) -> Result<Preference, String> {
         _ => return Err("a comparison row needs chosen and rejected".into()),
     };
     let pref = if let Some(p) = obj.get("prompt") {
-        Preference { prompt: turns(p, "user")?, chosen: turns(chosen, "assistant")?, rejected: turns(rejected, "assistant")? }
+        Preference {
+            prompt: turns(p, "user")?,
+            chosen: turns(chosen, "assistant")?,
+            rejected: turns(rejected, "assistant")?,
+        }
     } else if let Some(c) = obj.get("conversations") {
         let mut prompt = system_prefix(row);
         prompt.extend(messages_of(c)?);
@@ -201,7 +220,11 @@ fn split_shared_prompt(chosen: Vec<ChatMessage>, rejected: Vec<ChatMessage>) -> 
     if cut == 0 {
         return Err("chosen and rejected share no prompt".into());
     }
-    Ok(Preference { prompt: chosen[..cut].to_vec(), chosen: chosen[cut..].to_vec(), rejected: rejected[cut..].to_vec() })
+    Ok(Preference {
+        prompt: chosen[..cut].to_vec(),
+        chosen: chosen[cut..].to_vec(),
+        rejected: rejected[cut..].to_vec(),
+    })
 }
 
 /// An HH-style transcript: `\n\nHuman: …\n\nAssistant: …` turns.
@@ -209,7 +232,8 @@ fn transcript(text: &str) -> Result<Vec<ChatMessage>, String> {
     const MARKERS: [(&str, &str); 2] = [("\n\nHuman:", "user"), ("\n\nAssistant:", "assistant")];
     let mut turns = Vec::new();
     let mut rest = text;
-    let next_marker = |s: &str| MARKERS.iter().filter_map(|&(m, role)| s.find(m).map(|i| (i, m, role))).min_by_key(|&(i, _, _)| i);
+    let next_marker =
+        |s: &str| MARKERS.iter().filter_map(|&(m, role)| s.find(m).map(|i| (i, m, role))).min_by_key(|&(i, _, _)| i);
     let Some((start, _, _)) = next_marker(rest) else {
         return Err("a transcript needs \\n\\nHuman: and \\n\\nAssistant: turns".into());
     };
@@ -242,7 +266,8 @@ pub fn read_rows<T>(path: &Path, parse: impl Fn(&Value) -> Result<T, String>) ->
         Err(message) => out.bad.push(BadRow { location, message }),
     };
     if text.trim_start().starts_with('[') {
-        let items: Vec<Value> = serde_json::from_str(&text).map_err(|source| TextError::Json { path: path.to_path_buf(), source })?;
+        let items: Vec<Value> =
+            serde_json::from_str(&text).map_err(|source| TextError::Json { path: path.to_path_buf(), source })?;
         for (i, item) in items.into_iter().enumerate() {
             take(format!("item {}", i + 1), Ok(item));
         }
@@ -278,7 +303,10 @@ mod tests {
         let a = conversation_from_json(&alpaca).unwrap().messages;
         assert_eq!(roles(&a), ["system", "user", "assistant", "user", "assistant"]);
         assert_eq!(a[3].content, "Add\n2 and 2");
-        assert_eq!(roles(&conversation_from_json(&sharegpt).unwrap().messages), ["user", "assistant", "tool", "assistant"]);
+        assert_eq!(
+            roles(&conversation_from_json(&sharegpt).unwrap().messages),
+            ["user", "assistant", "tool", "assistant"]
+        );
         assert_eq!(conversation_from_json(&gsm).unwrap().messages[1].content, "a #### 4");
     }
 
@@ -286,7 +314,9 @@ mod tests {
     fn bad_supervised_rows_say_why() {
         let err = |v: Value| conversation_from_json(&v).unwrap_err();
         assert!(err(json!({"text": "x"})).contains("unknown row shape (keys: text)"));
-        assert!(err(json!({"messages": [{"role": "user", "content": "only a question"}]})).contains("no assistant turn"));
+        assert!(
+            err(json!({"messages": [{"role": "user", "content": "only a question"}]})).contains("no assistant turn")
+        );
         assert!(err(json!({"messages": [{"role": "wizard", "content": "x"}]})).contains("unknown role \"wizard\""));
         assert!(err(json!([1, 2])).contains("JSON object"));
     }
@@ -345,7 +375,12 @@ mod tests {
             kiln_test_models::skip("no ../shared/data mirror: the real SFT and preference sets are not here");
             return;
         };
-        for (file, rows) in [("sft/alpaca_en_demo.json", 999), ("sft/identity.json", 91), ("sft/glaive_toolcall_en_demo.json", 300), ("sft/gsm8k_train.jsonl", 7473)] {
+        for (file, rows) in [
+            ("sft/alpaca_en_demo.json", 999),
+            ("sft/identity.json", 91),
+            ("sft/glaive_toolcall_en_demo.json", 300),
+            ("sft/gsm8k_train.jsonl", 7473),
+        ] {
             let r = read_rows(&data.join(file), conversation_from_json).unwrap();
             assert_eq!((r.rows.len(), r.bad.len()), (rows, 0), "{file}: {:?}", r.bad.first());
         }

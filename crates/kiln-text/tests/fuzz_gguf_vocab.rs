@@ -90,10 +90,7 @@ fn real_meta(model: &TestModel, keep: Option<usize>) -> Option<Meta> {
     let file = GgufFile::open(model.path()?).ok()?;
     let mut meta: Meta = Vec::new();
     let tokens: Vec<String> = match file.get("tokenizer.ggml.tokens")?.as_array() {
-        Some(a) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
+        Some(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         None => return None,
     };
     let keep = keep.unwrap_or(tokens.len()).min(tokens.len());
@@ -109,9 +106,7 @@ fn real_meta(model: &TestModel, keep: Option<usize>) -> Option<Meta> {
                         let Some((l, r)) = m.as_str().and_then(|s| s.split_once(' ')) else {
                             return false;
                         };
-                        kept.contains(l)
-                            && kept.contains(r)
-                            && kept.contains(format!("{l}{r}").as_str())
+                        kept.contains(l) && kept.contains(r) && kept.contains(format!("{l}{r}").as_str())
                     })
                     .cloned()
                     .collect(),
@@ -127,9 +122,7 @@ fn real_meta(model: &TestModel, keep: Option<usize>) -> Option<Meta> {
 /// A synthetic vocabulary of `model` ("gpt2" or "llama") for machines without the models.
 fn synthetic_meta(model: &str) -> Meta {
     let spm = model == "llama";
-    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-        .map(String::from)
-        .to_vec();
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
     if spm {
         tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
     }
@@ -154,13 +147,27 @@ fn synthetic_meta(model: &str) -> Meta {
         ("tokenizer.ggml.scores".into(), Value::Array((0..n).map(|i| Value::F32(-(i as f32))).collect())),
         (
             "tokenizer.ggml.token_type".into(),
-            Value::Array((0..n).map(|i| Value::I32(if i < 5 { 3 } else if spm && i < 261 { 6 } else { 1 })).collect()),
+            Value::Array(
+                (0..n)
+                    .map(|i| {
+                        Value::I32(if i < 5 {
+                            3
+                        } else if spm && i < 261 {
+                            6
+                        } else {
+                            1
+                        })
+                    })
+                    .collect(),
+            ),
         ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         (
             "tokenizer.chat_template".into(),
-            Value::String("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into()),
+            Value::String(
+                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into(),
+            ),
         ),
     ];
     if !spm {
@@ -248,11 +255,8 @@ const ID_KEYS: &[&str] = &[
     "tokenizer.ggml.fim_rep_token_id",
     "tokenizer.ggml.fim_sep_token_id",
 ];
-const FLAG_KEYS: &[&str] = &[
-    "tokenizer.ggml.add_bos_token",
-    "tokenizer.ggml.add_eos_token",
-    "tokenizer.ggml.add_space_prefix",
-];
+const FLAG_KEYS: &[&str] =
+    &["tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"];
 const TEMPLATE_PIECES: &[&str] = &[
     "{% for m in messages %}",
     "{% endfor %}",
@@ -301,9 +305,7 @@ fn weird_id(rng: &mut Rng, n: usize) -> Value {
 
 /// One value-level mutation of the tokenizer metadata.
 fn mutate_meta(meta: &mut Meta, rng: &mut Rng) {
-    let n = get(meta, "tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .map_or(0, <[Value]>::len);
+    let n = get(meta, "tokenizer.ggml.tokens").and_then(Value::as_array).map_or(0, <[Value]>::len);
     match rng.below(14) {
         0 | 1 => {
             // A token renamed to a tricky text (or to another token's text).
@@ -366,14 +368,7 @@ fn mutate_meta(meta: &mut Meta, rng: &mut Rng) {
                 return;
             }
             let i = rng.below(scores.len());
-            scores[i] = Value::F32(rng.pick(&[
-                f32::NAN,
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                f32::MAX,
-                -0.0,
-                1e30,
-            ]));
+            scores[i] = Value::F32(rng.pick(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -0.0, 1e30]));
         }
         5 => {
             let Some(types) = array_mut(meta, "tokenizer.ggml.token_type") else {
@@ -390,11 +385,7 @@ fn mutate_meta(meta: &mut Meta, rng: &mut Rng) {
         6 => {
             let Some(merges) = array_mut(meta, "tokenizer.ggml.merges") else {
                 if rng.below(2) == 0 {
-                    set(
-                        meta,
-                        "tokenizer.ggml.merges",
-                        Value::Array(vec![Value::String("a b".into())]),
-                    );
+                    set(meta, "tokenizer.ggml.merges", Value::Array(vec![Value::String("a b".into())]));
                 }
                 return;
             };
@@ -447,10 +438,7 @@ fn mutate_meta(meta: &mut Meta, rng: &mut Rng) {
         }
         12 => {
             // The chat template: a piece inserted, a chunk cut, or replaced.
-            let src = get(meta, "tokenizer.chat_template")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
+            let src = get(meta, "tokenizer.chat_template").and_then(Value::as_str).unwrap_or("").to_string();
             let mut chars: Vec<char> = src.chars().collect();
             match rng.below(3) {
                 0 => {
@@ -464,11 +452,7 @@ fn mutate_meta(meta: &mut Meta, rng: &mut Rng) {
                 }
                 _ => chars = rng.pick(TEMPLATE_PIECES).chars().collect(),
             }
-            set(
-                meta,
-                "tokenizer.chat_template",
-                Value::String(chars.into_iter().collect()),
-            );
+            set(meta, "tokenizer.chat_template", Value::String(chars.into_iter().collect()));
         }
         _ => {
             if !meta.is_empty() {
@@ -516,11 +500,7 @@ fn exercise(tok: &Tokenizer, rng: &mut Rng) {
     let n = tok.vocab_size() as u32;
     let mut texts: Vec<String> = TEXTS.iter().map(|s| s.to_string()).collect();
     // Text made of the vocabulary's own pieces.
-    texts.push(
-        (0..8)
-            .filter_map(|_| tok.id_to_piece(rng.below(n as usize + 1) as u32))
-            .collect(),
-    );
+    texts.push((0..8).filter_map(|_| tok.id_to_piece(rng.below(n as usize + 1) as u32)).collect());
     for text in &texts {
         for (add, parse) in [(true, true), (false, false), (true, false)] {
             if let Ok(ids) = tok.encode_with(text, add, parse) {
@@ -537,15 +517,7 @@ fn exercise(tok: &Tokenizer, rng: &mut Rng) {
     let ids: Vec<u32> = (0..16)
         .map(|_| {
             let any = rng.below(n as usize + 1) as u32;
-            rng.pick(&[
-                0,
-                1,
-                n.saturating_sub(1),
-                n,
-                n.saturating_add(1),
-                u32::MAX,
-                any,
-            ])
+            rng.pick(&[0, 1, n.saturating_sub(1), n, n.saturating_add(1), u32::MAX, any])
         })
         .collect();
     let _ = tok.decode(&ids, false);
@@ -566,10 +538,7 @@ fn exercise_template(tok: &Tokenizer, arch: &str) {
     let Ok(template) = ChatTemplate::for_model(tok, arch) else {
         return;
     };
-    let messages = [
-        ChatMessage::new("system", "Be brief."),
-        ChatMessage::new("user", "Hi <|im_end|> there"),
-    ];
+    let messages = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi <|im_end|> there")];
     let _ = template.render(&messages, true);
     let _ = template.render(&messages[1..], false);
     let _ = template.render(&[], true);
@@ -583,14 +552,8 @@ fn mutated_gguf_tokenizer_metadata_never_panics_the_builder() {
     let total = env_number("KILN_FUZZ_ITERS").map_or(DEFAULT_ITERS, |n| n as usize);
     let keep_going = std::env::var("KILN_FUZZ_KEEP_GOING").is_ok_and(|v| v == "1");
     let seeds: Vec<(&str, Meta)> = vec![
-        (
-            "smollm2",
-            real_meta(&SMOLLM2, Some(SEED_TOKENS)).unwrap_or_else(|| synthetic_meta("gpt2")),
-        ),
-        (
-            "gemma3",
-            real_meta(&GEMMA3, Some(SEED_TOKENS)).unwrap_or_else(|| synthetic_meta("llama")),
-        ),
+        ("smollm2", real_meta(&SMOLLM2, Some(SEED_TOKENS)).unwrap_or_else(|| synthetic_meta("gpt2"))),
+        ("gemma3", real_meta(&GEMMA3, Some(SEED_TOKENS)).unwrap_or_else(|| synthetic_meta("llama"))),
     ];
     for (name, meta) in &seeds {
         let file = GgufFile::from_vec(gguf_bytes(meta)).unwrap();
@@ -603,10 +566,7 @@ fn mutated_gguf_tokenizer_metadata_never_panics_the_builder() {
     let (mut parsed, mut built, mut templated, mut crashes) = (0usize, 0usize, 0usize, Vec::new());
     for i in 0..total {
         if total >= 100_000 && i > 0 && i * 20 / total != (i - 1) * 20 / total {
-            eprintln!(
-                "fuzz vocab: {i}/{total} inputs, {built} built, {} crashes",
-                crashes.len()
-            );
+            eprintln!("fuzz vocab: {i}/{total} inputs, {built} built, {} crashes", crashes.len());
         }
         let mut rng = Rng::for_input(seed, i as u64);
         let (name, base) = match &full {
@@ -624,10 +584,7 @@ fn mutated_gguf_tokenizer_metadata_never_panics_the_builder() {
         if rng.below(8) == 0 {
             mutate_bytes(&mut bytes, &mut rng);
         }
-        let arch = get(&meta, "general.architecture")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let arch = get(&meta, "general.architecture").and_then(Value::as_str).unwrap_or("").to_string();
         let saved = bytes.clone();
         let mut passed = [false; 3];
         let start = Instant::now();
@@ -649,19 +606,12 @@ fn mutated_gguf_tokenizer_metadata_never_panics_the_builder() {
         built += usize::from(passed[1]);
         templated += usize::from(passed[2]);
         if result.is_err() || took > SLOW_INPUT {
-            let what = if result.is_err() {
-                "panicked".to_string()
-            } else {
-                format!("took {took:.1?}")
-            };
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("fuzz-crash-vocab-{seed:#x}-{i}"));
+            let what = if result.is_err() { "panicked".to_string() } else { format!("took {took:.1?}") };
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-crash-vocab-{seed:#x}-{i}"));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("input.gguf"), &saved).unwrap();
-            let msg = format!(
-                "vocab: input {i} (KILN_FUZZ_SEED={seed:#x}, seed {name}) {what}; saved in {}",
-                dir.display()
-            );
+            let msg =
+                format!("vocab: input {i} (KILN_FUZZ_SEED={seed:#x}, seed {name}) {what}; saved in {}", dir.display());
             eprintln!("CRASH {msg}");
             crashes.push(msg);
             assert!(keep_going, "{}", crashes.last().unwrap());

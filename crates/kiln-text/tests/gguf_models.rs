@@ -270,7 +270,8 @@ fn training_segments_mask_exactly_the_assistant_turns() {
         // Each reply ends with the template's end-of-turn marker, which stops generation.
         let (ids, train) = tok.encode_segments(&segments).unwrap();
         let eog = tok.end_of_generation_ids();
-        let ends: Vec<u32> = ids.iter().zip(&train).filter(|(_, &t)| t).map(|(&id, _)| id).filter(|id| eog.contains(id)).collect();
+        let ends: Vec<u32> =
+            ids.iter().zip(&train).filter(|(_, &t)| t).map(|(&id, _)| id).filter(|id| eog.contains(id)).collect();
         assert_eq!(ends.len(), 2, "each trained turn holds one end-of-turn token");
         // The untrained prefix before the first reply is exactly the inference prompt.
         let prompt = tok.encode_prompt(&template.render(&messages[..1], true).unwrap()).unwrap();

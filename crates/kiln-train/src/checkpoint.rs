@@ -44,10 +44,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
@@ -61,17 +58,10 @@ pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
 /// Loads every tensor of a safetensors file, with one clear error when it is unreadable.
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: missing",
-            path.display()
-        )));
+        return Err(TrainError::Checkpoint(format!("{}: missing", path.display())));
     }
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        TrainError::Checkpoint(format!(
-            "{}: not a readable safetensors file ({e})",
-            path.display()
-        ))
-    })
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: not a readable safetensors file ({e})", path.display())))
 }
 
 fn step_dir(run: &Path, step: usize) -> PathBuf {
@@ -141,9 +131,8 @@ pub struct Checkpoint {
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| {
-        TrainError::Checkpoint(format!("{}: corrupted ({e})", state_path.display()))
-    })?;
+    let state: TrainState = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: corrupted ({e})", state_path.display())))?;
     Ok(Checkpoint {
         model: load_tensors(&dir.join("model.safetensors"))?,
         optim: load_tensors(&dir.join("optim.safetensors"))?,
@@ -158,35 +147,19 @@ mod tests {
     #[test]
     fn keeps_the_newest_and_reports_corruption() {
         let run = tempfile::tempdir().unwrap();
-        let t: HashMap<String, Tensor> = [(
-            "w".to_string(),
-            Tensor::new(&[1.5f32, 2.5], &Device::Cpu).unwrap(),
-        )]
-        .into_iter()
-        .collect();
+        let t: HashMap<String, Tensor> =
+            [("w".to_string(), Tensor::new(&[1.5f32, 2.5], &Device::Cpu).unwrap())].into_iter().collect();
         for step in [10, 20, 30] {
-            let state = TrainState {
-                step,
-                adam_t: step as u64,
-                loader_rng: 7,
-                sample_rng: 9,
-                tokens_seen: 0,
-            };
+            let state = TrainState { step, adam_t: step as u64, loader_rng: 7, sample_rng: 9, tokens_seen: 0 };
             save(run.path(), &t, &t, &state, 2).unwrap();
         }
         let all = list(run.path()).unwrap();
-        assert_eq!(
-            all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![20, 30]
-        );
+        assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![20, 30]);
         let c = load(&all[1].1).unwrap();
         assert_eq!(c.state.step, 30);
         assert_eq!(c.model["w"].to_vec1::<f32>().unwrap(), vec![1.5, 2.5]);
         std::fs::write(all[1].1.join("model.safetensors"), b"garbage").unwrap();
         let e = load(&all[1].1).err().unwrap().to_string();
-        assert!(
-            e.contains("model.safetensors") && e.contains("not a readable"),
-            "{e}"
-        );
+        assert!(e.contains("model.safetensors") && e.contains("not a readable"), "{e}");
     }
 }

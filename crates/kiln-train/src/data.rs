@@ -53,9 +53,7 @@ struct Doc {
 
 /// FNV-1a 64 of `bytes`, as hex: a fingerprint, not security.
 pub fn fingerprint(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{h:016x}")
 }
 
@@ -66,34 +64,23 @@ pub fn source_files(path: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(io_err(path))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(path).map_err(io_err(path))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
-        if p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'))
-        {
+        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
             continue;
         }
         out.extend(source_files(&p)?);
     }
     if out.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: no data files in this folder",
-            path.display()
-        )));
+        return Err(TrainError::Data(format!("{}: no data files in this folder", path.display())));
     }
     Ok(out)
 }
 
 fn extension(path: &Path) -> String {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase()
+    path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
 }
 
 /// Reads the documents of `path` and hands them to `sink` in order.
@@ -106,26 +93,16 @@ fn read_docs(path: &Path, sink: &mut dyn FnMut(Doc) -> Result<()>) -> Result<()>
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
-                    TrainError::Data(format!("{}:{}: not valid JSON: {e}", path.display(), i + 1))
-                })?;
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .map_err(|e| TrainError::Data(format!("{}:{}: not valid JSON: {e}", path.display(), i + 1)))?;
                 let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
-                    TrainError::Data(format!(
-                        "{}:{}: no string field \"text\"",
-                        path.display(),
-                        i + 1
-                    ))
+                    TrainError::Data(format!("{}:{}: no string field \"text\"", path.display(), i + 1))
                 })?;
-                sink(Doc {
-                    text: text.to_string(),
-                    starts: true,
-                })?;
+                sink(Doc { text: text.to_string(), starts: true })?;
             }
             Ok(())
         }
-        "parquet" => {
-            crate::data_parquet::read_parquet(path, &mut |text| sink(Doc { text, starts: true }))
-        }
+        "parquet" => crate::data_parquet::read_parquet(path, &mut |text| sink(Doc { text, starts: true })),
         _ => {
             // A text file is one document, read in chunks cut at line ends.
             let mut reader = BufReader::new(file);
@@ -176,15 +153,8 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()>
 /// Reads a shard, checking its header and that every token is inside the vocabulary.
 pub fn read_shard(path: &Path, vocab_size: usize) -> Result<Vec<u32>> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_err(path))?;
-    let bad = |m: &str| {
-        TrainError::Data(format!(
-            "{}: {m}; delete the shard folder to re-tokenize",
-            path.display()
-        ))
-    };
+    std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
+    let bad = |m: &str| TrainError::Data(format!("{}: {m}; delete the shard folder to re-tokenize", path.display()));
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(bad("not a kiln token shard"));
     }
@@ -205,29 +175,18 @@ pub fn read_shard(path: &Path, vocab_size: usize) -> Result<Vec<u32>> {
         })
         .collect();
     if tokens.iter().any(|&t| t as usize >= vocab_size) {
-        return Err(bad(
-            "a token id is outside the tokenizer's vocabulary (made with another tokenizer?)",
-        ));
+        return Err(bad("a token id is outside the tokenizer's vocabulary (made with another tokenizer?)"));
     }
     Ok(tokens)
 }
 
 fn piece_paths(dir: &Path, i: usize) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("train_{i:06}.bin")),
-        dir.join(format!("val_{i:06}.bin")),
-    )
+    (dir.join(format!("train_{i:06}.bin")), dir.join(format!("val_{i:06}.bin")))
 }
 
 /// Tokenizes `data` into shards under `dir` (skipping pieces already there) and returns the
 /// manifest. `tokenizer_json` fingerprints the tokenizer.
-pub fn prepare(
-    data: &Path,
-    tok: &Tokenizer,
-    tokenizer_json: &[u8],
-    dir: &Path,
-    quiet: bool,
-) -> Result<Manifest> {
+pub fn prepare(data: &Path, tok: &Tokenizer, tokenizer_json: &[u8], dir: &Path, quiet: bool) -> Result<Manifest> {
     let hash = fingerprint(tokenizer_json);
     let manifest_path = dir.join("manifest.json");
     if let Ok(text) = std::fs::read_to_string(&manifest_path) {
@@ -242,26 +201,13 @@ pub fn prepare(
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     std::fs::write(dir.join("tokenizer_hash"), &hash).map_err(io_err(dir))?;
     let files = source_files(data)?;
-    let total: u64 = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total)
-    };
+    let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
-        ProgressStyle::with_template(
-            "tokenizing {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("static template"),
+        ProgressStyle::with_template("tokenizing {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("static template"),
     );
-    let mut m = Manifest {
-        tokenizer_hash: hash,
-        ..Manifest::default()
-    };
+    let mut m = Manifest { tokenizer_hash: hash, ..Manifest::default() };
     let mut piece: Vec<Doc> = Vec::new();
     let mut piece_bytes = 0;
     let flush = |piece: &mut Vec<Doc>, m: &mut Manifest| -> Result<()> {
@@ -276,18 +222,10 @@ pub fn prepare(
             .map(|(_, d)| d.text.len() as u64)
             .sum();
         if !(train_path.is_file() && val_path.is_file()) {
-            let encoded: Vec<Vec<u32>> = docs
-                .par_iter()
-                .map(|d| encode_doc(tok, d))
-                .collect::<Result<_>>()?;
+            let encoded: Vec<Vec<u32>> = docs.par_iter().map(|d| encode_doc(tok, d)).collect::<Result<_>>()?;
             let (mut train, mut val) = (Vec::new(), Vec::new());
             for (k, ids) in encoded.into_iter().enumerate() {
-                if k % VAL_EVERY == VAL_EVERY - 1 {
-                    &mut val
-                } else {
-                    &mut train
-                }
-                .extend(ids);
+                if k % VAL_EVERY == VAL_EVERY - 1 { &mut val } else { &mut train }.extend(ids);
             }
             write_shard(&train_path, &train, tok.vocab_size())?;
             write_shard(&val_path, &val, tok.vocab_size())?;
@@ -315,10 +253,7 @@ pub fn prepare(
     }
     bar.finish_and_clear();
     if m.train_tokens == 0 {
-        return Err(TrainError::Data(format!(
-            "{}: no text to train on",
-            data.display()
-        )));
+        return Err(TrainError::Data(format!("{}: no text to train on", data.display())));
     }
     let json = serde_json::to_string_pretty(&m).expect("manifest serializes");
     crate::checkpoint::write_atomic(&manifest_path, json.as_bytes())?;
@@ -337,12 +272,8 @@ fn encode_doc(tok: &Tokenizer, doc: &Doc) -> Result<Vec<u32>> {
 fn shard_len(path: &Path) -> Result<u64> {
     let len = std::fs::metadata(path).map_err(io_err(path))?.len();
     let mut header = [0u8; HEADER];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(io_err(path))?;
-    let width = u64::from(u32::from_le_bytes(
-        header[8..12].try_into().expect("4 bytes"),
-    ));
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)).map_err(io_err(path))?;
+    let width = u64::from(u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")));
     Ok((len.saturating_sub(HEADER as u64)) / width.max(1))
 }
 
@@ -351,10 +282,7 @@ pub fn load_split(dir: &Path, split: &str, m: &Manifest, vocab_size: usize) -> R
     let mut out = Vec::new();
     for i in 0..m.pieces {
         let (train, val) = piece_paths(dir, i);
-        out.extend(read_shard(
-            if split == "train" { &train } else { &val },
-            vocab_size,
-        )?);
+        out.extend(read_shard(if split == "train" { &train } else { &val }, vocab_size)?);
     }
     Ok(out)
 }
@@ -370,10 +298,7 @@ pub struct Batches {
 impl Batches {
     /// A loader over `tokens`, which must hold more than `len` tokens (checked by the caller).
     pub fn new(tokens: Vec<u32>, seed: u64) -> Batches {
-        Batches {
-            tokens,
-            rng: Rng::new(seed),
-        }
+        Batches { tokens, rng: Rng::new(seed) }
     }
 
     /// Tokens in the stream.
@@ -394,19 +319,11 @@ impl Batches {
     }
 
     /// `count` batches spread evenly over the stream: the same every call (validation).
-    pub fn fixed_batches(
-        &self,
-        count: usize,
-        batch: usize,
-        len: usize,
-    ) -> Vec<(Vec<u32>, Vec<u32>)> {
+    pub fn fixed_batches(&self, count: usize, batch: usize, len: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
         let span = self.tokens.len() - len;
         let n = count * batch;
         let offsets: Vec<usize> = (0..n).map(|k| k * span / n.max(1)).collect();
-        offsets
-            .chunks(batch)
-            .map(|o| self.windows(o, len))
-            .collect()
+        offsets.chunks(batch).map(|o| self.windows(o, len)).collect()
     }
 
     fn windows(&self, offsets: &[usize], len: usize) -> (Vec<u32>, Vec<u32>) {
@@ -439,10 +356,7 @@ mod tests {
         }
         let p = dir.path().join("small.bin");
         write_shard(&p, &[5, 6], 300).unwrap();
-        assert!(read_shard(&p, 6)
-            .unwrap_err()
-            .to_string()
-            .contains("outside"));
+        assert!(read_shard(&p, 6).unwrap_err().to_string().contains("outside"));
     }
 
     #[test]

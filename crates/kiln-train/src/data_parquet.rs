@@ -28,11 +28,7 @@ pub fn read_parquet(path: &Path, sink: &mut dyn FnMut(String) -> Result<()>) -> 
         .with_fields(vec![Arc::clone(&field)])
         .build()
         .map_err(|e| bad(&e))?;
-    for (i, row) in reader
-        .get_row_iter(Some(projection))
-        .map_err(|e| bad(&e))?
-        .enumerate()
-    {
+    for (i, row) in reader.get_row_iter(Some(projection)).map_err(|e| bad(&e))?.enumerate() {
         let row = row.map_err(|e| bad(&e))?;
         match row.get_string(0) {
             Ok(text) => sink(text.clone())?,
@@ -67,31 +63,17 @@ mod tests {
     fn reads_the_text_column_of_a_snappy_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.parquet");
-        let schema = Arc::new(
-            parse_message_type("message m { required int64 id; required binary text (UTF8); }")
-                .unwrap(),
-        );
-        let props = Arc::new(
-            WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .build(),
-        );
-        let mut w = SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, props)
-            .unwrap();
+        let schema =
+            Arc::new(parse_message_type("message m { required int64 id; required binary text (UTF8); }").unwrap());
+        let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
+        let mut w = SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, props).unwrap();
         let mut rg = w.next_row_group().unwrap();
         let mut col = rg.next_column().unwrap().unwrap();
-        col.typed::<Int64Type>()
-            .write_batch(&[1, 2], None, None)
-            .unwrap();
+        col.typed::<Int64Type>().write_batch(&[1, 2], None, None).unwrap();
         col.close().unwrap();
         let mut col = rg.next_column().unwrap().unwrap();
-        let texts = [
-            ByteArray::from("first document"),
-            ByteArray::from("second one"),
-        ];
-        col.typed::<ByteArrayType>()
-            .write_batch(&texts, None, None)
-            .unwrap();
+        let texts = [ByteArray::from("first document"), ByteArray::from("second one")];
+        col.typed::<ByteArrayType>().write_batch(&texts, None, None).unwrap();
         col.close().unwrap();
         rg.close().unwrap();
         w.close().unwrap();

@@ -7,13 +7,13 @@
 //! `rewards/margins` (their difference) and `rewards/accuracies` (margin > 0), batch means.
 
 use crate::finetune::{
-    encode_example, group_within, log_sigmoid, pass_budget, read_data, sigmoid, sign_test_p, split,
-    weighted_logps, Example, Loader, Net, Run, StepStats, Task,
+    encode_example, group_within, log_sigmoid, pass_budget, read_data, sigmoid, sign_test_p, split, weighted_logps,
+    Example, Loader, Net, Run, StepStats, Task,
 };
 use crate::model::Transformer;
-use candle_core::{DType, Device, Tensor};
 use crate::optim::GradAccum;
 use crate::{checkpoint, io_err, Result, TrainError};
+use candle_core::{DType, Device, Tensor};
 use kiln_text::conversation::{preference_from_json, Preference};
 use kiln_text::{ChatTemplate, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -55,10 +55,9 @@ pub fn load_pairs(run: &Run, report: &mut dyn FnMut(&str)) -> Result<(Vec<Pair>,
     for (loc, p) in &rows {
         match encode_pair(&run.tok, &run.template, p, cfg.max_len) {
             Ok(Some(pair)) => pairs.push(pair),
-            Ok(None) => report(&format!(
-                "skipped {loc}: the prompt leaves no room for a reply within {} tokens",
-                cfg.max_len
-            )),
+            Ok(None) => {
+                report(&format!("skipped {loc}: the prompt leaves no room for a reply within {} tokens", cfg.max_len))
+            }
             Err(e) if cfg.fail_on_bad_row => return Err(TrainError::Data(format!("{loc}: {e}"))),
             Err(e) => report(&format!("skipped {loc}: {e}")),
         }
@@ -67,12 +66,7 @@ pub fn load_pairs(run: &Run, report: &mut dyn FnMut(&str)) -> Result<(Vec<Pair>,
         return Err(TrainError::Data("fewer than two usable comparisons".into()));
     }
     let (train, val) = split(&pairs, cfg.val_rows, cfg.seed);
-    report(&format!(
-        "{} comparisons: {} for training, {} held out",
-        pairs.len(),
-        train.len(),
-        val.len()
-    ));
+    report(&format!("{} comparisons: {} for training, {} held out", pairs.len(), train.len(), val.len()));
     Ok((train, val))
 }
 
@@ -113,9 +107,7 @@ fn to_f32(v: Vec<(f64, f64)>) -> Vec<(f32, f32)> {
 }
 
 fn to_f64(v: Vec<(f32, f32)>) -> Vec<(f64, f64)> {
-    v.into_iter()
-        .map(|(a, b)| (f64::from(a), f64::from(b)))
-        .collect()
+    v.into_iter().map(|(a, b)| (f64::from(a), f64::from(b))).collect()
 }
 
 /// DPO's data and reference numbers.
@@ -173,15 +165,7 @@ impl Dpo {
         beta: f64,
         batch_pairs: usize,
     ) -> Dpo {
-        Dpo {
-            train,
-            val,
-            ref_train,
-            ref_val,
-            beta,
-            batch_pairs,
-            pass_tokens: pass_budget(0),
-        }
+        Dpo { train, val, ref_train, ref_val, beta, batch_pairs, pass_tokens: pass_budget(0) }
     }
 
     /// Loads the pairs and the reference log-probabilities: from the cache in the run directory,
@@ -191,9 +175,8 @@ impl Dpo {
         let path = run.dir.join("reference_logps.json");
         let cache = match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let c: RefCache = serde_json::from_str(&text).map_err(|e| {
-                    TrainError::Checkpoint(format!("{}: corrupted ({e})", path.display()))
-                })?;
+                let c: RefCache = serde_json::from_str(&text)
+                    .map_err(|e| TrainError::Checkpoint(format!("{}: corrupted ({e})", path.display())))?;
                 if c.train.len() != train.len() || c.val.len() != val.len() {
                     return Err(TrainError::Checkpoint(format!(
                         "{}: cached for {} + {} pairs, the data now gives {} + {}",
@@ -213,10 +196,8 @@ impl Dpo {
                     path.display()
                 ));
                 run.net.set_training(false);
-                let c = RefCache {
-                    train: to_f32(pair_logps(&run.net, &train)?),
-                    val: to_f32(pair_logps(&run.net, &val)?),
-                };
+                let c =
+                    RefCache { train: to_f32(pair_logps(&run.net, &train)?), val: to_f32(pair_logps(&run.net, &val)?) };
                 write_cache(&path, &c)?;
                 c
             }
@@ -388,10 +369,7 @@ mod tests {
     fn mean_accuracy_takes_reply_length_out() {
         let reply = |len: usize| Example { ids: vec![1; len + 1], weights: vec![1.0; len], starts: Vec::new() };
         // A long chosen reply with the lower sum but the higher mean, then the reverse.
-        let pairs = [
-            Pair { chosen: reply(10), rejected: reply(2) },
-            Pair { chosen: reply(2), rejected: reply(10) },
-        ];
+        let pairs = [Pair { chosen: reply(10), rejected: reply(2) }, Pair { chosen: reply(2), rejected: reply(10) }];
         let logps = [(-5.0, -2.0), (-3.0, -10.0)];
         assert_eq!(mean_logp_accuracy(&pairs, &logps), 0.5, "-0.5 > -1.0 right; -1.5 < -1.0 wrong");
         let s = dpo_stats(0.1, &logps, &logps);

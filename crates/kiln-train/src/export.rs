@@ -92,13 +92,7 @@ pub fn hf_config_json(cfg: &ModelConfig, tied: bool, bos: Option<u32>, eos: Opti
             j["sliding_window"] = json!(cfg.sliding_window);
             j["sliding_window_pattern"] = json!(cfg.sliding_pattern);
             let types: Vec<&str> = (0..cfg.n_layers)
-                .map(|l| {
-                    if cfg.is_sliding(l) {
-                        "sliding_attention"
-                    } else {
-                        "full_attention"
-                    }
-                })
+                .map(|l| if cfg.is_sliding(l) { "sliding_attention" } else { "full_attention" })
                 .collect();
             j["layer_types"] = json!(types);
             j["final_logit_softcapping"] = cfg.final_logit_softcap.map_or(Json::Null, short);
@@ -142,19 +136,14 @@ pub fn write_hf_dir(
     tokenizer_dir: &Path,
     chat_template: Option<&str>,
 ) -> Result<()> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let tmp = dir.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let f32s: HashMap<String, Tensor> = tensors
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
-        .collect::<Result<_>>()?;
+    let f32s: HashMap<String, Tensor> =
+        tensors.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.contiguous()?))).collect::<Result<_>>()?;
     candle_core::safetensors::save(&f32s, tmp.join("model.safetensors"))?;
     for f in TOKENIZER_FILES {
         let src = tokenizer_dir.join(f);
@@ -163,16 +152,10 @@ pub fn write_hf_dir(
     if let Some(template) = chat_template {
         let path = tmp.join("tokenizer_config.json");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let mut cfg: Json = serde_json::from_str(&text).map_err(|e| {
-            TrainError::Checkpoint(format!("{}: not valid JSON ({e})", path.display()))
-        })?;
+        let mut cfg: Json = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: not valid JSON ({e})", path.display())))?;
         cfg["chat_template"] = template.into();
-        write_atomic(
-            &path,
-            serde_json::to_string_pretty(&cfg)
-                .expect("json serializes")
-                .as_bytes(),
-        )?;
+        write_atomic(&path, serde_json::to_string_pretty(&cfg).expect("json serializes").as_bytes())?;
     }
     let tok = kiln_text::Tokenizer::from_dir(tokenizer_dir)?;
     let config = hf_config_json(cfg, tied, tok.bos_id(), tok.eos_id());
@@ -180,7 +163,8 @@ pub fn write_hf_dir(
     check_round_trip("config.json", cfg, back.model)?;
     let pretty = |v: &Json| serde_json::to_string_pretty(v).expect("json serializes");
     write_atomic(&tmp.join("config.json"), pretty(&config).as_bytes())?;
-    let gen = json!({"bos_token_id": tok.bos_id(), "eos_token_id": tok.eos_id(), "do_sample": true, "temperature": 0.8});
+    let gen =
+        json!({"bos_token_id": tok.bos_id(), "eos_token_id": tok.eos_id(), "do_sample": true, "temperature": 0.8});
     write_atomic(&tmp.join("generation_config.json"), pretty(&gen).as_bytes())?;
     let old = dir.with_file_name(format!(".{name}.old{}", std::process::id()));
     if dir.exists() {
@@ -219,12 +203,7 @@ pub fn permute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
 }
 
 /// The row moves of [`permute_rope_rows`] (`to_interleaved`) or of their inverse.
-pub(crate) fn move_rope_rows(
-    w: &[f32],
-    heads: usize,
-    cols: usize,
-    to_interleaved: bool,
-) -> Vec<f32> {
+pub(crate) fn move_rope_rows(w: &[f32], heads: usize, cols: usize, to_interleaved: bool) -> Vec<f32> {
     let rows = w.len() / cols;
     let d = rows / heads;
     let mut out = vec![0.0; w.len()];
@@ -233,11 +212,7 @@ pub(crate) fn move_rope_rows(
             for j in 0..2 {
                 let half_split = h * d + j * (d / 2) + i;
                 let interleaved = h * d + 2 * i + j;
-                let (src, dst) = if to_interleaved {
-                    (half_split, interleaved)
-                } else {
-                    (interleaved, half_split)
-                };
+                let (src, dst) = if to_interleaved { (half_split, interleaved) } else { (interleaved, half_split) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }
@@ -259,39 +234,24 @@ fn tokenizer_metadata(w: &mut GgufWriter, dir: &Path) -> Result<()> {
     let path = dir.join("tokenizer.json");
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
     let bad = |m: &str| TrainError::Checkpoint(format!("{}: {m}", path.display()));
-    let json: Json =
-        serde_json::from_str(&text).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
+    let json: Json = serde_json::from_str(&text).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
     let model = &json["model"];
     if model["type"].as_str() != Some("BPE") {
-        return Err(bad(
-            "GGUF export needs a BPE tokenizer (byte-level or with byte fallback)",
-        ));
+        return Err(bad("GGUF export needs a BPE tokenizer (byte-level or with byte fallback)"));
     }
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| bad("no model.vocab"))?;
-    let mut by_id: Vec<(u32, String, i32)> = vocab
-        .iter()
-        .filter_map(|(t, id)| Some((id.as_u64()? as u32, t.clone(), NORMAL)))
-        .collect();
+    let vocab = model["vocab"].as_object().ok_or_else(|| bad("no model.vocab"))?;
+    let mut by_id: Vec<(u32, String, i32)> =
+        vocab.iter().filter_map(|(t, id)| Some((id.as_u64()? as u32, t.clone(), NORMAL))).collect();
     for added in json["added_tokens"].as_array().into_iter().flatten() {
         let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) else {
             continue;
         };
-        let ty = if added["special"].as_bool() == Some(true) {
-            CONTROL
-        } else {
-            USER_DEFINED
-        };
+        let ty = if added["special"].as_bool() == Some(true) { CONTROL } else { USER_DEFINED };
         by_id.retain(|(i, _, _)| *i != id as u32);
         by_id.push((id as u32, content.to_string(), ty));
     }
     by_id.sort();
-    if by_id
-        .iter()
-        .enumerate()
-        .any(|(k, (id, _, _))| *id as usize != k)
-    {
+    if by_id.iter().enumerate().any(|(k, (id, _, _))| *id as usize != k) {
         return Err(bad("token ids are not contiguous from 0"));
     }
     let merges: Vec<String> = model["merges"]
@@ -310,24 +270,10 @@ fn tokenizer_metadata(w: &mut GgufWriter, dir: &Path) -> Result<()> {
     } else {
         w.set("tokenizer.ggml.model", Value::String("gpt2".into()));
         w.set("tokenizer.ggml.pre", Value::String("smaug-bpe".into()));
-        w.set(
-            "tokenizer.ggml.merges",
-            Value::Array(merges.into_iter().map(Value::String).collect()),
-        );
+        w.set("tokenizer.ggml.merges", Value::Array(merges.into_iter().map(Value::String).collect()));
     }
-    w.set(
-        "tokenizer.ggml.tokens",
-        Value::Array(
-            by_id
-                .iter()
-                .map(|(_, t, _)| Value::String(t.clone()))
-                .collect(),
-        ),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        Value::Array(by_id.iter().map(|(_, _, ty)| Value::I32(*ty)).collect()),
-    );
+    w.set("tokenizer.ggml.tokens", Value::Array(by_id.iter().map(|(_, t, _)| Value::String(t.clone())).collect()));
+    w.set("tokenizer.ggml.token_type", Value::Array(by_id.iter().map(|(_, _, ty)| Value::I32(*ty)).collect()));
     if let Some(b) = tok.bos_id() {
         w.set("tokenizer.ggml.bos_token_id", Value::U32(b));
     }
@@ -348,10 +294,7 @@ fn tokenizer_metadata(w: &mut GgufWriter, dir: &Path) -> Result<()> {
 /// kiln's SentencePiece tokenizers use scores for: which adjacent pair merges first), the
 /// byte and unknown tokens typed, and whether a space is put before the text.
 fn spm_vocab(w: &mut GgufWriter, json: &Json, by_id: &mut [(u32, String, i32)], merges: &[String]) {
-    let index: HashMap<&str, usize> = by_id
-        .iter()
-        .map(|(id, t, _)| (t.as_str(), *id as usize))
-        .collect();
+    let index: HashMap<&str, usize> = by_id.iter().map(|(id, t, _)| (t.as_str(), *id as usize)).collect();
     let unranked = -(merges.len() as f32) - 1.0;
     let mut scores = vec![unranked; by_id.len()];
     for (rank, m) in merges.iter().enumerate() {
@@ -374,10 +317,7 @@ fn spm_vocab(w: &mut GgufWriter, json: &Json, by_id: &mut [(u32, String, i32)], 
     // A `Prepend` normalizer anywhere is SentencePiece's `add_dummy_prefix`.
     let prefix = json["normalizer"].to_string().contains("\"Prepend\"");
     w.set("tokenizer.ggml.model", Value::String("llama".into()));
-    w.set(
-        "tokenizer.ggml.scores",
-        Value::Array(scores.into_iter().map(Value::F32).collect()),
-    );
+    w.set("tokenizer.ggml.scores", Value::Array(scores.into_iter().map(Value::F32).collect()));
     w.set("tokenizer.ggml.add_space_prefix", Value::Bool(prefix));
 }
 
@@ -398,16 +338,10 @@ fn model_metadata(w: &mut GgufWriter, cfg: &ModelConfig) {
     w.set(&key("attention.value_length"), u(cfg.head_dim));
     w.set(&key("rope.dimension_count"), u(cfg.rope_dim));
     w.set(&key("rope.freq_base"), Value::F32(cfg.rope_theta));
-    w.set(
-        &key("attention.layer_norm_rms_epsilon"),
-        Value::F32(cfg.rms_eps),
-    );
+    w.set(&key("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_eps));
     if let Some(window) = cfg.sliding_window {
         w.set(&key("attention.sliding_window"), u(window));
-        w.set(
-            &key("attention.sliding_window_pattern"),
-            u(cfg.sliding_pattern),
-        );
+        w.set(&key("attention.sliding_window_pattern"), u(cfg.sliding_pattern));
         w.set(&key("rope.freq_base_swa"), Value::F32(cfg.rope_theta_local));
     }
     if let Some(cap) = cfg.final_logit_softcap {
@@ -427,9 +361,8 @@ pub fn gguf_f32(dir: &Path, name: &str) -> Result<GgufFile> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort_by_key(|n| gguf_order(n));
     for hf in names {
-        let gguf = hf_to_gguf(hf, cfg.family).ok_or_else(|| {
-            TrainError::Checkpoint(format!("{}: unexpected tensor {hf:?}", dir.display()))
-        })?;
+        let gguf = hf_to_gguf(hf, cfg.family)
+            .ok_or_else(|| TrainError::Checkpoint(format!("{}: unexpected tensor {hf:?}", dir.display())))?;
         let t = &tensors[hf];
         let mut data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let dims: Vec<u64> = t.dims().iter().rev().map(|&d| d as u64).collect();
@@ -442,59 +375,31 @@ pub fn gguf_f32(dir: &Path, name: &str) -> Result<GgufFile> {
             data.iter_mut().for_each(|v| *v += cfg.norm_weight_offset);
         }
         let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.add_tensor(TensorData {
-            name: gguf,
-            dims,
-            ty: GgmlType::F32,
-            data: bytes,
-        });
+        w.add_tensor(TensorData { name: gguf, dims, ty: GgmlType::F32, data: bytes });
     }
     let mut bytes = Vec::new();
     w.write(&mut bytes).map_err(io_err(dir))?;
     let file = GgufFile::from_vec(bytes).map_err(kiln_model::ModelError::from)?;
     let back = ModelConfig::from_gguf(&file)?;
-    check_round_trip(
-        "GGUF",
-        &cfg,
-        ModelConfig {
-            rope_style: cfg.rope_style,
-            ..back
-        },
-    )?;
+    check_round_trip("GGUF", &cfg, ModelConfig { rope_style: cfg.rope_style, ..back })?;
     Ok(file)
 }
 
 /// llama.cpp's order: embedding, blocks in order, output norm, output.
 fn gguf_order(hf: &str) -> (usize, usize, String) {
     match hf.strip_prefix("model.layers.") {
-        Some(rest) => (
-            1,
-            rest.split('.')
-                .next()
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0),
-            hf.to_string(),
-        ),
+        Some(rest) => (1, rest.split('.').next().and_then(|i| i.parse().ok()).unwrap_or(0), hf.to_string()),
         None if hf.contains("embed_tokens") => (0, 0, hf.to_string()),
         None => (2, 0, hf.to_string()),
     }
 }
 
 /// Writes the Hugging Face directory `dir` as a GGUF file of weight type `ty` at `out`.
-pub fn export_gguf(
-    dir: &Path,
-    ty: GgmlType,
-    out: &Path,
-    progress: impl FnMut(u64, u64),
-) -> Result<ExportReport> {
+pub fn export_gguf(dir: &Path, ty: GgmlType, out: &Path, progress: impl FnMut(u64, u64)) -> Result<ExportReport> {
     let name = dir
         .canonicalize()
         .ok()
-        .and_then(|p| {
-            p.parent()
-                .and_then(|q| q.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-        })
+        .and_then(|p| p.parent().and_then(|q| q.file_name()).map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "kiln".into());
     let file = gguf_f32(dir, &name)?;
     Ok(requantize_gguf(&file, ty, out, progress)?)
@@ -554,16 +459,12 @@ mod tests {
             for tied in [false, true] {
                 let j = hf_config_json(cfg, tied, Some(1), Some(2));
                 let back = parse_hf_config(&j).unwrap();
-                check_round_trip("config.json", cfg, back.model)
-                    .unwrap_or_else(|e| panic!("{i}: {e}"));
+                check_round_trip("config.json", cfg, back.model).unwrap_or_else(|e| panic!("{i}: {e}"));
                 assert_eq!(back.tie_word_embeddings, tied);
             }
         }
         // A switch the family's config.json has no key for is refused, not dropped.
-        let biased_llama = ModelConfig {
-            qkv_bias: true,
-            ..shape(Family::Llama)
-        };
+        let biased_llama = ModelConfig { qkv_bias: true, ..shape(Family::Llama) };
         let back = parse_hf_config(&hf_config_json(&biased_llama, true, None, None)).unwrap();
         assert!(check_round_trip("config.json", &biased_llama, back.model).is_err());
     }
@@ -571,14 +472,8 @@ mod tests {
     #[test]
     fn rope_permutation_interleaves_halves() {
         // One head of width 4, one column: rows [a0, a1, b0, b1] → [a0, b0, a1, b1].
-        assert_eq!(
-            permute_rope_rows(&[0.0, 1.0, 2.0, 3.0], 1, 1),
-            vec![0.0, 2.0, 1.0, 3.0]
-        );
+        assert_eq!(permute_rope_rows(&[0.0, 1.0, 2.0, 3.0], 1, 1), vec![0.0, 2.0, 1.0, 3.0]);
         // Two heads of width 2 are already interleaved.
-        assert_eq!(
-            permute_rope_rows(&[0.0, 1.0, 2.0, 3.0], 2, 1),
-            vec![0.0, 1.0, 2.0, 3.0]
-        );
+        assert_eq!(permute_rope_rows(&[0.0, 1.0, 2.0, 3.0], 2, 1), vec![0.0, 1.0, 2.0, 3.0]);
     }
 }

@@ -71,8 +71,5 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 
 /// A closure mapping an I/O error on `path` to [`TrainError::Io`].
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
 }

@@ -62,11 +62,7 @@ impl LoraConfig {
             if !TARGETS.iter().any(|(s, _)| s == t) {
                 return bad(format!(
                     "--target {t}: use {}",
-                    TARGETS
-                        .iter()
-                        .map(|(s, _)| *s)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    TARGETS.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
                 ));
             }
         }
@@ -127,17 +123,9 @@ impl Lora {
         let mut tensors = HashMap::new();
         for (w, out, inp) in config.modules(model) {
             let bound = 1.0 / (inp as f64).sqrt();
-            let a: Vec<f32> = (0..config.rank * inp)
-                .map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32)
-                .collect();
-            tensors.insert(
-                adapter_name(&w, 'A'),
-                Tensor::from_vec(a, (config.rank, inp), &Device::Cpu)?,
-            );
-            tensors.insert(
-                adapter_name(&w, 'B'),
-                Tensor::zeros((out, config.rank), DType::F32, &Device::Cpu)?,
-            );
+            let a: Vec<f32> = (0..config.rank * inp).map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32).collect();
+            tensors.insert(adapter_name(&w, 'A'), Tensor::from_vec(a, (config.rank, inp), &Device::Cpu)?);
+            tensors.insert(adapter_name(&w, 'B'), Tensor::zeros((out, config.rank), DType::F32, &Device::Cpu)?);
         }
         Lora::from_tensors(config, model, tensors, seed)
     }
@@ -154,9 +142,9 @@ impl Lora {
         let mut index = HashMap::new();
         for (w, out, inp) in config.modules(model) {
             let mut take = |name: String, shape: [usize; 2]| -> Result<usize> {
-                let t = tensors.remove(&name).ok_or_else(|| {
-                    TrainError::Checkpoint(format!("the adapter has no tensor {name:?}"))
-                })?;
+                let t = tensors
+                    .remove(&name)
+                    .ok_or_else(|| TrainError::Checkpoint(format!("the adapter has no tensor {name:?}")))?;
                 if t.dims() != shape {
                     return Err(TrainError::Checkpoint(format!(
                         "adapter tensor {name:?} has shape {:?}, expected {shape:?}",
@@ -186,10 +174,7 @@ impl Lora {
 
     /// The adapter tensors by name.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect()
+        self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
     }
 
     /// Turns dropout on (training) or off (evaluation, reference log-probs).
@@ -220,13 +205,9 @@ impl Lora {
             let n = x.elem_count();
             let keep = (1.0 / (1.0 - p)) as f32;
             let mask: Vec<f32> = {
-                let mut rng = self
-                    .dropout_rng
-                    .lock()
-                    .map_err(|_| TrainError::Config("dropout generator poisoned".into()))?;
-                (0..n)
-                    .map(|_| if rng.next_f64() < p { 0.0 } else { keep })
-                    .collect()
+                let mut rng =
+                    self.dropout_rng.lock().map_err(|_| TrainError::Config("dropout generator poisoned".into()))?;
+                (0..n).map(|_| if rng.next_f64() < p { 0.0 } else { keep }).collect()
             };
             let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
             (x * mask)?
@@ -243,9 +224,9 @@ impl Lora {
     pub fn merge(&self, base: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
         let mut out = base.clone();
         for (w, &(a, b)) in &self.index {
-            let base_w = base.get(w).ok_or_else(|| {
-                TrainError::Checkpoint(format!("the base model has no tensor {w:?} to merge into"))
-            })?;
+            let base_w = base
+                .get(w)
+                .ok_or_else(|| TrainError::Checkpoint(format!("the base model has no tensor {w:?} to merge into")))?;
             let a = self.params[a].1.as_tensor();
             let b = self.params[b].1.as_tensor();
             let delta = (b.matmul(a)? * self.config.scale())?;
@@ -257,11 +238,8 @@ impl Lora {
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir` (PEFT's layout).
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let tensors: HashMap<String, Tensor> = self
-            .tensors()
-            .into_iter()
-            .map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t))
-            .collect();
+        let tensors: HashMap<String, Tensor> =
+            self.tensors().into_iter().map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t)).collect();
         save_tensors(&dir.join("adapter_model.safetensors"), &tensors)?;
         let modules: Vec<&str> = TARGETS
             .iter()
@@ -280,9 +258,7 @@ impl Lora {
         });
         write_atomic(
             &dir.join("adapter_config.json"),
-            serde_json::to_string_pretty(&json)
-                .expect("json serializes")
-                .as_bytes(),
+            serde_json::to_string_pretty(&json).expect("json serializes").as_bytes(),
         )
     }
 
@@ -292,12 +268,9 @@ impl Lora {
         let path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         let bad = |m: &str| TrainError::Checkpoint(format!("{}: {m}", path.display()));
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
         let rank = json["r"].as_u64().ok_or_else(|| bad("no r"))? as usize;
-        let alpha = json["lora_alpha"]
-            .as_f64()
-            .ok_or_else(|| bad("no lora_alpha"))?;
+        let alpha = json["lora_alpha"].as_f64().ok_or_else(|| bad("no lora_alpha"))?;
         let modules: Vec<String> = json["target_modules"]
             .as_array()
             .ok_or_else(|| bad("no target_modules list"))?
@@ -309,12 +282,7 @@ impl Lora {
             .filter(|(_, m)| modules.iter().any(|x| m.ends_with(x.as_str())))
             .map(|(s, _)| s.to_string())
             .collect();
-        let config = LoraConfig {
-            rank,
-            alpha,
-            dropout: json["lora_dropout"].as_f64().unwrap_or(0.0),
-            targets,
-        };
+        let config = LoraConfig { rank, alpha, dropout: json["lora_dropout"].as_f64().unwrap_or(0.0), targets };
         let tensors = load_tensors(&dir.join("adapter_model.safetensors"))?
             .into_iter()
             .map(|(n, t)| (n.strip_prefix(PEFT_PREFIX).unwrap_or(&n).to_string(), t))

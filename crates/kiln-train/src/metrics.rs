@@ -53,10 +53,7 @@ impl MetricsLog {
 
     /// Appends one record.
     pub fn append(&self, r: &Record) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io_err(&self.path))?;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(io_err(&self.path))?;
         let line = serde_json::to_string(r).expect("record serializes");
         writeln!(f, "{line}").map_err(io_err(&self.path))
     }
@@ -74,8 +71,5 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(path)(e)),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }

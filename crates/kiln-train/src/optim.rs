@@ -17,9 +17,7 @@ const CHUNK: usize = 1 << 16;
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     {
         let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
+        if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
             return Ok(f(&data[a..b]));
         }
     }
@@ -35,12 +33,7 @@ pub struct GradAccum {
 impl GradAccum {
     /// Zeroed sums shaped like `params`.
     pub fn new(params: &[(String, Var)]) -> GradAccum {
-        GradAccum {
-            sums: params
-                .iter()
-                .map(|(_, v)| vec![0.0; v.elem_count()])
-                .collect(),
-        }
+        GradAccum { sums: params.iter().map(|(_, v)| vec![0.0; v.elem_count()]).collect() }
     }
 
     /// The sums kept in `slot` from the last step, zeroed, or new ones for `params` on the first.
@@ -57,9 +50,7 @@ impl GradAccum {
     /// Zeroes the sums for the next step, keeping their memory (a fresh zeroed vector of
     /// SmolLM2's embedding size is mapped in page by page on every step).
     pub fn reset(&mut self) {
-        self.sums
-            .iter_mut()
-            .for_each(|v| v.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0)));
+        self.sums.iter_mut().for_each(|v| v.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0)));
     }
 
     /// Adds `scale ·` the gradients of `grads` (a parameter with no gradient adds nothing).
@@ -80,9 +71,7 @@ impl GradAccum {
     pub fn norm(&self) -> f64 {
         // Partial sums over fixed chunks, added in order: the same bits on every run.
         let partial = |v: &Vec<f32>| -> Vec<f64> {
-            v.par_chunks(CHUNK)
-                .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
-                .collect()
+            v.par_chunks(CHUNK).map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>()).collect()
         };
         self.sums.iter().flat_map(partial).sum::<f64>().sqrt()
     }
@@ -93,9 +82,7 @@ impl GradAccum {
         let norm = self.norm();
         if max > 0.0 && norm > max {
             let s = (max / (norm + 1e-6)) as f32;
-            self.sums
-                .iter_mut()
-                .for_each(|v| v.par_iter_mut().for_each(|g| *g *= s));
+            self.sums.iter_mut().for_each(|v| v.par_iter_mut().for_each(|g| *g *= s));
         }
         norm
     }
@@ -125,21 +112,8 @@ pub struct AdamW {
 impl AdamW {
     /// Fresh state for `params`.
     pub fn new(params: &[(String, Var)], betas: (f64, f64), eps: f64, weight_decay: f64) -> AdamW {
-        let zeros = || {
-            params
-                .iter()
-                .map(|(_, v)| vec![0.0f32; v.elem_count()])
-                .collect()
-        };
-        AdamW {
-            betas,
-            eps,
-            weight_decay,
-            t: 0,
-            skip: vec![false; params.len()],
-            m: zeros(),
-            v: zeros(),
-        }
+        let zeros = || params.iter().map(|(_, v)| vec![0.0f32; v.elem_count()]).collect();
+        AdamW { betas, eps, weight_decay, t: 0, skip: vec![false; params.len()], m: zeros(), v: zeros() }
     }
 
     /// One update with learning rate `lr`: `θ ← θ − lr·(m̂/(√v̂+ε) + λ·θ)`.
@@ -153,11 +127,7 @@ impl AdamW {
                 continue;
             }
             let t = var.as_tensor();
-            let decay = if t.rank() >= 2 {
-                self.weight_decay
-            } else {
-                0.0
-            };
+            let decay = if t.rank() >= 2 { self.weight_decay } else { 0.0 };
             let (m, v, g) = (&mut self.m[i], &mut self.v[i], &grads[i]);
             let (b1f, b2f) = (b1 as f32, b2 as f32);
             let (step, shrink) = ((lr / bc1) as f32, (1.0 - lr * decay) as f32);
@@ -185,42 +155,23 @@ impl AdamW {
         let mut out = HashMap::new();
         for (i, (name, var)) in params.iter().enumerate() {
             let shape = var.as_tensor().shape();
-            out.insert(
-                format!("m.{name}"),
-                Tensor::from_vec(self.m[i].clone(), shape, &Device::Cpu)?,
-            );
-            out.insert(
-                format!("v.{name}"),
-                Tensor::from_vec(self.v[i].clone(), shape, &Device::Cpu)?,
-            );
+            out.insert(format!("m.{name}"), Tensor::from_vec(self.m[i].clone(), shape, &Device::Cpu)?);
+            out.insert(format!("v.{name}"), Tensor::from_vec(self.v[i].clone(), shape, &Device::Cpu)?);
         }
         Ok(out)
     }
 
     /// Restores moment estimates saved by [`AdamW::state_tensors`], after `t` updates.
-    pub fn load_state(
-        &mut self,
-        params: &[(String, Var)],
-        tensors: &HashMap<String, Tensor>,
-        t: u64,
-    ) -> Result<()> {
+    pub fn load_state(&mut self, params: &[(String, Var)], tensors: &HashMap<String, Tensor>, t: u64) -> Result<()> {
         for (i, (name, var)) in params.iter().enumerate() {
-            for (key, dst) in [
-                (format!("m.{name}"), &mut self.m[i]),
-                (format!("v.{name}"), &mut self.v[i]),
-            ] {
-                let src = tensors.get(&key).ok_or_else(|| {
-                    TrainError::Checkpoint(format!("the optimizer state has no tensor {key:?}"))
-                })?;
+            for (key, dst) in [(format!("m.{name}"), &mut self.m[i]), (format!("v.{name}"), &mut self.v[i])] {
+                let src = tensors
+                    .get(&key)
+                    .ok_or_else(|| TrainError::Checkpoint(format!("the optimizer state has no tensor {key:?}")))?;
                 if src.elem_count() != var.elem_count() {
-                    return Err(TrainError::Checkpoint(format!(
-                        "optimizer tensor {key:?} has the wrong size"
-                    )));
+                    return Err(TrainError::Checkpoint(format!("optimizer tensor {key:?} has the wrong size")));
                 }
-                *dst = src
-                    .flatten_all()?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?;
+                *dst = src.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
             }
         }
         self.t = t;
@@ -318,9 +269,11 @@ impl Muon {
         for (&i, buffer) in self.owned.iter().zip(&mut self.buffers) {
             let (name, var) = &params[i];
             let key = format!("mu.{name}");
-            let src = tensors
-                .get(&key)
-                .ok_or_else(|| TrainError::Checkpoint(format!("the optimizer state has no tensor {key:?} (was the run started with Muon?)")))?;
+            let src = tensors.get(&key).ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "the optimizer state has no tensor {key:?} (was the run started with Muon?)"
+                ))
+            })?;
             if src.elem_count() != var.elem_count() {
                 return Err(TrainError::Checkpoint(format!("optimizer tensor {key:?} has the wrong size")));
             }
@@ -383,8 +336,7 @@ mod tests {
     fn clip_bounds_the_norm() {
         let params = vec![(
             "w".to_string(),
-            Var::from_tensor(&Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap())
-                .unwrap(),
+            Var::from_tensor(&Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap(),
         )];
         let mut acc = GradAccum::new(&params);
         acc.sums[0] = vec![3.0, 4.0];
@@ -439,14 +391,18 @@ mod tests {
         let params = vec![
             ("model.embed_tokens.weight".to_string(), var(10, 4, 1)),
             ("model.layers.0.mlp.up_proj.weight".to_string(), var(6, 4, 2)),
-            ("model.norm.weight".to_string(), Var::from_tensor(&Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap()),
+            (
+                "model.norm.weight".to_string(),
+                Var::from_tensor(&Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap(),
+            ),
         ];
         let mut muon = Muon::new(&params, 0.95, 0.0);
         assert_eq!(muon.mask(3), vec![false, true, false]);
         let grads: Vec<Vec<f32>> = params.iter().map(|(_, v)| vec![0.1; v.elem_count()]).collect();
         muon.step(&params, &grads, 0.02).unwrap();
         let saved = muon.state_tensors(&params).unwrap();
-        let snapshot: Vec<Vec<f32>> = params.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let snapshot: Vec<Vec<f32>> =
+            params.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
         muon.step(&params, &grads, 0.02).unwrap();
         let after: Vec<f32> = params[1].1.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         // Restore the weights and a fresh optimizer from the checkpoint; the step repeats exactly.

@@ -147,10 +147,7 @@ mod tests {
             black_box(a.matmul(&a).unwrap());
             best = best.max(2.0 * (n * n * n) as f64 / t0.elapsed().as_secs_f64());
         }
-        assert!(
-            best <= 1.1 * peak,
-            "GEMM {best:.3e} FLOP/s beats the measured peak {peak:.3e} of {threads} threads"
-        );
+        assert!(best <= 1.1 * peak, "GEMM {best:.3e} FLOP/s beats the measured peak {peak:.3e} of {threads} threads");
     }
 
     #[test]

@@ -18,16 +18,8 @@ type Points = Vec<(f64, f64)>;
 
 /// The series to draw: training loss per step and validation loss on evaluation steps.
 fn series(records: &[Record]) -> (Points, Points) {
-    let train = records
-        .iter()
-        .map(|r| (r.step as f64, r.loss))
-        .filter(|p| p.1.is_finite())
-        .collect();
-    let val = records
-        .iter()
-        .filter_map(|r| Some((r.step as f64, r.val_loss?)))
-        .filter(|p| p.1.is_finite())
-        .collect();
+    let train = records.iter().map(|r| (r.step as f64, r.loss)).filter(|p| p.1.is_finite()).collect();
+    let val = records.iter().filter_map(|r| Some((r.step as f64, r.val_loss?))).filter(|p| p.1.is_finite()).collect();
     (train, val)
 }
 
@@ -67,7 +59,13 @@ where
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..x_max, y_min..y_max)
         .map_err(perr)?;
-    chart.configure_mesh().x_desc("step").x_label_formatter(&|x| format!("{x:.0}")).y_desc("nats / token").draw().map_err(perr)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc("nats / token")
+        .draw()
+        .map_err(perr)?;
     let blue = RGBColor(31, 119, 180);
     let red = RGBColor(214, 39, 40);
     chart
@@ -80,15 +78,8 @@ where
         .map_err(perr)?
         .label("validation")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
-    chart
-        .draw_series(val.iter().map(|&p| Circle::new(p, 3, red.filled())))
-        .map_err(perr)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()
-        .map_err(perr)?;
+    chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, red.filled()))).map_err(perr)?;
+    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(perr)?;
     root.present().map_err(perr)?;
     Ok(())
 }
@@ -150,7 +141,10 @@ mod tests {
         // The caption "loss" sits centred above the plot, where nothing else is drawn: dark
         // pixels there are its glyphs.
         let dark_in = |x0: u32, x1: u32, y0: u32, y1: u32| {
-            (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| rgb[((y * SIZE.0 + x) * 3) as usize] < 128).count()
+            (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| rgb[((y * SIZE.0 + x) * 3) as usize] < 128)
+                .count()
         };
         let caption = dark_in(SIZE.0 / 2 - 40, SIZE.0 / 2 + 40, 15, 45);
         assert!(caption > 30, "the PNG's caption has {caption} dark pixels");

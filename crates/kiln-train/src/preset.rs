@@ -112,42 +112,19 @@ impl TrainConfig {
     /// The defaults of preset `name` for a vocabulary of `vocab_size`.
     pub fn preset(name: &str, vocab_size: usize) -> Result<TrainConfig> {
         // (dim, layers, heads, kv heads, ffn, context, micro-batch, batch tokens, lr, steps)
-        let (
-            dim,
-            n_layers,
-            n_heads,
-            n_kv_heads,
-            ffn_dim,
-            context,
-            micro_batch,
-            batch_tokens,
-            lr,
-            steps,
-        ) = match name {
+        let (dim, n_layers, n_heads, n_kv_heads, ffn_dim, context, micro_batch, batch_tokens, lr, steps) = match name {
             "nano" => (64, 2, 4, 2, 192, 64, 16, 1024, 3e-3, 200),
             "micro" => (128, 4, 4, 2, 352, 128, 16, 4096, 2e-3, 1000),
             "mini" => (256, 6, 8, 4, 704, 256, 8, 8192, 1e-3, 2000),
             "small" => (384, 8, 6, 6, 1024, 512, 8, 16384, 8e-4, 5000),
             "gpt2-small" => (768, 12, 12, 12, 2048, 1024, 4, 524_288, 6e-4, 19_073),
             other => {
-                return Err(TrainError::Config(format!(
-                    "unknown preset {other:?}; presets: {}",
-                    PRESETS.join(", ")
-                )))
+                return Err(TrainError::Config(format!("unknown preset {other:?}; presets: {}", PRESETS.join(", "))))
             }
         };
         Ok(TrainConfig {
             preset: name.to_string(),
-            shape: Shape {
-                dim,
-                n_layers,
-                n_heads,
-                n_kv_heads,
-                ffn_dim,
-                context,
-                rope_theta: 10_000.0,
-                tied: true,
-            },
+            shape: Shape { dim, n_layers, n_heads, n_kv_heads, ffn_dim, context, rope_theta: 10_000.0, tied: true },
             vocab_size,
             steps,
             micro_batch,
@@ -187,10 +164,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let s = &self.shape;
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
-        if s.n_heads == 0
-            || !s.dim.is_multiple_of(s.n_heads)
-            || !(s.dim / s.n_heads).is_multiple_of(2)
-        {
+        if s.n_heads == 0 || !s.dim.is_multiple_of(s.n_heads) || !(s.dim / s.n_heads).is_multiple_of(2) {
             return bad("--dim must be a multiple of --heads with an even head width");
         }
         if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {

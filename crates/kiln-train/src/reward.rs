@@ -6,9 +6,7 @@
 
 use crate::checkpoint::{load_tensors, save_tensors};
 use crate::dpo::{load_pairs, pair_groups, Pair};
-use crate::finetune::{
-    log_sigmoid, pass_budget, scalar, sigmoid, sign_test_p, Example, Loader, Net, StepStats, Task,
-};
+use crate::finetune::{log_sigmoid, pass_budget, scalar, sigmoid, sign_test_p, Example, Loader, Net, StepStats, Task};
 use crate::model::Transformer;
 use crate::optim::GradAccum;
 use crate::{Result, TrainError};
@@ -93,9 +91,7 @@ pub fn load_head(run_dir: &Path) -> Result<Tensor> {
             run_dir.display()
         )));
     }
-    load_tensors(&path)?
-        .remove(HEAD)
-        .ok_or_else(|| TrainError::Checkpoint(format!("{}: no {HEAD}", path.display())))
+    load_tensors(&path)?.remove(HEAD).ok_or_else(|| TrainError::Checkpoint(format!("{}: no {HEAD}", path.display())))
 }
 
 /// The reward model's data.
@@ -110,23 +106,13 @@ pub struct Rm {
 impl Rm {
     /// A reward model trained on `train`, measured on `val`.
     pub fn new(train: Vec<Pair>, val: Vec<Pair>, batch_pairs: usize) -> Rm {
-        Rm {
-            train,
-            val,
-            batch_pairs,
-            pass_tokens: pass_budget(0),
-        }
+        Rm { train, val, batch_pairs, pass_tokens: pass_budget(0) }
     }
 
     /// Reads the comparisons of `run`'s data.
     pub fn load(run: &crate::finetune::Run, report: &mut dyn FnMut(&str)) -> Result<Rm> {
         let (train, val) = load_pairs(run, report)?;
-        Ok(Rm {
-            train,
-            val,
-            batch_pairs: run.cfg.batch_pairs,
-            pass_tokens: pass_budget(run.cfg.max_len),
-        })
+        Ok(Rm { train, val, batch_pairs: run.cfg.batch_pairs, pass_tokens: pass_budget(run.cfg.max_len) })
     }
 
     /// Held-out (loss, accuracy) of `net` as it is.
@@ -170,11 +156,7 @@ impl Task for Rm {
             let coefs = Tensor::new(coefs.as_slice(), &Device::Cpu)?.to_dtype(r.dtype())?;
             acc.add(&params, &(r * coefs)?.sum_all()?.backward()?, 1.0)?;
         }
-        Ok(StepStats {
-            loss,
-            tokens,
-            extra: vec![("accuracy".into(), right)],
-        })
+        Ok(StepStats { loss, tokens, extra: vec![("accuracy".into(), right)] })
     }
 
     fn evaluate(&mut self, net: &Net) -> Result<Vec<(String, f64)>> {

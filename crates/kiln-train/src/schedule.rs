@@ -16,14 +16,7 @@ pub enum Decay {
 
 /// The learning rate for optimizer step `step` (0-based) of `steps`: `peak·(step+1)/warmup`
 /// during warm-up, then decaying to `peak·min_frac` at the last step.
-pub fn lr_at(
-    step: usize,
-    steps: usize,
-    warmup: usize,
-    peak: f64,
-    min_frac: f64,
-    decay: Decay,
-) -> f64 {
+pub fn lr_at(step: usize, steps: usize, warmup: usize, peak: f64, min_frac: f64, decay: Decay) -> f64 {
     if step < warmup {
         return peak * (step + 1) as f64 / warmup as f64;
     }
@@ -52,9 +45,6 @@ mod tests {
         assert!(lr(50, Decay::Cosine) < 1.0 && lr(50, Decay::Cosine) > 0.1);
         assert_eq!(lr(70, Decay::Constant), 1.0);
         let xs: Vec<f64> = (10..100).map(|s| lr(s, Decay::Cosine)).collect();
-        assert!(
-            xs.windows(2).all(|w| w[1] <= w[0]),
-            "monotone after warm-up"
-        );
+        assert!(xs.windows(2).all(|w| w[1] <= w[0]), "monotone after warm-up");
     }
 }

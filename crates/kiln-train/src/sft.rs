@@ -3,8 +3,8 @@
 //! it), averaged over the trained tokens of an optimizer step.
 
 use crate::finetune::{
-    batches, encode_example, pack, pass_budget, read_data, scalar, weighted_logps, Example, Loader,
-    Net, Run, StepStats, Task,
+    batches, encode_example, pack, pass_budget, read_data, scalar, weighted_logps, Example, Loader, Net, Run,
+    StepStats, Task,
 };
 use crate::optim::GradAccum;
 use crate::Result;
@@ -26,20 +26,8 @@ pub struct Sft {
 /// Reads and encodes the conversations of `run`'s data (bad rows reported through `report`).
 pub fn load(run: &Run, report: &mut dyn FnMut(&str)) -> Result<Sft> {
     let cfg = &run.cfg;
-    let rows = read_data(
-        &cfg.data,
-        conversation_from_json,
-        cfg.fail_on_bad_row,
-        report,
-    )?;
-    let examples = encode_all(
-        &run.tok,
-        &run.template,
-        &rows,
-        cfg.max_len,
-        cfg.fail_on_bad_row,
-        report,
-    )?;
+    let rows = read_data(&cfg.data, conversation_from_json, cfg.fail_on_bad_row, report)?;
+    let examples = encode_all(&run.tok, &run.template, &rows, cfg.max_len, cfg.fail_on_bad_row, report)?;
     let (train, val) = crate::finetune::split(&examples, cfg.val_rows, cfg.seed);
     report(&format!(
         "{} conversations: {} for training ({} trained tokens), {} held out",
@@ -71,17 +59,13 @@ pub fn encode_all(
     for (loc, conv) in rows {
         match encode_example(tok, template, &conv.messages, 0, max_len) {
             Ok(Some(ex)) => out.push(ex),
-            Ok(None) => report(&format!(
-                "skipped {loc}: nothing to learn within {max_len} tokens"
-            )),
+            Ok(None) => report(&format!("skipped {loc}: nothing to learn within {max_len} tokens")),
             Err(e) if fail => return Err(crate::TrainError::Data(format!("{loc}: {e}"))),
             Err(e) => report(&format!("skipped {loc}: {e}")),
         }
     }
     if out.is_empty() {
-        return Err(crate::TrainError::Data(
-            "no conversation left to train on".into(),
-        ));
+        return Err(crate::TrainError::Data("no conversation left to train on".into()));
     }
     Ok(out)
 }
@@ -114,11 +98,7 @@ impl Task for Sft {
             trained += ex.n_trained();
             picked.push(ex);
         }
-        let rows = if self.pack {
-            pack(&picked, self.max_len)
-        } else {
-            picked.into_iter().cloned().collect()
-        };
+        let rows = if self.pack { pack(&picked, self.max_len) } else { picked.into_iter().cloned().collect() };
         let params = net.trainable();
         let (mut nll, mut tokens) = (0.0, 0);
         let refs: Vec<&Example> = rows.iter().collect();
@@ -130,11 +110,7 @@ impl Task for Sft {
             let loss = (logp * (-1.0 / trained as f64))?;
             acc.add(&params, &loss.backward()?, 1.0)?;
         }
-        Ok(StepStats {
-            loss: nll / trained as f64,
-            tokens,
-            extra: vec![("rows".into(), rows.len() as f64)],
-        })
+        Ok(StepStats { loss: nll / trained as f64, tokens, extra: vec![("rows".into(), rows.len() as f64)] })
     }
 
     fn evaluate(&mut self, net: &Net) -> Result<Vec<(String, f64)>> {

@@ -69,17 +69,10 @@ type Bpe = TokenizerImpl<
 
 /// Trains a tokenizer of `vocab_size` tokens on the files under `data` (at most `max_bytes` of
 /// them) and writes it to `out`.
-pub fn train_tokenizer(
-    data: &Path,
-    vocab_size: usize,
-    max_bytes: u64,
-    out: &Path,
-) -> Result<TokenizerReport> {
+pub fn train_tokenizer(data: &Path, vocab_size: usize, max_bytes: u64, out: &Path) -> Result<TokenizerReport> {
     let min_vocab = 256 + SPECIALS.len();
     if vocab_size < min_vocab {
-        return Err(TrainError::Config(format!(
-            "--vocab must be at least {min_vocab} (256 bytes + special tokens)"
-        )));
+        return Err(TrainError::Config(format!("--vocab must be at least {min_vocab} (256 bytes + special tokens)")));
     }
     if vocab_size > u32::MAX as usize {
         return Err(TrainError::Config("--vocab is too large".into()));
@@ -104,26 +97,17 @@ pub fn train_tokenizer(
         })?;
     }
     if train.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: no text to train a tokenizer on",
-            data.display()
-        )));
+        return Err(TrainError::Data(format!("{}: no text to train a tokenizer on", data.display())));
     }
     let mut tok = new_tokenizer()?;
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
         .show_progress(false)
-        .special_tokens(
-            SPECIALS
-                .iter()
-                .map(|s| AddedToken::from(s.to_string(), true))
-                .collect(),
-        )
+        .special_tokens(SPECIALS.iter().map(|s| AddedToken::from(s.to_string(), true)).collect())
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
-    tok.train(&mut trainer, train.iter())
-        .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+    tok.train(&mut trainer, train.iter()).map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     let tok: tokenizers::Tokenizer = tok.into();
     let measured_on = if heldout.is_empty() {
         heldout = train.clone();
@@ -143,17 +127,11 @@ pub fn train_tokenizer(
         measured_on,
         heldout_bytes,
         heldout_tokens,
-        bytes_per_token: if heldout_tokens > 0 {
-            heldout_bytes as f64 / heldout_tokens as f64
-        } else {
-            0.0
-        },
+        bytes_per_token: if heldout_tokens > 0 { heldout_bytes as f64 / heldout_tokens as f64 } else { 0.0 },
         seconds: start.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let json = tok
-        .to_string(true)
-        .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+    let json = tok.to_string(true).map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     crate::checkpoint::write_atomic(&out.join("tokenizer.json"), json.as_bytes())?;
     write_tokenizer_config(out, None)?;
     let report_json = serde_json::to_string_pretty(&report).expect("report serializes");
@@ -163,21 +141,15 @@ pub fn train_tokenizer(
 
 /// An untrained byte-level BPE with the split regex, byte-level mapping and decoder.
 fn new_tokenizer() -> Result<Bpe> {
-    let split = Split::new(
-        SplitPattern::Regex(SPLIT_REGEX.into()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+    let split = Split::new(SplitPattern::Regex(SPLIT_REGEX.into()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     let pre = Sequence::new(vec![
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
     ]);
     let mut tok = TokenizerImpl::new(BPE::default());
     tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre)));
-    tok.with_decoder(Some(tokenizers::DecoderWrapper::ByteLevel(
-        ByteLevelDecoder::default(),
-    )));
+    tok.with_decoder(Some(tokenizers::DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
     Ok(tok)
 }
 
@@ -214,10 +186,7 @@ mod tests {
         std::fs::write(&corpus, &text).unwrap();
         let out = dir.path().join("tok");
         let report = train_tokenizer(&corpus, 400, u64::MAX, &out).unwrap();
-        assert!(
-            report.vocab_size <= 400 && report.vocab_size > 259,
-            "{report:?}"
-        );
+        assert!(report.vocab_size <= 400 && report.vocab_size > 259, "{report:?}");
         let tok = Tokenizer::from_dir(&out).unwrap();
         assert_eq!(tok.token_to_id(BOS), Some(0));
         assert_eq!(tok.token_to_id(IM_START), Some(1));
@@ -230,9 +199,7 @@ mod tests {
         assert_eq!(tok.decode(&ids, false).unwrap(), sample);
         // Specials are single tokens, and the chat template uses them.
         let chat = ChatTemplate::for_model(&tok, "llama").unwrap();
-        let rendered = chat
-            .render(&[ChatMessage::new("user", "Hi")], true)
-            .unwrap();
+        let rendered = chat.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
         let ids = tok.encode(&rendered, false).unwrap();
         assert_eq!(ids[0], 1);
         assert!(ids.contains(&2));

@@ -73,29 +73,17 @@ pub struct Summary {
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    checkpoint::write_atomic(
-        path,
-        serde_json::to_string_pretty(v)
-            .expect("serializes")
-            .as_bytes(),
-    )
+    checkpoint::write_atomic(path, serde_json::to_string_pretty(v).expect("serializes").as_bytes())
 }
 
 fn read_json<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: corrupted ({e})", path.display())))
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(format!("{}: corrupted ({e})", path.display())))
 }
 
 impl Trainer {
     /// Starts a new run in `run` on `data` with the tokenizer in `tokenizer_dir`.
-    pub fn start(
-        data: &Path,
-        tokenizer_dir: &Path,
-        run: &Path,
-        cfg: TrainConfig,
-        quiet: bool,
-    ) -> Result<Trainer> {
+    pub fn start(data: &Path, tokenizer_dir: &Path, run: &Path, cfg: TrainConfig, quiet: bool) -> Result<Trainer> {
         cfg.validate()?;
         if !checkpoint::list(run)?.is_empty() {
             return Err(TrainError::Config(format!(
@@ -236,12 +224,7 @@ impl Trainer {
         let flops_per_step = cfg.flops_per_token(self.model.n_params()) * per_step as f64;
         let session = Instant::now();
         let first_step = self.step;
-        let mut last = Summary {
-            steps: self.step,
-            loss: f64::NAN,
-            val: None,
-            tokens_per_s: 0.0,
-        };
+        let mut last = Summary { steps: self.step, loss: f64::NAN, val: None, tokens_per_s: 0.0 };
         if self.step >= cfg.steps {
             // A finished run resumed: report what it logged, and redraw its plots.
             let records = self.log.records()?;
@@ -255,22 +238,12 @@ impl Trainer {
             return Ok(last);
         }
         let peak = crate::peak::peak_flops(threads);
-        report(&format!(
-            "MFU is against {:.1} GFLOP/s, the f32 FMA peak measured on {threads} threads",
-            peak / 1e9
-        ));
+        report(&format!("MFU is against {:.1} GFLOP/s, the f32 FMA peak measured on {threads} threads", peak / 1e9));
         // Kept across steps: reset rather than reallocated.
         let mut acc: Option<GradAccum> = None;
         while self.step < cfg.steps {
             let t0 = Instant::now();
-            let lr = lr_at(
-                self.step,
-                cfg.steps,
-                cfg.warmup,
-                cfg.lr,
-                cfg.min_lr_frac,
-                cfg.decay,
-            );
+            let lr = lr_at(self.step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_frac, cfg.decay);
             let acc = GradAccum::reuse(&mut acc, self.model.params());
             let mut loss_sum = 0.0;
             for _ in 0..accum {
@@ -299,13 +272,8 @@ impl Trainer {
                     self.step
                 )));
             }
-            let eval_now = (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every))
-                || self.step == cfg.steps;
-            let val = if eval_now {
-                Some(self.evaluate()?)
-            } else {
-                None
-            };
+            let eval_now = (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every)) || self.step == cfg.steps;
+            let val = if eval_now { Some(self.evaluate()?) } else { None };
             let rec = Record {
                 step: self.step,
                 loss,
@@ -334,9 +302,7 @@ impl Trainer {
             if cfg.sample_every > 0 && self.step.is_multiple_of(cfg.sample_every) {
                 report(&format!("sample: {}", self.sample()?));
             }
-            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every))
-                || self.step == cfg.steps
-            {
+            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every)) || self.step == cfg.steps {
                 self.checkpoint()?;
             }
             last = Summary {
@@ -352,9 +318,7 @@ impl Trainer {
     /// Mean validation loss over the fixed validation batches, and bits per byte.
     pub fn evaluate(&self) -> Result<(f64, f64)> {
         let cfg = &self.cfg;
-        let batches =
-            self.val
-                .fixed_batches(cfg.eval_batches.max(1), cfg.micro_batch, cfg.shape.context);
+        let batches = self.val.fixed_batches(cfg.eval_batches.max(1), cfg.micro_batch, cfg.shape.context);
         let mut sum = 0.0;
         for (x, y) in &batches {
             let shape = (cfg.micro_batch, cfg.shape.context);
@@ -370,9 +334,7 @@ impl Trainer {
     pub fn sample(&mut self) -> Result<String> {
         let prompt: Vec<u32> = self.tok.bos_id().into_iter().collect();
         let prompt = if prompt.is_empty() { vec![0] } else { prompt };
-        let ids = self
-            .model
-            .generate(&prompt, SAMPLE_TOKENS, 0.8, &mut self.sample_rng)?;
+        let ids = self.model.generate(&prompt, SAMPLE_TOKENS, 0.8, &mut self.sample_rng)?;
         Ok(self.tok.decode(&ids, true)?.replace('\n', " ⏎ "))
     }
 
@@ -390,13 +352,7 @@ impl Trainer {
         if let Some(muon) = &self.muon {
             optim.extend(muon.state_tensors(self.model.params())?);
         }
-        checkpoint::save(
-            &self.run,
-            &tensors,
-            &optim,
-            &state,
-            self.cfg.keep,
-        )?;
+        checkpoint::save(&self.run, &tensors, &optim, &state, self.cfg.keep)?;
         write_hf_dir(
             &self.run.join("model"),
             &tensors,

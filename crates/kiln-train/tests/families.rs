@@ -100,10 +100,7 @@ fn cases() -> Vec<Case> {
         plain(Family::Qwen2, true, 4, 2),
         plain(Family::Qwen2, false, 4, 4),
         // Qwen3's heads are wider than dim / heads.
-        Case {
-            head_dim: 12,
-            ..plain(Family::Qwen3, false, 4, 2)
-        },
+        Case { head_dim: 12, ..plain(Family::Qwen3, false, 4, 2) },
         plain(Family::Qwen3, true, 4, 4),
         // Sliding, global, sliding: a window of 5 on a 64-token probe.
         Case {
@@ -113,12 +110,7 @@ fn cases() -> Vec<Case> {
             softcap: Some(3.0),
             ..plain(Family::Gemma3, true, 4, 2)
         },
-        Case {
-            layers: 3,
-            window: Some((7, 3)),
-            softcap: Some(4.0),
-            ..plain(Family::Gemma3, false, 4, 4)
-        },
+        Case { layers: 3, window: Some((7, 3)), softcap: Some(4.0), ..plain(Family::Gemma3, false, 4, 4) },
     ]
 }
 
@@ -137,8 +129,7 @@ fn random_model(cfg: &ModelConfig, tied: bool, dtype: DType, seed: u64) -> Trans
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
-            let post = name.contains("post_feedforward")
-                || (cfg.post_norms && name.contains("post_attention"));
+            let post = name.contains("post_feedforward") || (cfg.post_norms && name.contains("post_attention"));
             let (mean, std) = if name.ends_with("norm.weight") {
                 let scale = if post { 0.1 } else { 1.0 };
                 (scale - offset, 0.3 * scale)
@@ -166,17 +157,8 @@ fn tokenizer_dir(dir: &Path) -> kiln_text::Tokenizer {
 }
 
 fn trainer_logits(model: &Transformer, ids: &[u32]) -> Vec<f32> {
-    let input = Tensor::new(ids, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model
-        .forward(&input)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
+    let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    model.forward(&input).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 fn kiln_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
@@ -198,12 +180,7 @@ fn scalar(t: &Tensor) -> f64 {
 fn every_parameter_gradient_matches_finite_differences_in_every_family() {
     for case in cases() {
         // Narrow enough for f64 finite differences; seven positions against a window of 3.
-        let case = Case {
-            dim: 16,
-            head_dim: case.head_dim / 2,
-            window: case.window.map(|(_, p)| (3, p)),
-            ..case
-        };
+        let case = Case { dim: 16, head_dim: case.head_dim / 2, window: case.window.map(|(_, p)| (3, p)), ..case };
         let cfg = case.config(37, 16);
         let model = random_model(&cfg, case.tied, DType::F64, 11);
         let mut rng = Rng::new(5);
@@ -213,16 +190,9 @@ fn every_parameter_gradient_matches_finite_differences_in_every_family() {
         let y = Tensor::from_vec(targets, (2, 7), &Device::Cpu).unwrap();
         let grads = model.loss(&x, &y).unwrap().backward().unwrap();
         for (name, var) in model.params() {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{case:?} {name}: no gradient"));
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{case:?} {name}: no gradient"));
             let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let w0 = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let w0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
             let shape = var.as_tensor().shape().clone();
             for _ in 0..3 {
                 let i = rng.below(w0.len() as u64) as usize;
@@ -230,13 +200,11 @@ fn every_parameter_gradient_matches_finite_differences_in_every_family() {
                 let at = |delta: f64| {
                     let mut w = w0.clone();
                     w[i] += delta;
-                    var.set(&Tensor::from_vec(w, &shape, &Device::Cpu).unwrap())
-                        .unwrap();
+                    var.set(&Tensor::from_vec(w, &shape, &Device::Cpu).unwrap()).unwrap();
                     scalar(&model.loss(&x, &y).unwrap())
                 };
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
-                var.set(&Tensor::from_vec(w0.clone(), &shape, &Device::Cpu).unwrap())
-                    .unwrap();
+                var.set(&Tensor::from_vec(w0.clone(), &shape, &Device::Cpu).unwrap()).unwrap();
                 let tol = GRAD_ABS_TOL + GRAD_REL_TOL * numeric.abs();
                 assert!(
                     (numeric - g[i]).abs() <= tol,
@@ -263,9 +231,7 @@ fn fused_kernels_give_the_candle_ops_loss_and_gradients_in_every_family() {
         let y = Tensor::from_vec(targets, (3, 11), &Device::Cpu).unwrap();
         let packed = Example {
             ids: ids[..20].to_vec(),
-            weights: (1..20)
-                .map(|i| if i % 3 == 0 { 0.0 } else { 1.0 })
-                .collect(),
+            weights: (1..20).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect(),
             starts: vec![0, 5, 12],
         };
         let run = |fused: bool| {
@@ -273,43 +239,20 @@ fn fused_kernels_give_the_candle_ops_loss_and_gradients_in_every_family() {
             model.fused = fused;
             let loss = model.loss(&x, &y).unwrap();
             let logps = weighted_logps(&model, &[&packed]).unwrap();
-            let grads = (&loss + logps.sum_all().unwrap())
-                .unwrap()
-                .backward()
-                .unwrap();
-            let values = vec![
-                scalar(&loss) as f32,
-                scalar(&logps.sum_all().unwrap()) as f32,
-            ];
+            let grads = (&loss + logps.sum_all().unwrap()).unwrap().backward().unwrap();
+            let values = vec![scalar(&loss) as f32, scalar(&logps.sum_all().unwrap()) as f32];
             let g: Vec<(String, Vec<f32>)> = model
                 .params()
                 .iter()
-                .map(|(n, v)| {
-                    (
-                        n.clone(),
-                        grads
-                            .get(v.as_tensor())
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .to_vec1()
-                            .unwrap(),
-                    )
-                })
+                .map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()))
                 .collect();
             (values, g)
         };
         let ((va, ga), (vb, gb)) = (run(true), run(false));
-        assert!(
-            max_rel_diff(&va, &vb) < 1e-5,
-            "{case:?}: values {va:?} vs {vb:?}"
-        );
+        assert!(max_rel_diff(&va, &vb) < 1e-5, "{case:?}: values {va:?} vs {vb:?}");
         for ((name, a), (_, b)) in ga.iter().zip(&gb) {
             let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let worst = a
-                .iter()
-                .zip(b)
-                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+            let worst = a.iter().zip(b).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
             assert!(
                 worst <= 1e-4 * scale.max(1e-3),
                 "{:?} {name}: gradients differ by {worst} (largest {scale})",
@@ -325,9 +268,7 @@ fn fused_kernels_give_the_candle_ops_loss_and_gradients_in_every_family() {
 fn trainer_logits_match_kiln_inference_in_every_family() {
     let dir = tempfile::tempdir().unwrap();
     let tok = tokenizer_dir(dir.path());
-    let probe: Vec<u32> = (0..PROBE_LEN)
-        .map(|i| (i * 7 % tok.vocab_size()) as u32)
-        .collect();
+    let probe: Vec<u32> = (0..PROBE_LEN).map(|i| (i * 7 % tok.vocab_size()) as u32).collect();
     for (n, case) in cases().into_iter().enumerate() {
         let cfg = case.config(tok.vocab_size(), 80);
         let mut model = random_model(&cfg, case.tied, DType::F32, 17 + n as u64);
@@ -336,24 +277,10 @@ fn trainer_logits_match_kiln_inference_in_every_family() {
         let what = format!("{:?} (tied {})", case.family, case.tied);
 
         let hf = dir.path().join(format!("hf{n}"));
-        kiln_train::export::write_hf_dir(
-            &hf,
-            &model.tensors(),
-            &cfg,
-            case.tied,
-            &dir.path().join("tok"),
-            None,
-        )
-        .unwrap();
+        kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, case.tied, &dir.path().join("tok"), None)
+            .unwrap();
         let kiln = kiln_model::formats::load_hf_dir(&hf).unwrap();
-        assert_eq!(
-            kiln.config,
-            ModelConfig {
-                attn_scale: kiln.config.attn_scale,
-                ..cfg.clone()
-            },
-            "{what}"
-        );
+        assert_eq!(kiln.config, ModelConfig { attn_scale: kiln.config.attn_scale, ..cfg.clone() }, "{what}");
         let d = max_rel_diff(&ours, &kiln_logits(&kiln, &probe));
         eprintln!("{what}: safetensors {d:.1e}");
         assert!(d < LOGIT_REL_TOL, "{what}, safetensors: {d}");
@@ -367,18 +294,14 @@ fn trainer_logits_match_kiln_inference_in_every_family() {
             continue;
         }
         exported.unwrap();
-        let d = max_rel_diff(
-            &ours,
-            &kiln_logits(&Model::open_gguf(&gguf).unwrap(), &probe),
-        );
+        let d = max_rel_diff(&ours, &kiln_logits(&Model::open_gguf(&gguf).unwrap(), &probe));
         eprintln!("{what}: gguf {d:.1e}");
         assert!(d < LOGIT_REL_TOL, "{what}, gguf: {d}");
 
         let base = load_base(&gguf).unwrap();
         assert_eq!(base.config, cfg, "{what}: the GGUF's configuration");
         assert_eq!(base.tied, case.tied, "{what}");
-        let mut back =
-            Transformer::from_tensors(base.config, base.tied, base.tensors, DType::F32).unwrap();
+        let mut back = Transformer::from_tensors(base.config, base.tied, base.tensors, DType::F32).unwrap();
         back.inference_rounding = true;
         let d = max_rel_diff(&ours, &trainer_logits(&back, &probe));
         eprintln!("{what}: GGUF loaded for training {d:.1e}");
@@ -396,10 +319,7 @@ fn lora_merges_into_every_family() {
             rank: 4,
             alpha: 8.0,
             dropout: 0.0,
-            targets: ["q", "k", "v", "o", "gate", "up", "down"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            targets: ["q", "k", "v", "o", "gate", "up", "down"].iter().map(|s| s.to_string()).collect(),
         };
         let mut adapters = Lora::init(lora, &cfg, 3).unwrap();
         // A trained state: B away from zero, so the update shows.
@@ -408,9 +328,7 @@ fn lora_merges_into_every_family() {
             .tensors()
             .into_iter()
             .map(|(n, t)| {
-                let v: Vec<f32> = (0..t.elem_count())
-                    .map(|_| (0.2 * rng.normal()) as f32)
-                    .collect();
+                let v: Vec<f32> = (0..t.elem_count()).map(|_| (0.2 * rng.normal()) as f32).collect();
                 (n, Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap())
             })
             .collect();
@@ -422,11 +340,7 @@ fn lora_merges_into_every_family() {
         model.adapters = Some(adapters);
         let adapted = trainer_logits(&model, &ids);
         let merged = Transformer::from_tensors(cfg.clone(), case.tied, merged, DType::F32).unwrap();
-        assert!(
-            max_rel_diff(&adapted, &plain) > 1e-2,
-            "{:?}: the adapters change nothing",
-            case.family
-        );
+        assert!(max_rel_diff(&adapted, &plain) > 1e-2, "{:?}: the adapters change nothing", case.family);
         let d = max_rel_diff(&adapted, &trainer_logits(&merged, &ids));
         assert!(d < 1e-5, "{:?}: merged {d}", case.family);
     }
@@ -443,18 +357,12 @@ fn gemma3_270m_trains_from_and_exports_to_gguf() {
     };
     let base = load_base(&path).unwrap();
     assert_eq!(base.config.family, Family::Gemma3);
-    let original =
-        kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&path).unwrap()).unwrap();
+    let original = kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&path).unwrap()).unwrap();
     // 64 tokens: kiln's f32-query attention, as in the parity tests above.
     let text = "The capital of France is Paris. The capital of Italy is Rome. ".repeat(8);
     let ids = original.encode(&text, true).unwrap()[..PROBE_LEN].to_vec();
-    let mut model = Transformer::from_tensors(
-        base.config.clone(),
-        base.tied,
-        base.tensors.clone(),
-        DType::F32,
-    )
-    .unwrap();
+    let mut model =
+        Transformer::from_tensors(base.config.clone(), base.tied, base.tensors.clone(), DType::F32).unwrap();
     model.inference_rounding = true;
     let ours = trainer_logits(&model, &ids);
     let vocab = base.config.vocab_size;
@@ -466,43 +374,24 @@ fn gemma3_270m_trains_from_and_exports_to_gguf() {
     let f32_kiln = kiln_logits(&kiln_model::formats::load_hf_dir(&hf).unwrap(), &ids);
     let d = max_rel_diff(&ours, &f32_kiln);
     eprintln!("trainer vs kiln, same f32 weights: {d:.1e}");
-    assert!(
-        d < REAL_MODEL_REL_TOL,
-        "trainer vs kiln on the same f32 weights: {d}"
-    );
+    assert!(d < REAL_MODEL_REL_TOL, "trainer vs kiln on the same f32 weights: {d}");
 
     let quantized = kiln_logits(&Model::open_gguf(&path).unwrap(), &ids);
-    eprintln!(
-        "trainer vs kiln on the Q4_K_M file: {:.1e}",
-        max_rel_diff(&last(&ours), &last(&quantized))
-    );
+    eprintln!("trainer vs kiln on the Q4_K_M file: {:.1e}", max_rel_diff(&last(&ours), &last(&quantized)));
     assert_eq!(argmax(&last(&ours)), argmax(&last(&quantized)));
 
     let gguf = dir.path().join("m.gguf");
     kiln_train::export::export_gguf(&hf, GgmlType::Q8_0, &gguf, |_, _| {}).unwrap();
-    let exported =
-        kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&gguf).unwrap()).unwrap();
-    for text in [
-        "The capital of France is",
-        "  two spaces, ünïcödé, 日本語 and <start_of_turn>user\n",
-        "x\n\ny",
-    ] {
-        assert_eq!(
-            exported.encode(text, true).unwrap(),
-            original.encode(text, true).unwrap(),
-            "{text:?}"
-        );
+    let exported = kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&gguf).unwrap()).unwrap();
+    for text in ["The capital of France is", "  two spaces, ünïcödé, 日本語 and <start_of_turn>user\n", "x\n\ny"]
+    {
+        assert_eq!(exported.encode(text, true).unwrap(), original.encode(text, true).unwrap(), "{text:?}");
     }
     let again = kiln_logits(&Model::open_gguf(&gguf).unwrap(), &ids);
-    eprintln!(
-        "trainer vs kiln on the exported Q8_0 file: {:.1e}",
-        max_rel_diff(&last(&ours), &last(&again))
-    );
+    eprintln!("trainer vs kiln on the exported Q8_0 file: {:.1e}", max_rel_diff(&last(&ours), &last(&again)));
     assert_eq!(argmax(&last(&ours)), argmax(&last(&again)));
 }
 
 fn argmax(x: &[f32]) -> usize {
-    x.iter()
-        .enumerate()
-        .fold(0, |b, (i, &v)| if v > x[b] { i } else { b })
+    x.iter().enumerate().fold(0, |b, (i, &v)| if v > x[b] { i } else { b })
 }

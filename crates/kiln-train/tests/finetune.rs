@@ -104,7 +104,8 @@ fn merged_lora_gives_the_adapter_models_logits() {
     lora.save(dir.path()).unwrap();
     let back = Lora::load(dir.path(), &cfg).unwrap();
     assert_eq!(back.config, lora.config);
-    let again = Transformer::from_tensors(cfg.clone(), true, back.merge(&model.tensors()).unwrap(), DType::F32).unwrap();
+    let again =
+        Transformer::from_tensors(cfg.clone(), true, back.merge(&model.tensors()).unwrap(), DType::F32).unwrap();
     assert_eq!(logits(&again, &ids), merged_logits);
 }
 
@@ -171,7 +172,8 @@ fn alpaca_rows() -> PathBuf {
 
 fn small_tokenizer(dir: &Path) -> Tokenizer {
     let corpus = dir.join("c.txt");
-    std::fs::write(&corpus, "Give three tips for staying healthy. Eat a balanced diet and exercise.\n".repeat(30)).unwrap();
+    std::fs::write(&corpus, "Give three tips for staying healthy. Eat a balanced diet and exercise.\n".repeat(30))
+        .unwrap();
     kiln_train::tokenizer_train::train_tokenizer(&corpus, 300, u64::MAX, &dir.join("tok")).unwrap();
     Tokenizer::from_dir(&dir.join("tok")).unwrap()
 }
@@ -186,7 +188,8 @@ fn sft_mask_covers_exactly_the_answer_on_a_real_alpaca_row() {
     let template = ChatTemplate::chatml();
     let ex = encode_example(&tok, &template, &conv.messages, 0, 4096).unwrap().unwrap();
     let trained: Vec<u32> = ex.ids[1..].iter().zip(&ex.weights).filter(|(_, &w)| w > 0.0).map(|(&id, _)| id).collect();
-    let untrained: Vec<u32> = ex.ids[1..].iter().zip(&ex.weights).filter(|(_, &w)| w == 0.0).map(|(&id, _)| id).collect();
+    let untrained: Vec<u32> =
+        ex.ids[1..].iter().zip(&ex.weights).filter(|(_, &w)| w == 0.0).map(|(&id, _)| id).collect();
     let answer = &conv.messages.last().unwrap().content;
     assert_eq!(tok.decode(&trained, false).unwrap(), format!("{answer}<|im_end|>\n"));
     let prompt = tok.decode(&untrained, false).unwrap();
@@ -240,7 +243,12 @@ fn synthetic_pairs(n: usize, vocab: usize, seed: u64) -> Vec<kiln_train::dpo::Pa
         .collect()
 }
 
-fn train_steps(task: &mut dyn kiln_train::finetune::Task, net: &kiln_train::finetune::Net, steps: usize, lr: f64) -> Vec<f64> {
+fn train_steps(
+    task: &mut dyn kiln_train::finetune::Task,
+    net: &kiln_train::finetune::Net,
+    steps: usize,
+    lr: f64,
+) -> Vec<f64> {
     let params = net.trainable();
     let mut opt = AdamW::new(&params, (0.9, 0.999), 1e-8, 0.0);
     let mut loader = kiln_train::finetune::Loader::new(task.n_train(), 1, 0);
@@ -279,13 +287,29 @@ fn dpo_starts_at_ln2_moves_the_margin_the_right_way_and_learns() {
     let end = dpo_stats(0.1, &pair_logps(&net, &train).unwrap(), &ref_train);
     assert!(end.loss < 0.4 && end.accuracy == 1.0, "after 30 steps: {end:?} (losses {losses:?})");
     let v = dpo.evaluate(&net).unwrap();
-    let keys = ["val_loss", "val_rewards/margins", "val_rewards/accuracies", "val_logp_accuracy", "val_mean_logp_accuracy", "val_logp_gained", "val_logp_lost", "val_logp_sign_p", "val_mean_logp_gained", "val_mean_logp_lost", "val_mean_logp_sign_p"];
+    let keys = [
+        "val_loss",
+        "val_rewards/margins",
+        "val_rewards/accuracies",
+        "val_logp_accuracy",
+        "val_mean_logp_accuracy",
+        "val_logp_gained",
+        "val_logp_lost",
+        "val_logp_sign_p",
+        "val_mean_logp_gained",
+        "val_mean_logp_lost",
+        "val_mean_logp_sign_p",
+    ];
     assert_eq!(v.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), keys);
     // The pairs gained minus those lost are the change in accuracy against the start.
     let (start, m) = (dpo.evaluate_start(&net).unwrap(), |v: &[(String, f64)], i: usize| v[i].1);
     for (acc, gained, lost) in [(3, 5, 6), (4, 8, 9)] {
         let n_val = 4.0;
-        assert!(((m(&v, acc) - m(&start, acc)) * n_val - (m(&v, gained) - m(&v, lost))).abs() < 1e-9, "{}: {v:?} vs {start:?}", keys[acc]);
+        assert!(
+            ((m(&v, acc) - m(&start, acc)) * n_val - (m(&v, gained) - m(&v, lost))).abs() < 1e-9,
+            "{}: {v:?} vs {start:?}",
+            keys[acc]
+        );
     }
 }
 

@@ -79,31 +79,20 @@ fn every_parameter_gradient_matches_finite_differences() {
         let y = Tensor::from_vec(targets, (2, 7), &Device::Cpu).unwrap();
         let grads = model.loss(&x, &y).unwrap().backward().unwrap();
         for (name, var) in model.params() {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
             let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let w0 = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let w0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
             for _ in 0..4 {
                 let i = rng.below(w0.len() as u64) as usize;
                 let h = 1e-5;
                 let at = |delta: f64| {
                     let mut w = w0.clone();
                     w[i] += delta;
-                    var.set(&Tensor::from_vec(w, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                        .unwrap();
+                    var.set(&Tensor::from_vec(w, var.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
                     loss_of(&model, &x, &y)
                 };
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
-                var.set(
-                    &Tensor::from_vec(w0.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
+                var.set(&Tensor::from_vec(w0.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
                 let tol = GRAD_ABS_TOL + GRAD_REL_TOL * numeric.abs();
                 assert!(
                     (numeric - g[i]).abs() <= tol,
@@ -137,11 +126,7 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 fn argmaxes(logits: &[f32], vocab: usize) -> Vec<usize> {
     logits
         .chunks(vocab)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
-        })
+        .map(|row| row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b }))
         .collect()
 }
 
@@ -152,12 +137,16 @@ fn trainer_logits(model: &Transformer, ids: &[u32]) -> Vec<f32> {
 }
 
 /// The line the tiny models memorize.
-const MEMORIZED: &str = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
+const MEMORIZED: &str =
+    "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n";
 
 /// The memorization task both optimizers are checked on: 200 full-batch steps over
 /// [`MEMORIZED`], each applied by `update(model, gradients)`. Returns the tokenizer, the ids,
 /// the config, the trained model and the last loss.
-fn memorize(dir: &Path, mut update: impl FnMut(&Transformer, &GradAccum)) -> (kiln_text::Tokenizer, Vec<u32>, ModelConfig, Transformer, f32) {
+fn memorize(
+    dir: &Path,
+    mut update: impl FnMut(&Transformer, &GradAccum),
+) -> (kiln_text::Tokenizer, Vec<u32>, ModelConfig, Transformer, f32) {
     let tok = tokenizer_dir(dir, MEMORIZED);
     let mut ids = vec![tok.bos_id().unwrap()];
     ids.extend(tok.encode(MEMORIZED, false).unwrap());
@@ -190,15 +179,7 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
 
     // Saved as a Hugging Face directory, kiln's own forward pass gives the same logits...
     let hf = dir.path().join("model");
-    kiln_train::export::write_hf_dir(
-        &hf,
-        &model.tensors(),
-        &cfg,
-        true,
-        &dir.path().join("tok"),
-        None,
-    )
-    .unwrap();
+    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, true, &dir.path().join("tok"), None).unwrap();
     let mut model = model;
     model.inference_rounding = true;
     let probe: Vec<u32> = ids.iter().cycle().take(64).copied().collect();
@@ -220,29 +201,16 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
     assert_eq!(tok.decode(&out, true).unwrap(), text);
 
     // GGUF export: f32 gives the same logits, q8_0 nearly the same and the same predictions.
-    for (ty, tol) in [
-        (GgmlType::F32, LOGIT_REL_TOL),
-        (GgmlType::F16, 0.01),
-        (GgmlType::Q8_0, Q8_REL_TOL),
-    ] {
+    for (ty, tol) in [(GgmlType::F32, LOGIT_REL_TOL), (GgmlType::F16, 0.01), (GgmlType::Q8_0, Q8_REL_TOL)] {
         let path = dir.path().join(format!("m-{ty}.gguf"));
         kiln_train::export::export_gguf(&hf, ty, &path, |_, _| {}).unwrap();
         let g = Model::open_gguf(&path).unwrap();
         let logits = kiln_logits(&g, &probe);
         let d = max_rel_diff(&ours, &logits);
         assert!(d < tol, "{ty}: {d}");
-        assert_eq!(
-            argmaxes(&logits, cfg.vocab_size),
-            argmaxes(&ours, cfg.vocab_size),
-            "{ty}"
-        );
-        let gtok =
-            kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&path).unwrap()).unwrap();
-        assert_eq!(
-            gtok.encode(text, false).unwrap(),
-            ids[1..].to_vec(),
-            "GGUF tokenizer ({ty})"
-        );
+        assert_eq!(argmaxes(&logits, cfg.vocab_size), argmaxes(&ours, cfg.vocab_size), "{ty}");
+        let gtok = kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(gtok.encode(text, false).unwrap(), ids[1..].to_vec(), "GGUF tokenizer ({ty})");
     }
 }
 
@@ -257,23 +225,12 @@ fn untied_gqa_model_logits_match_kiln() {
     model.inference_rounding = true;
     let ours = trainer_logits(&model, &ids);
     let hf = dir.path().join("model");
-    kiln_train::export::write_hf_dir(
-        &hf,
-        &model.tensors(),
-        &cfg,
-        false,
-        &dir.path().join("tok"),
-        None,
-    )
-    .unwrap();
+    kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, false, &dir.path().join("tok"), None).unwrap();
     let kiln = kiln_logits(&kiln_model::formats::load_hf_dir(&hf).unwrap(), &ids);
     let d = max_rel_diff(&ours, &kiln);
     assert!(d < LOGIT_REL_TOL, "safetensors: {d}");
     let d = max_rel_diff(&plain, &kiln);
-    assert!(
-        d < F16_CACHE_REL_TOL,
-        "safetensors, f32 keys and values: {d}"
-    );
+    assert!(d < F16_CACHE_REL_TOL, "safetensors, f32 keys and values: {d}");
     let path = dir.path().join("m.gguf");
     kiln_train::export::export_gguf(&hf, GgmlType::F32, &path, |_, _| {}).unwrap();
     let d = max_rel_diff(&ours, &kiln_logits(&Model::open_gguf(&path).unwrap(), &ids));
@@ -332,7 +289,10 @@ fn fused_kernels_give_the_candle_ops_loss_and_gradients() {
             .unwrap();
             let total = (&loss + logps.sum_all().unwrap()).unwrap();
             let grads = total.backward().unwrap();
-            let values = [loss.to_scalar::<f32>().unwrap()].into_iter().chain(logps.to_vec1::<f32>().unwrap()).collect::<Vec<_>>();
+            let values = [loss.to_scalar::<f32>().unwrap()]
+                .into_iter()
+                .chain(logps.to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>();
             let g: Vec<Vec<f32>> = model
                 .params()
                 .iter()
@@ -346,7 +306,10 @@ fn fused_kernels_give_the_candle_ops_loss_and_gradients() {
         for ((a, b), name) in ga.iter().zip(&gb).zip(&names) {
             let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let worst = a.iter().zip(b).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(worst <= 1e-4 * scale.max(1e-3), "{name} (tied {tied}): gradients differ by {worst} (largest {scale})");
+            assert!(
+                worst <= 1e-4 * scale.max(1e-3),
+                "{name} (tied {tied}): gradients differ by {worst} (largest {scale})"
+            );
         }
     }
 }

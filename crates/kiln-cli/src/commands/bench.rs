@@ -64,7 +64,11 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         let n = (n_prompt + n_gen) as f64;
         let ts: Vec<f64> = samples.iter().map(|&ns| n / (ns as f64 * 1e-9)).collect();
         let mean = ts.iter().sum::<f64>() / ts.len() as f64;
-        let sd = if ts.len() > 1 { (ts.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (ts.len() - 1) as f64).sqrt() } else { 0.0 };
+        let sd = if ts.len() > 1 {
+            (ts.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (ts.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
         results.push(BenchResult {
             model_filename: path.display().to_string(),
             model_size,

@@ -154,7 +154,8 @@ impl Interrupt {
         let flag = Arc::new(AtomicBool::new(false));
         // Registered first, so it runs before this same signal sets the flag: only a second
         // Ctrl-C finds the flag set.
-        signal_hook::flag::register_conditional_shutdown(SIGINT, INTERRUPTED, Arc::clone(&flag)).context("cannot handle Ctrl-C")?;
+        signal_hook::flag::register_conditional_shutdown(SIGINT, INTERRUPTED, Arc::clone(&flag))
+            .context("cannot handle Ctrl-C")?;
         signal_hook::flag::register(SIGINT, Arc::clone(&flag)).context("cannot handle Ctrl-C")?;
         Ok(Interrupt(flag))
     }
@@ -197,7 +198,12 @@ enum Input {
 }
 
 /// Waits at the prompt for the next line, watching for Ctrl-C.
-fn next_line(lines: &Receiver<std::io::Result<String>>, interrupt: &Interrupt, armed: &mut bool, interactive: bool) -> Result<Input> {
+fn next_line(
+    lines: &Receiver<std::io::Result<String>>,
+    interrupt: &Interrupt,
+    armed: &mut bool,
+    interactive: bool,
+) -> Result<Input> {
     loop {
         // A Ctrl-C comes before any line already waiting, and before the end of input.
         if interrupt.take() {
@@ -224,7 +230,13 @@ fn next_line(lines: &Receiver<std::io::Result<String>>, interrupt: &Interrupt, a
 }
 
 /// Renders the conversation; drops the oldest turns when it would not leave room to answer.
-fn prompt_ids(lm: &LoadedModel, system: Option<&str>, history: &mut Vec<ChatMessage>, ctx: usize, max_tokens: usize) -> Result<Vec<u32>> {
+fn prompt_ids(
+    lm: &LoadedModel,
+    system: Option<&str>,
+    history: &mut Vec<ChatMessage>,
+    ctx: usize,
+    max_tokens: usize,
+) -> Result<Vec<u32>> {
     let room = ctx.saturating_sub(max_tokens.min(ctx / 2));
     loop {
         let ids = lm.tokenizer.encode_prompt(&lm.template.render(&with_system(system, history), true)?)?;
@@ -274,7 +286,9 @@ fn template_name(lm: &LoadedModel) -> String {
             format!("the model's own ({style})")
         }
         // The same choice as kiln_text::ChatTemplate::for_model.
-        None if lm.model.config.family.architecture().starts_with("gemma") => "built-in Gemma turns (the model has none)".into(),
+        None if lm.model.config.family.architecture().starts_with("gemma") => {
+            "built-in Gemma turns (the model has none)".into()
+        }
         None => "built-in ChatML (the model has none)".into(),
     }
 }
@@ -296,8 +310,11 @@ impl Overview<'_> {
     fn render(&self) -> String {
         let s = &self.opts.sampling;
         let used = self.used.map_or_else(|| "?".to_string(), |n| n.to_string());
-        let stop =
-            if self.opts.stop.is_empty() { "(none)".to_string() } else { self.opts.stop.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ") };
+        let stop = if self.opts.stop.is_empty() {
+            "(none)".to_string()
+        } else {
+            self.opts.stop.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+        };
         let rows: [(&str, String); 16] = [
             ("model", self.model.display().to_string()),
             ("architecture", self.architecture.to_string()),

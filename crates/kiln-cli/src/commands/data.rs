@@ -9,12 +9,10 @@ use std::io::IsTerminal;
 
 /// `kiln data`.
 #[derive(Args, Debug)]
-#[command(
-    after_help = "A data file is looked for in KILN_DATA (a directory in kiln's data layout: \
+#[command(after_help = "A data file is looked for in KILN_DATA (a directory in kiln's data layout: \
 eval/, pretrain/, sft/, prefs/; used in place), then in the cache ($KILN_HOME/data), then in \
 KILN_DATA_MIRROR (a directory or http(s) URL in the same layout), then at its source; fetched \
-files are checked against their sha256 before they enter the cache."
-)]
+files are checked against their sha256 before they enter the cache.")]
 pub struct DataArgs {
     #[command(subcommand)]
     pub command: DataCommand,
@@ -77,28 +75,15 @@ pub fn data(args: &DataArgs) -> Result<()> {
 fn pull_line(pulled: &DataSetFiles) -> String {
     let set = pulled.set;
     let n = set.files.len();
-    let files = if n == 1 {
-        "1 file".to_string()
-    } else {
-        format!("{n} files")
-    };
+    let files = if n == 1 { "1 file".to_string() } else { format!("{n} files") };
     let fetched = pulled.fetched();
     let how = match fetched {
         0 => "already here".to_string(),
         k if k == n => "fetched".to_string(),
         k => format!("fetched {k}, the rest already here"),
     };
-    let at: Vec<String> = pulled
-        .locations()
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    format!(
-        "{}: {} ({files}, {}, {how})",
-        set.name,
-        at.join(" "),
-        human_size(set.size())
-    )
+    let at: Vec<String> = pulled.locations().iter().map(|p| p.display().to_string()).collect();
+    format!("{}: {} ({files}, {}, {how})", set.name, at.join(" "), human_size(set.size()))
 }
 
 /// The table of data sets, with where each one is on this machine.
@@ -106,10 +91,7 @@ fn list(store: &DataStore) -> Result<()> {
     outln!("data cache: {}", store.cache_dir().display());
     let sources = store.sources();
     if let Some(local) = &sources.local {
-        outln!(
-            "KILN_DATA: {} (files there are used in place)",
-            local.display()
-        );
+        outln!("KILN_DATA: {} (files there are used in place)", local.display());
     }
     if let Some(mirror) = &sources.mirror {
         let kind = match mirror {
@@ -121,13 +103,7 @@ fn list(store: &DataStore) -> Result<()> {
     outln!();
     outln!("{:<24} {:>9} {:>5}  DESCRIPTION", "NAME", "SIZE", "FILES");
     for set in store.sets() {
-        outln!(
-            "{:<24} {:>9} {:>5}  {}",
-            display_name(set),
-            human_size(set.size()),
-            set.files.len(),
-            set.description
-        );
+        outln!("{:<24} {:>9} {:>5}  {}", display_name(set), human_size(set.size()), set.files.len(), set.description);
         outln!("{:<42}licence: {}; from {}", "", set.licence, set.homepage);
         outln!("{:<42}{}", "", here(store, set));
     }
@@ -152,17 +128,10 @@ fn here(store: &DataStore, set: &'static DataSet) -> String {
         return format!("not here: `kiln data pull {}` fetches it", set.name);
     }
     if have < total {
-        return format!(
-            "{have} of {total} files here: `kiln data pull {}` fetches the rest",
-            set.name
-        );
+        return format!("{have} of {total} files here: `kiln data pull {}` fetches the rest", set.name);
     }
     let all_local = present.files.iter().all(|f| f.origin == DataOrigin::Local);
     let place = if all_local { "in KILN_DATA" } else { "cached" };
-    let at: Vec<String> = present
-        .locations()
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let at: Vec<String> = present.locations().iter().map(|p| p.display().to_string()).collect();
     format!("{place}: {}", at.join(" "))
 }

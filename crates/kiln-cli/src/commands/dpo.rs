@@ -35,8 +35,7 @@ pub fn dpo(args: &DpoArgs) -> Result<()> {
         },
         |_| Ok(Vec::new()),
     )?;
-    let mut data =
-        kiln_model::threads::pool().install(|| Dpo::load(&run, &mut |l| eprintln!("{l}")))?;
+    let mut data = kiln_model::threads::pool().install(|| Dpo::load(&run, &mut |l| eprintln!("{l}")))?;
     describe(&run);
     let before = data.reference_stats();
     let before_mean = data.reference_mean_logp_accuracy();

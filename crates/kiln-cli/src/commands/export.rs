@@ -48,11 +48,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
             .with_context(|| format!("cannot load {}", args.model.display()))?;
         kiln_train::finetune::write_hf(&base, &base.tensors, &args.out)
             .with_context(|| format!("cannot write {}", args.out.display()))?;
-        outln!(
-            "wrote {} (Hugging Face layout, f32, {} tensors)",
-            args.out.display(),
-            base.tensors.len()
-        );
+        outln!("wrote {} (Hugging Face layout, f32, {} tensors)", args.out.display(), base.tensors.len());
         return Ok(());
     }
     let dir = kiln_train::export::model_dir(&args.model)?;
@@ -61,9 +57,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
             let ty = args.ty;
             let report = kiln_model::threads::pool()
                 .install(|| kiln_train::export::export_gguf(&dir, ty, &args.out, |_, _| {}))
-                .with_context(|| {
-                    format!("cannot export {} to {}", dir.display(), args.out.display())
-                })?;
+                .with_context(|| format!("cannot export {} to {}", dir.display(), args.out.display()))?;
             for note in &report.notes {
                 eprintln!("note: {note}");
             }
@@ -84,9 +78,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    for entry in
-        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
-    {
+    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
             std::fs::copy(entry.path(), to.join(entry.file_name()))

@@ -19,7 +19,13 @@ pub fn info(args: &InfoArgs) -> Result<()> {
     let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let meta = |k: &str| file.get(k).map(|v| v.summary()).unwrap_or_else(|| "-".into());
     outln!("file          {}", path.display());
-    outln!("format        GGUF v{}, {:.1} MiB, {} tensors, {} metadata entries", file.version, file.file_len() as f64 / (1 << 20) as f64, file.tensors.len(), file.metadata.len());
+    outln!(
+        "format        GGUF v{}, {:.1} MiB, {} tensors, {} metadata entries",
+        file.version,
+        file.file_len() as f64 / (1 << 20) as f64,
+        file.tensors.len(),
+        file.metadata.len()
+    );
     outln!("name          {}", meta("general.name"));
     outln!("architecture  {}", meta("general.architecture"));
     match ModelConfig::from_gguf(&file) {
@@ -36,13 +42,21 @@ pub fn info(args: &InfoArgs) -> Result<()> {
         e.0 += 1;
         e.1 += t.n_bytes() as u64;
     }
-    let types: Vec<String> = types.iter().map(|(k, (n, b))| format!("{k} ×{n} ({:.1} MiB)", *b as f64 / (1 << 20) as f64)).collect();
+    let types: Vec<String> =
+        types.iter().map(|(k, (n, b))| format!("{k} ×{n} ({:.1} MiB)", *b as f64 / (1 << 20) as f64)).collect();
     outln!("tensor types  {}", types.join(", "));
     outln!("file type     {}", meta("general.file_type"));
     match Tokenizer::from_gguf(&file) {
         Ok(tok) => {
-            let piece = |id: Option<u32>| id.map(|i| format!("{i} {:?}", tok.id_to_piece(i).unwrap_or_default())).unwrap_or_else(|| "-".into());
-            outln!("tokenizer     {} (pre {}), {} tokens", meta("tokenizer.ggml.model"), meta("tokenizer.ggml.pre"), tok.vocab_size());
+            let piece = |id: Option<u32>| {
+                id.map(|i| format!("{i} {:?}", tok.id_to_piece(i).unwrap_or_default())).unwrap_or_else(|| "-".into())
+            };
+            outln!(
+                "tokenizer     {} (pre {}), {} tokens",
+                meta("tokenizer.ggml.model"),
+                meta("tokenizer.ggml.pre"),
+                tok.vocab_size()
+            );
             outln!("bos / eos     {} / {}", piece(tok.bos_id()), piece(tok.eos_id()));
             let eog: Vec<String> = tok.end_of_generation_ids().into_iter().map(|i| piece(Some(i))).collect();
             outln!("stops at      {}", eog.join(", "));
@@ -79,7 +93,11 @@ fn print_config(c: &ModelConfig) {
     outln!("context       {}", c.context_length);
     outln!("rope          base {}, {} dims, {:?}", c.rope_theta, c.rope_dim, c.rope_style);
     if let Some(w) = c.sliding_window {
-        outln!("sliding       window {w}, every {}th layer global (local base {})", c.sliding_pattern, c.rope_theta_local);
+        outln!(
+            "sliding       window {w}, every {}th layer global (local base {})",
+            c.sliding_pattern,
+            c.rope_theta_local
+        );
     }
     outln!("norm eps      {}", c.rms_eps);
     outln!("vocabulary    {}", c.vocab_size);
@@ -101,6 +119,9 @@ fn info_other(path: &std::path::Path) -> Result<()> {
     let types: Vec<String> = types.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
     outln!("matrix types  {}", types.join(", "));
     outln!("tokenizer     {} tokens", lm.tokenizer.vocab_size());
-    outln!("chat template {}", if lm.tokenizer.chat_template().is_some() { "the model's own" } else { "built-in for the family" });
+    outln!(
+        "chat template {}",
+        if lm.tokenizer.chat_template().is_some() { "the model's own" } else { "built-in for the family" }
+    );
     Ok(())
 }

@@ -49,7 +49,8 @@ pub fn label(args: &LabelArgs) -> Result<()> {
     if args.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }
-    let rows = kiln_text::conversation::read_rows(&args.prompts, prompt_from_json).with_context(|| format!("cannot read {}", args.prompts.display()))?;
+    let rows = kiln_text::conversation::read_rows(&args.prompts, prompt_from_json)
+        .with_context(|| format!("cannot read {}", args.prompts.display()))?;
     if let Some(bad) = rows.bad.first() {
         bail!("{} {}: {}", args.prompts.display(), bad.location, bad.message);
     }
@@ -68,9 +69,19 @@ pub fn label(args: &LabelArgs) -> Result<()> {
     let context = lm.context(args.model.ctx)?;
     let id = lm.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let LoadedModel { model, tokenizer, template, .. } = lm;
-    let served = ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id, aliases: Vec::new() };
-    let options = LabelOptions { out: args.out.clone(), instructions, max_tokens: args.max_tokens, temperature: args.temperature, context };
-    let state = Arc::new(LabelState::new(served, prompts, options).with_context(|| format!("cannot read the labels in {}", args.out.display()))?);
+    let served =
+        ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id, aliases: Vec::new() };
+    let options = LabelOptions {
+        out: args.out.clone(),
+        instructions,
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        context,
+    };
+    let state = Arc::new(
+        LabelState::new(served, prompts, options)
+            .with_context(|| format!("cannot read the labels in {}", args.out.display()))?,
+    );
     let (done, total) = state.progress();
     let runtime = super::serve::http_runtime()?;
     let open = !args.no_open;
@@ -82,7 +93,11 @@ pub fn label(args: &LabelArgs) -> Result<()> {
             eprintln!("labeling page at {url}");
             if open {
                 // Best effort: without a desktop the URL above is the way in.
-                let _ = std::process::Command::new("xdg-open").arg(&url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn();
+                let _ = std::process::Command::new("xdg-open")
+                    .arg(&url)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
             }
         }))
         .with_context(|| format!("cannot serve on {}:{}", args.host, args.port))

@@ -21,10 +21,7 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
         bail!("{}: kiln quantize reads GGUF files only", path.display());
     }
     if same_file(&path, &args.out) {
-        bail!(
-            "--out {} is the model itself; write to another file",
-            args.out.display()
-        );
+        bail!("--out {} is the model itself; write to another file", args.out.display());
     }
     let src = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let bar = progress_bar(format!("{target}"));
@@ -35,11 +32,7 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
     })
     .with_context(|| format!("cannot write {}", args.out.display()))?;
     bar.finish_and_clear();
-    summary(
-        &report,
-        &args.out.display().to_string(),
-        start.elapsed().as_secs_f64(),
-    );
+    summary(&report, &args.out.display().to_string(), start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -75,17 +68,8 @@ fn summary(report: &ExportReport, out: &str, seconds: f64) {
         *types.entry(t.to.name()).or_default() += 1;
     }
     let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
-    outln!(
-        "wrote     {out} ({}, general.file_type {})",
-        report.target,
-        report.file_type
-    );
-    outln!(
-        "tensors   {} converted, {} copied unchanged ({})",
-        report.converted(),
-        report.copied(),
-        types.join(", ")
-    );
+    outln!("wrote     {out} ({}, general.file_type {})", report.target, report.file_type);
+    outln!("tensors   {} converted, {} copied unchanged ({})", report.converted(), report.copied(), types.join(", "));
     outln!(
         "size      {:.1} MiB → {:.1} MiB ({:.2}×)",
         mib(report.bytes_in),
@@ -103,11 +87,7 @@ fn summary(report: &ExportReport, out: &str, seconds: f64) {
         }
     }
     for (reason, tensors) in reasons {
-        let more = if tensors.len() > 1 {
-            format!(" and {} more", tensors.len() - 1)
-        } else {
-            String::new()
-        };
+        let more = if tensors.len() > 1 { format!(" and {} more", tensors.len() - 1) } else { String::new() };
         outln!("note      {}{more}: {reason}", tensors[0]);
     }
 }

@@ -65,22 +65,12 @@ pub fn rm(args: &RmArgs) -> Result<()> {
             }
             Ok(())
         },
-        |cfg| {
-            Ok(vec![(
-                reward::HEAD.to_string(),
-                reward::zero_head(cfg.dim)?,
-            )])
-        },
+        |cfg| Ok(vec![(reward::HEAD.to_string(), reward::zero_head(cfg.dim)?)]),
     )?;
     let mut data = Rm::load(&run, &mut |l| eprintln!("{l}"))?;
     describe(&run);
     let last = train_and_write(&mut run, &mut data, args.common.quiet)?;
-    let head = run
-        .net
-        .extra
-        .iter()
-        .find(|(n, _)| n == reward::HEAD)
-        .map(|(_, v)| v.as_tensor().clone());
+    let head = run.net.extra.iter().find(|(n, _)| n == reward::HEAD).map(|(_, v)| v.as_tensor().clone());
     if let Some(h) = head {
         reward::save_head(&run.dir, &h)?;
     }
@@ -105,22 +95,13 @@ fn score(args: &ScoreArgs) -> Result<()> {
     match (&args.prompt, &args.data) {
         (Some(p), None) => items.extend(args.answer.iter().map(|a| (p.clone(), a.clone()))),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let v: serde_json::Value = serde_json::from_str(line)
                     .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
                 match (v["prompt"].as_str(), v["answer"].as_str()) {
                     (Some(p), Some(a)) => items.push((p.into(), a.into())),
-                    _ => bail!(
-                        "{} line {}: needs \"prompt\" and \"answer\" strings",
-                        path.display(),
-                        i + 1
-                    ),
+                    _ => bail!("{} line {}: needs \"prompt\" and \"answer\" strings", path.display(), i + 1),
                 }
             }
         }
@@ -128,10 +109,7 @@ fn score(args: &ScoreArgs) -> Result<()> {
     }
     let pool = kiln_model::threads::pool();
     for (p, a) in &items {
-        let msgs = [
-            ChatMessage::new("user", p.as_str()),
-            ChatMessage::new("assistant", a.as_str()),
-        ];
+        let msgs = [ChatMessage::new("user", p.as_str()), ChatMessage::new("assistant", a.as_str())];
         let ex = encode_example(&tok, &template, &msgs, 0, usize::MAX - 1)
             .map_err(anyhow::Error::msg)?
             .context("the answer is empty")?;

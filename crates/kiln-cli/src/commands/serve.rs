@@ -41,7 +41,8 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     }
     let (id, aliases) = names(args.model.model.as_deref(), &lm.path);
     let LoadedModel { model, tokenizer, template, .. } = lm;
-    let served = ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: id.clone(), aliases };
+    let served =
+        ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: id.clone(), aliases };
     let options = ServeOptions {
         host: args.host.clone(),
         port: args.port,

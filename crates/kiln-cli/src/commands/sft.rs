@@ -19,12 +19,7 @@ pub struct FinetuneArgs {
     #[arg(long, required_unless_present = "resume")]
     pub data: Vec<PathBuf>,
     /// Run directory to create.
-    #[arg(
-        short,
-        long,
-        required_unless_present = "resume",
-        conflicts_with = "resume"
-    )]
+    #[arg(short, long, required_unless_present = "resume", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long, conflicts_with_all = ["model", "data"])]
@@ -102,7 +97,8 @@ impl FinetuneArgs {
         let model = if model.exists() {
             model.clone()
         } else {
-            crate::load::resolve(Some(&model.to_string_lossy())).with_context(|| format!("--model {}", model.display()))?
+            crate::load::resolve(Some(&model.to_string_lossy()))
+                .with_context(|| format!("--model {}", model.display()))?
         };
         for d in &self.data {
             if !d.is_file() {
@@ -129,12 +125,7 @@ impl FinetuneArgs {
                 rank: self.rank,
                 alpha: self.alpha,
                 dropout: self.lora_dropout,
-                targets: self
-                    .target
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
+                targets: self.target.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             });
             if self.lr.is_none() {
                 // Adapters start at zero and take larger steps than full fine-tuning.
@@ -149,8 +140,7 @@ impl FinetuneArgs {
         &self,
         task: &str,
         configure: impl FnOnce(&mut FinetuneConfig) -> Result<()>,
-        extra: impl FnOnce(&kiln_model::ModelConfig) -> kiln_train::Result<kiln_train::finetune::Extra>
-            + Send,
+        extra: impl FnOnce(&kiln_model::ModelConfig) -> kiln_train::Result<kiln_train::finetune::Extra> + Send,
     ) -> Result<Run> {
         let pool = kiln_model::threads::pool();
         match (&self.resume, &self.out) {
@@ -172,19 +162,9 @@ impl FinetuneArgs {
 pub fn describe(run: &Run) {
     let c = &run.cfg;
     let m = &run.net.model;
-    let trainable: usize = run
-        .net
-        .trainable()
-        .iter()
-        .map(|(_, v)| v.elem_count())
-        .sum();
+    let trainable: usize = run.net.trainable().iter().map(|(_, v)| v.elem_count()).sum();
     let mode = match &c.lora {
-        Some(l) => format!(
-            "LoRA rank {} alpha {} on {}",
-            l.rank,
-            l.alpha,
-            l.targets.join(",")
-        ),
+        Some(l) => format!("LoRA rank {} alpha {} on {}", l.rank, l.alpha, l.targets.join(",")),
         None => "full fine-tuning".into(),
     };
     eprintln!(
@@ -201,11 +181,7 @@ pub fn describe(run: &Run) {
 }
 
 /// Trains `run` on `task` and writes the final model.
-pub fn train_and_write(
-    run: &mut Run,
-    task: &mut dyn Task,
-    quiet: bool,
-) -> Result<serde_json::Value> {
+pub fn train_and_write(run: &mut Run, task: &mut dyn Task, quiet: bool) -> Result<serde_json::Value> {
     let pool = kiln_model::threads::pool();
     let last = pool
         .install(|| {
@@ -216,8 +192,7 @@ pub fn train_and_write(
             })
         })
         .context("training failed")?;
-    pool.install(|| run.write_outputs())
-        .context("cannot write the model")?;
+    pool.install(|| run.write_outputs()).context("cannot write the model")?;
     Ok(last)
 }
 
@@ -254,15 +229,9 @@ pub fn sft(args: &SftArgs) -> Result<()> {
     let mut data = kiln_train::sft::load(&run, &mut |l| eprintln!("{l}"))?;
     describe(&run);
     let last = train_and_write(&mut run, &mut data, args.common.quiet)?;
-    let val = last["val_loss"]
-        .as_f64()
-        .map(|v| format!(", val loss {v:.4}"))
-        .unwrap_or_default();
+    let val = last["val_loss"].as_f64().map(|v| format!(", val loss {v:.4}")).unwrap_or_default();
     let adapters = if run.cfg.lora.is_some() {
-        format!(
-            " (adapters merged; the adapters alone in {})",
-            run.dir.join("adapter").display()
-        )
+        format!(" (adapters merged; the adapters alone in {})", run.dir.join("adapter").display())
     } else {
         String::new()
     };
@@ -292,8 +261,7 @@ pub struct MergeArgs {
 
 /// Runs `kiln merge`.
 pub fn merge(args: &MergeArgs) -> Result<()> {
-    let base =
-        load_base(&args.model).with_context(|| format!("cannot load {}", args.model.display()))?;
+    let base = load_base(&args.model).with_context(|| format!("cannot load {}", args.model.display()))?;
     let lora = Lora::load(&args.adapter, &base.config)
         .with_context(|| format!("cannot load the adapter {}", args.adapter.display()))?;
     let merged = lora.merge(&base.tensors)?;

@@ -42,14 +42,7 @@ pub fn tokenizer(args: &TokenizerArgs) -> Result<()> {
     match &args.action {
         TokenizerAction::Train(a) => {
             let report = kiln_model::threads::pool()
-                .install(|| {
-                    kiln_train::tokenizer_train::train_tokenizer(
-                        &a.data,
-                        a.vocab,
-                        a.max_bytes,
-                        &a.out,
-                    )
-                })
+                .install(|| kiln_train::tokenizer_train::train_tokenizer(&a.data, a.vocab, a.max_bytes, &a.out))
                 .with_context(|| format!("cannot train a tokenizer on {}", a.data.display()))?;
             outln!(
                 "wrote {} ({} tokens) in {:.1}s: {:.2} bytes/token on {} held-out bytes",

@@ -22,12 +22,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub preset: Option<String>,
     /// Run directory to create.
-    #[arg(
-        short,
-        long,
-        required_unless_present = "resume",
-        conflicts_with = "resume"
-    )]
+    #[arg(short, long, required_unless_present = "resume", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long, conflicts_with_all = ["data", "tokenizer"])]
@@ -238,17 +233,17 @@ pub fn train(args: &TrainArgs, threads: usize) -> Result<()> {
         (Some(run), _, _, _) => {
             let given = settings_given(args);
             if !given.is_empty() {
-                bail!("--resume continues a run with the settings it was started with (only --steps can change); drop {}", given.join(", "));
+                bail!(
+                    "--resume continues a run with the settings it was started with (only --steps can change); drop {}",
+                    given.join(", ")
+                );
             }
             pool.install(|| Trainer::resume(run, args.steps, args.quiet))
                 .with_context(|| format!("cannot resume {}", run.display()))?
         }
         (None, Some(out), Some(data), Some(tok_dir)) => {
             let tok = kiln_text::Tokenizer::from_dir(tok_dir).with_context(|| {
-                format!(
-                    "{}: no tokenizer here; make one with `kiln tokenizer train`",
-                    tok_dir.display()
-                )
+                format!("{}: no tokenizer here; make one with `kiln tokenizer train`", tok_dir.display())
             })?;
             let cfg = config(args, tok.vocab_size())?;
             pool.install(|| Trainer::start(data, tok_dir, out, cfg, args.quiet))
@@ -281,10 +276,7 @@ pub fn train(args: &TrainArgs, threads: usize) -> Result<()> {
             })
         })
         .context("training failed")?;
-    let val = summary
-        .val
-        .map(|(l, b)| format!(", val loss {l:.4} ({b:.3} bits/byte)"))
-        .unwrap_or_default();
+    let val = summary.val.map(|(l, b)| format!(", val loss {l:.4} ({b:.3} bits/byte)")).unwrap_or_default();
     outln!(
         "{}: step {}, loss {:.4}{val}, {:.0} tokens/s; weights in {}",
         trainer.run_dir().display(),

@@ -18,11 +18,7 @@ impl Kiln {
     pub fn new(home: &Path) -> Kiln {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.env("KILN_HOME", home).env_remove("RUST_BACKTRACE");
-        Kiln {
-            cmd,
-            stdin: None,
-            shown: "kiln".into(),
-        }
+        Kiln { cmd, stdin: None, shown: "kiln".into() }
     }
 
     /// Appends arguments.
@@ -52,11 +48,7 @@ impl Kiln {
 
     /// Runs to completion.
     pub fn run(mut self) -> Output {
-        self.cmd.stdin(if self.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        self.cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = self.cmd.spawn().expect("spawn the kiln binary");
         if let Some(input) = self.stdin.take() {
@@ -76,14 +68,8 @@ impl Kiln {
     /// Starts the process with stdout piped and stderr captured; the caller reads (or closes)
     /// stdout, then calls [`Running::finish`].
     pub fn spawn(mut self) -> Running {
-        self.cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Running {
-            shown: self.shown,
-            child: self.cmd.spawn().expect("spawn the kiln binary"),
-        }
+        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Running { shown: self.shown, child: self.cmd.spawn().expect("spawn the kiln binary") }
     }
 }
 
@@ -149,26 +135,16 @@ impl Output {
         if let Some(c) = code {
             assert_eq!(self.status.code(), Some(c), "exit code: {self:?}");
         }
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "expected one error line: {self:?}");
-        assert!(
-            lines[0].starts_with("error: "),
-            "expected `error: …`: {self:?}"
-        );
+        assert!(lines[0].starts_with("error: "), "expected `error: …`: {self:?}");
         lines[0]
     }
 }
 
 /// A temp directory for one test (KILN_HOME, or inputs the test writes).
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("kiln-cli-test-")
-        .tempdir()
-        .expect("temp dir")
+    tempfile::Builder::new().prefix("kiln-cli-test-").tempdir().expect("temp dir")
 }
 
 /// A training corpus of `bytes` bytes in `dir`: the start of Tiny Shakespeare where a data
@@ -178,8 +154,7 @@ pub fn corpus(dir: &Path, bytes: usize) -> PathBuf {
     let text = match kiln_test_models::data_file("pretrain/tinyshakespeare.txt") {
         Some(p) => std::fs::read(p).expect("read tinyshakespeare"),
         None => {
-            let one =
-                std::fs::read(kiln_test_models::fixture("text/potters-year.txt")).expect("fixture");
+            let one = std::fs::read(kiln_test_models::fixture("text/potters-year.txt")).expect("fixture");
             one.iter().copied().cycle().take(bytes).collect()
         }
     };

@@ -29,7 +29,11 @@ pub fn parse_arc(text: &str, path: &Path) -> Result<Vec<McItem>, EvalError> {
             }
             let q = l.query.trim();
             let q = if q.starts_with("Question:") { q.to_string() } else { format!("Question: {q}") };
-            Ok(McItem { context: format!("{q}\nAnswer:"), choices: l.choices.iter().map(|c| format!(" {c}")).collect(), gold: l.gold })
+            Ok(McItem {
+                context: format!("{q}\nAnswer:"),
+                choices: l.choices.iter().map(|c| format!(" {c}")).collect(),
+                gold: l.gold,
+            })
         })
         .collect()
 }
@@ -61,11 +65,15 @@ A: The 1992 Olympics were held in Barcelona, Spain.";
 pub fn parse_truthfulqa(text: &str, path: &Path) -> Result<Vec<McItem>, EvalError> {
     let rows = parse_csv(text, path)?;
     let header = rows.first().ok_or_else(|| EvalError::parse(path, 1, "empty file"))?;
-    let col = |name: &str| header.iter().position(|h| h == name).ok_or_else(|| EvalError::parse(path, 1, format!("no {name:?} column")));
+    let col = |name: &str| {
+        header.iter().position(|h| h == name).ok_or_else(|| EvalError::parse(path, 1, format!("no {name:?} column")))
+    };
     let (q, best, wrong) = (col("Question")?, col("Best Answer")?, col("Incorrect Answers")?);
     let mut items = Vec::new();
     for (i, r) in rows.iter().enumerate().skip(1) {
-        let field = |c: usize| r.get(c).map(|s| s.trim()).ok_or_else(|| EvalError::parse(path, i + 1, "row has too few fields"));
+        let field = |c: usize| {
+            r.get(c).map(|s| s.trim()).ok_or_else(|| EvalError::parse(path, i + 1, "row has too few fields"))
+        };
         let mut choices = vec![format!(" {}", field(best)?)];
         choices.extend(field(wrong)?.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| format!(" {s}")));
         if choices.len() < 2 {
@@ -81,7 +89,8 @@ pub fn run_truthfulqa(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let path = cx.data("TruthfulQA.csv")?;
     let all = parse_truthfulqa(&read_text(&path)?, &path)?;
     let items: Vec<McItem> = cx.select(all.len()).into_iter().map(|i| all[i].clone()).collect();
-    let setting = "MC1 from TruthfulQA.csv (best answer vs the incorrect answers), harness QA primer; acc is the MC1 score";
+    let setting =
+        "MC1 from TruthfulQA.csv (best answer vs the incorrect answers), harness QA primer; acc is the MC1 score";
     run_items(cx, "truthfulqa_mc1", &items, all.len(), setting)
 }
 
@@ -97,7 +106,10 @@ mod tests {
         assert_eq!(items[0].choices, [" safety goggles", " breathing mask"]);
         assert_eq!(items[0].gold, 1);
         let bad = "{\"choices\": [\"a\"], \"query\": \"q\", \"gold\": 3}\n";
-        assert_eq!(parse_arc(bad, Path::new("a.jsonl")).expect_err("gold").to_string(), "a.jsonl:1: gold 3 but 1 choices");
+        assert_eq!(
+            parse_arc(bad, Path::new("a.jsonl")).expect_err("gold").to_string(),
+            "a.jsonl:1: gold 3 but 1 choices"
+        );
     }
 
     #[test]

@@ -101,15 +101,19 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let bar = cx.bar(chosen.len(), "gsm8k");
     for &i in &chosen {
         let p = &all[i];
-        let gold = extract_answer(&p.answer).ok_or_else(|| EvalError::parse(&path, i + 1, "reference answer has no final number"))?;
+        let gold = extract_answer(&p.answer)
+            .ok_or_else(|| EvalError::parse(&path, i + 1, "reference answer has no final number"))?;
         let ids = prompt_tokens(cx, &p.question)?;
         let generation = session.generate(cx.tokenizer, &ids, &opts, |_| true)?;
         let got = extract_answer(&generation.text);
         let correct = got.as_deref() == Some(gold.as_str());
         acc.add_logged(correct, &mut per_item);
         if samples.len() < 5 {
-            let note =
-                if correct { String::new() } else { format!("expected {gold}, extracted {}", got.unwrap_or_else(|| "nothing".into())) };
+            let note = if correct {
+                String::new()
+            } else {
+                format!("expected {gold}, extracted {}", got.unwrap_or_else(|| "nothing".into()))
+            };
             samples.push(Sample { prompt: clip(&p.question, 300), answer: clip(&generation.text, 600), correct, note });
         }
         bar.inc(1);

@@ -91,12 +91,19 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         items: order.len(),
         available: all.len(),
         metrics: vec![
-            Metric::accuracy("acc_llama_cpp", llama, "llama-perplexity --hellaswag: mean ln p per token after the choices' common prefix"),
+            Metric::accuracy(
+                "acc_llama_cpp",
+                llama,
+                "llama-perplexity --hellaswag: mean ln p per token after the choices' common prefix",
+            ),
             Metric::accuracy("acc", acc, "harness: argmax of the ending's summed log-probability"),
             Metric::accuracy("acc_norm", acc_norm, "harness: summed log-probability per character of the ending"),
         ],
         elapsed_s: 0.0,
-        setting: format!("0-shot, items drawn by mt19937({}) as llama-perplexity, BOS + context + \" \" + ending", cx.seed),
+        setting: format!(
+            "0-shot, items drawn by mt19937({}) as llama-perplexity, BOS + context + \" \" + ending",
+            cx.seed
+        ),
         samples: Vec::new(),
         per_item,
     })

@@ -72,7 +72,11 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         bar.set_message(format!("{:.1} %", 100.0 * pass.value()));
     }
     bar.finish_and_clear();
-    let net = if sandbox.network_isolated() { "no network (unshare -rn)" } else { "NETWORK NOT ISOLATED (unshare -rn unavailable)" };
+    let net = if sandbox.network_isolated() {
+        "no network (unshare -rn)"
+    } else {
+        "NETWORK NOT ISOLATED (unshare -rn unavailable)"
+    };
     Ok(TaskResult {
         task: String::new(),
         items: chosen.len(),
@@ -114,9 +118,18 @@ mod tests {
         let sb = Sandbox::new();
         let lim = Limits::default();
         for p in &all[..3] {
-            assert_eq!(sb.run_python(&program(p, &p.canonical_solution), lim).expect("ran"), Outcome::Passed, "{}", p.task_id);
+            assert_eq!(
+                sb.run_python(&program(p, &p.canonical_solution), lim).expect("ran"),
+                Outcome::Passed,
+                "{}",
+                p.task_id
+            );
             let wrong = "    return None\n";
-            assert!(matches!(sb.run_python(&program(p, wrong), lim).expect("ran"), Outcome::Failed(_)), "{}", p.task_id);
+            assert!(
+                matches!(sb.run_python(&program(p, wrong), lim).expect("ran"), Outcome::Failed(_)),
+                "{}",
+                p.task_id
+            );
         }
     }
 }

@@ -46,7 +46,13 @@ pub fn tokenize_item(cx: &EvalContext, item: &McItem) -> Result<(Vec<Vec<u32>>, 
 }
 
 /// Runs `items` (already selected), returning acc and acc_norm.
-pub fn run_items(cx: &EvalContext, name: &str, items: &[McItem], available: usize, setting: &str) -> Result<TaskResult, EvalError> {
+pub fn run_items(
+    cx: &EvalContext,
+    name: &str,
+    items: &[McItem],
+    available: usize,
+    setting: &str,
+) -> Result<TaskResult, EvalError> {
     let mut scorer = Scorer::new(cx.model, cx.ctx);
     let (mut acc, mut acc_norm) = (Proportion::default(), Proportion::default());
     let mut per_item = String::with_capacity(items.len());
@@ -68,7 +74,11 @@ pub fn run_items(cx: &EvalContext, name: &str, items: &[McItem], available: usiz
         available,
         metrics: vec![
             Metric::accuracy("acc", acc, "argmax of the sum of continuation log-probabilities"),
-            Metric::accuracy("acc_norm", acc_norm, "argmax of the sum divided by the continuation's length in characters"),
+            Metric::accuracy(
+                "acc_norm",
+                acc_norm,
+                "argmax of the sum divided by the continuation's length in characters",
+            ),
         ],
         elapsed_s: 0.0,
         setting: setting.into(),

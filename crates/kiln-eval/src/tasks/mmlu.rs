@@ -28,7 +28,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Question>, EvalError> {
         .enumerate()
         .map(|(i, r)| {
             if r.len() != 6 {
-                return Err(EvalError::parse(path, i + 1, format!("expected 6 fields (question, A–D, answer), found {}", r.len())));
+                return Err(EvalError::parse(
+                    path,
+                    i + 1,
+                    format!("expected 6 fields (question, A–D, answer), found {}", r.len()),
+                ));
             }
             let answer = match r[5].trim() {
                 "A" => 0,
@@ -37,7 +41,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Question>, EvalError> {
                 "D" => 3,
                 other => return Err(EvalError::parse(path, i + 1, format!("answer {other:?} is not A–D"))),
             };
-            Ok(Question { question: r[0].clone(), options: [r[1].clone(), r[2].clone(), r[3].clone(), r[4].clone()], answer })
+            Ok(Question {
+                question: r[0].clone(),
+                options: [r[1].clone(), r[2].clone(), r[3].clone(), r[4].clone()],
+                answer,
+            })
         })
         .collect()
 }
@@ -58,7 +66,8 @@ fn format_question(q: &Question) -> String {
 
 /// The prompt for `q` after `shots` dev examples.
 pub fn prompt(subject: &str, shots: &[Question], q: &Question) -> String {
-    let mut s = format!("The following are multiple choice questions (with answers) about {}.\n\n", subject_title(subject));
+    let mut s =
+        format!("The following are multiple choice questions (with answers) about {}.\n\n", subject_title(subject));
     for ex in shots {
         s.push_str(&format_question(ex));
         s.push_str(&format!(" {}\n\n", ["A", "B", "C", "D"][ex.answer]));

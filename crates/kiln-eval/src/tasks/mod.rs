@@ -189,7 +189,16 @@ mod tests {
     #[test]
     fn task_lists_parse() {
         let t = Task::parse_list("hellaswag, arc,mmlu,ppl:x.txt", 5).expect("valid list");
-        assert_eq!(t, [Task::Hellaswag, Task::ArcEasy, Task::ArcChallenge, Task::Mmlu { shots: 5 }, Task::Ppl(PathBuf::from("x.txt"))]);
+        assert_eq!(
+            t,
+            [
+                Task::Hellaswag,
+                Task::ArcEasy,
+                Task::ArcChallenge,
+                Task::Mmlu { shots: 5 },
+                Task::Ppl(PathBuf::from("x.txt"))
+            ]
+        );
         assert_eq!(Task::parse_list("mmlu0", 5).expect("valid"), [Task::Mmlu { shots: 0 }]);
         let e = Task::parse_list("hellaswag,bogus", 5).expect_err("unknown");
         assert!(e.to_string().starts_with("unknown task \"bogus\""), "{e}");

@@ -56,7 +56,11 @@ pub fn run(cx: &EvalContext, file: &Path) -> Result<TaskResult, EvalError> {
     let ctx = cx.ppl_chunk.clamp(8, cx.ctx.max(8));
     let available = tokens.len() / ctx;
     if available == 0 {
-        return Err(EvalError::Other(format!("{} tokenizes to {} tokens, fewer than one chunk of {ctx}", file.display(), tokens.len())));
+        return Err(EvalError::Other(format!(
+            "{} tokenizes to {} tokens, fewer than one chunk of {ctx}",
+            file.display(),
+            tokens.len()
+        )));
     }
     let n_chunks = cx.limit.map_or(available, |l| l.min(available));
     let bos = cx.tokenizer.bos_id().filter(|_| cx.tokenizer.adds_bos());
@@ -100,7 +104,11 @@ pub fn run(cx: &EvalContext, file: &Path) -> Result<TaskResult, EvalError> {
                 about: "perplexity, llama-perplexity's method (second half of each chunk scored)".into(),
             },
             Metric::value("bpb", totals.bpb(), "bits per UTF-8 byte of the scored text (tokenizer-independent)"),
-            Metric::value("tokens_per_byte", totals.tokens as f64 / totals.bytes.max(1) as f64, "scored tokens per byte"),
+            Metric::value(
+                "tokens_per_byte",
+                totals.tokens as f64 / totals.bytes.max(1) as f64,
+                "scored tokens per byte",
+            ),
         ],
         elapsed_s: 0.0,
         setting: format!("chunks of {ctx} tokens, {n_chunks} of {available}, BOS first, second half scored"),

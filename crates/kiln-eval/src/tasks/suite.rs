@@ -90,9 +90,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Case>, EvalError> {
         for r in line.regex.items() {
             // regex's messages span lines (a caret under the pattern); one line here.
             let one_line = |e: regex::Error| e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            regexes.push(Regex::new(r).map_err(|e| EvalError::parse(path, n, format!("bad regex {r:?}: {}", one_line(e))))?);
+            regexes.push(
+                Regex::new(r).map_err(|e| EvalError::parse(path, n, format!("bad regex {r:?}: {}", one_line(e))))?,
+            );
         }
-        if line.contains.items().is_empty() && line.not_contains.items().is_empty() && regexes.is_empty() && line.max_tokens.is_none() {
+        if line.contains.items().is_empty()
+            && line.not_contains.items().is_empty()
+            && regexes.is_empty()
+            && line.max_tokens.is_none()
+        {
             return Err(EvalError::parse(path, n, "no checks: give contains, not_contains, regex or max_tokens"));
         }
         line.name.get_or_insert_with(|| format!("line {n}"));

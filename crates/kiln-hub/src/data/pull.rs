@@ -9,9 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::source::{extract_tar_members, failure_reason};
 use super::{DataFile, DataOrigin, DataSet, DataStore, LocalDataFile, Mirror};
-use crate::{
-    bar, hash_file, manifest_path, move_into_place, with_polling, HubError, Manifest, WorkDir,
-};
+use crate::{bar, hash_file, manifest_path, move_into_place, with_polling, HubError, Manifest, WorkDir};
 
 /// A file fetched into the work directory, checked, waiting to be installed.
 struct Staged {
@@ -33,17 +31,12 @@ impl DataStore {
         progress: bool,
     ) -> Result<Vec<LocalDataFile>, HubError> {
         self.hub.clean_stale_tmp();
-        let missing: Vec<_> = wanted
-            .iter()
-            .filter(|(_, f)| self.cached(f).is_none())
-            .copied()
-            .collect();
+        let missing: Vec<_> = wanted.iter().filter(|(_, f)| self.cached(f).is_none()).copied().collect();
         // Path in the layout -> where it was fetched from just now.
         let mut fetched = BTreeMap::new();
         if !missing.is_empty() {
             let tmp = self.hub.tmp_dir();
-            fs::create_dir_all(&tmp)
-                .map_err(|e| HubError::io(format!("cannot create {}", tmp.display()), e))?;
+            fs::create_dir_all(&tmp).map_err(|e| HubError::io(format!("cannot create {}", tmp.display()), e))?;
             let work = WorkDir::new(&tmp)?;
             let staged = self.fetch_all(&missing, copy_local, &work.0, progress)?;
             for (i, s) in staged.into_iter().enumerate() {
@@ -89,14 +82,7 @@ impl DataStore {
         for (i, &(set, file)) in missing.iter().enumerate() {
             let tmp = work.join(format!("file{i}"));
             let mut tried = Vec::new();
-            let copied = self.fetch_copy(
-                file,
-                &tmp,
-                copy_local,
-                &label(i, file),
-                progress,
-                &mut tried,
-            );
+            let copied = self.fetch_copy(file, &tmp, copy_local, &label(i, file), progress, &mut tried);
             if let Some(origin) = copied {
                 staged.push(check(set, file, tmp, origin)?);
             } else if file.member.is_some() {
@@ -109,10 +95,8 @@ impl DataStore {
         }
         for (k, (url, members)) in archives.into_iter().enumerate() {
             let archive = work.join(format!("archive{k}"));
-            let wanted: Vec<_> = members
-                .into_iter()
-                .map(|(i, tried)| (missing[i], work.join(format!("file{i}")), tried))
-                .collect();
+            let wanted: Vec<_> =
+                members.into_iter().map(|(i, tried)| (missing[i], work.join(format!("file{i}")), tried)).collect();
             staged.extend(self.fetch_members(url, &archive, wanted, progress)?);
         }
         Ok(staged)
@@ -172,38 +156,21 @@ impl DataStore {
         let name = url.rsplit('/').next().unwrap_or(url);
         let label = format!("downloading {name}");
         if let Err(e) = self.download(url, archive, None, &label, progress) {
-            let ((set, file), _, tried) =
-                wanted.into_iter().next().expect("an archive has members");
+            let ((set, file), _, tried) = wanted.into_iter().next().expect("an archive has members");
             return Err(unavailable(set, file, tried, url, &e));
         }
-        let pairs: Vec<(String, PathBuf)> = wanted
-            .iter()
-            .map(|((_, file), tmp, _)| (file.member.clone().unwrap_or_default(), tmp.clone()))
-            .collect();
-        let pb = bar(
-            progress,
-            None,
-            format!("extracting {} files from {name}", pairs.len()),
-        );
+        let pairs: Vec<(String, PathBuf)> =
+            wanted.iter().map(|((_, file), tmp, _)| (file.member.clone().unwrap_or_default(), tmp.clone())).collect();
+        let pb = bar(progress, None, format!("extracting {} files from {name}", pairs.len()));
         let extracted = with_polling(&pb, || 0, || extract_tar_members(archive, url, &pairs));
         pb.finish_and_clear();
         let _ = fs::remove_file(archive);
         extracted?;
-        wanted
-            .into_iter()
-            .map(|((set, file), tmp, _)| check(set, file, tmp, file.source()))
-            .collect()
+        wanted.into_iter().map(|((set, file), tmp, _)| check(set, file, tmp, file.source())).collect()
     }
 
     /// Copies a file (from `KILN_DATA` or a directory mirror) into the work directory.
-    fn copy_file(
-        &self,
-        src: &Path,
-        dest: &Path,
-        size: u64,
-        label: &str,
-        progress: bool,
-    ) -> Result<(), String> {
+    fn copy_file(&self, src: &Path, dest: &Path, size: u64, label: &str, progress: bool) -> Result<(), String> {
         let pb = bar(progress, Some(size), format!("copying {label}"));
         let measured = || fs::metadata(dest).map_or(0, |m| m.len());
         let result = with_polling(&pb, measured, || fs::copy(src, dest));
@@ -212,14 +179,7 @@ impl DataStore {
     }
 
     /// Downloads `url` into `dest` with the fetcher, showing a bar.
-    fn download(
-        &self,
-        url: &str,
-        dest: &Path,
-        size: Option<u64>,
-        label: &str,
-        progress: bool,
-    ) -> Result<(), HubError> {
+    fn download(&self, url: &str, dest: &Path, size: Option<u64>, label: &str, progress: bool) -> Result<(), HubError> {
         let pb = bar(progress, size, label.to_string());
         let measured = || fs::metadata(dest).map_or(0, |m| m.len());
         let result = with_polling(&pb, measured, || self.fetcher.http_get(url, dest));
@@ -232,16 +192,12 @@ impl DataStore {
     fn install(&self, staged: &Staged, tmp_manifest: &Path) -> Result<(), HubError> {
         let dest = self.cache_dir().join(&staged.file.path);
         if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| HubError::io(format!("cannot create {}", parent.display()), e))?;
+            fs::create_dir_all(parent).map_err(|e| HubError::io(format!("cannot create {}", parent.display()), e))?;
         }
         let mpath = manifest_path(&dest);
         match fs::remove_file(&mpath) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(HubError::io(
-                    format!("cannot replace {}", mpath.display()),
-                    e,
-                ))
+                return Err(HubError::io(format!("cannot replace {}", mpath.display()), e))
             }
             _ => {}
         }
@@ -252,9 +208,7 @@ impl DataStore {
             size: staged.file.size,
             source: staged.origin.clone(),
             verified: true,
-            pulled_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            pulled_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         };
         let json = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
         fs::write(tmp_manifest, json + "\n")
@@ -264,12 +218,7 @@ impl DataStore {
 }
 
 /// Checks a fetched file against the table.
-fn check(
-    set: &'static DataSet,
-    file: &'static DataFile,
-    tmp: PathBuf,
-    origin: String,
-) -> Result<Staged, HubError> {
+fn check(set: &'static DataSet, file: &'static DataFile, tmp: PathBuf, origin: String) -> Result<Staged, HubError> {
     let (sha256, _) = hash_file(&tmp, false)?;
     if sha256 != file.sha256 {
         return Err(HubError::DataChecksumMismatch {
@@ -279,26 +228,11 @@ fn check(
             actual: sha256,
         });
     }
-    Ok(Staged {
-        set,
-        file,
-        tmp,
-        origin,
-    })
+    Ok(Staged { set, file, tmp, origin })
 }
 
 /// The error for a file that no place could give.
-fn unavailable(
-    set: &DataSet,
-    file: &DataFile,
-    mut tried: Vec<String>,
-    url: &str,
-    error: &HubError,
-) -> HubError {
+fn unavailable(set: &DataSet, file: &DataFile, mut tried: Vec<String>, url: &str, error: &HubError) -> HubError {
     tried.push(format!("{url} ({})", failure_reason(error)));
-    HubError::DataUnavailable {
-        set: set.name.clone(),
-        file: file.path.clone(),
-        tried: tried.join(" nor from "),
-    }
+    HubError::DataUnavailable { set: set.name.clone(), file: file.path.clone(), tried: tried.join(" nor from ") }
 }

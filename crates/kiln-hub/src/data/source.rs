@@ -27,10 +27,7 @@ impl DataSources {
     }
 
     /// The sources the two variables' values describe.
-    pub fn from_values(
-        local: Option<OsString>,
-        mirror: Option<OsString>,
-    ) -> Result<DataSources, HubError> {
+    pub fn from_values(local: Option<OsString>, mirror: Option<OsString>) -> Result<DataSources, HubError> {
         let local = match local {
             None => None,
             Some(dir) => {
@@ -39,7 +36,8 @@ impl DataSources {
                     return Err(HubError::BadDataLocation {
                         variable: "KILN_DATA",
                         value: dir.display().to_string(),
-                        reason: "not a directory (it should hold kiln's data layout: eval/, pretrain/, sft/, prefs/)".into(),
+                        reason: "not a directory (it should hold kiln's data layout: eval/, pretrain/, sft/, prefs/)"
+                            .into(),
                     });
                 }
                 Some(dir)
@@ -79,10 +77,7 @@ impl Mirror {
         let lower = trimmed.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             let url = trimmed.trim_end_matches('/');
-            if url
-                .split_once("://")
-                .is_none_or(|(_, host)| host.is_empty())
-            {
+            if url.split_once("://").is_none_or(|(_, host)| host.is_empty()) {
                 return Err(bad("the URL has no host"));
             }
             return Ok(Mirror::Url(url.to_string()));
@@ -90,9 +85,7 @@ impl Mirror {
         let dir = match trimmed.strip_prefix("file://") {
             Some(path) => PathBuf::from(path),
             None if trimmed.contains("://") => {
-                return Err(bad(
-                    "a mirror is a directory or an http://, https:// or file:// URL",
-                ))
+                return Err(bad("a mirror is a directory or an http://, https:// or file:// URL"))
             }
             None => PathBuf::from(trimmed),
         };
@@ -150,19 +143,10 @@ with tarfile.open(sys.argv[1]) as tar:
 /// Copies each `(member, dest)` out of the tar archive `archive` (compressed or not, fetched
 /// from `shown`, which errors name) into the file `dest`. Members are read by name; nothing
 /// else in the archive is written anywhere.
-pub(crate) fn extract_tar_members(
-    archive: &Path,
-    shown: &str,
-    members: &[(String, PathBuf)],
-) -> Result<(), HubError> {
-    let bad = |message: String| HubError::BadArchive {
-        archive: shown.to_string(),
-        message,
-    };
-    let pairs: Vec<(&str, String)> = members
-        .iter()
-        .map(|(member, dest)| (member.as_str(), dest.to_string_lossy().into_owned()))
-        .collect();
+pub(crate) fn extract_tar_members(archive: &Path, shown: &str, members: &[(String, PathBuf)]) -> Result<(), HubError> {
+    let bad = |message: String| HubError::BadArchive { archive: shown.to_string(), message };
+    let pairs: Vec<(&str, String)> =
+        members.iter().map(|(member, dest)| (member.as_str(), dest.to_string_lossy().into_owned())).collect();
     let input = serde_json::to_vec(&pairs).map_err(|e| bad(e.to_string()))?;
     let python = fetch::python();
     let mut child = Command::new(&python)
@@ -173,16 +157,12 @@ pub(crate) fn extract_tar_members(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| HubError::PipMissing {
-            detail: format!("cannot run {python} (it reads tar archives): {e}"),
-        })?;
+        .map_err(|e| HubError::PipMissing { detail: format!("cannot run {python} (it reads tar archives): {e}") })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A failed write shows as the script's own error below.
         let _ = stdin.write_all(&input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| HubError::io(format!("waiting for {python}"), e))?;
+    let out = child.wait_with_output().map_err(|e| HubError::io(format!("waiting for {python}"), e))?;
     if out.status.success() {
         Ok(())
     } else {

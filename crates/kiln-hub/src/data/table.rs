@@ -77,9 +77,8 @@ struct Table {
 pub fn known_data_sets() -> &'static [DataSet] {
     static TABLE: OnceLock<Vec<DataSet>> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let table: Table = serde_json::from_str(include_str!("datasets.json")).expect(
-            "the built-in data table (src/data/datasets.json) parses; a unit test checks it",
-        );
+        let table: Table = serde_json::from_str(include_str!("datasets.json"))
+            .expect("the built-in data table (src/data/datasets.json) parses; a unit test checks it");
         table.sets
     })
 }
@@ -87,13 +86,7 @@ pub fn known_data_sets() -> &'static [DataSet] {
 /// Names for error messages: `hellaswag, mmlu, core (arc), ...`.
 pub(crate) fn data_set_names(sets: &[DataSet]) -> String {
     sets.iter()
-        .map(|s| {
-            if s.aliases.is_empty() {
-                s.name.clone()
-            } else {
-                format!("{} ({})", s.name, s.aliases.join(", "))
-            }
-        })
+        .map(|s| if s.aliases.is_empty() { s.name.clone() } else { format!("{} ({})", s.name, s.aliases.join(", ")) })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -104,7 +97,5 @@ pub(crate) fn is_plain_relative(path: &str) -> bool {
     !path.is_empty()
         && !path.contains('\\')
         && !path.contains(':')
-        && path
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
 }

@@ -42,25 +42,16 @@ impl Fetcher for Fake {
                 fs::write(dest, body).unwrap();
                 Ok(())
             }
-            None if url.starts_with("https://offline.example") => Err(fetch::curl_error(
-                url,
-                6,
-                "curl: (6) Could not resolve host".into(),
-            )),
-            None => Err(fetch::curl_error(
-                url,
-                22,
-                "curl: (22) The requested URL returned error: 404".into(),
-            )),
+            None if url.starts_with("https://offline.example") => {
+                Err(fetch::curl_error(url, 6, "curl: (6) Could not resolve host".into()))
+            }
+            None => Err(fetch::curl_error(url, 22, "curl: (22) The requested URL returned error: 404".into())),
         }
     }
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn file_entry(path: &str, body: &[u8], url: &str, member: Option<&str>) -> DataFile {
@@ -100,20 +91,12 @@ const TAR_URL: &str = "https://example.org/quiz.tar";
 /// poem (one file), quiz (two members of one tar archive), maths (files in two sections).
 fn test_sets() -> &'static [DataSet] {
     leak(vec![
-        set(
-            "poem",
-            vec![file_entry("pretrain/poem.txt", POEM, POEM_URL, None)],
-        ),
+        set("poem", vec![file_entry("pretrain/poem.txt", POEM, POEM_URL, None)]),
         set(
             "quiz",
             vec![
                 file_entry("eval/quiz/dev/a.csv", QUIZ, TAR_URL, Some("data/dev/a.csv")),
-                file_entry(
-                    "eval/quiz/test/a.csv",
-                    POEM,
-                    TAR_URL,
-                    Some("data/test/a.csv"),
-                ),
+                file_entry("eval/quiz/test/a.csv", POEM, TAR_URL, Some("data/test/a.csv")),
             ],
         ),
         set(
@@ -142,10 +125,7 @@ fn tar_bytes(members: &[(&str, &[u8])], scratch: &Path) -> Vec<u8> {
         fs::write(&src, bytes).unwrap();
         cmd.arg(name).arg(&src);
     }
-    assert!(
-        cmd.status().expect("python3 runs").success(),
-        "building a test tar failed"
-    );
+    assert!(cmd.status().expect("python3 runs").success(), "building a test tar failed");
     fs::read(&archive).unwrap()
 }
 
@@ -158,14 +138,9 @@ struct Setup {
 fn setup(fake: Fake, sources: DataSources) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(fake);
-    let store = DataStore::new(Hub::new(dir.path().join("kiln")), sources)
-        .with_sets(test_sets())
-        .with_fetcher(fake.clone());
-    Setup {
-        _dir: dir,
-        store,
-        fake,
-    }
+    let store =
+        DataStore::new(Hub::new(dir.path().join("kiln")), sources).with_sets(test_sets()).with_fetcher(fake.clone());
+    Setup { _dir: dir, store, fake }
 }
 
 /// Every file under `dir`, relative, sorted.
@@ -204,37 +179,23 @@ fn the_table_is_sane() {
             assert_eq!(*name, name.to_ascii_lowercase(), "names are lowercase");
         }
         assert!(!s.files.is_empty(), "{} has files", s.name);
-        assert!(
-            !s.description.is_empty() && !s.licence.is_empty(),
-            "{}",
-            s.name
-        );
+        assert!(!s.description.is_empty() && !s.licence.is_empty(), "{}", s.name);
         assert!(s.homepage.starts_with("https://"), "{}", s.homepage);
         for f in &s.files {
             assert!(paths.insert(f.path.clone()), "{} is listed twice", f.path);
             assert!(is_plain_relative(&f.path), "{}", f.path);
             let section = f.path.split('/').next().unwrap();
-            assert!(
-                ["eval", "pretrain", "sft", "prefs"].contains(&section),
-                "{}",
-                f.path
-            );
+            assert!(["eval", "pretrain", "sft", "prefs"].contains(&section), "{}", f.path);
             assert_eq!(f.sha256.len(), 64, "{}", f.path);
             assert!(
-                f.sha256
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                f.sha256.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
                 "{}: lowercase hex sha256",
                 f.path
             );
             assert!(f.size > 0, "{}", f.path);
             assert!(f.url.starts_with("https://"), "{}", f.url);
             if let Some(m) = &f.member {
-                assert!(
-                    f.url.ends_with(".tar"),
-                    "{}: members come out of tar archives",
-                    f.path
-                );
+                assert!(f.url.ends_with(".tar"), "{}: members come out of tar archives", f.path);
                 assert!(is_plain_relative(m), "{m}");
             }
         }
@@ -287,12 +248,7 @@ fn the_table_matches_the_mirror_beside_the_checkout() {
         for f in &s.files {
             let path = mirror.join(&f.path);
             let (sha, size) = hash_file(&path, false).unwrap();
-            assert_eq!(
-                (size, sha.as_str()),
-                (f.size, f.sha256.as_str()),
-                "{}",
-                f.path
-            );
+            assert_eq!((size, sha.as_str()), (f.size, f.sha256.as_str()), "{}", f.path);
         }
     }
 }
@@ -324,19 +280,10 @@ fn a_pull_fetches_checks_installs_and_then_hits_the_cache() {
 
 #[test]
 fn a_file_that_fails_its_checksum_installs_nothing() {
-    let t = setup(
-        Fake::default().url(POEM_URL, b"not the poem"),
-        DataSources::default(),
-    );
+    let t = setup(Fake::default().url(POEM_URL, b"not the poem"), DataSources::default());
     let e = t.store.pull("poem", false).unwrap_err().to_string();
-    assert!(
-        e.starts_with("checksum mismatch for pretrain/poem.txt from https://example.org/poem.txt"),
-        "{e}"
-    );
-    assert!(
-        e.contains(&sha_hex(POEM)) && e.contains(&sha_hex(b"not the poem")),
-        "{e}"
-    );
+    assert!(e.starts_with("checksum mismatch for pretrain/poem.txt from https://example.org/poem.txt"), "{e}");
+    assert!(e.contains(&sha_hex(POEM)) && e.contains(&sha_hex(b"not the poem")), "{e}");
     assert_nothing_installed(&t.store);
 }
 
@@ -355,14 +302,8 @@ fn a_damaged_cached_file_is_fetched_again() {
 #[test]
 fn archive_members_come_from_one_download() {
     let scratch = tempfile::tempdir().unwrap();
-    let tar = tar_bytes(
-        &[
-            ("data/dev/a.csv", QUIZ),
-            ("data/test/a.csv", POEM),
-            ("data/other.txt", b"x"),
-        ],
-        scratch.path(),
-    );
+    let tar =
+        tar_bytes(&[("data/dev/a.csv", QUIZ), ("data/test/a.csv", POEM), ("data/other.txt", b"x")], scratch.path());
     let t = setup(Fake::default().url(TAR_URL, &tar), DataSources::default());
     let pulled = t.store.pull("quiz", false).unwrap();
     assert_eq!(t.fake.calls(), 1, "the archive is downloaded once");
@@ -382,10 +323,7 @@ fn an_archive_without_the_member_installs_nothing() {
     let tar = tar_bytes(&[("data/dev/a.csv", QUIZ)], scratch.path());
     let t = setup(Fake::default().url(TAR_URL, &tar), DataSources::default());
     let e = t.store.pull("quiz", false).unwrap_err().to_string();
-    assert_eq!(
-        e,
-        "cannot read archive https://example.org/quiz.tar: it has no member data/test/a.csv"
-    );
+    assert_eq!(e, "cannot read archive https://example.org/quiz.tar: it has no member data/test/a.csv");
     assert_nothing_installed(&t.store);
 }
 
@@ -396,68 +334,40 @@ fn a_directory_mirror_is_copied_from_without_downloads() {
     fs::create_dir_all(mirror.path().join("eval")).unwrap();
     fs::write(mirror.path().join("sft/maths_train.jsonl"), TRAIN).unwrap();
     fs::write(mirror.path().join("eval/maths_test.jsonl"), TEST).unwrap();
-    let sources = DataSources {
-        local: None,
-        mirror: Some(Mirror::Dir(mirror.path().to_path_buf())),
-    };
+    let sources = DataSources { local: None, mirror: Some(Mirror::Dir(mirror.path().to_path_buf())) };
     let t = setup(Fake::default(), sources);
     let pulled = t.store.pull("maths", false).unwrap();
     assert_eq!(t.fake.calls(), 0);
     let cache = t.store.cache_dir();
     assert_eq!(
         pulled.locations(),
-        [
-            cache.join("sft/maths_train.jsonl"),
-            cache.join("eval/maths_test.jsonl")
-        ],
+        [cache.join("sft/maths_train.jsonl"), cache.join("eval/maths_test.jsonl")],
         "files in two sections are shown one by one"
     );
     let from = mirror.path().join("sft/maths_train.jsonl");
-    assert_eq!(
-        pulled.files[0].origin,
-        DataOrigin::Fetched(from.display().to_string())
-    );
+    assert_eq!(pulled.files[0].origin, DataOrigin::Fetched(from.display().to_string()));
     assert_eq!(fs::read(cache.join("eval/maths_test.jsonl")).unwrap(), TEST);
 }
 
 #[test]
 fn a_url_mirror_comes_first_and_the_source_backs_it_up() {
     let mirror = "http://mirror.example/data";
-    let fake = Fake::default()
-        .url(&format!("{mirror}/sft/maths_train.jsonl"), TRAIN)
-        .url(TEST_URL, TEST);
-    let sources = DataSources {
-        local: None,
-        mirror: Some(Mirror::parse(&format!("{mirror}/")).unwrap()),
-    };
+    let fake = Fake::default().url(&format!("{mirror}/sft/maths_train.jsonl"), TRAIN).url(TEST_URL, TEST);
+    let sources = DataSources { local: None, mirror: Some(Mirror::parse(&format!("{mirror}/")).unwrap()) };
     let t = setup(fake, sources);
     let pulled = t.store.pull("maths", false).unwrap();
     let origins: Vec<_> = pulled.files.iter().map(|f| f.origin.clone()).collect();
     assert_eq!(
         origins,
-        [
-            DataOrigin::Fetched(format!("{mirror}/sft/maths_train.jsonl")),
-            DataOrigin::Fetched(TEST_URL.into()),
-        ]
+        [DataOrigin::Fetched(format!("{mirror}/sft/maths_train.jsonl")), DataOrigin::Fetched(TEST_URL.into()),]
     );
     assert_eq!(t.fake.calls(), 3, "mirror hit, mirror miss, source");
 }
 
 #[test]
 fn a_file_from_nowhere_is_one_line_naming_the_set_the_places_and_the_remedies() {
-    let sources = DataSources {
-        local: None,
-        mirror: Some(Mirror::Url("http://mirror.example".into())),
-    };
-    let sets = leak(vec![set(
-        "offline",
-        vec![file_entry(
-            "eval/x.txt",
-            POEM,
-            "https://offline.example/x.txt",
-            None,
-        )],
-    )]);
+    let sources = DataSources { local: None, mirror: Some(Mirror::Url("http://mirror.example".into())) };
+    let sets = leak(vec![set("offline", vec![file_entry("eval/x.txt", POEM, "https://offline.example/x.txt", None)])]);
     let t = setup(Fake::default(), sources);
     let store = t.store.clone().with_sets(sets);
     let e = store.pull("offline", false).unwrap_err().to_string();
@@ -480,24 +390,15 @@ fn kiln_data_is_used_in_place_and_completed_through_the_cache() {
     fs::write(local.path().join("sft/maths_train.jsonl"), TRAIN).unwrap();
     fs::create_dir_all(local.path().join("pretrain")).unwrap();
     fs::write(local.path().join("pretrain/notes.txt"), b"mine").unwrap();
-    let sources = DataSources {
-        local: Some(local.path().to_path_buf()),
-        mirror: None,
-    };
+    let sources = DataSources { local: Some(local.path().to_path_buf()), mirror: None };
     let t = setup(Fake::default().url(TEST_URL, TEST), sources);
 
     // In place: no copy, no download, also for a file no data set lists.
     let f = t.store.file("sft/maths_train.jsonl", false).unwrap();
-    assert_eq!(
-        (f.origin, f.root.as_path()),
-        (DataOrigin::Local, local.path())
-    );
+    assert_eq!((f.origin, f.root.as_path()), (DataOrigin::Local, local.path()));
     let own = t.store.resolve("pretrain/notes.txt", false).unwrap();
     assert_eq!(own, local.path().join("pretrain/notes.txt"));
-    assert_eq!(
-        t.store.root_for(&["sft/maths_train.jsonl"], false).unwrap(),
-        local.path()
-    );
+    assert_eq!(t.store.root_for(&["sft/maths_train.jsonl"], false).unwrap(), local.path());
     assert_eq!(t.fake.calls(), 0);
 
     // A set partly there: its missing file is fetched into the cache.
@@ -534,38 +435,22 @@ fn unknown_names_and_paths_say_what_is_known() {
 fn mirrors_and_data_directories_parse() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    assert_eq!(
-        Mirror::parse("https://host/data/").unwrap(),
-        Mirror::Url("https://host/data".into())
-    );
+    assert_eq!(Mirror::parse("https://host/data/").unwrap(), Mirror::Url("https://host/data".into()));
     assert_eq!(Mirror::parse(&d).unwrap(), Mirror::Dir(dir.path().into()));
-    assert_eq!(
-        Mirror::parse(&format!("file://{d}")).unwrap(),
-        Mirror::Dir(dir.path().into())
-    );
+    assert_eq!(Mirror::parse(&format!("file://{d}")).unwrap(), Mirror::Dir(dir.path().into()));
     for bad in ["ftp://host/data", "/no/such/dir", "https://"] {
         let e = Mirror::parse(bad).unwrap_err().to_string();
         assert!(e.starts_with(&format!("KILN_DATA_MIRROR={bad:?}: ")), "{e}");
     }
     let e = DataSources::from_values(Some(OsString::from("/no/such/dir")), None).unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("KILN_DATA=\"/no/such/dir\": not a directory"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("KILN_DATA=\"/no/such/dir\": not a directory"), "{e}");
     let ok = DataSources::from_values(Some(d.clone().into()), Some(d.into())).unwrap();
     assert_eq!(ok.local.as_deref(), Some(dir.path()));
 }
 
 #[test]
 fn io_errors_show_their_cause_once() {
-    let e = HubError::io(
-        "cannot read x",
-        std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
-    );
+    let e = HubError::io("cannot read x", std::io::Error::new(std::io::ErrorKind::NotFound, "gone"));
     assert_eq!(e.to_string(), "cannot read x: gone");
-    assert!(
-        std::error::Error::source(&e).is_none(),
-        "a chain printer would repeat it"
-    );
+    assert!(std::error::Error::source(&e).is_none(), "a chain printer would repeat it");
 }

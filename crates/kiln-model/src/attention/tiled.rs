@@ -382,7 +382,10 @@ mod simd {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn max_avx2(p: &[f32; KEYS]) -> f32 {
         let ptr = p.as_ptr();
-        let m = _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(ptr), _mm256_loadu_ps(ptr.add(8))), _mm256_max_ps(_mm256_loadu_ps(ptr.add(16)), _mm256_loadu_ps(ptr.add(24))));
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_loadu_ps(ptr), _mm256_loadu_ps(ptr.add(8))),
+            _mm256_max_ps(_mm256_loadu_ps(ptr.add(16)), _mm256_loadu_ps(ptr.add(24))),
+        );
         let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
         let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         let h = _mm_max_ss(h, _mm_movehdup_ps(h));
@@ -594,7 +597,15 @@ mod tests {
         n: usize,
     }
 
-    fn case(n_heads: usize, n_kv_heads: usize, hd: usize, window: Option<usize>, pos0: usize, n: usize, seed: u64) -> Case {
+    fn case(
+        n_heads: usize,
+        n_kv_heads: usize,
+        hd: usize,
+        window: Option<usize>,
+        pos0: usize,
+        n: usize,
+        seed: u64,
+    ) -> Case {
         let spec = AttentionSpec { n_heads, n_kv_heads, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), window };
         let len = pos0 + n;
         Case {
@@ -619,13 +630,17 @@ mod tests {
                 let kvh = h / (s.n_heads / s.n_kv_heads);
                 let q = &c.q[t * q_dim + h * hd..][..hd];
                 let scores: Vec<f64> = (first..=pos)
-                    .map(|j| (0..hd).map(|d| q[d] as f64 * c.keys[j * kv_dim + kvh * hd + d].to_f64()).sum::<f64>() * s.scale as f64)
+                    .map(|j| {
+                        (0..hd).map(|d| q[d] as f64 * c.keys[j * kv_dim + kvh * hd + d].to_f64()).sum::<f64>()
+                            * s.scale as f64
+                    })
                     .collect();
                 let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = w.iter().sum();
                 for d in 0..hd {
-                    let v: f64 = (first..=pos).zip(&w).map(|(j, wj)| wj * c.values[j * kv_dim + kvh * hd + d].to_f64()).sum();
+                    let v: f64 =
+                        (first..=pos).zip(&w).map(|(j, wj)| wj * c.values[j * kv_dim + kvh * hd + d].to_f64()).sum();
                     out[t * q_dim + h * hd + d] = (v / z) as f32;
                 }
             }
@@ -641,8 +656,19 @@ mod tests {
         let group = c.spec.n_heads / c.spec.n_kv_heads;
         for (b, block) in out.chunks_mut(QUERIES * q_dim).enumerate() {
             for g in 0..c.spec.n_kv_heads {
-                let mut rows: Vec<&mut [f32]> = block.chunks_mut(q_dim).map(|r| &mut r[g * group * hd..][..group * hd]).collect();
-                let task = Task { spec: &c.spec, q: &c.q, q_dim, group, pos0: c.pos0, t0: b * QUERIES, g, keys: &c.keys, values: &c.values };
+                let mut rows: Vec<&mut [f32]> =
+                    block.chunks_mut(q_dim).map(|r| &mut r[g * group * hd..][..group * hd]).collect();
+                let task = Task {
+                    spec: &c.spec,
+                    q: &c.q,
+                    q_dim,
+                    group,
+                    pos0: c.pos0,
+                    t0: b * QUERIES,
+                    g,
+                    keys: &c.keys,
+                    values: &c.values,
+                };
                 task.run(k, &mut Scratch::default(), &mut rows);
             }
         }
@@ -650,12 +676,12 @@ mod tests {
     }
 
     const SHAPES: [(usize, usize, usize, Option<usize>, usize, usize); 6] = [
-        (9, 3, 64, None, 0, 64),      // SmolLM2, first chunk
-        (9, 3, 64, None, 100, 64),    // a later chunk, not on a key-block boundary
+        (9, 3, 64, None, 0, 64),       // SmolLM2, first chunk
+        (9, 3, 64, None, 100, 64),     // a later chunk, not on a key-block boundary
         (4, 1, 256, Some(70), 37, 64), // Gemma 3's local layers: a window, one key/value head
-        (2, 2, 24, None, 5, 19),      // odd sizes: a partial query block, head width not 64
-        (3, 1, 8, Some(1), 0, 9),     // a window of one key
-        (2, 1, 12, None, 3, 5),       // head width not a multiple of 8 (scalar kernels only)
+        (2, 2, 24, None, 5, 19),       // odd sizes: a partial query block, head width not 64
+        (3, 1, 8, Some(1), 0, 9),      // a window of one key
+        (2, 1, 12, None, 3, 5),        // head width not a multiple of 8 (scalar kernels only)
     ];
 
     #[test]
@@ -716,7 +742,14 @@ mod tests {
             for t in [0, n / 2, n - 1] {
                 let mut one = vec![0f32; q_dim];
                 let len = (c.pos0 + t + 1) * kvh * hd;
-                attend_tiled(&c.spec, &c.q[t * q_dim..][..q_dim], c.pos0 + t, &c.keys[..len], &c.values[..len], &mut one);
+                attend_tiled(
+                    &c.spec,
+                    &c.q[t * q_dim..][..q_dim],
+                    c.pos0 + t,
+                    &c.keys[..len],
+                    &c.values[..len],
+                    &mut one,
+                );
                 let row = &all[t * q_dim..][..q_dim];
                 assert!(row.iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()), "shape {i} query {t}");
             }

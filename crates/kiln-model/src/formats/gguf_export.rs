@@ -51,10 +51,7 @@ const FILE_TYPES: &[(GgmlType, u32)] = &[
 /// llama.cpp's `general.file_type` for a model quantized to `target`, or `None` when `target`
 /// is not a weight type (Q8_1 and Q8_K exist only as activation formats).
 pub fn llama_file_type(target: GgmlType) -> Option<u32> {
-    FILE_TYPES
-        .iter()
-        .find(|(t, _)| *t == target)
-        .map(|(_, ft)| *ft)
+    FILE_TYPES.iter().find(|(t, _)| *t == target).map(|(_, ft)| *ft)
 }
 
 /// The weight types [`requantize_gguf`] accepts as a target.
@@ -118,22 +115,17 @@ fn choose_type(t: &TensorInfo, target: GgmlType) -> (GgmlType, Option<String>) {
     if t.dims.len() < 2 || !t.name.ends_with("weight") {
         return (GgmlType::F32, None);
     }
-    let wanted =
-        if is_low_bit(target) && matches!(t.name.as_str(), "token_embd.weight" | "output.weight") {
-            GgmlType::Q8_0
-        } else {
-            target
-        };
+    let wanted = if is_low_bit(target) && matches!(t.name.as_str(), "token_embd.weight" | "output.weight") {
+        GgmlType::Q8_0
+    } else {
+        target
+    };
     let row = t.dims[0] as usize;
     // bytes_for is None when the row is not a whole number of blocks.
     if wanted.bytes_for(row).is_some() {
         return (wanted, None);
     }
-    let fallback = if GgmlType::Q8_0.bytes_for(row).is_some() {
-        GgmlType::Q8_0
-    } else {
-        GgmlType::F16
-    };
+    let fallback = if GgmlType::Q8_0.bytes_for(row).is_some() { GgmlType::Q8_0 } else { GgmlType::F16 };
     let note = format!(
         "{}: row length {row} is not a multiple of the {wanted} block size {}; written as {fallback}",
         t.name,
@@ -144,23 +136,17 @@ fn choose_type(t: &TensorInfo, target: GgmlType) -> (GgmlType, Option<String>) {
 
 /// The bytes of `src` (`from`, whole rows of `row` values) converted to `to`, rows in parallel.
 fn convert(src: &[u8], from: GgmlType, to: GgmlType, row: usize) -> Vec<u8> {
-    let in_row = from
-        .bytes_for(row)
-        .expect("the reader checked the row length");
-    let out_row = to
-        .bytes_for(row)
-        .expect("choose_type checked the row length");
+    let in_row = from.bytes_for(row).expect("the reader checked the row length");
+    let out_row = to.bytes_for(row).expect("choose_type checked the row length");
     let n_rows = src.len() / in_row;
     let mut out = vec![0u8; n_rows * out_row];
-    out.par_chunks_mut(out_row * ROWS_PER_TASK)
-        .zip(src.par_chunks(in_row * ROWS_PER_TASK))
-        .for_each(|(dst, src)| {
-            let mut values = vec![0f32; row];
-            for (d, s) in dst.chunks_exact_mut(out_row).zip(src.chunks_exact(in_row)) {
-                dequantize_row(from, s, &mut values);
-                quantize_row(to, &values, d).expect("sizes come from bytes_for");
-            }
-        });
+    out.par_chunks_mut(out_row * ROWS_PER_TASK).zip(src.par_chunks(in_row * ROWS_PER_TASK)).for_each(|(dst, src)| {
+        let mut values = vec![0f32; row];
+        for (d, s) in dst.chunks_exact_mut(out_row).zip(src.chunks_exact(in_row)) {
+            dequantize_row(from, s, &mut values);
+            quantize_row(to, &values, d).expect("sizes come from bytes_for");
+        }
+    });
     out
 }
 
@@ -196,10 +182,7 @@ pub fn requantize_gguf(
         }
     }
     writer.set("general.file_type", Value::U32(file_type));
-    writer.set(
-        "general.quantization_version",
-        Value::U32(QUANTIZATION_VERSION),
-    );
+    writer.set("general.quantization_version", Value::U32(QUANTIZATION_VERSION));
 
     let total: u64 = src.tensors.iter().map(TensorInfo::n_elements).sum();
     let mut done = 0;
@@ -211,17 +194,8 @@ pub fn requantize_gguf(
         notes.extend(note);
         let bytes = src.tensor_data(info);
         let copied = info.ty == to;
-        let data = if copied {
-            bytes.to_vec()
-        } else {
-            convert(bytes, info.ty, to, info.dims[0] as usize)
-        };
-        writer.add_tensor(TensorData {
-            name: info.name.clone(),
-            dims: info.dims.clone(),
-            ty: to,
-            data,
-        });
+        let data = if copied { bytes.to_vec() } else { convert(bytes, info.ty, to, info.dims[0] as usize) };
+        writer.add_tensor(TensorData { name: info.name.clone(), dims: info.dims.clone(), ty: to, data });
         tensors.push(TensorExport {
             name: info.name.clone(),
             from: info.ty,
@@ -234,14 +208,7 @@ pub fn requantize_gguf(
     }
 
     let bytes_out = write_atomically(out, |w| writer.write(w))?;
-    Ok(ExportReport {
-        target,
-        file_type,
-        tensors,
-        notes,
-        bytes_in: src.file_len() as u64,
-        bytes_out,
-    })
+    Ok(ExportReport { target, file_type, tensors, notes, bytes_in: src.file_len() as u64, bytes_out })
 }
 
 /// Writes a file through `write` into a temporary file in `path`'s directory, flushes it to
@@ -254,9 +221,7 @@ fn write_atomically(
         let p = p.display().to_string();
         move |source| ModelError::Io { path: p, source }
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| ModelError::Format(format!("{}: not a file name", path.display())))?;
+    let name = path.file_name().ok_or_else(|| ModelError::Format(format!("{}: not a file name", path.display())))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -282,12 +247,7 @@ mod tests {
     use super::*;
 
     fn info(name: &str, dims: &[u64]) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            dims: dims.to_vec(),
-            ty: GgmlType::F32,
-            offset: 0,
-        }
+        TensorInfo { name: name.into(), dims: dims.to_vec(), ty: GgmlType::F32, offset: 0 }
     }
 
     #[test]
@@ -305,38 +265,15 @@ mod tests {
     #[test]
     fn types_follow_the_rules() {
         let q = GgmlType::Q4_0;
-        assert_eq!(
-            choose_type(&info("blk.0.attn_norm.weight", &[64]), q),
-            (GgmlType::F32, None)
-        );
-        assert_eq!(
-            choose_type(&info("blk.0.attn_q.weight", &[64, 64]), q),
-            (q, None)
-        );
-        assert_eq!(
-            choose_type(&info("token_embd.weight", &[64, 300]), q),
-            (GgmlType::Q8_0, None)
-        );
-        assert_eq!(
-            choose_type(&info("output.weight", &[64, 300]), q),
-            (GgmlType::Q8_0, None)
-        );
-        assert_eq!(
-            choose_type(&info("token_embd.weight", &[64, 300]), GgmlType::Q6K).0,
-            GgmlType::Q8_0
-        );
-        assert_eq!(
-            choose_type(&info("token_embd.weight", &[256, 300]), GgmlType::Q6K).0,
-            GgmlType::Q6K
-        );
+        assert_eq!(choose_type(&info("blk.0.attn_norm.weight", &[64]), q), (GgmlType::F32, None));
+        assert_eq!(choose_type(&info("blk.0.attn_q.weight", &[64, 64]), q), (q, None));
+        assert_eq!(choose_type(&info("token_embd.weight", &[64, 300]), q), (GgmlType::Q8_0, None));
+        assert_eq!(choose_type(&info("output.weight", &[64, 300]), q), (GgmlType::Q8_0, None));
+        assert_eq!(choose_type(&info("token_embd.weight", &[64, 300]), GgmlType::Q6K).0, GgmlType::Q8_0);
+        assert_eq!(choose_type(&info("token_embd.weight", &[256, 300]), GgmlType::Q6K).0, GgmlType::Q6K);
         let (ty, note) = choose_type(&info("blk.0.ffn_down.weight", &[96, 64]), GgmlType::Q4K);
         assert_eq!(ty, GgmlType::Q8_0);
-        assert!(note
-            .unwrap()
-            .contains("not a multiple of the Q4_K block size 256"));
-        assert_eq!(
-            choose_type(&info("blk.0.ffn_down.weight", &[40, 64]), q).0,
-            GgmlType::F16
-        );
+        assert!(note.unwrap().contains("not a multiple of the Q4_K block size 256"));
+        assert_eq!(choose_type(&info("blk.0.ffn_down.weight", &[40, 64]), q).0, GgmlType::F16);
     }
 }

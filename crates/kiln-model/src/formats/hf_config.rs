@@ -72,22 +72,17 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(v) => match v.as_u64().and_then(|x| usize::try_from(x).ok()) {
                 Some(x) => Ok(Some(x)),
-                None => Err(bad(format!(
-                    "{key} is {v}, expected a non-negative integer"
-                ))),
+                None => Err(bad(format!("{key} is {v}, expected a non-negative integer"))),
             },
         }
     }
 
     fn uint(&self, key: &str) -> Result<Option<usize>, ModelError> {
-        Ok(self
-            .explicit_uint(key)?
-            .or_else(|| default_for(self.family, key).map(|d| d as usize)))
+        Ok(self.explicit_uint(key)?.or_else(|| default_for(self.family, key).map(|d| d as usize)))
     }
 
     fn required_uint(&self, key: &str) -> Result<usize, ModelError> {
-        self.uint(key)?
-            .ok_or_else(|| bad(format!("{key} is missing")))
+        self.uint(key)?.ok_or_else(|| bad(format!("{key} is missing")))
     }
 
     fn explicit_float(&self, key: &str) -> Result<Option<f64>, ModelError> {
@@ -95,18 +90,13 @@ impl<'a> Fields<'a> {
     }
 
     fn float(&self, key: &str) -> Result<Option<f64>, ModelError> {
-        Ok(self
-            .explicit_float(key)?
-            .or_else(|| default_for(self.family, key)))
+        Ok(self.explicit_float(key)?.or_else(|| default_for(self.family, key)))
     }
 
     fn bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
         match self.raw(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| bad(format!("{key} is {v}, expected true or false"))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| bad(format!("{key} is {v}, expected true or false"))),
         }
     }
 
@@ -118,55 +108,35 @@ impl<'a> Fields<'a> {
 fn float_in(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, ModelError> {
     match obj.get(key).filter(|v| !v.is_null()) {
         None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| bad(format!("{key} is {v}, expected a number"))),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| bad(format!("{key} is {v}, expected a number"))),
     }
 }
 
 /// The family and the object holding the language model's keys.
 fn text_config(json: &Value) -> Result<(Family, &Map<String, Value>), ModelError> {
-    let obj = json
-        .as_object()
-        .ok_or_else(|| bad("not a JSON object".into()))?;
-    let model_type = obj
-        .get("model_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            bad(
-                "model_type is missing; kiln reads llama, mistral, qwen2, qwen3 and gemma3 models"
-                    .into(),
-            )
-        })?;
+    let obj = json.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    let model_type = obj.get("model_type").and_then(Value::as_str).ok_or_else(|| {
+        bad("model_type is missing; kiln reads llama, mistral, qwen2, qwen3 and gemma3 models".into())
+    })?;
     if model_type == "gemma3" {
         // Gemma3ForConditionalGeneration: the text model's keys sit in text_config.
-        let text = obj
-            .get("text_config")
-            .and_then(Value::as_object)
-            .unwrap_or(obj);
+        let text = obj.get("text_config").and_then(Value::as_object).unwrap_or(obj);
         return Ok((Family::Gemma3, text));
     }
-    let family = Family::from_architecture(model_type)
-        .ok_or_else(|| ModelError::UnknownArchitecture(model_type.into()))?;
+    let family =
+        Family::from_architecture(model_type).ok_or_else(|| ModelError::UnknownArchitecture(model_type.into()))?;
     Ok((family, obj))
 }
 
 fn activation(f: &Fields) -> Result<Activation, ModelError> {
-    let key = if f.raw("hidden_activation").is_some() {
-        "hidden_activation"
-    } else {
-        "hidden_act"
-    };
+    let key = if f.raw("hidden_activation").is_some() { "hidden_activation" } else { "hidden_act" };
     let Some(v) = f.raw(key) else {
         return Ok(ModelConfig::for_family(f.family).activation);
     };
     match v.as_str() {
         Some("silu" | "swish") => Ok(Activation::Silu),
         Some("gelu_pytorch_tanh" | "gelu_new" | "gelu_fast") => Ok(Activation::GeluTanh),
-        _ => Err(bad(format!(
-            "{key} is {v}; kiln runs silu and gelu_pytorch_tanh"
-        ))),
+        _ => Err(bad(format!("{key} is {v}; kiln runs silu and gelu_pytorch_tanh"))),
     }
 }
 
@@ -178,43 +148,28 @@ fn gemma_sliding(f: &Fields, n_layers: usize) -> Result<(Option<usize>, usize), 
     let Some(types) = f.raw("layer_types") else {
         return Ok((window, pattern));
     };
-    let types = types
-        .as_array()
-        .ok_or_else(|| bad(format!("layer_types is {types}, expected a list")))?;
+    let types = types.as_array().ok_or_else(|| bad(format!("layer_types is {types}, expected a list")))?;
     if types.len() != n_layers {
-        return Err(bad(format!(
-            "layer_types lists {} layers but num_hidden_layers is {n_layers}",
-            types.len()
-        )));
+        return Err(bad(format!("layer_types lists {} layers but num_hidden_layers is {n_layers}", types.len())));
     }
     let sliding = types
         .iter()
         .map(|t| match t.as_str() {
             Some("sliding_attention") => Ok(true),
             Some("full_attention") => Ok(false),
-            _ => Err(bad(format!(
-                "layer_types holds {t}; expected sliding_attention or full_attention"
-            ))),
+            _ => Err(bad(format!("layer_types holds {t}; expected sliding_attention or full_attention"))),
         })
         .collect::<Result<Vec<bool>, _>>()?;
     if !sliding.contains(&true) {
         return Ok((None, 0));
     }
     if window.is_none() {
-        return Err(bad(
-            "layer_types has sliding_attention layers but sliding_window is missing".into(),
-        ));
+        return Err(bad("layer_types has sliding_attention layers but sliding_window is missing".into()));
     }
     let pattern = sliding.iter().position(|s| !s).map_or(pattern, |i| i + 1);
-    let periodic = pattern > 0
-        && sliding
-            .iter()
-            .enumerate()
-            .all(|(l, &s)| (l % pattern < pattern - 1) == s);
+    let periodic = pattern > 0 && sliding.iter().enumerate().all(|(l, &s)| (l % pattern < pattern - 1) == s);
     if !periodic {
-        return Err(bad(
-            "layer_types is not one global layer every N layers, which is all kiln runs".into(),
-        ));
+        return Err(bad("layer_types is not one global layer every N layers, which is all kiln runs".into()));
     }
     Ok((window, pattern))
 }
@@ -230,14 +185,7 @@ fn rope_parameters<'a>(f: &Fields<'a>, kind: &str) -> Option<&'a Map<String, Val
 }
 
 /// Llama 3.1's frequency divisors (as llama.cpp's converter writes `rope_freqs.weight`).
-pub fn llama3_rope_freqs(
-    theta: f64,
-    rope_dim: usize,
-    factor: f64,
-    low: f64,
-    high: f64,
-    original_ctx: f64,
-) -> Vec<f32> {
+pub fn llama3_rope_freqs(theta: f64, rope_dim: usize, factor: f64, low: f64, high: f64, original_ctx: f64) -> Vec<f32> {
     let (low_wavelen, high_wavelen) = (original_ctx / low, original_ctx / high);
     (0..rope_dim / 2)
         .map(|i| {
@@ -257,49 +205,30 @@ pub fn llama3_rope_freqs(
 }
 
 fn rope_freqs(f: &Fields, theta: f64, rope_dim: usize) -> Result<Option<Vec<f32>>, ModelError> {
-    let scaling = f
-        .object("rope_scaling")
-        .or_else(|| rope_parameters(f, "full_attention"));
+    let scaling = f.object("rope_scaling").or_else(|| rope_parameters(f, "full_attention"));
     let Some(s) = scaling else { return Ok(None) };
-    let kind = s
-        .get("rope_type")
-        .or_else(|| s.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |k: &str, default: f64| float_in(s, k).map(|v| v.unwrap_or(default));
     match kind {
         "default" => Ok(None),
         "llama3" => {
-            let (factor, low, high) = (
-                num("factor", 8.0)?,
-                num("low_freq_factor", 1.0)?,
-                num("high_freq_factor", 4.0)?,
-            );
+            let (factor, low, high) =
+                (num("factor", 8.0)?, num("low_freq_factor", 1.0)?, num("high_freq_factor", 4.0)?);
             let original = num("original_max_position_embeddings", 8192.0)?;
             if !(factor > 0.0 && low > 0.0 && high > low && original > 0.0) {
-                return Err(bad(format!(
-                    "rope_scaling {} has impossible values",
-                    Value::Object(s.clone())
-                )));
+                return Err(bad(format!("rope_scaling {} has impossible values", Value::Object(s.clone()))));
             }
-            Ok(Some(llama3_rope_freqs(
-                theta, rope_dim, factor, low, high, original,
-            )))
+            Ok(Some(llama3_rope_freqs(theta, rope_dim, factor, low, high, original)))
         }
         // Gemma 3 scales only its global layers; kiln's one divisor table would scale all.
         "linear" if f.family != Family::Gemma3 => {
             let factor = num("factor", 1.0)?;
             if factor.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-                return Err(bad(format!(
-                    "rope_scaling factor {factor} must be positive"
-                )));
+                return Err(bad(format!("rope_scaling factor {factor} must be positive")));
             }
             Ok(Some(vec![factor as f32; rope_dim / 2]))
         }
-        other => Err(bad(format!(
-            "rope_scaling type {other:?} is not supported for {}",
-            f.family.architecture()
-        ))),
+        other => Err(bad(format!("rope_scaling type {other:?} is not supported for {}", f.family.architecture()))),
     }
 }
 
@@ -316,16 +245,10 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
     let head_dim = match f.uint("head_dim")? {
         Some(h) => h,
         None if dim % n_heads == 0 => dim / n_heads,
-        None => {
-            return Err(bad(format!(
-                "hidden_size {dim} is not a multiple of num_attention_heads {n_heads}"
-            )))
-        }
+        None => return Err(bad(format!("hidden_size {dim} is not a multiple of num_attention_heads {n_heads}"))),
     };
     if head_dim > MAX_HEAD_DIM {
-        return Err(bad(format!(
-            "head_dim {head_dim} is implausibly large (at most {MAX_HEAD_DIM})"
-        )));
+        return Err(bad(format!("head_dim {head_dim} is implausibly large (at most {MAX_HEAD_DIM})")));
     }
     let n_layers = f.required_uint("num_hidden_layers")?;
     let base = ModelConfig::for_family(family);
@@ -346,16 +269,11 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
         }
         .unwrap_or(10_000.0),
     };
-    let (sliding_window, sliding_pattern) = if base.has_sliding_layers() {
-        gemma_sliding(&f, n_layers)?
-    } else {
-        (None, 0)
-    };
+    let (sliding_window, sliding_pattern) =
+        if base.has_sliding_layers() { gemma_sliding(&f, n_layers)? } else { (None, 0) };
     // Gemma's query_pre_attn_scalar (the only family with one) replaces the head width.
     let attn_scale = match f.float("query_pre_attn_scalar")? {
-        Some(s) if s.is_nan() || s <= 0.0 => {
-            return Err(bad(format!("query_pre_attn_scalar {s} must be positive")))
-        }
+        Some(s) if s.is_nan() || s <= 0.0 => return Err(bad(format!("query_pre_attn_scalar {s} must be positive"))),
         Some(s) => (1.0 / s.sqrt()) as f32,
         None => 1.0 / (head_dim as f32).sqrt(),
     };
@@ -378,27 +296,15 @@ pub fn parse_hf_config(json: &Value) -> Result<HfConfig, ModelError> {
         sliding_pattern,
         attn_scale,
         activation: activation(&f)?,
-        final_logit_softcap: f
-            .explicit_float("final_logit_softcapping")?
-            .filter(|&c| c > 0.0)
-            .map(|c| c as f32),
+        final_logit_softcap: f.explicit_float("final_logit_softcapping")?.filter(|&c| c > 0.0).map(|c| c as f32),
         ..base
     };
     model.validate()?;
-    let top = Fields {
-        obj: json.as_object().expect("checked by text_config"),
-        family,
-    };
-    let tie_word_embeddings = f
-        .bool("tie_word_embeddings")?
-        .or(top.bool("tie_word_embeddings")?)
-        .unwrap_or(family == Family::Gemma3);
+    let top = Fields { obj: json.as_object().expect("checked by text_config"), family };
+    let tie_word_embeddings =
+        f.bool("tie_word_embeddings")?.or(top.bool("tie_word_embeddings")?).unwrap_or(family == Family::Gemma3);
     let rope_freqs = rope_freqs(&f, rope_theta, model.rope_dim)?;
-    Ok(HfConfig {
-        model,
-        tie_word_embeddings,
-        rope_freqs,
-    })
+    Ok(HfConfig { model, tie_word_embeddings, rope_freqs })
 }
 
 #[cfg(test)]
@@ -421,28 +327,12 @@ mod tests {
         let c = parse_hf_config(&llama()).unwrap();
         let m = &c.model;
         assert_eq!(
-            (
-                m.family,
-                m.dim,
-                m.n_layers,
-                m.n_heads,
-                m.n_kv_heads,
-                m.head_dim
-            ),
+            (m.family, m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim),
             (Family::Llama, 576, 30, 9, 3, 64)
         );
-        assert_eq!(
-            (m.ffn_dim, m.vocab_size, m.context_length),
-            (1536, 49152, 8192)
-        );
-        assert_eq!(
-            (m.rms_eps, m.rope_theta, m.rope_style),
-            (1e-5, 100_000.0, RopeStyle::Halves)
-        );
-        assert_eq!(
-            (m.sliding_window, m.activation, m.scale_embeddings),
-            (None, Activation::Silu, false)
-        );
+        assert_eq!((m.ffn_dim, m.vocab_size, m.context_length), (1536, 49152, 8192));
+        assert_eq!((m.rms_eps, m.rope_theta, m.rope_style), (1e-5, 100_000.0, RopeStyle::Halves));
+        assert_eq!((m.sliding_window, m.activation, m.scale_embeddings), (None, Activation::Silu, false));
         assert!((m.attn_scale - 0.125).abs() < 1e-7);
         assert!(c.tie_word_embeddings && c.rope_freqs.is_none());
     }
@@ -457,16 +347,10 @@ mod tests {
         });
         let c = parse_hf_config(&j).unwrap();
         let m = &c.model;
-        assert_eq!(
-            (m.family, m.n_heads, m.n_kv_heads, m.head_dim, m.vocab_size),
-            (Family::Gemma3, 8, 4, 256, 262_208)
-        );
+        assert_eq!((m.family, m.n_heads, m.n_kv_heads, m.head_dim, m.vocab_size), (Family::Gemma3, 8, 4, 256, 262_208));
         assert_eq!((m.sliding_window, m.sliding_pattern), (Some(1024), 6));
         assert_eq!((m.rope_theta, m.rope_theta_local), (1_000_000.0, 10_000.0));
-        assert_eq!(
-            (m.activation, m.scale_embeddings),
-            (Activation::GeluTanh, true)
-        );
+        assert_eq!((m.activation, m.scale_embeddings), (Activation::GeluTanh, true));
         assert!((m.attn_scale - 1.0 / 16.0).abs() < 1e-7);
         assert!(c.tie_word_embeddings);
     }
@@ -498,17 +382,11 @@ mod tests {
             "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 151936,
             "max_position_embeddings": 40960, "rope_theta": 1000000, "tie_word_embeddings": true});
         let m = hf_config(&j).unwrap();
-        assert_eq!(
-            (m.family, m.head_dim, m.q_dim()),
-            (Family::Qwen3, 128, 2048)
-        );
+        assert_eq!((m.family, m.head_dim, m.q_dim()), (Family::Qwen3, 128, 2048));
         let mut q2 = j.clone();
         q2["model_type"] = json!("qwen2");
         let c = parse_hf_config(&q2).unwrap();
-        assert_eq!(
-            (c.model.family, c.model.head_dim, c.model.rms_eps),
-            (Family::Qwen2, 64, 1e-6)
-        );
+        assert_eq!((c.model.family, c.model.head_dim, c.model.rms_eps), (Family::Qwen2, 64, 1e-6));
     }
 
     #[test]
@@ -526,31 +404,15 @@ mod tests {
             let m = hf_config(&j).unwrap();
             let want = ModelConfig::for_family(family);
             let switches = |c: &ModelConfig| {
-                (
-                    c.family,
-                    c.qkv_bias,
-                    c.qk_norm,
-                    c.post_norms,
-                    c.norm_weight_offset,
-                    c.scale_queries,
-                )
+                (c.family, c.qkv_bias, c.qk_norm, c.post_norms, c.norm_weight_offset, c.scale_queries)
             };
             assert_eq!(switches(&m), switches(&want), "{model_type}");
-            assert_eq!(
-                (m.activation, m.scale_embeddings),
-                (want.activation, want.scale_embeddings)
-            );
+            assert_eq!((m.activation, m.scale_embeddings), (want.activation, want.scale_embeddings));
         }
         let m = ModelConfig::for_family(Family::Qwen2);
         assert!(m.qkv_bias && !m.qk_norm && !m.post_norms && m.norm_weight_offset == 0.0);
         let m = ModelConfig::for_family(Family::Gemma3);
-        assert!(
-            !m.qkv_bias
-                && m.qk_norm
-                && m.post_norms
-                && m.norm_weight_offset == 1.0
-                && m.scale_queries
-        );
+        assert!(!m.qkv_bias && m.qk_norm && m.post_norms && m.norm_weight_offset == 1.0 && m.scale_queries);
         assert!(ModelConfig::for_family(Family::Qwen3).qk_norm);
     }
 

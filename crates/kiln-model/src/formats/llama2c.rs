@@ -72,20 +72,15 @@ fn i32_at(b: &[u8], at: usize) -> Option<i32> {
 }
 
 fn parse_header(b: &[u8], path: &Path) -> Result<Header, ModelError> {
-    let short = || {
-        err(
-            path,
-            format!(
-                "{} bytes is too short for a llama2.c checkpoint header",
-                b.len()
-            ),
-        )
-    };
+    let short = || err(path, format!("{} bytes is too short for a llama2.c checkpoint header", b.len()));
     let versioned = b.len() >= 4 && u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == MAGIC;
     let (version, ints_at, data_start) = if versioned {
         let v = i32_at(b, 4).ok_or_else(short)?;
         if v != 1 && v != 2 {
-            return Err(err(path, format!("llama2.c checkpoint version {v} is not supported (kiln reads versions 0, 1 and 2)")));
+            return Err(err(
+                path,
+                format!("llama2.c checkpoint version {v} is not supported (kiln reads versions 0, 1 and 2)"),
+            ));
         }
         (v as u32, 8, HEADER_V1)
     } else {
@@ -94,43 +89,22 @@ fn parse_header(b: &[u8], path: &Path) -> Result<Header, ModelError> {
     if b.len() < data_start {
         return Err(short());
     }
-    let ints: Vec<i32> = (0..7)
-        .map(|i| i32_at(b, ints_at + 4 * i).expect("length checked"))
-        .collect();
+    let ints: Vec<i32> = (0..7).map(|i| i32_at(b, ints_at + 4 * i).expect("length checked")).collect();
     let raw_vocab = ints[5];
     let (shared_classifier, group_size) = if versioned {
-        let gs = if version == 2 {
-            i32_at(b, 37).expect("length checked")
-        } else {
-            0
-        };
+        let gs = if version == 2 { i32_at(b, 37).expect("length checked") } else { 0 };
         (b[36] != 0, gs)
     } else {
         (raw_vocab > 0, 0)
     };
-    let names = [
-        "dim",
-        "hidden_dim",
-        "n_layers",
-        "n_heads",
-        "n_kv_heads",
-        "vocab_size",
-        "seq_len",
-    ];
+    let names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"];
     let mut v = [0usize; 7];
     for (i, (&x, name)) in ints.iter().zip(names).enumerate() {
-        let x = if i == 5 && !versioned {
-            x.unsigned_abs() as usize
-        } else {
-            usize::try_from(x).unwrap_or(0)
-        };
+        let x = if i == 5 && !versioned { x.unsigned_abs() as usize } else { usize::try_from(x).unwrap_or(0) };
         if x == 0 || x > MAX_DIM {
             return Err(err(
                 path,
-                format!(
-                    "header field {name} = {} is impossible; not a llama2.c checkpoint?",
-                    ints[i]
-                ),
+                format!("header field {name} = {} is impossible; not a llama2.c checkpoint?", ints[i]),
             ));
         }
         v[i] = x;
@@ -149,18 +123,12 @@ fn parse_header(b: &[u8], path: &Path) -> Result<Header, ModelError> {
         data_start,
     };
     if h.head_size() * h.n_heads != h.dim {
-        return Err(err(
-            path,
-            format!("dim {} does not split into {} heads", h.dim, h.n_heads),
-        ));
+        return Err(err(path, format!("dim {} does not split into {} heads", h.dim, h.n_heads)));
     }
     // Head counts, head width and the rest, as for any model.
     config(&h).validate().map_err(|e| err(path, e))?;
     if version == 2 && h.group_size == 0 {
-        return Err(err(
-            path,
-            format!("version 2 group size {group_size} is impossible"),
-        ));
+        return Err(err(path, format!("version 2 group size {group_size} is impossible")));
     }
     Ok(h)
 }
@@ -185,21 +153,9 @@ impl Slot {
 fn layout(h: &Header) -> Vec<Slot> {
     let (d, f, kv, v) = (h.dim, h.hidden_dim, h.kv_dim(), h.vocab_size);
     let per_layer = |name: &str, dims: Vec<usize>, quantized: bool| -> Vec<Slot> {
-        (0..h.n_layers)
-            .map(|l| Slot {
-                name: Some(format!("blk.{l}.{name}")),
-                dims: dims.clone(),
-                quantized,
-            })
-            .collect()
+        (0..h.n_layers).map(|l| Slot { name: Some(format!("blk.{l}.{name}")), dims: dims.clone(), quantized }).collect()
     };
-    let one = |name: &str, dims: Vec<usize>, quantized: bool| {
-        vec![Slot {
-            name: Some(name.into()),
-            dims,
-            quantized,
-        }]
-    };
+    let one = |name: &str, dims: Vec<usize>, quantized: bool| vec![Slot { name: Some(name.into()), dims, quantized }];
     let q = h.version == 2;
     let matrices = |slots: &mut Vec<Slot>| {
         slots.extend(per_layer("attn_q.weight", vec![d, d], q));
@@ -221,11 +177,7 @@ fn layout(h: &Header) -> Vec<Slot> {
         ffn(&mut slots);
         slots.extend(one("output_norm.weight", vec![d], false));
         for _ in ["freq_cis_real", "freq_cis_imag"] {
-            slots.push(Slot {
-                name: None,
-                dims: vec![h.head_size() / 2, h.seq_len],
-                quantized: false,
-            });
+            slots.push(Slot { name: None, dims: vec![h.head_size() / 2, h.seq_len], quantized: false });
         }
     } else {
         slots.extend(per_layer("attn_norm.weight", vec![d], false));
@@ -272,8 +224,7 @@ fn index_f32(slots: &[Slot], start: usize) -> HashMap<String, (Vec<usize>, usize
 }
 
 fn f32s(b: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// Counts of f32 values (norms, and matrices unless v2), int8 values (v2 matrices) and skipped
@@ -288,37 +239,21 @@ impl Sizes {
     fn of(h: &Header) -> Option<Sizes> {
         let mul = |a: usize, b: usize| a.checked_mul(b);
         let (d, f, kv, v, l) = (h.dim, h.hidden_dim, h.kv_dim(), h.vocab_size, h.n_layers);
-        let per_layer = mul(2, mul(d, d)?)?
-            .checked_add(mul(2, mul(kv, d)?)?)?
-            .checked_add(mul(3, mul(f, d)?)?)?;
+        let per_layer = mul(2, mul(d, d)?)?.checked_add(mul(2, mul(kv, d)?)?)?.checked_add(mul(3, mul(f, d)?)?)?;
         let classifiers = if h.shared_classifier { 1 } else { 2 };
         let matrices = mul(l, per_layer)?.checked_add(mul(classifiers, mul(v, d)?)?)?;
         let norms = mul(mul(2, l)?.checked_add(1)?, d)?;
-        let skipped = if h.version == 0 {
-            mul(h.seq_len, h.head_size())?
-        } else {
-            0
-        };
-        Some(Sizes {
-            norms,
-            matrices,
-            skipped,
-        })
+        let skipped = if h.version == 0 { mul(h.seq_len, h.head_size())? } else { 0 };
+        Some(Sizes { norms, matrices, skipped })
     }
 
     /// Bytes of the whole file.
     fn file_bytes(&self, h: &Header) -> Option<usize> {
         let f32s = |n: usize| n.checked_mul(4);
         let body = if h.version == 2 {
-            f32s(self.norms)?
-                .checked_add(self.matrices)?
-                .checked_add(f32s(self.matrices / h.group_size)?)?
+            f32s(self.norms)?.checked_add(self.matrices)?.checked_add(f32s(self.matrices / h.group_size)?)?
         } else {
-            f32s(
-                self.norms
-                    .checked_add(self.matrices)?
-                    .checked_add(self.skipped)?,
-            )?
+            f32s(self.norms.checked_add(self.matrices)?.checked_add(self.skipped)?)?
         };
         body.checked_add(h.data_start)
     }
@@ -330,19 +265,9 @@ fn widen_v2(h: &Header, slots: &[Slot], data: &[u8], path: &Path) -> Result<Vec<
     let gs = h.group_size;
     if let Some(s) = slots.iter().find(|s| s.quantized && s.numel() % gs != 0) {
         let name = s.name.as_deref().unwrap_or("?");
-        return Err(err(
-            path,
-            format!(
-                "{name} has {} weights, not a multiple of the group size {gs}",
-                s.numel()
-            ),
-        ));
+        return Err(err(path, format!("{name} has {} weights, not a multiple of the group size {gs}", s.numel())));
     }
-    let norms: usize = slots
-        .iter()
-        .filter(|s| !s.quantized)
-        .map(|s| 4 * s.numel())
-        .sum();
+    let norms: usize = slots.iter().filter(|s| !s.quantized).map(|s| 4 * s.numel()).sum();
     let quants: usize = slots.iter().filter(|s| s.quantized).map(Slot::numel).sum();
     let mut out = Vec::with_capacity(norms + 4 * quants);
     out.extend_from_slice(&data[..norms]);
@@ -351,11 +276,7 @@ fn widen_v2(h: &Header, slots: &[Slot], data: &[u8], path: &Path) -> Result<Vec<
         let n = s.numel();
         let scales = f32s(&data[s_at..s_at + 4 * (n / gs)]);
         for (group, scale) in data[q_at..q_at + n].chunks_exact(gs).zip(scales) {
-            out.extend(
-                group
-                    .iter()
-                    .flat_map(|&q| ((q as i8) as f32 * scale).to_le_bytes()),
-            );
+            out.extend(group.iter().flat_map(|&q| ((q as i8) as f32 * scale).to_le_bytes()));
         }
         q_at += n;
         s_at += 4 * (n / gs);
@@ -365,10 +286,7 @@ fn widen_v2(h: &Header, slots: &[Slot], data: &[u8], path: &Path) -> Result<Vec<
 
 fn size_error(path: &Path, needed: usize, found: usize) -> ModelError {
     if found < needed {
-        err(
-            path,
-            format!("truncated: the header implies {needed} bytes but the file has {found}"),
-        )
+        err(path, format!("truncated: the header implies {needed} bytes but the file has {found}"))
     } else {
         err(path, format!("the header implies {needed} bytes but the file has {found}; not a llama2.c checkpoint?"))
     }
@@ -400,10 +318,7 @@ pub fn load_llama2c(path: &Path) -> Result<Model, ModelError> {
     let cfg = config(&h);
     let needed = Sizes::of(&h).and_then(|s| s.file_bytes(&h));
     let Some(needed) = needed else {
-        return Err(err(
-            path,
-            "the header's sizes overflow; not a llama2.c checkpoint?",
-        ));
+        return Err(err(path, "the header's sizes overflow; not a llama2.c checkpoint?"));
     };
     if map.len() != needed {
         return Err(size_error(path, needed, map.len()));
@@ -411,21 +326,12 @@ pub fn load_llama2c(path: &Path) -> Result<Model, ModelError> {
     let slots = layout(&h);
     let src = if h.version == 2 {
         let bytes = widen_v2(&h, &slots, &map[h.data_start..], path)?;
-        Llama2cSource {
-            tensors: index_f32(&slots, 0),
-            backing: Arc::new(Backing::Owned(bytes)),
-        }
+        Llama2cSource { tensors: index_f32(&slots, 0), backing: Arc::new(Backing::Owned(bytes)) }
     } else {
-        Llama2cSource {
-            tensors: index_f32(&slots, h.data_start),
-            backing: Arc::new(Backing::Mapped(map)),
-        }
+        Llama2cSource { tensors: index_f32(&slots, h.data_start), backing: Arc::new(Backing::Mapped(map)) }
     };
     let weights = load_weights(&cfg, &src)?;
-    Ok(Model {
-        config: cfg,
-        weights,
-    })
+    Ok(Model { config: cfg, weights })
 }
 
 #[cfg(test)]
@@ -440,16 +346,7 @@ mod tests {
     fn legacy_header_and_sign_of_vocab() {
         let p = Path::new("x.bin");
         let h = parse_header(&header_v0([64, 96, 2, 4, 2, -300, 64]), p).unwrap();
-        assert_eq!(
-            (
-                h.version,
-                h.dim,
-                h.vocab_size,
-                h.shared_classifier,
-                h.kv_dim()
-            ),
-            (0, 64, 300, false, 32)
-        );
+        assert_eq!((h.version, h.dim, h.vocab_size, h.shared_classifier, h.kv_dim()), (0, 64, 300, false, 32));
         let h = parse_header(&header_v0([64, 96, 2, 4, 2, 300, 64]), p).unwrap();
         assert!(h.shared_classifier);
     }
@@ -467,27 +364,13 @@ mod tests {
             assert!(parse_header(&header_v0(ints), p).is_err(), "{ints:?}");
         }
         assert!(parse_header(&[1, 2, 3], p).is_err());
-        let huge = parse_header(
-            &header_v0([
-                1 << 24,
-                1 << 24,
-                1 << 24,
-                1 << 23,
-                1 << 23,
-                1 << 24,
-                1 << 24,
-            ]),
-            p,
-        )
-        .unwrap();
+        let huge =
+            parse_header(&header_v0([1 << 24, 1 << 24, 1 << 24, 1 << 23, 1 << 23, 1 << 24, 1 << 24]), p).unwrap();
         assert!(Sizes::of(&huge).and_then(|s| s.file_bytes(&huge)).is_none());
         let mut v3 = MAGIC.to_le_bytes().to_vec();
         v3.extend(3i32.to_le_bytes());
         v3.resize(HEADER_V1, 0);
-        assert!(parse_header(&v3, p)
-            .unwrap_err()
-            .to_string()
-            .contains("version 3"));
+        assert!(parse_header(&v3, p).unwrap_err().to_string().contains("version 3"));
     }
 
     #[test]
@@ -496,18 +379,8 @@ mod tests {
         let h = parse_header(&header_v0([64, 96, 2, 4, 2, -300, 64]), p).unwrap();
         let n: usize = layout(&h).iter().map(Slot::numel).sum();
         let (d, f, kv, v, l, hs, s) = (64, 96, 32, 300, 2, 16, 64);
-        let expected = v * d
-            + l * d
-            + l * (d * d + 2 * kv * d + d * d)
-            + l * d
-            + l * 3 * f * d
-            + d
-            + s * hs
-            + v * d;
+        let expected = v * d + l * d + l * (d * d + 2 * kv * d + d * d) + l * d + l * 3 * f * d + d + s * hs + v * d;
         assert_eq!(n, expected);
-        assert_eq!(
-            Sizes::of(&h).unwrap().file_bytes(&h),
-            Some(HEADER_V0 + 4 * expected)
-        );
+        assert_eq!(Sizes::of(&h).unwrap().file_bytes(&h), Some(HEADER_V0 + 4 * expected));
     }
 }

@@ -30,15 +30,11 @@ pub enum ModelFormat {
     Llama2c,
 }
 
-const SUPPORTED: &str =
-    "kiln reads a GGUF file, a Hugging Face directory (config.json + *.safetensors) \
+const SUPPORTED: &str = "kiln reads a GGUF file, a Hugging Face directory (config.json + *.safetensors) \
                          or a llama2.c .bin checkpoint";
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| ModelError::Io { path: path.display().to_string(), source }
 }
 
 /// Maps `path` read-only.
@@ -52,8 +48,7 @@ pub(crate) fn map_file(path: &Path) -> Result<Mmap, ModelError> {
 /// Reads and parses a JSON file.
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
     let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-    serde_json::from_str(&text)
-        .map_err(|e| ModelError::Format(format!("{}: not valid JSON: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| ModelError::Format(format!("{}: not valid JSON: {e}", path.display())))
 }
 
 /// Which format `path` holds, judged by what it is (directory), its first bytes and its name.
@@ -74,23 +69,14 @@ pub fn detect_format(path: &Path) -> Result<ModelFormat, ModelError> {
             path.display()
         )));
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name == "config.json"
-        || name.ends_with(".safetensors")
-        || name == "model.safetensors.index.json"
-    {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name == "config.json" || name.ends_with(".safetensors") || name == "model.safetensors.index.json" {
         return Ok(ModelFormat::HfDir);
     }
     if name.ends_with(".bin") || (n == 4 && u32::from_le_bytes(magic) == 0x616b_3432) {
         return Ok(ModelFormat::Llama2c);
     }
-    Err(ModelError::Format(format!(
-        "{}: not a model file kiln recognises; {SUPPORTED}",
-        path.display()
-    )))
+    Err(ModelError::Format(format!("{}: not a model file kiln recognises; {SUPPORTED}", path.display())))
 }
 
 /// Opens the model at `path`, whatever its format: a directory is read as Hugging Face

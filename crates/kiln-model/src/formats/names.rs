@@ -46,26 +46,10 @@ const LAYER: &[(&str, &str, Only)] = &[
     ("self_attn.v_proj.bias", "attn_v.bias", Only::All),
     ("self_attn.q_norm.weight", "attn_q_norm.weight", Only::All),
     ("self_attn.k_norm.weight", "attn_k_norm.weight", Only::All),
-    (
-        "post_attention_layernorm.weight",
-        "ffn_norm.weight",
-        Only::NotGemma3,
-    ),
-    (
-        "post_attention_layernorm.weight",
-        "post_attention_norm.weight",
-        Only::Gemma3,
-    ),
-    (
-        "pre_feedforward_layernorm.weight",
-        "ffn_norm.weight",
-        Only::Gemma3,
-    ),
-    (
-        "post_feedforward_layernorm.weight",
-        "post_ffw_norm.weight",
-        Only::Gemma3,
-    ),
+    ("post_attention_layernorm.weight", "ffn_norm.weight", Only::NotGemma3),
+    ("post_attention_layernorm.weight", "post_attention_norm.weight", Only::Gemma3),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight", Only::Gemma3),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight", Only::Gemma3),
     ("mlp.gate_proj.weight", "ffn_gate.weight", Only::All),
     ("mlp.up_proj.weight", "ffn_up.weight", Only::All),
     ("mlp.down_proj.weight", "ffn_down.weight", Only::All),
@@ -78,9 +62,8 @@ const GGUF_LAYER_PREFIX: &str = "blk.";
 fn split_layer<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
     let tail = name.strip_prefix(prefix)?;
     let (index, rest) = tail.split_once('.')?;
-    let canonical = !index.is_empty()
-        && index.bytes().all(|b| b.is_ascii_digit())
-        && (index == "0" || !index.starts_with('0'));
+    let canonical =
+        !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) && (index == "0" || !index.starts_with('0'));
     if !canonical {
         return None;
     }
@@ -93,9 +76,7 @@ pub fn gguf_to_hf(name: &str, family: Family) -> Option<String> {
         return Some(hf.to_string());
     }
     let (i, rest) = split_layer(name, GGUF_LAYER_PREFIX)?;
-    let &(hf, _, _) = LAYER
-        .iter()
-        .find(|(_, g, only)| *g == rest && only.admits(family))?;
+    let &(hf, _, _) = LAYER.iter().find(|(_, g, only)| *g == rest && only.admits(family))?;
     Some(format!("{HF_LAYER_PREFIX}{i}.{hf}"))
 }
 
@@ -105,9 +86,7 @@ pub fn hf_to_gguf(name: &str, family: Family) -> Option<String> {
         return Some(gguf.to_string());
     }
     let (i, rest) = split_layer(name, HF_LAYER_PREFIX)?;
-    let &(_, gguf, _) = LAYER
-        .iter()
-        .find(|(h, _, only)| *h == rest && only.admits(family))?;
+    let &(_, gguf, _) = LAYER.iter().find(|(h, _, only)| *h == rest && only.admits(family))?;
     Some(format!("{GGUF_LAYER_PREFIX}{i}.{gguf}"))
 }
 
@@ -129,71 +108,29 @@ mod tests {
             ("model.embed_tokens.weight", "token_embd.weight"),
             ("model.norm.weight", "output_norm.weight"),
             ("lm_head.weight", "output.weight"),
-            (
-                "model.layers.0.input_layernorm.weight",
-                "blk.0.attn_norm.weight",
-            ),
-            (
-                "model.layers.0.self_attn.q_proj.weight",
-                "blk.0.attn_q.weight",
-            ),
-            (
-                "model.layers.0.self_attn.k_proj.weight",
-                "blk.0.attn_k.weight",
-            ),
-            (
-                "model.layers.0.self_attn.v_proj.weight",
-                "blk.0.attn_v.weight",
-            ),
-            (
-                "model.layers.0.self_attn.o_proj.weight",
-                "blk.0.attn_output.weight",
-            ),
+            ("model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight"),
+            ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
+            ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight"),
+            ("model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight"),
+            ("model.layers.0.self_attn.o_proj.weight", "blk.0.attn_output.weight"),
             ("model.layers.0.self_attn.q_proj.bias", "blk.0.attn_q.bias"),
             ("model.layers.0.self_attn.k_proj.bias", "blk.0.attn_k.bias"),
             ("model.layers.0.self_attn.v_proj.bias", "blk.0.attn_v.bias"),
-            (
-                "model.layers.0.self_attn.q_norm.weight",
-                "blk.0.attn_q_norm.weight",
-            ),
-            (
-                "model.layers.0.self_attn.k_norm.weight",
-                "blk.0.attn_k_norm.weight",
-            ),
-            (
-                "model.layers.0.mlp.gate_proj.weight",
-                "blk.0.ffn_gate.weight",
-            ),
+            ("model.layers.0.self_attn.q_norm.weight", "blk.0.attn_q_norm.weight"),
+            ("model.layers.0.self_attn.k_norm.weight", "blk.0.attn_k_norm.weight"),
+            ("model.layers.0.mlp.gate_proj.weight", "blk.0.ffn_gate.weight"),
             ("model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"),
-            (
-                "model.layers.0.mlp.down_proj.weight",
-                "blk.0.ffn_down.weight",
-            ),
-            (
-                "model.layers.17.mlp.down_proj.weight",
-                "blk.17.ffn_down.weight",
-            ),
+            ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
+            ("model.layers.17.mlp.down_proj.weight", "blk.17.ffn_down.weight"),
         ];
         if family == Family::Gemma3 {
             pairs.extend([
-                (
-                    "model.layers.3.post_attention_layernorm.weight",
-                    "blk.3.post_attention_norm.weight",
-                ),
-                (
-                    "model.layers.3.pre_feedforward_layernorm.weight",
-                    "blk.3.ffn_norm.weight",
-                ),
-                (
-                    "model.layers.3.post_feedforward_layernorm.weight",
-                    "blk.3.post_ffw_norm.weight",
-                ),
+                ("model.layers.3.post_attention_layernorm.weight", "blk.3.post_attention_norm.weight"),
+                ("model.layers.3.pre_feedforward_layernorm.weight", "blk.3.ffn_norm.weight"),
+                ("model.layers.3.post_feedforward_layernorm.weight", "blk.3.post_ffw_norm.weight"),
             ]);
         } else {
-            pairs.push((
-                "model.layers.3.post_attention_layernorm.weight",
-                "blk.3.ffn_norm.weight",
-            ));
+            pairs.push(("model.layers.3.post_attention_layernorm.weight", "blk.3.ffn_norm.weight"));
         }
         pairs
     }
@@ -202,16 +139,8 @@ mod tests {
     fn every_pair_maps_both_ways() {
         for family in FAMILIES {
             for (hf, gguf) in expected(family) {
-                assert_eq!(
-                    hf_to_gguf(hf, family).as_deref(),
-                    Some(gguf),
-                    "{family:?} {hf}"
-                );
-                assert_eq!(
-                    gguf_to_hf(gguf, family).as_deref(),
-                    Some(hf),
-                    "{family:?} {gguf}"
-                );
+                assert_eq!(hf_to_gguf(hf, family).as_deref(), Some(gguf), "{family:?} {hf}");
+                assert_eq!(gguf_to_hf(gguf, family).as_deref(), Some(hf), "{family:?} {gguf}");
             }
         }
     }
@@ -222,9 +151,7 @@ mod tests {
         for family in FAMILIES {
             let exp = expected(family);
             for &(hf, gguf, only) in LAYER.iter().filter(|e| e.2.admits(family)) {
-                let found = exp.iter().any(|(h, g)| {
-                    h.ends_with(&format!(".{hf}")) && g.ends_with(&format!(".{gguf}"))
-                });
+                let found = exp.iter().any(|(h, g)| h.ends_with(&format!(".{hf}")) && g.ends_with(&format!(".{gguf}")));
                 assert!(found, "{family:?}: {hf} ↔ {gguf} ({only:?}) is not tested");
             }
         }
@@ -245,21 +172,9 @@ mod tests {
 
     #[test]
     fn gemma_only_norms_do_not_leak_into_other_families() {
-        assert_eq!(
-            hf_to_gguf(
-                "model.layers.0.pre_feedforward_layernorm.weight",
-                Family::Llama
-            ),
-            None
-        );
-        assert_eq!(
-            gguf_to_hf("blk.0.post_ffw_norm.weight", Family::Qwen3),
-            None
-        );
-        assert_eq!(
-            gguf_to_hf("blk.0.post_attention_norm.weight", Family::Llama),
-            None
-        );
+        assert_eq!(hf_to_gguf("model.layers.0.pre_feedforward_layernorm.weight", Family::Llama), None);
+        assert_eq!(gguf_to_hf("blk.0.post_ffw_norm.weight", Family::Qwen3), None);
+        assert_eq!(gguf_to_hf("blk.0.post_attention_norm.weight", Family::Llama), None);
     }
 
     #[test]

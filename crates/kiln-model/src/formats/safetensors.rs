@@ -42,9 +42,7 @@ fn describe(e: &SafeTensorError) -> String {
     match e {
         SafeTensorError::HeaderTooSmall => "shorter than the 8-byte header length".into(),
         SafeTensorError::HeaderTooLarge => "the header length is implausibly large".into(),
-        SafeTensorError::InvalidHeaderLength => {
-            "the header runs past the end of the file (truncated?)".into()
-        }
+        SafeTensorError::InvalidHeaderLength => "the header runs past the end of the file (truncated?)".into(),
         SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderDeserialization => {
             "the header is not valid JSON".into()
         }
@@ -54,9 +52,7 @@ fn describe(e: &SafeTensorError) -> String {
         SafeTensorError::InvalidOffset(name) => {
             format!("tensor {name:?} has overlapping or gapped offsets")
         }
-        SafeTensorError::TensorInvalidInfo => {
-            "a tensor's byte size does not match its shape and dtype".into()
-        }
+        SafeTensorError::TensorInvalidInfo => "a tensor's byte size does not match its shape and dtype".into(),
         other => format!("{other:?}"),
     }
 }
@@ -85,38 +81,26 @@ fn shard_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<WeightMap>), ModelErr
     if index_path.is_file() {
         let index = read_json(&index_path)?;
         let bad = |m: &str| ModelError::Format(format!("{}: {m}", index_path.display()));
-        let map = index
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| bad("no weight_map object"))?;
+        let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map object"))?;
         let mut weight_map = HashMap::new();
         for (name, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| bad(&format!("weight_map[{name:?}] is not a file name")))?;
+            let file = file.as_str().ok_or_else(|| bad(&format!("weight_map[{name:?}] is not a file name")))?;
             if file.contains(['/', '\\']) || file.starts_with('.') {
-                return Err(bad(&format!(
-                    "weight_map[{name:?}] = {file:?} is not a file in the same directory"
-                )));
+                return Err(bad(&format!("weight_map[{name:?}] = {file:?} is not a file in the same directory")));
             }
             weight_map.insert(name.clone(), file.to_string());
         }
         let mut files: Vec<&String> = weight_map.values().collect();
         files.sort();
         files.dedup();
-        return Ok((
-            files.into_iter().map(|f| dir.join(f)).collect(),
-            Some(weight_map),
-        ));
+        return Ok((files.into_iter().map(|f| dir.join(f)).collect(), Some(weight_map)));
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok((vec![single], None));
     }
-    let listing = std::fs::read_dir(dir).map_err(|source| ModelError::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    let listing =
+        std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.display().to_string(), source })?;
     let mut files: Vec<PathBuf> = listing
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
@@ -136,22 +120,13 @@ impl SafetensorsSource {
     /// Maps the safetensors files of `dir` and indexes their tensors.
     pub fn open(dir: &Path, family: Family) -> Result<SafetensorsSource, ModelError> {
         let (files, weight_map) = shard_files(dir)?;
-        let mut src = SafetensorsSource {
-            family,
-            shards: Vec::new(),
-            tensors: HashMap::new(),
-            rope_freqs: None,
-        };
+        let mut src = SafetensorsSource { family, shards: Vec::new(), tensors: HashMap::new(), rope_freqs: None };
         let mut file_of: HashMap<String, String> = HashMap::new();
         for path in &files {
             let shard = src.shards.len();
             let map = map_file(path)?;
             let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
-                ModelError::Format(format!(
-                    "{}: not a valid safetensors file: {}",
-                    path.display(),
-                    describe(&e)
-                ))
+                ModelError::Format(format!("{}: not a valid safetensors file: {}", path.display(), describe(&e)))
             })?;
             let data_start = 8 + header_len;
             for (name, info) in metadata.tensors() {
@@ -168,10 +143,7 @@ impl SafetensorsSource {
                         path.display()
                     )));
                 }
-                let file_name = path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
                 file_of.insert(name, file_name);
             }
             src.shards.push(Arc::new(Backing::Mapped(map)));
@@ -208,21 +180,13 @@ impl SafetensorsSource {
 
 fn owned_f32(values: &[f32], dims: Vec<usize>) -> RawTensor {
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    RawTensor {
-        ty: GgmlType::F32,
-        dims,
-        backing: Arc::new(Backing::Owned(bytes)),
-        offset: 0,
-    }
+    RawTensor { ty: GgmlType::F32, dims, backing: Arc::new(Backing::Owned(bytes)), offset: 0 }
 }
 
 impl TensorSource for SafetensorsSource {
     fn tensor(&self, gguf_name: &str) -> Result<Option<RawTensor>, ModelError> {
         if gguf_name == "rope_freqs.weight" {
-            return Ok(self
-                .rope_freqs
-                .as_ref()
-                .map(|f| owned_f32(f, vec![f.len()])));
+            return Ok(self.rope_freqs.as_ref().map(|f| owned_f32(f, vec![f.len()])));
         }
         let Some(hf_name) = names::gguf_to_hf(gguf_name, self.family) else {
             return Ok(None);
@@ -244,12 +208,7 @@ impl TensorSource for SafetensorsSource {
         if dims.is_empty() {
             dims.push(1);
         }
-        let raw = RawTensor {
-            ty,
-            dims,
-            backing: self.shards[e.shard].clone(),
-            offset: e.offset,
-        };
+        let raw = RawTensor { ty, dims, backing: self.shards[e.shard].clone(), offset: e.offset };
         if self.family == Family::Gemma3 && names::is_norm_weight(gguf_name) {
             // Hugging Face Gemma computes x·(1 + w); GGUF files and kiln's forward hold 1 + w.
             let n = raw.dims.iter().product();
@@ -273,9 +232,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model, ModelError> {
     let hf = parse_hf_config(&read_json(&config_path)?)?;
     let src = SafetensorsSource::open(dir, hf.model.family)?.with_rope_freqs(hf.rope_freqs);
     if !hf.tie_word_embeddings && !src.contains("lm_head.weight") {
-        return Err(ModelError::MissingTensor(
-            "lm_head.weight (config.json says tie_word_embeddings is false)".into(),
-        ));
+        return Err(ModelError::MissingTensor("lm_head.weight (config.json says tie_word_embeddings is false)".into()));
     }
     // Each block has several tensors: a larger count is a broken config, and checking it here
     // keeps a huge one from reaching the loader's allocations.
@@ -287,10 +244,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model, ModelError> {
         )));
     }
     let weights = load_weights(&hf.model, &src)?;
-    Ok(Model {
-        config: hf.model,
-        weights,
-    })
+    Ok(Model { config: hf.model, weights })
 }
 
 #[cfg(test)]
@@ -303,18 +257,9 @@ mod tests {
             text_model_name("language_model.model.layers.0.mlp.up_proj.weight"),
             "model.layers.0.mlp.up_proj.weight"
         );
-        assert_eq!(
-            text_model_name("model.language_model.embed_tokens.weight"),
-            "model.embed_tokens.weight"
-        );
-        assert_eq!(
-            text_model_name("language_model.lm_head.weight"),
-            "lm_head.weight"
-        );
+        assert_eq!(text_model_name("model.language_model.embed_tokens.weight"), "model.embed_tokens.weight");
+        assert_eq!(text_model_name("language_model.lm_head.weight"), "lm_head.weight");
         assert_eq!(text_model_name("model.norm.weight"), "model.norm.weight");
-        assert_eq!(
-            text_model_name("vision_tower.x.weight"),
-            "vision_tower.x.weight"
-        );
+        assert_eq!(text_model_name("vision_tower.x.weight"), "vision_tower.x.weight");
     }
 }

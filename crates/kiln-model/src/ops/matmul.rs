@@ -112,7 +112,8 @@ enum Path<'a> {
 impl<'a> Product<'a> {
     fn new(w: &'a QMatrix, acts: &'a [u8], act_bytes: usize, n_rows: usize) -> Product<'a> {
         let (units, path) = if quant::tile::supported(w.ty) {
-            let prepared = (n_rows >= UNPACK_MIN_ROWS).then(|| quant::tile::Activations::new(w.ty, acts, act_bytes, n_rows));
+            let prepared =
+                (n_rows >= UNPACK_MIN_ROWS).then(|| quant::tile::Activations::new(w.ty, acts, act_bytes, n_rows));
             (w.rows.div_ceil(TILE_ROWS), Path::Tiles { packed: w.packed(), prepared })
         } else {
             (w.rows, Path::Rows(quant::RowDot::new(w.ty, w.cols)))
@@ -122,7 +123,9 @@ impl<'a> Product<'a> {
 
     /// Whether the packed kernels run (they take activation block sums).
     fn wants_sums(&self) -> bool {
-        matches!(self.path, Path::Tiles { packed: Some(_), .. }) && self.n_rows < UNPACK_MIN_ROWS && quant::packed::wants_sums(self.w.ty)
+        matches!(self.path, Path::Tiles { packed: Some(_), .. })
+            && self.n_rows < UNPACK_MIN_ROWS
+            && quant::packed::wants_sums(self.w.ty)
     }
 
     fn act(&self, t: usize) -> &'a [u8] {
@@ -142,7 +145,8 @@ impl<'a> Product<'a> {
                     let wr = &data[r * row_bytes..(r + 1) * row_bytes];
                     let mut t = 0;
                     while self.n_rows - t >= 4 {
-                        let v = kernel.dot_rows::<4>(wr, [self.act(t), self.act(t + 1), self.act(t + 2), self.act(t + 3)]);
+                        let v =
+                            kernel.dot_rows::<4>(wr, [self.act(t), self.act(t + 1), self.act(t + 2), self.act(t + 3)]);
                         v.iter().enumerate().for_each(|(k, &v)| write(t + k, r, v));
                         t += 4;
                     }
@@ -177,7 +181,16 @@ impl<'a> Product<'a> {
 
     /// Tile `i` of a packed matrix.
     #[allow(clippy::too_many_arguments)]
-    fn packed_tile(&self, p: &PackedRows, i: usize, more: bool, sums: &[i32], prepared: Option<&quant::tile::Activations>, tile: &mut Tile, write: impl FnMut(usize, &[f32; TILE_ROWS])) {
+    fn packed_tile(
+        &self,
+        p: &PackedRows,
+        i: usize,
+        more: bool,
+        sums: &[i32],
+        prepared: Option<&quant::tile::Activations>,
+        tile: &mut Tile,
+        write: impl FnMut(usize, &[f32; TILE_ROWS]),
+    ) {
         let next = if more && i + 1 < p.groups { p.group(i + 1) } else { &[] };
         match prepared {
             Some(acts) => {
@@ -189,7 +202,13 @@ impl<'a> Product<'a> {
                 let mut write = write;
                 let blocks = if self.wants_sums() { p.blocks } else { 0 };
                 for t in 0..self.n_rows {
-                    let v = quant::packed::dot_group(p, i, self.act(t), &sums[t * blocks..(t + 1) * blocks], if t == 0 { next } else { &[] });
+                    let v = quant::packed::dot_group(
+                        p,
+                        i,
+                        self.act(t),
+                        &sums[t * blocks..(t + 1) * blocks],
+                        if t == 0 { next } else { &[] },
+                    );
                     write(t, &v);
                 }
             }
@@ -198,7 +217,16 @@ impl<'a> Product<'a> {
 
     /// Rows `r0..r1` read where they lie in the file.
     #[allow(clippy::too_many_arguments)]
-    fn in_place_tile(&self, r0: usize, r1: usize, more: bool, first: bool, prepared: Option<&quant::tile::Activations>, tile: &mut Tile, write: impl FnMut(usize, &[f32; TILE_ROWS])) {
+    fn in_place_tile(
+        &self,
+        r0: usize,
+        r1: usize,
+        more: bool,
+        first: bool,
+        prepared: Option<&quant::tile::Activations>,
+        tile: &mut Tile,
+        write: impl FnMut(usize, &[f32; TILE_ROWS]),
+    ) {
         let w = self.w;
         let (data, row_bytes) = (w.data(), w.row_bytes());
         let mut rows: [&[u8]; TILE_ROWS] = [&[]; TILE_ROWS];
@@ -270,7 +298,15 @@ mod tests {
         // Up to 13 rows: the unpacked-tile kernels' passes of eight, four and one all run.
         const MOST: usize = 13;
         let x = values(12345, MOST * cols);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q6K,
+            GgmlType::F32,
+        ] {
             let w = matrix(ty, rows, cols, 54321);
             let mut buf = Vec::new();
             let mut alone = vec![0f32; MOST * rows];
@@ -290,7 +326,11 @@ mod tests {
     fn fused_products_give_each_matrix_its_own_bits() {
         let cols = 256;
         // Packed groups with tails, and the row-by-row path: (types of the three matrices).
-        for tys in [[GgmlType::Q4_0, GgmlType::Q4_0, GgmlType::Q8_0], [GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K], [GgmlType::Q4_1; 3]] {
+        for tys in [
+            [GgmlType::Q4_0, GgmlType::Q4_0, GgmlType::Q8_0],
+            [GgmlType::Q4K, GgmlType::Q4K, GgmlType::Q6K],
+            [GgmlType::Q4_1; 3],
+        ] {
             let ws = [matrix(tys[0], 37, cols, 1), matrix(tys[1], 16, cols, 2), matrix(tys[2], 21, cols, 3)];
             for n in [1, 3, 8, 13] {
                 let x = values(99, n * cols);

@@ -263,12 +263,7 @@ impl_block!(
 #[inline]
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
     let size = size_of::<B>();
-    assert_eq!(
-        bytes.len() % size,
-        0,
-        "{} bytes is not a whole number of {size}-byte blocks",
-        bytes.len()
-    );
+    assert_eq!(bytes.len() % size, 0, "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
     // SAFETY: B has alignment 1, no padding and no invalid bit patterns (the `Block` contract),
     // and the length was checked above.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) }
@@ -278,12 +273,7 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
 #[inline]
 pub fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
     let size = size_of::<B>();
-    assert_eq!(
-        bytes.len() % size,
-        0,
-        "{} bytes is not a whole number of {size}-byte blocks",
-        bytes.len()
-    );
+    assert_eq!(bytes.len() % size, 0, "{} bytes is not a whole number of {size}-byte blocks", bytes.len());
     // SAFETY: as in `as_blocks`; the borrow of `bytes` is exclusive.
     unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), bytes.len() / size) }
 }
@@ -296,10 +286,7 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -324,14 +311,7 @@ pub fn k4_unpack(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const LOW2: u32 = 0x0303_0303;
-    let w = |i: usize| {
-        u32::from_le_bytes([
-            packed[4 * i],
-            packed[4 * i + 1],
-            packed[4 * i + 2],
-            packed[4 * i + 3],
-        ])
-    };
+    let w = |i: usize| u32::from_le_bytes([packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]]);
     let (w0, w1, w2) = (w(0), w(1), w(2));
     let scales_lo = w0 & LOW6;
     let scales_hi = (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4);

@@ -68,10 +68,7 @@ pub(super) unsafe fn load32<T>(p: *const T) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     let b = _mm_loadu_si128(qs.as_ptr().cast());
-    _mm256_and_si256(
-        _mm256_set_m128i(_mm_srli_epi16(b, 4), b),
-        _mm256_set1_epi8(0xF),
-    )
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0xF))
 }
 
 /// 0xFF in byte j where bit j of `bits` is set, 0 elsewhere.
@@ -81,12 +78,7 @@ pub(super) unsafe fn bytes_from_bits(bits: u32) -> __m256i {
     // Byte j takes source byte j / 8, then keeps only bit j % 8 by or-ing in all other bits.
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
-        _mm256_set_epi64x(
-            0x0303030303030303,
-            0x0202020202020202,
-            0x0101010101010101,
-            0,
-        ),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
     );
     let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe_u64 as i64);
     _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
@@ -127,11 +119,7 @@ pub unsafe fn f32(x: &[u8], y: &[u8]) -> f32 {
         i += 32;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(
-            _mm256_loadu_ps(px.add(i)),
-            _mm256_loadu_ps(py.add(i)),
-            acc[0],
-        );
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)), acc[0]);
         i += 8;
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -373,9 +361,15 @@ pub unsafe fn q6k_q8k_rows<const R: usize>(x: &[BlockQ6K], ys: [&[BlockQ8K]; R])
             // ql0, of ql1; each takes the next 2 bits of qh as bits 4..6.
             let q = [
                 _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                ),
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m2_hi)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2_hi)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2_hi),
+                ),
             ];
             for (k, &qk) in q.iter().enumerate() {
                 // Lanes 0..8 of a product cover weights 0..16 of the run (group 8h + 2k),
@@ -385,7 +379,8 @@ pub unsafe fn q6k_q8k_rows<const R: usize>(x: &[BlockQ6K], ys: [&[BlockQ8K]; R])
                 let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
                 for (s, y) in sumi.iter_mut().zip(&ys) {
                     let v = load32(y[i].qs.as_ptr().add(128 * h + 32 * k));
-                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(qk, v), _mm256_maddubs_epi16(_mm256_set1_epi8(32), v));
+                    let p =
+                        _mm256_sub_epi16(_mm256_maddubs_epi16(qk, v), _mm256_maddubs_epi16(_mm256_set1_epi8(32), v));
                     *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, sc));
                 }
             }

@@ -7,7 +7,8 @@
 //! compare them on this target).
 
 use super::blocks::{
-    k4_unpack, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, F16Le, QK_K,
+    k4_unpack, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1, F16Le, QK_K,
 };
 use std::arch::aarch64::*;
 
@@ -50,10 +51,7 @@ fn fives(qs: &[u8; 16], qh: [u8; 4], offset: i8) -> (int8x16_t, int8x16_t) {
             vreinterpretq_s8_u8(vandq_u8(vtstq_u8(spread, bit), vdupq_n_u8(0x10)))
         };
         let off = vdupq_n_s8(offset);
-        (
-            vsubq_s8(vorrq_s8(lo, high(qh[0], qh[1])), off),
-            vsubq_s8(vorrq_s8(hi, high(qh[2], qh[3])), off),
-        )
+        (vsubq_s8(vorrq_s8(lo, high(qh[0], qh[1])), off), vsubq_s8(vorrq_s8(hi, high(qh[2], qh[3])), off))
     }
 }
 
@@ -245,7 +243,10 @@ fn k4_rows<B, const R: usize>(
                 // Sub-block s (32 weights, vectors 2s and 2s + 1) shares scale s; its two pair
                 // sums add exactly in i16 (|q| ≤ 31).
                 for s in 0..8 {
-                    let pairs = vaddq_s16(pairs16(q[2 * s], q8k_group(b, 2 * s)), pairs16(q[2 * s + 1], q8k_group(b, 2 * s + 1)));
+                    let pairs = vaddq_s16(
+                        pairs16(q[2 * s], q8k_group(b, 2 * s)),
+                        pairs16(q[2 * s + 1], q8k_group(b, 2 * s + 1)),
+                    );
                     scale_add(&mut aux, pairs, scales[s] as i16);
                 }
                 // Σ_j bsum(j) · mins[j / 2], adjacent sums added first (exact: |bsum| ≤ 2048).

@@ -105,11 +105,7 @@ pub fn q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
 pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let mut sumf = 0f32;
     for (a, b) in x.iter().zip(y) {
-        let sumi: i32 =
-            a.qs.iter()
-                .zip(&b.qs)
-                .map(|(&p, &q)| p as i32 * q as i32)
-                .sum();
+        let sumi: i32 = a.qs.iter().zip(&b.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
         sumf += sumi as f32 * (a.d.to_f32() * b.d.to_f32());
     }
     sumf
@@ -119,9 +115,7 @@ pub fn q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 pub fn q2k_q8k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     let mut sumf = 0f32;
     for (a, b) in x.iter().zip(y) {
-        let summs: i32 = (0..16)
-            .map(|j| b.bsum(j) as i32 * (a.scales[j] >> 4) as i32)
-            .sum();
+        let summs: i32 = (0..16).map(|j| b.bsum(j) as i32 * (a.scales[j] >> 4) as i32).sum();
         let dall = b.d() * a.d.to_f32();
         let dmin = b.d() * a.dmin.to_f32();
         let mut isum = 0i32;
@@ -130,11 +124,7 @@ pub fn q2k_q8k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
             let q = &a.qs[32 * (g / 8) + 16 * (g % 2)..][..16];
             let shift = 2 * ((g % 8) / 2);
             let q8 = &b.qs[16 * g..][..16];
-            let isuml: i32 = q
-                .iter()
-                .zip(q8)
-                .map(|(&w, &v)| v as i32 * ((w >> shift) & 3) as i32)
-                .sum();
+            let isuml: i32 = q.iter().zip(q8).map(|(&w, &v)| v as i32 * ((w >> shift) & 3) as i32).sum();
             isum += (a.scales[g] & 0xF) as i32 * isuml;
         }
         sumf += dall * isum as f32 - dmin * summs as f32;
@@ -170,12 +160,7 @@ pub fn q3k_q8k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
         let scales = q3k_scales(&a.scales);
         let mut aux = [0i32; 8];
         for g in 0..16 {
-            lanes16(
-                &mut aux,
-                scales[g] as i32 - 32,
-                &q[16 * g..],
-                &b.qs[16 * g..],
-            );
+            lanes16(&mut aux, scales[g] as i32 - 32, &q[16 * g..], &b.qs[16 * g..]);
         }
         let d = a.d.to_f32() * b.d();
         for (s, &v) in sums.iter_mut().zip(&aux) {
@@ -201,12 +186,7 @@ fn k4_accumulate(
     let sumi: i32 = (0..16).map(|j| b.bsum(j) as i32 * mins[j / 2] as i32).sum();
     let mut aux = [0i32; 8];
     for g in 0..16 {
-        lanes16(
-            &mut aux,
-            scales[g / 2] as i32,
-            &q[16 * g..],
-            &b.qs[16 * g..],
-        );
+        lanes16(&mut aux, scales[g / 2] as i32, &q[16 * g..], &b.qs[16 * g..]);
     }
     let d = d * b.d();
     for (s, &v) in sums.iter_mut().zip(&aux) {
@@ -221,7 +201,11 @@ pub fn q4k_q8k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
 }
 
 /// [`q4k_q8k`] with the integer core given.
-pub(super) fn q4k_q8k_with(x: &[BlockQ4K], y: &[BlockQ8K], lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8]) + Copy) -> f32 {
+pub(super) fn q4k_q8k_with(
+    x: &[BlockQ4K],
+    y: &[BlockQ8K],
+    lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8]) + Copy,
+) -> f32 {
     let mut sums = [0f32; 8];
     let mut sumf = 0f32;
     for (a, b) in x.iter().zip(y) {
@@ -243,7 +227,11 @@ pub fn q5k_q8k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
 }
 
 /// [`q5k_q8k`] with the integer core given.
-pub(super) fn q5k_q8k_with(x: &[BlockQ5K], y: &[BlockQ8K], lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8]) + Copy) -> f32 {
+pub(super) fn q5k_q8k_with(
+    x: &[BlockQ5K],
+    y: &[BlockQ8K],
+    lanes16: impl Fn(&mut [i32; 8], i32, &[i8], &[i8]) + Copy,
+) -> f32 {
     let mut sums = [0f32; 8];
     let mut sumf = 0f32;
     for (a, b) in x.iter().zip(y) {

@@ -22,12 +22,12 @@ mod dot_avx2;
 #[cfg(target_arch = "aarch64")]
 mod dot_neon;
 mod dot_scalar;
-mod quantize;
 pub mod packed;
 #[cfg(target_arch = "aarch64")]
 mod packed_neon;
 #[cfg(target_arch = "x86_64")]
 mod packed_x86;
+mod quantize;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod tile_avx2;
@@ -39,9 +39,9 @@ mod tile_vnni;
 pub use quantize::Q8Rounding;
 #[cfg(target_arch = "x86_64")]
 mod quantize_avx2;
+mod quantize_k;
 #[cfg(target_arch = "aarch64")]
 mod quantize_neon;
-mod quantize_k;
 #[cfg(test)]
 mod tests;
 
@@ -100,7 +100,9 @@ pub fn prefetch(data: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..data.len()).step_by(64) {
         // SAFETY: a prefetch never faults, and the address lies inside `data`.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(data.as_ptr().add(line).cast()) };
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(data.as_ptr().add(line).cast())
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;
@@ -110,9 +112,7 @@ pub fn prefetch(data: &[u8]) {
 fn cpu_has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -142,12 +142,7 @@ pub fn has_vec_dot(ty: GgmlType) -> bool {
 /// Bytes for `n` values of `ty`, panicking with a clear message when `n` is not a whole number
 /// of blocks (a caller bug: row lengths are validated when a model is loaded).
 fn row_bytes(ty: GgmlType, n: usize) -> usize {
-    ty.bytes_for(n).unwrap_or_else(|| {
-        panic!(
-            "{n} values are not a whole number of {ty} blocks of {}",
-            ty.block_size()
-        )
-    })
+    ty.bytes_for(n).unwrap_or_else(|| panic!("{n} values are not a whole number of {ty} blocks of {}", ty.block_size()))
 }
 
 /// Dequantizes `dst.len()` weights stored in `src` (exactly `bytes_for(dst.len())` bytes of
@@ -157,13 +152,7 @@ fn row_bytes(ty: GgmlType, n: usize) -> usize {
 /// If the lengths do not match.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     let expected = row_bytes(ty, dst.len());
-    assert_eq!(
-        src.len(),
-        expected,
-        "{} {ty} values take {expected} bytes, got {}",
-        dst.len(),
-        src.len()
-    );
+    assert_eq!(src.len(), expected, "{} {ty} values take {expected} bytes, got {}", dst.len(), src.len());
     use GgmlType::*;
     match ty {
         F32 => dequant::f32(src, dst),
@@ -242,18 +231,9 @@ pub fn quantize_activations(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result
 /// Checks that `dst` is the size of `src` in `ty`.
 fn check_quantize(ty: GgmlType, src: &[f32], dst: &[u8]) -> Result<(), QuantError> {
     let elements = src.len();
-    let expected = ty.bytes_for(elements).ok_or(QuantError::PartialBlock {
-        ty,
-        elements,
-        block: ty.block_size(),
-    })?;
+    let expected = ty.bytes_for(elements).ok_or(QuantError::PartialBlock { ty, elements, block: ty.block_size() })?;
     if dst.len() != expected {
-        return Err(QuantError::OutputSize {
-            ty,
-            elements,
-            expected,
-            got: dst.len(),
-        });
+        return Err(QuantError::OutputSize { ty, elements, expected, got: dst.len() });
     }
     Ok(())
 }
@@ -277,25 +257,12 @@ unsafe fn avx2_quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> bool {
 
 /// Checks the row lengths of a dot product.
 fn check_dot(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) {
-    assert!(
-        has_vec_dot(ty),
-        "{ty} is an activation format; there is no {ty} weight dot product"
-    );
+    assert!(has_vec_dot(ty), "{ty} is an activation format; there is no {ty} weight dot product");
     let wb = row_bytes(ty, n);
     let at = vec_dot_type(ty);
     let ab = row_bytes(at, n);
-    assert_eq!(
-        weights.len(),
-        wb,
-        "{n} {ty} weights take {wb} bytes, got {}",
-        weights.len()
-    );
-    assert_eq!(
-        activations.len(),
-        ab,
-        "{n} {at} activations take {ab} bytes, got {}",
-        activations.len()
-    );
+    assert_eq!(weights.len(), wb, "{n} {ty} weights take {wb} bytes, got {}", weights.len());
+    assert_eq!(activations.len(), ab, "{n} {at} activations take {ab} bytes, got {}", activations.len());
 }
 
 /// Dot product of one weight row of `ty` (`n` elements) with one activation row already in
@@ -340,7 +307,12 @@ impl RowDot {
     /// If `ty` has no dot product or `n` is not a whole number of blocks.
     pub fn new(ty: GgmlType, n: usize) -> RowDot {
         assert!(has_vec_dot(ty), "{ty} is an activation format; there is no {ty} weight dot product");
-        RowDot { ty, weight_bytes: row_bytes(ty, n), act_bytes: row_bytes(vec_dot_type(ty), n), simd: simd_available() || neon_available() }
+        RowDot {
+            ty,
+            weight_bytes: row_bytes(ty, n),
+            act_bytes: row_bytes(vec_dot_type(ty), n),
+            simd: simd_available() || neon_available(),
+        }
     }
 
     /// Bytes of one activation row.

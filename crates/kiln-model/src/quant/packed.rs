@@ -37,7 +37,6 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_NO_REPACK").map_or(true, |v| v != "1"))
 }
 
-
 /// The leading whole groups of eight rows of a matrix, packed.
 pub struct PackedRows {
     /// Q4_0, Q4_1, Q5_0 or Q8_0.
@@ -53,7 +52,13 @@ impl PackedRows {
     /// Packs the first `8 · (rows / 8)` rows of `data` (`rows` rows of `ty`, `row_bytes`
     /// each), calling `done(byte range of data)` after each stretch of rows so the caller can
     /// let go of the source pages. Needs [`packable`]`(ty)`.
-    pub fn pack(ty: GgmlType, data: &[u8], rows: usize, row_bytes: usize, mut done: impl FnMut(std::ops::Range<usize>)) -> PackedRows {
+    pub fn pack(
+        ty: GgmlType,
+        data: &[u8],
+        rows: usize,
+        row_bytes: usize,
+        mut done: impl FnMut(std::ops::Range<usize>),
+    ) -> PackedRows {
         assert!(packable(ty), "{ty} is not packed");
         let blocks = row_bytes / ty.type_size();
         let groups = rows / TILE_ROWS;
@@ -95,7 +100,6 @@ impl PackedRows {
             super::dequantize_row(self.ty, &stored[..block], dst);
         }
     }
-
 }
 
 /// Block size of `ty`, the sizes of the fields before its quants (`d`; `m` for Q4_1; the
@@ -177,7 +181,14 @@ pub fn dot_group(packed: &PackedRows, g: usize, activations: &[u8], sums: &[i32]
 
 /// [`dot_group`] on a raw group, with the VNNI flavour chosen by the caller (which must have
 /// checked it).
-fn dot_group_with(ty: GgmlType, group: &[u8], activations: &[u8], sums: &[i32], next: &[u8], vnni: bool) -> [f32; TILE_ROWS] {
+fn dot_group_with(
+    ty: GgmlType,
+    group: &[u8],
+    activations: &[u8],
+    sums: &[i32],
+    next: &[u8],
+    vnni: bool,
+) -> [f32; TILE_ROWS] {
     let (block, _, _) = layout(ty);
     let blocks = group.len() / (block * TILE_ROWS);
     #[cfg(target_arch = "x86_64")]
@@ -246,7 +257,9 @@ pub fn dot_group_scalar(ty: GgmlType, group: &[u8], activations: &[u8]) -> [f32;
     let (mut acc, mut mins) = ([0f32; TILE_ROWS], [0f32; TILE_ROWS]);
     let mut stored = [0u8; 34];
     let nibble_sum = |qs: &[u8; 16], off: i32, y: &[i8; 32]| -> i32 {
-        (0..16).map(|j| ((qs[j] & 0xF) as i32 - off) * y[j] as i32 + ((qs[j] >> 4) as i32 - off) * y[j + 16] as i32).sum()
+        (0..16)
+            .map(|j| ((qs[j] & 0xF) as i32 - off) * y[j] as i32 + ((qs[j] >> 4) as i32 - off) * y[j + 16] as i32)
+            .sum()
     };
     for b in 0..blocks {
         let src = &group[b * block * TILE_ROWS..][..block * TILE_ROWS];
@@ -381,7 +394,11 @@ mod tests {
                     let mut group = vec![0u8; src.len()];
                     pack_group(ty, src, row_bytes, &mut group);
                     for seed in 0..3u32 {
-                        let x: Vec<f32> = values(100 * seed + blocks as u32, cols).iter().enumerate().map(|(i, v)| if i % 5 == seed as usize { 100.0 * v } else { *v }).collect();
+                        let x: Vec<f32> = values(100 * seed + blocks as u32, cols)
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| if i % 5 == seed as usize { 100.0 * v } else { *v })
+                            .collect();
                         let mut act = vec![0u8; act_ty.bytes_for(cols).unwrap()];
                         quantize_activations(act_ty, &x, &mut act).unwrap();
                         let mut sums = vec![];
@@ -391,7 +408,10 @@ mod tests {
                         let reference = dot_group_scalar(ty, &group, &act);
                         for (r, want) in reference.iter().enumerate() {
                             let row = kernel.dot(&src[r * row_bytes..][..row_bytes], &act);
-                            assert!((want - row).abs() <= 1e-4 * (1.0 + row.abs()), "{ty} row {r}: {want} vs the row kernel's {row}");
+                            assert!(
+                                (want - row).abs() <= 1e-4 * (1.0 + row.abs()),
+                                "{ty} row {r}: {want} vs the row kernel's {row}"
+                            );
                         }
                         for &vnni in &flavours {
                             let got = dot_group_with(ty, &group, &act, &sums, &[], vnni);
@@ -423,7 +443,11 @@ mod tests {
                 assert_eq!(released.last().map(|r| r.end), Some(24 * row_bytes));
                 let mut act = vec![0u8; act_ty.bytes_for(cols).unwrap()];
                 // Large activations included, so that sums reach the edges of their ranges.
-                let x: Vec<f32> = values(7 + cols as u32, cols).iter().enumerate().map(|(i, v)| if i % 7 == 0 { 100.0 * v } else { *v }).collect();
+                let x: Vec<f32> = values(7 + cols as u32, cols)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| if i % 7 == 0 { 100.0 * v } else { *v })
+                    .collect();
                 quantize_activations(act_ty, &x, &mut act).unwrap();
                 let mut sums = vec![];
                 if wants_sums(ty) {
@@ -439,7 +463,13 @@ mod tests {
                     for vnni in flavours {
                         let got = dot_group_with(ty, packed.group(g), &act, &sums, &[], vnni);
                         for r in 0..8 {
-                            assert_eq!(got[r].to_bits(), reference[r].to_bits(), "{ty} cols {cols} group {g} row {r} vnni {vnni}: {} vs {}", got[r], reference[r]);
+                            assert_eq!(
+                                got[r].to_bits(),
+                                reference[r].to_bits(),
+                                "{ty} cols {cols} group {g} row {r} vnni {vnni}: {} vs {}",
+                                got[r],
+                                reference[r]
+                            );
                         }
                     }
                 }

@@ -112,7 +112,12 @@ unsafe fn step(quants: *const u8, s: usize) -> [uint8x16_t; 2] {
 /// # Safety
 /// `quants` must be valid for 128 bytes.
 #[inline(always)]
-unsafe fn nibble_sums(quants: *const u8, y: &[i8; 32], offset: i8, high: impl Fn(usize) -> [[uint8x16_t; 2]; 2]) -> [int32x4_t; 2] {
+unsafe fn nibble_sums(
+    quants: *const u8,
+    y: &[i8; 32],
+    offset: i8,
+    high: impl Fn(usize) -> [[uint8x16_t; 2]; 2],
+) -> [int32x4_t; 2] {
     let (m4, off) = (vdupq_n_u8(0xF), vdupq_n_s8(offset));
     let mut sums = Sums::new();
     for s in 0..4 {

@@ -133,7 +133,10 @@ pub(super) unsafe fn fifth_bits(words: __m256i, s: usize) -> (__m256i, __m256i) 
         let index: [i8; 32] = std::array::from_fn(|i| pick((i % 16 / 4) as i8)[i % 4]);
         let shift = 4 * (s % 2);
         let others = u32::from_le_bytes(std::array::from_fn(|j| !(1u8 << (shift + j))));
-        let bytes = _mm256_or_si256(_mm256_shuffle_epi8(words, _mm256_loadu_si256(index.as_ptr().cast())), _mm256_set1_epi32(others as i32));
+        let bytes = _mm256_or_si256(
+            _mm256_shuffle_epi8(words, _mm256_loadu_si256(index.as_ptr().cast())),
+            _mm256_set1_epi32(others as i32),
+        );
         _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(-1)), _mm256_set1_epi8(0x10))
     };
     (spread((s / 2) as i8), spread((2 + s / 2) as i8))
@@ -146,7 +149,10 @@ unsafe fn q5_step(block: *const u8, words: __m256i, s: usize) -> (__m256i, __m25
     let m4 = _mm256_set1_epi8(0xF);
     let w = load32(block.add(48 + 32 * s));
     let (high_lo, high_hi) = fifth_bits(words, s);
-    (_mm256_or_si256(_mm256_and_si256(w, m4), high_lo), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(w), m4), high_hi))
+    (
+        _mm256_or_si256(_mm256_and_si256(w, m4), high_lo),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(w), m4), high_hi),
+    )
 }
 
 /// Q5_0 · Q8_0, AVX2: the zero point taken back as `-16 · Σ y`; products widened to i32 every
@@ -162,7 +168,10 @@ pub unsafe fn q5_0_avx2(group: *const u8, act: &[BlockQ8_0], sums: &[i32], ahead
         let mut totals = _mm256_set1_epi32(-16 * sums[b]);
         for s in 0..4 {
             let (lo, hi) = q5_step(block, words, s);
-            let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, quad(&y.qs, s)), _mm256_maddubs_epi16(hi, quad(&y.qs, 4 + s)));
+            let pairs = _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, quad(&y.qs, s)),
+                _mm256_maddubs_epi16(hi, quad(&y.qs, 4 + s)),
+            );
             totals = _mm256_add_epi32(totals, _mm256_madd_epi16(pairs, ones));
         }
         acc = accumulate(acc, scales(block), y.d, totals);

@@ -92,11 +92,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 /// bit patterns as integers, and an integer max reduction vectorises.
 #[inline(always)]
 pub(super) fn absmax(x: &[f32]) -> f32 {
-    f32::from_bits(
-        x.iter()
-            .map(|v| v.to_bits() & 0x7fff_ffff)
-            .fold(0, u32::max),
-    )
+    f32::from_bits(x.iter().map(|v| v.to_bits() & 0x7fff_ffff).fold(0, u32::max))
 }
 
 /// `quantize_row_q4_0_ref`.
@@ -256,10 +252,7 @@ pub fn q8k(src: &[f32], dst: &mut [BlockQ8K]) {
 #[inline(always)]
 fn first_with_magnitude(x: &[f32], amax: f32) -> f32 {
     let bits = amax.to_bits();
-    x.iter()
-        .copied()
-        .find(|v| v.to_bits() & 0x7fff_ffff == bits)
-        .unwrap_or(0.0)
+    x.iter().copied().find(|v| v.to_bits() & 0x7fff_ffff == bits).unwrap_or(0.0)
 }
 
 /// `round_away`, for the tests.

@@ -51,10 +51,7 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nearest_int(v: __m256) -> __m256i {
     let bits = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12_582_912.0)));
-    _mm256_sub_epi32(
-        _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
-        _mm256_set1_epi32(0x0040_0000),
-    )
+    _mm256_sub_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)), _mm256_set1_epi32(0x0040_0000))
 }
 
 /// `quantize::round_away` on 8 lanes: C's `roundf`, as integers.
@@ -88,12 +85,7 @@ unsafe fn pack_i8(q: [__m256i; 4], out: *mut i8) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_block(x: &[f32], qs: &mut [i8; QK], rounding: Q8Rounding) -> (f32, [__m256i; 4]) {
     let p = x.as_ptr();
-    let v = [
-        _mm256_loadu_ps(p),
-        _mm256_loadu_ps(p.add(8)),
-        _mm256_loadu_ps(p.add(16)),
-        _mm256_loadu_ps(p.add(24)),
-    ];
+    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
     let m = _mm256_max_epu32(
         _mm256_max_epu32(abs_bits(v[0]), abs_bits(v[1])),
         _mm256_max_epu32(abs_bits(v[2]), abs_bits(v[3])),

@@ -219,16 +219,7 @@ pub fn q2k(src: &[f32], dst: &mut [BlockQ2K]) {
         for j in 0..16 {
             let xs = &x[16 * j..16 * j + 16];
             let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
-            let (s, m) = make_qkx2_quants(
-                3,
-                xs,
-                &weights,
-                &mut l[16 * j..16 * j + 16],
-                -0.5,
-                0.1,
-                15,
-                true,
-            );
+            let (s, m) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
             (scales[j], mins[j]) = (s, m);
             if s > max_scale {
                 max_scale = s;
@@ -349,16 +340,7 @@ fn k4_quants(
         }
         let av_x = (sum_x2 / 32.0).sqrt();
         let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let (s, m) = make_qkx2_quants(
-            nmax,
-            xs,
-            &weights,
-            &mut l[32 * j..32 * j + 32],
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
+        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep, false);
         (scales[j], mins[j]) = (s, m);
         if s > max_scale {
             max_scale = s;
@@ -367,11 +349,7 @@ fn k4_quants(
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     *packed = [0; 12];
     for j in 0..8 {
@@ -444,8 +422,7 @@ pub fn q6k(src: &[f32], dst: &mut [BlockQ6K]) {
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
         for ib in 0..16 {
-            let scale =
-                make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+            let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
             scales[ib] = scale;
             if scale.abs() > max_abs_scale {
                 max_abs_scale = scale.abs();
@@ -453,12 +430,7 @@ pub fn q6k(src: &[f32], dst: &mut [BlockQ6K]) {
             }
         }
         if max_abs_scale < GROUP_MAX_EPS {
-            *y = BlockQ6K {
-                ql: [0; 128],
-                qh: [0; 64],
-                scales: [0; 16],
-                d: F16Le::from_f32(0.0),
-            };
+            *y = BlockQ6K { ql: [0; 128], qh: [0; 64], scales: [0; 16], d: F16Le::from_f32(0.0) };
             continue;
         }
         let iscale = -128.0 / max_scale;
@@ -481,8 +453,7 @@ pub fn q6k(src: &[f32], dst: &mut [BlockQ6K]) {
                 let q = |k: usize| lh[i + 32 * k] as u8;
                 y.ql[64 * h + i] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
                 y.ql[64 * h + i + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
-                y.qh[32 * h + i] =
-                    (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+                y.qh[32 * h + i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
             }
         }
     }

@@ -27,10 +27,7 @@ fn q8_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
         let q32 = |r: float32x4_t| vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(r, id)));
         for k in 0..2 {
             let [a, b, c, e] = [0, 1, 2, 3].map(|j| q32(v[4 * k + j]));
-            let q = vcombine_s8(
-                vqmovn_s16(vcombine_s16(a, b)),
-                vqmovn_s16(vcombine_s16(c, e)),
-            );
+            let q = vcombine_s8(vqmovn_s16(vcombine_s16(a, b)), vqmovn_s16(vcombine_s16(c, e)));
             vst1q_s8(qs.as_mut_ptr().add(16 * k), q);
         }
         d
@@ -50,10 +47,8 @@ pub fn q8_1(src: &[f32], dst: &mut [BlockQ8_1]) {
     for (x, b) in src.chunks_exact(QK).zip(dst.iter_mut()) {
         let d = q8_block(x, &mut b.qs);
         // SAFETY: NEON is baseline; a block holds 32 quants.
-        let sum = unsafe {
-            vaddlvq_s8(vld1q_s8(b.qs.as_ptr())) as i32
-                + vaddlvq_s8(vld1q_s8(b.qs.as_ptr().add(16))) as i32
-        };
+        let sum =
+            unsafe { vaddlvq_s8(vld1q_s8(b.qs.as_ptr())) as i32 + vaddlvq_s8(vld1q_s8(b.qs.as_ptr().add(16))) as i32 };
         b.d = F16Le::from_f32(d);
         b.s = F16Le::from_f32(sum as f32 * d);
     }
@@ -87,14 +82,17 @@ pub fn q8k(src: &[f32], dst: &mut [BlockQ8K]) {
             let target = vdupq_n_u32(amax);
             let first = (0..QK_K / 4)
                 .find(|&i| vmaxvq_u32(vceqq_u32(abs_bits(i), target)) != 0)
-                .and_then(|i| x[4 * i..4 * i + 4].iter().position(|v| v.to_bits() & 0x7fff_ffff == amax).map(|k| 4 * i + k))
+                .and_then(|i| {
+                    x[4 * i..4 * i + 4].iter().position(|v| v.to_bits() & 0x7fff_ffff == amax).map(|k| 4 * i + k)
+                })
                 .unwrap_or(0);
             let iscale = -127.0 / x[first];
             let is = vdupq_n_f32(iscale);
             let magic = vdupq_n_f32(12_582_912.0);
             let nearest = |i: usize| {
                 let v = vaddq_f32(vmulq_f32(is, vld1q_f32(p.add(4 * i))), magic);
-                let q = vsubq_s32(vandq_s32(vreinterpretq_s32_f32(v), vdupq_n_s32(0x007f_ffff)), vdupq_n_s32(0x0040_0000));
+                let q =
+                    vsubq_s32(vandq_s32(vreinterpretq_s32_f32(v), vdupq_n_s32(0x007f_ffff)), vdupq_n_s32(0x0040_0000));
                 vmovn_s32(vminq_s32(q, vdupq_n_s32(127)))
             };
             for g in 0..QK_K / 16 {

@@ -38,9 +38,7 @@ const ROUND_TRIP_RMS_BUDGET: &[(GgmlType, f64)] = &[
 const BLOCK_COUNTS: [usize; 4] = [1, 3, 7, 33];
 
 /// Every type with a dot product.
-const WEIGHT_TYPES: [GgmlType; 13] = [
-    F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K,
-];
+const WEIGHT_TYPES: [GgmlType; 13] = [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K];
 
 /// The types with an AVX2 kernel.
 const SIMD_TYPES: [GgmlType; 8] = [F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4K, Q6K];
@@ -84,12 +82,7 @@ impl Rng {
 
 /// `n_blocks` blocks of random weights of `ty`: random quant bits, with every f16 scale
 /// replaced by `scale()` (so no NaN or infinity). Float types get Gaussian values.
-fn random_weights(
-    ty: GgmlType,
-    n_blocks: usize,
-    rng: &mut Rng,
-    mut scale: impl FnMut(&mut Rng) -> f32,
-) -> Vec<u8> {
+fn random_weights(ty: GgmlType, n_blocks: usize, rng: &mut Rng, mut scale: impl FnMut(&mut Rng) -> f32) -> Vec<u8> {
     let n = n_blocks * ty.block_size();
     if !ty.is_quantized() {
         let x = rng.gauss_row(n);
@@ -100,36 +93,16 @@ fn random_weights(
     let mut out = rng.bytes(ty.bytes_for(n).unwrap());
     let mut h = |rng: &mut Rng| F16Le::from_f32(scale(rng));
     match ty {
-        Q4_0 => as_blocks_mut::<BlockQ4_0>(&mut out)
-            .iter_mut()
-            .for_each(|b| b.d = h(rng)),
-        Q4_1 => as_blocks_mut::<BlockQ4_1>(&mut out)
-            .iter_mut()
-            .for_each(|b| (b.d, b.m) = (h(rng), h(rng))),
-        Q5_0 => as_blocks_mut::<BlockQ5_0>(&mut out)
-            .iter_mut()
-            .for_each(|b| b.d = h(rng)),
-        Q5_1 => as_blocks_mut::<BlockQ5_1>(&mut out)
-            .iter_mut()
-            .for_each(|b| (b.d, b.m) = (h(rng), h(rng))),
-        Q8_0 => as_blocks_mut::<BlockQ8_0>(&mut out)
-            .iter_mut()
-            .for_each(|b| b.d = h(rng)),
-        Q2K => as_blocks_mut::<BlockQ2K>(&mut out)
-            .iter_mut()
-            .for_each(|b| (b.d, b.dmin) = (h(rng), h(rng))),
-        Q3K => as_blocks_mut::<BlockQ3K>(&mut out)
-            .iter_mut()
-            .for_each(|b| b.d = h(rng)),
-        Q4K => as_blocks_mut::<BlockQ4K>(&mut out)
-            .iter_mut()
-            .for_each(|b| (b.d, b.dmin) = (h(rng), h(rng))),
-        Q5K => as_blocks_mut::<BlockQ5K>(&mut out)
-            .iter_mut()
-            .for_each(|b| (b.d, b.dmin) = (h(rng), h(rng))),
-        Q6K => as_blocks_mut::<BlockQ6K>(&mut out)
-            .iter_mut()
-            .for_each(|b| b.d = h(rng)),
+        Q4_0 => as_blocks_mut::<BlockQ4_0>(&mut out).iter_mut().for_each(|b| b.d = h(rng)),
+        Q4_1 => as_blocks_mut::<BlockQ4_1>(&mut out).iter_mut().for_each(|b| (b.d, b.m) = (h(rng), h(rng))),
+        Q5_0 => as_blocks_mut::<BlockQ5_0>(&mut out).iter_mut().for_each(|b| b.d = h(rng)),
+        Q5_1 => as_blocks_mut::<BlockQ5_1>(&mut out).iter_mut().for_each(|b| (b.d, b.m) = (h(rng), h(rng))),
+        Q8_0 => as_blocks_mut::<BlockQ8_0>(&mut out).iter_mut().for_each(|b| b.d = h(rng)),
+        Q2K => as_blocks_mut::<BlockQ2K>(&mut out).iter_mut().for_each(|b| (b.d, b.dmin) = (h(rng), h(rng))),
+        Q3K => as_blocks_mut::<BlockQ3K>(&mut out).iter_mut().for_each(|b| b.d = h(rng)),
+        Q4K => as_blocks_mut::<BlockQ4K>(&mut out).iter_mut().for_each(|b| (b.d, b.dmin) = (h(rng), h(rng))),
+        Q5K => as_blocks_mut::<BlockQ5K>(&mut out).iter_mut().for_each(|b| (b.d, b.dmin) = (h(rng), h(rng))),
+        Q6K => as_blocks_mut::<BlockQ6K>(&mut out).iter_mut().for_each(|b| b.d = h(rng)),
         _ => unreachable!("{ty} is not a weight type"),
     }
     out
@@ -155,11 +128,7 @@ fn dequant(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
 fn f64_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> (f64, f64) {
     let (wf, af) = (dequant(ty, w), dequant(vec_dot_type(ty), a));
     let dot = wf.iter().zip(&af).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let mag = wf
-        .iter()
-        .zip(&af)
-        .map(|(&x, &y)| (x as f64 * y as f64).abs())
-        .sum();
+    let mag = wf.iter().zip(&af).map(|(&x, &y)| (x as f64 * y as f64).abs()).sum();
     (dot, mag)
 }
 
@@ -185,11 +154,7 @@ fn simd_matches_scalar_on_random_rows() {
     for ty in SIMD_TYPES {
         for blocks in BLOCK_COUNTS {
             // Float rows are 32 values per "block" here, plus a ragged tail of 5.
-            let n = if ty.is_quantized() {
-                blocks * ty.block_size()
-            } else {
-                blocks * 32 + 5
-            };
+            let n = if ty.is_quantized() { blocks * ty.block_size() } else { blocks * 32 + 5 };
             let w = random_weights(ty, n / ty.block_size(), &mut rng, |r| r.sym(0.1));
             let a = random_activations(ty, n, &mut rng);
             let scalar = reference::vec_dot(ty, n, &w, &a) as f64;
@@ -216,15 +181,11 @@ fn simd_integer_parts_are_exact() {
             let n = blocks * ty.block_size();
             let mut w = random_weights(ty, blocks, &mut rng, |_| 1.0);
             if ty == Q4_1 {
-                as_blocks_mut::<BlockQ4_1>(&mut w)
-                    .iter_mut()
-                    .for_each(|b| b.m = F16Le::from_f32(0.0));
+                as_blocks_mut::<BlockQ4_1>(&mut w).iter_mut().for_each(|b| b.m = F16Le::from_f32(0.0));
             }
             let mut a = rng.bytes(vec_dot_type(ty).bytes_for(n).unwrap());
             match vec_dot_type(ty) {
-                Q8_0 => as_blocks_mut::<BlockQ8_0>(&mut a)
-                    .iter_mut()
-                    .for_each(|b| b.d = F16Le::from_f32(1.0)),
+                Q8_0 => as_blocks_mut::<BlockQ8_0>(&mut a).iter_mut().for_each(|b| b.d = F16Le::from_f32(1.0)),
                 Q8_1 => as_blocks_mut::<BlockQ8_1>(&mut a).iter_mut().for_each(|b| {
                     (b.d, b.s) = (F16Le::from_f32(1.0), F16Le::from_f32(0.0));
                 }),
@@ -238,11 +199,7 @@ fn simd_integer_parts_are_exact() {
             }
             let scalar = reference::vec_dot(ty, n, &w, &a);
             let simd = simd_dot(ty, n, &w, &a).unwrap();
-            assert_eq!(
-                simd.to_bits(),
-                scalar.to_bits(),
-                "{ty} x {blocks}: simd {simd} scalar {scalar}"
-            );
+            assert_eq!(simd.to_bits(), scalar.to_bits(), "{ty} x {blocks}: simd {simd} scalar {scalar}");
             assert_eq!(scalar.fract(), 0.0, "{ty}: unit scales give an integer");
         }
     }
@@ -257,15 +214,8 @@ fn vec_dot_matches_dequantized_f32_dot() {
             let w = random_weights(ty, n / ty.block_size(), &mut rng, |r| r.sym(0.1));
             let a = random_activations(ty, n, &mut rng);
             let (want, mag) = f64_dot(ty, &w, &a);
-            let tol = if vec_dot_type(ty) == Q8_1 {
-                DOT_REL_TOL_Q8_1
-            } else {
-                DOT_REL_TOL
-            };
-            for (path, got) in [
-                ("dispatch", vec_dot(ty, n, &w, &a)),
-                ("scalar", reference::vec_dot(ty, n, &w, &a)),
-            ] {
+            let tol = if vec_dot_type(ty) == Q8_1 { DOT_REL_TOL_Q8_1 } else { DOT_REL_TOL };
+            for (path, got) in [("dispatch", vec_dot(ty, n, &w, &a)), ("scalar", reference::vec_dot(ty, n, &w, &a))] {
                 let got = got as f64;
                 assert!(
                     (got - want).abs() <= tol * mag,
@@ -285,47 +235,20 @@ fn round_trip_error_within_budget() {
         let mut q = vec![0u8; ty.bytes_for(n).unwrap()];
         quantize_row(ty, &x, &mut q).unwrap();
         let y = dequant(ty, &q);
-        let err: f64 = x
-            .iter()
-            .zip(&y)
-            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-            .sum();
+        let err: f64 = x.iter().zip(&y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
         let norm: f64 = x.iter().map(|&a| (a as f64).powi(2)).sum();
         let rel = (err / norm).sqrt();
-        assert!(
-            rel <= budget,
-            "{ty}: relative RMS error {rel} over budget {budget}"
-        );
+        assert!(rel <= budget, "{ty}: relative RMS error {rel} over budget {budget}");
         // The budget should be tight enough to catch a lost bit: measured within 1.5x of it.
-        assert!(
-            rel >= budget / 1.5 || ty == F32,
-            "{ty}: error {rel} far below budget {budget}; tighten it"
-        );
+        assert!(rel >= budget / 1.5 || ty == F32, "{ty}: error {rel} far below budget {budget}; tighten it");
     }
 }
 
 /// Rows that stress the activation quantizers: Gaussian values, exact ties, zeros, signed
 /// zeros, subnormals, huge values, infinities and NaN, in odd block counts.
 fn awkward_rows(rng: &mut Rng, n: usize) -> Vec<Vec<f32>> {
-    let special = [
-        0.0,
-        -0.0,
-        0.5,
-        -0.5,
-        1.5,
-        -2.5,
-        1e-40,
-        -1e-42,
-        3e38,
-        -3e38,
-        f32::INFINITY,
-        f32::NAN,
-    ];
-    let mut rows = vec![
-        rng.gauss_row(n),
-        vec![0.0; n],
-        (0..n).map(|i| (i % 17) as f32 - 8.5).collect(),
-    ];
+    let special = [0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 1e-40, -1e-42, 3e38, -3e38, f32::INFINITY, f32::NAN];
+    let mut rows = vec![rng.gauss_row(n), vec![0.0; n], (0..n).map(|i| (i % 17) as f32 - 8.5).collect()];
     let mut mixed = rng.gauss_row(n);
     for v in mixed.iter_mut() {
         if rng.unit() < 0.1 {
@@ -364,10 +287,7 @@ fn simd_quantizers_match_scalar_bytes() {
                     // NaN payloads may differ between F16C and the software conversion.
                     for (i, (g, w)) in got.chunks(2).zip(want.chunks(2)).enumerate() {
                         let (g, w) = (F16Le([g[0], g[1]]), F16Le([w[0], w[1]]));
-                        assert!(
-                            g == w || (g.to_f32().is_nan() && w.to_f32().is_nan()),
-                            "F16 value {i} of row {r}"
-                        );
+                        assert!(g == w || (g.to_f32().is_nan() && w.to_f32().is_nan()), "F16 value {i} of row {r}");
                     }
                 } else {
                     let i = (0..want.len()).find(|&i| got[i] != want[i]);
@@ -392,13 +312,7 @@ fn q8k_block_sums_and_scale() {
             assert_eq!(b.bsum(j) as i32, sum, "block {i} sum {j}");
         }
         let xs = &x[256 * i..256 * (i + 1)];
-        let (max, amax) = xs.iter().fold((0f32, 0f32), |(m, a), &v| {
-            if v.abs() > a {
-                (v, v.abs())
-            } else {
-                (m, a)
-            }
-        });
+        let (max, amax) = xs.iter().fold((0f32, 0f32), |(m, a), &v| if v.abs() > a { (v, v.abs()) } else { (m, a) });
         if amax == 0.0 {
             assert_eq!(b.d(), 0.0);
             assert!(b.qs.iter().all(|&v| v == 0));
@@ -437,11 +351,7 @@ fn ggml_rounding_rules() {
         let h = (v * 2.0).round() / 2.0; // also hit exact halves
         for v in [v, h] {
             assert_eq!(quantize::round_away_for_test(v), v.round() as i32, "{v}");
-            assert_eq!(
-                quantize::nearest_int_for_test(v),
-                v.round_ties_even() as i32,
-                "{v}"
-            );
+            assert_eq!(quantize::nearest_int_for_test(v), v.round_ties_even() as i32, "{v}");
         }
     }
 }
@@ -473,10 +383,7 @@ fn k4_scale_unpacking_agrees() {
 fn quantize_row_rejects_bad_sizes() {
     let x = vec![0f32; 256];
     let mut out = vec![0u8; 1024];
-    assert!(matches!(
-        quantize_row(Q8_0, &x[..31], &mut out),
-        Err(QuantError::PartialBlock { .. })
-    ));
+    assert!(matches!(quantize_row(Q8_0, &x[..31], &mut out), Err(QuantError::PartialBlock { .. })));
     let err = quantize_row(Q4K, &x, &mut out).unwrap_err();
     assert!(matches!(err, QuantError::OutputSize { expected: 144, .. }));
     assert!(err.to_string().contains("Q4_K"), "{err}");
@@ -712,7 +619,12 @@ fn neon_k_quant_rows_give_the_scalar_bits() {
                 let rows = kernel.dot_rows::<4>(w, [&acts[0], &acts[1], &acts[2], &acts[3]]);
                 for (r, a) in acts.iter().enumerate() {
                     let scalar = reference::vec_dot(ty, n, w, a);
-                    assert_eq!(rows[r].to_bits(), scalar.to_bits(), "{ty} x {blocks}, row {r}: neon {} scalar {scalar}", rows[r]);
+                    assert_eq!(
+                        rows[r].to_bits(),
+                        scalar.to_bits(),
+                        "{ty} x {blocks}, row {r}: neon {} scalar {scalar}",
+                        rows[r]
+                    );
                     let one = neon_dot(ty, w, a).unwrap();
                     assert_eq!(one.to_bits(), scalar.to_bits(), "{ty} x {blocks}, row {r}: single-row");
                 }

@@ -9,11 +9,11 @@
 //! AArch64 (`super::tile_neon`: the same lane-per-row sums, four rows to a register).
 
 use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
-use kiln_gguf::GgmlType;
-#[cfg(target_arch = "x86_64")]
-use super::{tile_avx2, tile_vnni};
 #[cfg(target_arch = "aarch64")]
 use super::tile_neon;
+#[cfg(target_arch = "x86_64")]
+use super::{tile_avx2, tile_vnni};
+use kiln_gguf::GgmlType;
 
 /// Weight rows per tile: one per f32 lane of an AVX2 register (two NEON registers).
 pub const TILE_ROWS: usize = 8;
@@ -43,10 +43,8 @@ pub struct Tile {
 /// Whether [`Tile`] handles weights of `ty` on this CPU: AVX2 on x86-64, NEON on AArch64
 /// (neither under `KILN_FORCE_SCALAR=1`).
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
-    ) && (super::simd_available() || super::neon_available())
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0)
+        && (super::simd_available() || super::neon_available())
 }
 
 /// Whether the AVX-512 VNNI flavour of the kernels runs (same results, fewer instructions):
@@ -58,7 +56,10 @@ pub fn vnni_available() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             let disabled = std::env::var("KILN_NO_AVX512").is_ok_and(|v| v == "1");
-            !disabled && super::simd_available() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+            !disabled
+                && super::simd_available()
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -134,7 +135,16 @@ impl Tile {
             self.interleaved = true;
             // SAFETY: vnni_available() checked the VNNI set; storage resized to `blocks`
             // blocks, and a packed group of such rows holds as many.
-            unsafe { tile_vnni::load_packed(ty, group, &mut self.quants, &mut self.scales, &mut self.mins, &mut self.corrections) };
+            unsafe {
+                tile_vnni::load_packed(
+                    ty,
+                    group,
+                    &mut self.quants,
+                    &mut self.scales,
+                    &mut self.mins,
+                    &mut self.corrections,
+                )
+            };
             return;
         }
         let mut scratch = std::mem::take(&mut self.rows_scratch);
@@ -167,7 +177,16 @@ impl Tile {
             for (r, row) in rows.iter().enumerate() {
                 // SAFETY: simd_available() checked AVX2, FMA and F16C; the storage holds
                 // `blocks` blocks, the length of every row.
-                unsafe { tile_avx2::unpack_row(ty, &row[..blocks * ty.type_size()], r, &mut self.quants, &mut self.scales, &mut self.mins) };
+                unsafe {
+                    tile_avx2::unpack_row(
+                        ty,
+                        &row[..blocks * ty.type_size()],
+                        r,
+                        &mut self.quants,
+                        &mut self.scales,
+                        &mut self.mins,
+                    )
+                };
             }
             if interleave {
                 self.corrections.resize(blocks, [0; TILE_ROWS]);
@@ -354,15 +373,9 @@ impl Tile {
         let mut out = [0f32; TILE_ROWS];
         let (signed, off) = (ty == GgmlType::Q8_0, offset(ty));
         let acts: Vec<(f32, f32, &[i8; 32])> = if ty == GgmlType::Q4_1 {
-            self.act::<BlockQ8_1>(activations)
-                .iter()
-                .map(|y| (y.d.to_f32(), y.s.to_f32(), &y.qs))
-                .collect()
+            self.act::<BlockQ8_1>(activations).iter().map(|y| (y.d.to_f32(), y.s.to_f32(), &y.qs)).collect()
         } else {
-            self.act::<BlockQ8_0>(activations)
-                .iter()
-                .map(|y| (y.d.to_f32(), 0.0, &y.qs))
-                .collect()
+            self.act::<BlockQ8_0>(activations).iter().map(|y| (y.d.to_f32(), 0.0, &y.qs)).collect()
         };
         for (b, &(dy, sy, yq)) in acts.iter().enumerate() {
             for (r, o) in out.iter_mut().enumerate() {
@@ -411,7 +424,11 @@ fn dot_in_place_with(ty: GgmlType, rows: &[&[u8]], activations: &[u8], next: &[u
             if ty == GgmlType::Q4_1 {
                 let act: &[BlockQ8_1] = as_blocks(activations);
                 assert_eq!(act.len(), blocks, "activation row length");
-                return if vnni { tile_vnni::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead) } else { tile_avx2::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead) };
+                return if vnni {
+                    tile_vnni::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead)
+                } else {
+                    tile_avx2::in_place_q4_1(ptrs.map(|p| p.cast()), act, &ahead)
+                };
             }
             let act: &[BlockQ8_0] = as_blocks(activations);
             assert_eq!(act.len(), blocks, "activation row length");
@@ -473,16 +490,10 @@ mod tests {
 
     #[test]
     fn tile_matches_row_kernel_for_full_and_partial_tiles() {
-        for ty in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-        ] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             for (n_rows, blocks) in [(8, 18), (5, 3), (1, 1), (8, 64), (3, 7), (7, 5)] {
                 let n = blocks * 32;
-                let rows: Vec<Vec<u8>> =
-                    (0..n_rows).map(|r| q(ty, &row(r as u32 + 1, n))).collect();
+                let rows: Vec<Vec<u8>> = (0..n_rows).map(|r| q(ty, &row(r as u32 + 1, n))).collect();
                 let mut act = vec![0u8; vec_dot_type(ty).bytes_for(n).unwrap()];
                 quantize_activations(vec_dot_type(ty), &row(99, n), &mut act).unwrap();
                 let mut tile = Tile::default();
@@ -498,16 +509,8 @@ mod tests {
                     }
                     let expect = kernel.dot(&rows[r], &act);
                     let bound = TILE_TOL * (1.0 + expect.abs());
-                    assert!(
-                        (got[r] - expect).abs() <= bound,
-                        "{ty} row {r}: {} vs {expect}",
-                        got[r]
-                    );
-                    assert!(
-                        (scalar[r] - expect).abs() <= bound,
-                        "{ty} scalar row {r}: {} vs {expect}",
-                        scalar[r]
-                    );
+                    assert!((got[r] - expect).abs() <= bound, "{ty} row {r}: {} vs {expect}", got[r]);
+                    assert!((scalar[r] - expect).abs() <= bound, "{ty} scalar row {r}: {} vs {expect}", scalar[r]);
                 }
             }
         }
@@ -516,7 +519,11 @@ mod tests {
     #[test]
     fn tiles_run_wherever_there_are_simd_kernels() {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
-            let simd = if cfg!(target_arch = "aarch64") { crate::quant::neon_available() } else { crate::quant::simd_available() };
+            let simd = if cfg!(target_arch = "aarch64") {
+                crate::quant::neon_available()
+            } else {
+                crate::quant::simd_available()
+            };
             assert_eq!(supported(ty), simd, "{ty}");
             assert_eq!(crate::quant::packed::packable(ty), simd, "{ty}");
         }
@@ -542,7 +549,11 @@ mod tests {
                 for (t, a) in acts.chunks_exact_mut(act_bytes).enumerate() {
                     // Every other row with a few large values, so that sums reach the edges
                     // of their ranges.
-                    let x: Vec<f32> = row(5 + t as u32 * 31, n).iter().enumerate().map(|(i, v)| if t % 2 == 1 && i % 5 == 0 { 100.0 * v } else { *v }).collect();
+                    let x: Vec<f32> = row(5 + t as u32 * 31, n)
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| if t % 2 == 1 && i % 5 == 0 { 100.0 * v } else { *v })
+                        .collect();
                     quantize_activations(act_ty, &x, a).unwrap();
                 }
                 // The rows packed into a group (missing rows repeat the first): its kernels and
@@ -564,10 +575,26 @@ mod tests {
                     let kernel = RowDot::new(ty, n);
                     for r in 0..n_rows {
                         let what = format!("{ty} {n_rows}x{blocks} act {t} row {r}");
-                        assert_eq!(from_group[r].to_bits(), reference[r].to_bits(), "{what}: packed group {} vs {}", from_group[r], reference[r]);
-                        assert_eq!(plain[r].to_bits(), reference[r].to_bits(), "{what}: plain reference {} vs {}", plain[r], reference[r]);
+                        assert_eq!(
+                            from_group[r].to_bits(),
+                            reference[r].to_bits(),
+                            "{what}: packed group {} vs {}",
+                            from_group[r],
+                            reference[r]
+                        );
+                        assert_eq!(
+                            plain[r].to_bits(),
+                            reference[r].to_bits(),
+                            "{what}: plain reference {} vs {}",
+                            plain[r],
+                            reference[r]
+                        );
                         let expect = kernel.dot(rows[r], act);
-                        assert!((reference[r] - expect).abs() <= TILE_TOL * (1.0 + expect.abs()), "{what}: {} vs the row kernel's {expect}", reference[r]);
+                        assert!(
+                            (reference[r] - expect).abs() <= TILE_TOL * (1.0 + expect.abs()),
+                            "{what}: {} vs the row kernel's {expect}",
+                            reference[r]
+                        );
                     }
                     for &vnni in flavours {
                         let mut tile = Tile::default();

@@ -11,9 +11,9 @@
 //! F16C (see `super::simd_available`).
 
 use super::blocks::{as_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1, F16Le};
-use kiln_gguf::GgmlType;
 use super::dot_avx2::{bytes_from_bits, dot_u8_i8, dot_u8_i8_offset, h2f, h2f8, load32, nibbles, widen16};
 use super::tile::{Tile, TILE_ROWS};
+use kiln_gguf::GgmlType;
 use std::arch::x86_64::*;
 
 /// Prefetches of the rows to come, spread over the blocks of the current call: reading eight
@@ -49,7 +49,14 @@ impl Ahead {
 /// AVX2, FMA and F16C; `row` is whole blocks of `ty` (one of the tile types), and the outputs
 /// hold that many blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn unpack_row(ty: GgmlType, row: &[u8], r: usize, quants: &mut [[u8; 32]], scales: &mut [[f32; TILE_ROWS]], mins: &mut [[f32; TILE_ROWS]]) {
+pub unsafe fn unpack_row(
+    ty: GgmlType,
+    row: &[u8],
+    r: usize,
+    quants: &mut [[u8; 32]],
+    scales: &mut [[f32; TILE_ROWS]],
+    mins: &mut [[f32; TILE_ROWS]],
+) {
     let store32 = |q: &mut [u8; 32], v: __m256i| _mm256_storeu_si256(q.as_mut_ptr().cast(), v);
     match ty {
         GgmlType::Q4_0 => {
@@ -92,10 +99,7 @@ pub(super) unsafe fn transpose_sum(s: [__m256i; 8]) -> __m256i {
     let a67 = _mm256_hadd_epi32(s[6], s[7]);
     let b0 = _mm256_hadd_epi32(a01, a23);
     let b1 = _mm256_hadd_epi32(a45, a67);
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(b0, b1),
-        _mm256_permute2x128_si256::<0x31>(b0, b1),
-    )
+    _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(b0, b1), _mm256_permute2x128_si256::<0x31>(b0, b1))
 }
 
 /// `acc + (scales · d_y) · totals`: one block's contribution, the same expression in both
@@ -103,11 +107,7 @@ pub(super) unsafe fn transpose_sum(s: [__m256i; 8]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn accumulate(acc: __m256, scales: __m256, dy: F16Le, totals: __m256i) -> __m256 {
-    _mm256_fmadd_ps(
-        _mm256_mul_ps(scales, h2f8(dy)),
-        _mm256_cvtepi32_ps(totals),
-        acc,
-    )
+    _mm256_fmadd_ps(_mm256_mul_ps(scales, h2f8(dy)), _mm256_cvtepi32_ps(totals), acc)
 }
 
 pub(super) fn store(v: __m256) -> [f32; TILE_ROWS] {
@@ -328,10 +328,7 @@ pub unsafe fn in_place_q5_0(rows: [*const BlockQ5_0; TILE_ROWS], act: &[BlockQ8_
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_i8_i8(w: *const i8, vlo: __m256i, vhi: __m256i) -> __m256i {
-    _mm256_add_epi32(
-        _mm256_madd_epi16(widen16(w), vlo),
-        _mm256_madd_epi16(widen16(w.add(16)), vhi),
-    )
+    _mm256_add_epi32(_mm256_madd_epi16(widen16(w), vlo), _mm256_madd_epi16(widen16(w.add(16)), vhi))
 }
 
 /// Signed quants (Q8_0 · Q8_0), unpacked.

@@ -149,7 +149,12 @@ fn check<B>(rows: &[&[B]; TILE_ROWS], blocks: usize) {
 
 /// The Q8_0-activation kernels in place: `d` and `quants` read one row's block.
 #[inline(always)]
-fn in_place<B>(rows: [&[B]; TILE_ROWS], act: &[BlockQ8_0], d: impl Fn(&B) -> F16Le, quants: impl Fn(&B) -> [int8x16_t; 2]) -> [f32; TILE_ROWS] {
+fn in_place<B>(
+    rows: [&[B]; TILE_ROWS],
+    act: &[BlockQ8_0],
+    d: impl Fn(&B) -> F16Le,
+    quants: impl Fn(&B) -> [int8x16_t; 2],
+) -> [f32; TILE_ROWS] {
     check(&rows, act.len());
     // SAFETY: NEON is baseline on AArch64; registers only.
     let mut acc = unsafe { [vdupq_n_f32(0.0); 2] };

@@ -257,7 +257,14 @@ unsafe fn store_columns(columns: &[__m256i; TILE_ROWS], quants: &mut [[u8; 32]],
 /// As the module; `group` holds `scales.len()` packed blocks of `ty`, and `quants`, `mins`
 /// (Q4_1) and `corrections` room for as many blocks.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], scales: &mut [[f32; TILE_ROWS]], mins: &mut [[f32; TILE_ROWS]], corrections: &mut [[i32; TILE_ROWS]]) {
+pub unsafe fn load_packed(
+    ty: GgmlType,
+    group: &[u8],
+    quants: &mut [[u8; 32]],
+    scales: &mut [[f32; TILE_ROWS]],
+    mins: &mut [[f32; TILE_ROWS]],
+    corrections: &mut [[i32; TILE_ROWS]],
+) {
     // Bytes per packed block, where its quants start, and the zero point of 4-bit quants.
     let (block_bytes, start, zero) = match ty {
         GgmlType::Q4_0 => (144, 16, Some(8)),
@@ -267,7 +274,9 @@ pub unsafe fn load_packed(ty: GgmlType, group: &[u8], quants: &mut [[u8; 32]], s
     };
     assert!(group.len() >= scales.len() * block_bytes);
     let m4 = _mm256_set1_epi8(0xF);
-    for (b, ((q, scale), correction)) in quants.chunks_exact_mut(TILE_ROWS).zip(scales.iter_mut()).zip(corrections.iter_mut()).enumerate() {
+    for (b, ((q, scale), correction)) in
+        quants.chunks_exact_mut(TILE_ROWS).zip(scales.iter_mut()).zip(corrections.iter_mut()).enumerate()
+    {
         let src = group.as_ptr().add(b * block_bytes);
         _mm256_storeu_ps(scale.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(src.cast())));
         if ty == GgmlType::Q4_1 {
@@ -352,7 +361,11 @@ unsafe fn broadcast_biased<const PREBIASED: bool>(qs: &[i8; 32], j: usize) -> __
 /// (interleaved layout, see [`interleave`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn interleaved_totals<const R: usize, const PREBIASED: bool>(tile: &Tile, b: usize, qs: [&[i8; 32]; R]) -> [__m256i; R] {
+unsafe fn interleaved_totals<const R: usize, const PREBIASED: bool>(
+    tile: &Tile,
+    b: usize,
+    qs: [&[i8; 32]; R],
+) -> [__m256i; R] {
     let start = _mm256_loadu_si256(tile.corrections(b).as_ptr().cast());
     let columns = tile.quants(b);
     let mut sums = [start; R];
@@ -372,7 +385,10 @@ unsafe fn interleaved_totals<const R: usize, const PREBIASED: bool>(tile: &Tile,
 /// # Safety
 /// As the module; every activation row has the tile's number of blocks.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn interleaved_q8_0<const R: usize, const PREBIASED: bool>(tile: &Tile, acts: [&[BlockQ8_0]; R]) -> [[f32; TILE_ROWS]; R] {
+pub unsafe fn interleaved_q8_0<const R: usize, const PREBIASED: bool>(
+    tile: &Tile,
+    acts: [&[BlockQ8_0]; R],
+) -> [[f32; TILE_ROWS]; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..acts[0].len() {
         let totals = interleaved_totals::<R, PREBIASED>(tile, b, acts.map(|a| &a[b].qs));
@@ -390,7 +406,10 @@ pub unsafe fn interleaved_q8_0<const R: usize, const PREBIASED: bool>(tile: &Til
 /// # Safety
 /// As [`interleaved_q8_0`].
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub unsafe fn interleaved_q4_1<const R: usize, const PREBIASED: bool>(tile: &Tile, acts: [&[BlockQ8_1]; R]) -> [[f32; TILE_ROWS]; R] {
+pub unsafe fn interleaved_q4_1<const R: usize, const PREBIASED: bool>(
+    tile: &Tile,
+    acts: [&[BlockQ8_1]; R],
+) -> [[f32; TILE_ROWS]; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offsets = [_mm256_setzero_ps(); R];
     for b in 0..acts[0].len() {

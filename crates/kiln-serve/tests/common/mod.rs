@@ -38,13 +38,26 @@ pub fn served_model() -> Option<ServedModel> {
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
     let template = ChatTemplate::for_model(&tokenizer, "llama").unwrap();
     let model = kiln_model::Model::from_gguf(file).unwrap();
-    Some(ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: "smollm2".into(), aliases: vec![] })
+    Some(ServedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        template,
+        id: "smollm2".into(),
+        aliases: vec![],
+    })
 }
 
 /// Starts a server with the default model, or None (the test skips) when it is absent.
 pub fn start(parallel: usize, queue: usize, context: usize, api_key: Option<&str>) -> Option<TestServer> {
     let served = served_model()?;
-    let options = ServeOptions { host: "127.0.0.1".into(), port: 0, parallel, queue, context, api_key: api_key.map(String::from) };
+    let options = ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        parallel,
+        queue,
+        context,
+        api_key: api_key.map(String::from),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -92,7 +105,11 @@ fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&str>, headers:
 fn head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
     let mut headers = Vec::new();
     loop {
         line.clear();

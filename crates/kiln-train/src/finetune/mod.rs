@@ -57,18 +57,11 @@ pub fn load_base(path: &Path) -> Result<Base> {
         let tokenizer_json = std::fs::read_to_string(&tj).map_err(io_err(&tj))?;
         let tc = dir.join("tokenizer_config.json");
         let tokenizer_config = match std::fs::read_to_string(&tc) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                TrainError::Checkpoint(format!("{}: not valid JSON ({e})", tc.display()))
-            })?,
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: not valid JSON ({e})", tc.display())))?,
             Err(_) => json!({}),
         };
-        return Ok(Base {
-            config,
-            tied,
-            tensors,
-            tokenizer_json,
-            tokenizer_config,
-        });
+        return Ok(Base { config, tied, tensors, tokenizer_json, tokenizer_config });
     }
     let file = GgufFile::open(path).map_err(|e| {
         TrainError::Config(format!(
@@ -95,19 +88,11 @@ pub fn load_base(path: &Path) -> Result<Base> {
         let rows = (info.n_elements() as usize) / cols.max(1);
         let data = file.tensor_data(info);
         let row_bytes = info.ty.bytes_for(cols).ok_or_else(|| {
-            TrainError::Config(format!(
-                "{}: tensor {} has a bad row length",
-                path.display(),
-                info.name
-            ))
+            TrainError::Config(format!("{}: tensor {} has a bad row length", path.display(), info.name))
         })?;
         let mut values = vec![0f32; rows * cols];
         for (r, out) in values.chunks_mut(cols).enumerate() {
-            kiln_model::quant::dequantize_row(
-                info.ty,
-                &data[r * row_bytes..(r + 1) * row_bytes],
-                out,
-            );
+            kiln_model::quant::dequantize_row(info.ty, &data[r * row_bytes..(r + 1) * row_bytes], out);
         }
         if permuted && hf.ends_with("q_proj.weight") {
             values = unpermute_rope_rows(&values, config.n_heads, cols);
@@ -129,13 +114,7 @@ pub fn load_base(path: &Path) -> Result<Base> {
         "add_eos_token": false,
         "chat_template": tok.chat_template(),
     });
-    Ok(Base {
-        config,
-        tied,
-        tensors,
-        tokenizer_json: tok.to_json()?,
-        tokenizer_config,
-    })
+    Ok(Base { config, tied, tensors, tokenizer_json: tok.to_json()?, tokenizer_config })
 }
 
 /// Writes the base's tokenizer into `dir` with the chat template fine-tuning trains: the
@@ -157,10 +136,7 @@ pub fn write_tokenizer(base: &Base, dir: &Path) -> Result<()> {
 /// tokenizer (the template fine-tuning trains, as [`write_tokenizer`]) as a Hugging Face
 /// directory `out`: what `kiln merge` writes, and `kiln export --format hf` for a GGUF.
 pub fn write_hf(base: &Base, tensors: &HashMap<String, Tensor>, out: &Path) -> Result<()> {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let tok_dir = out.with_file_name(format!(".{name}.tokenizer"));
     write_tokenizer(base, &tok_dir)?;
     let result = crate::export::write_hf_dir(out, tensors, &base.config, base.tied, &tok_dir, None);
@@ -195,28 +171,15 @@ pub fn read_data<T>(
                 )));
             }
             for b in &bad {
-                report(&format!(
-                    "skipped {} {}: {}",
-                    path.display(),
-                    b.location,
-                    b.message
-                ));
+                report(&format!("skipped {} {}: {}", path.display(), b.location, b.message));
             }
         }
-        out.extend(
-            rows.rows
-                .into_iter()
-                .map(|(loc, r)| (format!("{} {loc}", path.display()), r)),
-        );
+        out.extend(rows.rows.into_iter().map(|(loc, r)| (format!("{} {loc}", path.display()), r)));
     }
     if out.is_empty() {
         return Err(TrainError::Data(format!(
             "no usable rows in {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )));
     }
     Ok(out)
@@ -251,9 +214,7 @@ pub fn encode_example(
     from_turn: usize,
     max_len: usize,
 ) -> std::result::Result<Option<Example>, String> {
-    let mut segments = template
-        .render_for_training(messages)
-        .map_err(|e| e.to_string())?;
+    let mut segments = template.render_for_training(messages).map_err(|e| e.to_string())?;
     let mut k = 0;
     for s in &mut segments {
         if s.train {
@@ -268,10 +229,7 @@ pub fn encode_example(
     if ids.len() < 2 {
         return Ok(None);
     }
-    let weights: Vec<f32> = mask[1..ids.len()]
-        .iter()
-        .map(|&m| if m { 1.0 } else { 0.0 })
-        .collect();
+    let weights: Vec<f32> = mask[1..ids.len()].iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
     let ex = Example { ids, weights, starts: Vec::new() };
     Ok((ex.n_trained() > 0).then_some(ex))
 }
@@ -450,16 +408,8 @@ mod tests {
 
     #[test]
     fn packing_zeroes_the_boundary_target() {
-        let a = Example {
-            ids: vec![1, 2, 3],
-            weights: vec![0.0, 1.0],
-            starts: Vec::new(),
-        };
-        let b = Example {
-            ids: vec![4, 5],
-            weights: vec![1.0],
-            starts: Vec::new(),
-        };
+        let a = Example { ids: vec![1, 2, 3], weights: vec![0.0, 1.0], starts: Vec::new() };
+        let b = Example { ids: vec![4, 5], weights: vec![1.0], starts: Vec::new() };
         let rows = pack(&[&a, &b, &a], 6);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].ids, vec![1, 2, 3, 4, 5]);
@@ -513,7 +463,10 @@ mod tests {
         let w = model.param("model.layers.1.mlp.down_proj.weight").unwrap().as_tensor();
         for r in &rows {
             let g = weighted_logp(&model, r).unwrap().backward().unwrap().get(w).unwrap().clone();
-            grads_alone = Some(match grads_alone { Some(s) => (s + g).unwrap(), None => g });
+            grads_alone = Some(match grads_alone {
+                Some(s) => (s + g).unwrap(),
+                None => g,
+            });
         }
         let (a, b) = (grads_together.get(w).unwrap(), grads_alone.unwrap());
         let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -535,10 +488,7 @@ mod tests {
         e0.sort();
         assert_eq!(e0, (0..7).collect::<Vec<_>>());
         let mut r = Loader::new(7, 3, 5);
-        assert_eq!(
-            (5..14).map(|_| r.next_index()).collect::<Vec<_>>(),
-            first[5..].to_vec()
-        );
+        assert_eq!((5..14).map(|_| r.next_index()).collect::<Vec<_>>(), first[5..].to_vec());
     }
 
     #[test]

@@ -141,13 +141,7 @@ pub struct Loader {
 impl Loader {
     /// Visits `0..n` (n > 0) from position `cursor`.
     pub fn new(n: usize, seed: u64, cursor: u64) -> Loader {
-        Loader {
-            n,
-            seed,
-            cursor,
-            perm: Vec::new(),
-            perm_epoch: u64::MAX,
-        }
+        Loader { n, seed, cursor, perm: Vec::new(), perm_epoch: u64::MAX }
     }
 
     /// The next row index.
@@ -197,9 +191,7 @@ impl JsonLog {
         let mut keep = String::new();
         if let (Some(s), Ok(text)) = (resume_step, std::fs::read_to_string(&path)) {
             for line in text.lines() {
-                let step = serde_json::from_str::<Json>(line)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64());
+                let step = serde_json::from_str::<Json>(line).ok().and_then(|v| v["step"].as_u64());
                 if step.is_some_and(|st| st as usize <= s) {
                     keep.push_str(line);
                     keep.push('\n');
@@ -212,10 +204,7 @@ impl JsonLog {
 
     /// Appends one line.
     pub fn append(&self, v: &Json) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io_err(&self.path))?;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(io_err(&self.path))?;
         writeln!(f, "{v}").map_err(io_err(&self.path))
     }
 
@@ -314,8 +303,7 @@ pub struct Run {
 
 fn read_json<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: corrupted ({e})", path.display())))
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(format!("{}: corrupted ({e})", path.display())))
 }
 
 /// Extra parameters a task adds (name, initial value).
@@ -323,11 +311,7 @@ pub type Extra = Vec<(String, Tensor)>;
 
 impl Run {
     /// Starts a run in `dir` (which must not hold checkpoints yet).
-    pub fn start(
-        dir: &Path,
-        cfg: FinetuneConfig,
-        extra: impl FnOnce(&ModelConfig) -> Result<Extra>,
-    ) -> Result<Run> {
+    pub fn start(dir: &Path, cfg: FinetuneConfig, extra: impl FnOnce(&ModelConfig) -> Result<Extra>) -> Result<Run> {
         cfg.validate()?;
         if !checkpoint::list(dir)?.is_empty() {
             return Err(TrainError::Config(format!(
@@ -420,9 +404,11 @@ impl Run {
         let mut extra = Vec::new();
         for (name, init) in extra_init {
             let t = match &ck {
-                Some(c) => c.model.get(&name).cloned().ok_or_else(|| {
-                    TrainError::Checkpoint(format!("the checkpoint has no tensor {name:?}"))
-                })?,
+                Some(c) => c
+                    .model
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| TrainError::Checkpoint(format!("the checkpoint has no tensor {name:?}")))?,
                 None => init,
             };
             extra.push((name, Var::from_tensor(&t)?));
@@ -440,18 +426,7 @@ impl Run {
             }
         }
         let log = JsonLog::open(dir, ck.as_ref().map(|c| c.state.step))?;
-        Ok(Run {
-            dir: dir.to_path_buf(),
-            cfg,
-            net,
-            tok,
-            template,
-            opt,
-            step,
-            resume_cursor: cursor,
-            tokens_seen,
-            log,
-        })
+        Ok(Run { dir: dir.to_path_buf(), cfg, net, tok, template, opt, step, resume_cursor: cursor, tokens_seen, log })
     }
 
     /// Trains until `cfg.steps`, reporting one line per step; returns the last metrics line.
@@ -478,14 +453,7 @@ impl Run {
         let mut acc: Option<GradAccum> = None;
         while self.step < cfg.steps {
             let t0 = Instant::now();
-            let lr = lr_at(
-                self.step,
-                cfg.steps,
-                cfg.warmup,
-                cfg.lr,
-                cfg.min_lr_frac,
-                Decay::Cosine,
-            );
+            let lr = lr_at(self.step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_frac, Decay::Cosine);
             let params = self.net.trainable();
             let acc = GradAccum::reuse(&mut acc, &params);
             self.net.set_training(true);
@@ -522,8 +490,7 @@ impl Run {
                 line[k] = json!(v);
                 text.push_str(&format!(" | {k} {v:.4}"));
             }
-            let eval_now = (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every))
-                || self.step == cfg.steps;
+            let eval_now = (cfg.eval_every > 0 && self.step.is_multiple_of(cfg.eval_every)) || self.step == cfg.steps;
             if eval_now {
                 for (k, v) in self.net.model.no_grad(|| task.evaluate(&self.net))? {
                     line[&k] = json!(v);
@@ -532,9 +499,7 @@ impl Run {
             }
             self.log.append(&line)?;
             report(&text);
-            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every))
-                || self.step == cfg.steps
-            {
+            if (cfg.ckpt_every > 0 && self.step.is_multiple_of(cfg.ckpt_every)) || self.step == cfg.steps {
                 self.checkpoint(loader.cursor)?;
             }
             last = line;
@@ -556,29 +521,15 @@ impl Run {
 
     fn checkpoint(&self, cursor: u64) -> Result<()> {
         let params = self.net.trainable();
-        let tensors: HashMap<String, Tensor> = params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors: HashMap<String, Tensor> = params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         let state = TrainState {
             step: self.step,
             adam_t: self.opt.t,
             loader_rng: cursor,
-            sample_rng: self
-                .net
-                .model
-                .adapters
-                .as_ref()
-                .map_or(0, |l| l.rng_state()),
+            sample_rng: self.net.model.adapters.as_ref().map_or(0, |l| l.rng_state()),
             tokens_seen: self.tokens_seen,
         };
-        checkpoint::save(
-            &self.dir,
-            &tensors,
-            &self.opt.state_tensors(&params)?,
-            &state,
-            self.cfg.keep,
-        )?;
+        checkpoint::save(&self.dir, &tensors, &self.opt.state_tensors(&params)?, &state, self.cfg.keep)?;
         plot::plot_loss(&self.dir, &self.log.records()?)
     }
 
@@ -586,14 +537,7 @@ impl Run {
     pub fn write_outputs(&self) -> Result<()> {
         let tensors = self.net.merged_tensors()?;
         let m = &self.net.model;
-        write_hf_dir(
-            &self.dir.join("model"),
-            &tensors,
-            &m.config,
-            m.tied,
-            &self.dir.join("tokenizer"),
-            None,
-        )?;
+        write_hf_dir(&self.dir.join("model"), &tensors, &m.config, m.tied, &self.dir.join("tokenizer"), None)?;
         if let Some(l) = &m.adapters {
             l.save(&self.dir.join("adapter"))?;
         }

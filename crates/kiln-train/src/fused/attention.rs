@@ -18,7 +18,14 @@ const BLOCK: usize = 64;
 /// (start, length) per packed document; empty for one), and with a sliding `window` only to
 /// the last `window` of them (itself included). The result is `[b·t, h·d]`, the layout the
 /// output projection reads.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, window: Option<usize>, documents: &[(usize, usize)]) -> CResult<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    window: Option<usize>,
+    documents: &[(usize, usize)],
+) -> CResult<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     if k.dims() != q.dims() || v.dims() != q.dims() {
         return Err(candle_core::Error::Msg(format!(
@@ -73,8 +80,25 @@ unsafe fn matmul((m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize,
         return;
     }
     gemm::gemm(
-        m, n, k, dst, 1, dst_rs as isize, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0f32, 1.0f32, false,
-        false, false, gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
     );
 }
 
@@ -137,7 +161,15 @@ impl CustomOp3 for Attention {
         "kiln-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> CResult<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
         let (q, k, v) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
         let (b, h, t, d) = (self.b, self.h, self.t, self.d);
         let mut out = vec![0.0f32; b * t * h * d];
@@ -155,9 +187,14 @@ impl CustomOp3 for Attention {
                     // SAFETY: scores of the block's rows and keys s..s+c lie inside this
                     // head's [n, n] block of this document; q and k rows inside its [t, d].
                     unsafe {
-                        matmul((rb, c, d), p[rows..].as_mut_ptr(), n, false,
+                        matmul(
+                            (rb, c, d),
+                            p[rows..].as_mut_ptr(),
+                            n,
+                            false,
                             View { ptr: qb[(s + r0) * d..].as_ptr(), rs: d as isize, cs: 1 },
-                            View { ptr: kb[s * d..].as_ptr(), rs: 1, cs: d as isize });
+                            View { ptr: kb[s * d..].as_ptr(), rs: 1, cs: d as isize },
+                        );
                     }
                     for j in 0..rb {
                         let row = &mut p[rows + j * n..][..c];
@@ -176,9 +213,14 @@ impl CustomOp3 for Attention {
                     // bi·t+s+r0.. are written by this task only.
                     unsafe {
                         let dst = out_ptr.at((bi * t + s + r0) * h * d + hi * d);
-                        matmul((rb, d, c), dst, h * d, false,
+                        matmul(
+                            (rb, d, c),
+                            dst,
+                            h * d,
+                            false,
                             View { ptr: p[rows..].as_ptr(), rs: n as isize, cs: 1 },
-                            View { ptr: vb[s * d..].as_ptr(), rs: d as isize, cs: 1 });
+                            View { ptr: vb[s * d..].as_ptr(), rs: d as isize, cs: 1 },
+                        );
                     }
                 }
             },
@@ -187,7 +229,14 @@ impl CustomOp3 for Attention {
         Ok((CpuStorage::F32(out), Shape::from((b * t, h * d))))
     }
 
-    fn bwd(&self, q_t: &Tensor, k_t: &Tensor, v_t: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q_t: &Tensor,
+        k_t: &Tensor,
+        v_t: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let probs = self
             .probs
             .lock()
@@ -206,7 +255,8 @@ impl CustomOp3 for Attention {
                     || vec![0.0f32; BLOCK * t],
                     |ds, (bh, ((dq, dk), dv))| {
                         let (bi, hi) = (bh / h, bh % h);
-                        let (qb, kb, vb) = (&q[bh * t * d..][..t * d], &k[bh * t * d..][..t * d], &v[bh * t * d..][..t * d]);
+                        let (qb, kb, vb) =
+                            (&q[bh * t * d..][..t * d], &k[bh * t * d..][..t * d], &v[bh * t * d..][..t * d]);
                         let per_head = self.probs_per_head();
                         let p = &probs[bh * per_head..][..per_head];
                         for blk in self.blocks() {
@@ -218,9 +268,14 @@ impl CustomOp3 for Attention {
                             // holds BLOCK × t floats.
                             unsafe {
                                 // dP = dO·Vᵀ
-                                matmul((rb, c, d), ds.as_mut_ptr(), c, false,
+                                matmul(
+                                    (rb, c, d),
+                                    ds.as_mut_ptr(),
+                                    c,
+                                    false,
                                     View { ptr: g[go..].as_ptr(), rs: (h * d) as isize, cs: 1 },
-                                    View { ptr: vb[s * d..].as_ptr(), rs: 1, cs: d as isize });
+                                    View { ptr: vb[s * d..].as_ptr(), rs: 1, cs: d as isize },
+                                );
                             }
                             for j in 0..rb {
                                 let (oj, gj) = (&o[go + j * h * d..][..d], &g[go + j * h * d..][..d]);
@@ -232,17 +287,32 @@ impl CustomOp3 for Attention {
                             }
                             unsafe {
                                 // dQ = dS·K
-                                matmul((rb, d, c), dq[(s + r0) * d..].as_mut_ptr(), d, false,
+                                matmul(
+                                    (rb, d, c),
+                                    dq[(s + r0) * d..].as_mut_ptr(),
+                                    d,
+                                    false,
                                     View { ptr: ds.as_ptr(), rs: c as isize, cs: 1 },
-                                    View { ptr: kb[s * d..].as_ptr(), rs: d as isize, cs: 1 });
+                                    View { ptr: kb[s * d..].as_ptr(), rs: d as isize, cs: 1 },
+                                );
                                 // dK += dSᵀ·Q
-                                matmul((c, d, rb), dk[s * d..].as_mut_ptr(), d, true,
+                                matmul(
+                                    (c, d, rb),
+                                    dk[s * d..].as_mut_ptr(),
+                                    d,
+                                    true,
                                     View { ptr: ds.as_ptr(), rs: 1, cs: c as isize },
-                                    View { ptr: qb[(s + r0) * d..].as_ptr(), rs: d as isize, cs: 1 });
+                                    View { ptr: qb[(s + r0) * d..].as_ptr(), rs: d as isize, cs: 1 },
+                                );
                                 // dV += Pᵀ·dO
-                                matmul((c, d, rb), dv[s * d..].as_mut_ptr(), d, true,
+                                matmul(
+                                    (c, d, rb),
+                                    dv[s * d..].as_mut_ptr(),
+                                    d,
+                                    true,
                                     View { ptr: p[rows..].as_ptr(), rs: 1, cs: n as isize },
-                                    View { ptr: g[go..].as_ptr(), rs: (h * d) as isize, cs: 1 });
+                                    View { ptr: g[go..].as_ptr(), rs: (h * d) as isize, cs: 1 },
+                                );
                             }
                         }
                     },

@@ -63,14 +63,8 @@ unsafe fn sigmoid_avx2(x: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let one = _mm256_set1_ps(1.0);
     for i in (0..x.len()).step_by(8) {
-        let e = kiln_model::math::exp8(_mm256_sub_ps(
-            _mm256_setzero_ps(),
-            _mm256_loadu_ps(x.as_ptr().add(i)),
-        ));
-        _mm256_storeu_ps(
-            out.as_mut_ptr().add(i),
-            _mm256_div_ps(one, _mm256_add_ps(one, e)),
-        );
+        let e = kiln_model::math::exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(x.as_ptr().add(i))));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_div_ps(one, _mm256_add_ps(one, e)));
     }
 }
 
@@ -98,30 +92,17 @@ impl CustomOp2 for Gate {
         Gate::name(*self)
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (gate, up) = (f32s(s1, l1)?, f32s(s2, l2)?);
         let mut out = gate.to_vec();
         let m = MIN_TASK_FLOATS;
         match *self {
-            Gate::Silu => out
-                .par_chunks_mut(m)
-                .zip(up.par_chunks(m))
-                .for_each(|(o, u)| kiln_model::math::swiglu(o, u)),
-            Gate::Gelu { ggml_table: true } => out
-                .par_chunks_mut(m)
-                .zip(up.par_chunks(m))
-                .for_each(|(o, u)| kiln_model::math::geglu(o, u)),
-            Gate::Gelu { ggml_table: false } => out
-                .par_chunks_mut(m)
-                .zip(gate.par_chunks(m))
-                .zip(up.par_chunks(m))
-                .for_each_init(
+            Gate::Silu => out.par_chunks_mut(m).zip(up.par_chunks(m)).for_each(|(o, u)| kiln_model::math::swiglu(o, u)),
+            Gate::Gelu { ggml_table: true } => {
+                out.par_chunks_mut(m).zip(up.par_chunks(m)).for_each(|(o, u)| kiln_model::math::geglu(o, u))
+            }
+            Gate::Gelu { ggml_table: false } => {
+                out.par_chunks_mut(m).zip(gate.par_chunks(m)).zip(up.par_chunks(m)).for_each_init(
                     || vec![0.0f32; m],
                     |scratch, ((o, x), u)| {
                         gelu_sigmoid(x, o, scratch);
@@ -129,7 +110,8 @@ impl CustomOp2 for Gate {
                             *o *= x * u;
                         }
                     },
-                ),
+                )
+            }
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -146,17 +128,10 @@ impl CustomOp2 for Gate {
         let kind = *self;
         with_values([gate_t, up_t, grad], |[gate, up, g]| {
             let chunk = MIN_TASK_FLOATS;
-            let tasks = dgate
-                .par_chunks_mut(chunk)
-                .zip(dup.par_chunks_mut(chunk))
-                .enumerate();
+            let tasks = dgate.par_chunks_mut(chunk).zip(dup.par_chunks_mut(chunk)).enumerate();
             let inputs = |c: usize, len: usize| {
                 let off = c * chunk;
-                (
-                    &gate[off..off + len],
-                    &up[off..off + len],
-                    &g[off..off + len],
-                )
+                (&gate[off..off + len], &up[off..off + len], &g[off..off + len])
             };
             match kind {
                 Gate::Silu => tasks.for_each(|(c, (dg, du))| {
@@ -185,10 +160,7 @@ impl CustomOp2 for Gate {
             }
         })?;
         let shape = gate_t.shape().clone();
-        Ok((
-            Some(tensor(dgate, shape.clone())?),
-            Some(tensor(dup, shape)?),
-        ))
+        Ok((Some(tensor(dgate, shape.clone())?), Some(tensor(dup, shape)?)))
     }
 }
 
@@ -210,10 +182,7 @@ mod tests {
     /// The reference from candle ops: GELU's tanh form written out, so autograd
     /// differentiates the definition.
     fn gelu_reference(x: &Tensor) -> Tensor {
-        let inner = ((x.sqr().unwrap() * f64::from(GELU_A)).unwrap() + 1.0)
-            .unwrap()
-            .mul(x)
-            .unwrap();
+        let inner = ((x.sqr().unwrap() * f64::from(GELU_A)).unwrap() + 1.0).unwrap().mul(x).unwrap();
         let t = (inner * f64::from(SQRT_2_OVER_PI)).unwrap().tanh().unwrap();
         ((t + 1.0).unwrap() * 0.5).unwrap().mul(x).unwrap()
     }
@@ -232,17 +201,9 @@ mod tests {
     #[test]
     fn geglu_with_the_ggml_table_is_kiln_inference() {
         let (g, u) = (rand(8, &[5, 40], 3.0), rand(9, &[5, 40], 1.0));
-        let ours = geglu(&g, &u, true)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let ours = geglu(&g, &u, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mut theirs = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        kiln_model::math::geglu(
-            &mut theirs,
-            &u.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
+        kiln_model::math::geglu(&mut theirs, &u.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         assert_eq!(ours, theirs);
     }
 }

@@ -31,9 +31,7 @@ fn rows_per_task(width: usize) -> usize {
 fn f32s<'a>(storage: &'a CpuStorage, layout: &Layout) -> CResult<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(candle_core::Error::Msg(
-            "fused kernels take contiguous f32 tensors".into(),
-        )),
+        _ => Err(candle_core::Error::Msg("fused kernels take contiguous f32 tensors".into())),
     }
 }
 
@@ -160,20 +158,18 @@ impl CustomOp1 for TargetLogp {
         let (n, vocab) = arg.dims2()?;
         let mut dx = vec![0.0f32; n * vocab];
         with_values([arg, res, grad], |[x, logp, g]| {
-            dx.par_chunks_mut(vocab * rows_per_task(vocab))
-                .enumerate()
-                .for_each(|(c, block)| {
-                    for (k, d) in block.chunks_mut(vocab).enumerate() {
-                        let i = c * rows_per_task(vocab) + k;
-                        let row = &x[i * vocab..(i + 1) * vocab];
-                        let t = self.targets[i] as usize;
-                        exp_shifted(row, row[t] - logp[i], d);
-                        for v in d.iter_mut() {
-                            *v *= -g[i];
-                        }
-                        d[t] += g[i];
+            dx.par_chunks_mut(vocab * rows_per_task(vocab)).enumerate().for_each(|(c, block)| {
+                for (k, d) in block.chunks_mut(vocab).enumerate() {
+                    let i = c * rows_per_task(vocab) + k;
+                    let row = &x[i * vocab..(i + 1) * vocab];
+                    let t = self.targets[i] as usize;
+                    exp_shifted(row, row[t] - logp[i], d);
+                    for v in d.iter_mut() {
+                        *v *= -g[i];
                     }
-                });
+                    d[t] += g[i];
+                }
+            });
         })?;
         Ok(Some(tensor(dx, (n, vocab))?))
     }
@@ -209,20 +205,26 @@ impl CustomOp2 for RmsNorm {
             return Err(candle_core::Error::Msg(format!("rms_norm: weight of {} for rows of {dim}", w.len())));
         }
         let mut out = vec![0.0f32; x.len()];
-        out.par_chunks_mut(dim * rows_per_task(dim))
-            .zip(x.par_chunks(dim * rows_per_task(dim)))
-            .for_each(|(out, x)| {
+        out.par_chunks_mut(dim * rows_per_task(dim)).zip(x.par_chunks(dim * rows_per_task(dim))).for_each(
+            |(out, x)| {
                 for (o, row) in out.chunks_mut(dim).zip(x.chunks(dim)) {
                     let r = inv_rms(row, self.eps);
                     for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
                         *o = v * r * w;
                     }
                 }
-            });
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, x_t: &Tensor, w_t: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x_t: &Tensor,
+        w_t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dim = x_t.dim(candle_core::D::Minus1)?;
         let mut dx = vec![0.0f32; x_t.elem_count()];
         // Each task returns its rows' share of dw; the shares are summed in task order, so the
@@ -352,19 +354,22 @@ impl CustomOp1 for Heads {
         let mut dx = vec![0.0f32; b * t * n * d];
         with_values([grad], |[g]| {
             // One task per input row (b, p): every head's gradient summed over its repeats.
-            dx.par_chunks_mut(n * d).enumerate().for_each_init(|| vec![0.0f32; d], |tmp, (row, dst)| {
-                let (bi, p) = (row / t, row % t);
-                for h in 0..n {
-                    let acc = &mut dst[h * d..(h + 1) * d];
-                    for r in 0..rep {
-                        let src = &g[((bi * n * rep + h * rep + r) * t + p) * d..][..d];
-                        self.rotate(src, p, true, tmp);
-                        for (a, v) in acc.iter_mut().zip(tmp.iter()) {
-                            *a += v;
+            dx.par_chunks_mut(n * d).enumerate().for_each_init(
+                || vec![0.0f32; d],
+                |tmp, (row, dst)| {
+                    let (bi, p) = (row / t, row % t);
+                    for h in 0..n {
+                        let acc = &mut dst[h * d..(h + 1) * d];
+                        for r in 0..rep {
+                            let src = &g[((bi * n * rep + h * rep + r) * t + p) * d..][..d];
+                            self.rotate(src, p, true, tmp);
+                            for (a, v) in acc.iter_mut().zip(tmp.iter()) {
+                                *a += v;
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
         })?;
         Ok(Some(tensor(dx, arg.shape().clone())?))
     }
@@ -392,7 +397,12 @@ mod tests {
 
     /// Forward values and the gradients of `Σ out · probe` for every input agree between the
     /// fused op and the candle-op reference.
-    pub(super) fn check(inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> Tensor, reference: impl Fn(&[Tensor]) -> Tensor, what: &str) {
+    pub(super) fn check(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        reference: impl Fn(&[Tensor]) -> Tensor,
+        what: &str,
+    ) {
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (a, b) = (fused(&ts), reference(&ts));
@@ -432,7 +442,12 @@ mod tests {
             &[rand(2, &[45, 19], 2.0), rand(3, &[19], 1.0)],
             |x| rms_norm(&x[0], &x[1], eps).unwrap(),
             |x| {
-                let r = (x[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + f64::from(eps)).unwrap().sqrt().unwrap().recip().unwrap();
+                let r = (x[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + f64::from(eps))
+                    .unwrap()
+                    .sqrt()
+                    .unwrap()
+                    .recip()
+                    .unwrap();
                 x[0].broadcast_mul(&r).unwrap().broadcast_mul(&x[1]).unwrap()
             },
             "rms_norm",
@@ -443,15 +458,30 @@ mod tests {
     fn heads_split_rotate_and_repeat() {
         let (b, t, n, d, rep) = (2, 5, 3, 6, 2);
         let angles: Vec<f32> = (0..t * d / 2).map(|i| 0.3 * i as f32).collect();
-        let rotary = Rotary { cos: angles.iter().map(|a| a.cos()).collect(), sin: angles.iter().map(|a| a.sin()).collect() };
+        let rotary =
+            Rotary { cos: angles.iter().map(|a| a.cos()).collect(), sin: angles.iter().map(|a| a.sin()).collect() };
         // The reference tables in candle's [t, d] layout: each half repeated.
         let full = |f: &Arc<[f32]>| {
-            let v: Vec<f32> = (0..t).flat_map(|p| { let h = &f[p * d / 2..(p + 1) * d / 2]; h.iter().chain(h).copied().collect::<Vec<_>>() }).collect();
+            let v: Vec<f32> = (0..t)
+                .flat_map(|p| {
+                    let h = &f[p * d / 2..(p + 1) * d / 2];
+                    h.iter().chain(h).copied().collect::<Vec<_>>()
+                })
+                .collect();
             Tensor::from_vec(v, (t, d), &Device::Cpu).unwrap()
         };
         let (cos, sin) = (full(&rotary.cos), full(&rotary.sin));
         let split = |x: &Tensor| x.reshape((b, t, n, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
-        let repeat = |x: Tensor| x.unsqueeze(2).unwrap().broadcast_as((b, n, rep, t, d)).unwrap().contiguous().unwrap().reshape((b, n * rep, t, d)).unwrap();
+        let repeat = |x: Tensor| {
+            x.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((b, n, rep, t, d))
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .reshape((b, n * rep, t, d))
+                .unwrap()
+        };
         for rotate in [false, true] {
             check(
                 &[rand(6, &[b * t, n * d], 1.0)],
@@ -483,7 +513,11 @@ mod tests {
                 .map(|k| {
                     let (q, key) = (k / n, k % n);
                     let visible = key <= q && window.is_none_or(|w| q - key < w);
-                    if visible { 0.0 } else { f32::NEG_INFINITY }
+                    if visible {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
                 })
                 .collect();
             Tensor::from_vec(m, (n, n), &Device::Cpu).unwrap()
@@ -514,6 +548,14 @@ mod tests {
                 );
             }
         }
-        assert!(attention(&rand(1, &[1, 1, 4, 2], 1.0), &rand(2, &[1, 1, 4, 2], 1.0), &rand(3, &[1, 1, 4, 2], 1.0), 1.0, Some(0), &[]).is_err());
+        assert!(attention(
+            &rand(1, &[1, 1, 4, 2], 1.0),
+            &rand(2, &[1, 1, 4, 2], 1.0),
+            &rand(3, &[1, 1, 4, 2], 1.0),
+            1.0,
+            Some(0),
+            &[]
+        )
+        .is_err());
     }
 }

@@ -51,14 +51,7 @@ impl Transformer {
     /// runs per document, so each document is computed exactly as it would be alone.
     fn packed_tables(&self, t: usize, starts: &[usize]) -> Result<Tables> {
         let c = &self.config;
-        let doc_start = |i: usize| {
-            starts
-                .iter()
-                .copied()
-                .filter(|&s| s <= i)
-                .max()
-                .unwrap_or(0)
-        };
+        let doc_start = |i: usize| starts.iter().copied().filter(|&s| s <= i).max().unwrap_or(0);
         let positions: Vec<usize> = (0..t).map(|i| i - doc_start(i)).collect();
         let any_sliding = (0..c.n_layers).any(|l| c.is_sliding(l));
         let global = self.layer_tables(&positions, c.rope_theta, None)?;
@@ -74,26 +67,16 @@ impl Transformer {
             bounds.dedup();
             documents = bounds.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
         }
-        Ok(Tables {
-            global,
-            local,
-            documents,
-        })
+        Ok(Tables { global, local, documents })
     }
 
     /// RoPE angles of base `theta` at `positions`, and for candle ops the causal mask (with a
     /// sliding `window`, if any) of a row that long.
-    fn layer_tables(
-        &self,
-        positions: &[usize],
-        theta: f32,
-        window: Option<usize>,
-    ) -> Result<LayerTables> {
+    fn layer_tables(&self, positions: &[usize], theta: f32, window: Option<usize>) -> Result<LayerTables> {
         let (t, d) = (positions.len(), self.config.head_dim);
         let theta = f64::from(theta);
         let half = d / 2;
-        let (mut half_cos, mut half_sin) =
-            (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        let (mut half_cos, mut half_sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
         for &pos in positions {
             // f32 angles, as Hugging Face computes them.
             for k in 0..half {
@@ -103,16 +86,11 @@ impl Transformer {
             }
         }
         if self.fused {
-            let rotary = crate::fused::Rotary {
-                cos: half_cos.into(),
-                sin: half_sin.into(),
-            };
+            let rotary = crate::fused::Rotary { cos: half_cos.into(), sin: half_sin.into() };
             return Ok(LayerTables::Fused(rotary));
         }
         let repeat = |h: &[f32]| -> Vec<f64> {
-            h.chunks(half)
-                .flat_map(|row| row.iter().chain(row).map(|&v| f64::from(v)))
-                .collect()
+            h.chunks(half).flat_map(|row| row.iter().chain(row).map(|&v| f64::from(v))).collect()
         };
         let mask: Vec<f64> = (0..t * t)
             .map(|k| {
@@ -168,20 +146,13 @@ impl Transformer {
 
     /// Logits `[n, vocab]` of final hidden states `[n, dim]`, soft-capped where the model is.
     pub(super) fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        softcap(
-            h.matmul(&self.output_weight().t()?)?,
-            self.config.final_logit_softcap,
-        )
+        softcap(h.matmul(&self.output_weight().t()?)?, self.config.final_logit_softcap)
     }
 
     /// `x / √(mean(x²) + ε) · (offset + w)` over the last dimension of `x` `[n, dim]`.
     fn rms_norm(&self, x: &Tensor, weight: &str) -> Result<Tensor> {
         let offset = self.config.norm_weight_offset;
-        let w = if offset == 0.0 {
-            self.p(weight)
-        } else {
-            (self.p(weight) + f64::from(offset))?
-        };
+        let w = if offset == 0.0 { self.p(weight) } else { (self.p(weight) + f64::from(offset))? };
         if self.fused {
             return Ok(crate::fused::rms_norm(x, &w, self.config.rms_eps)?);
         }
@@ -218,14 +189,7 @@ impl Transformer {
         Ok(y.broadcast_add(&bias)?)
     }
 
-    fn attention(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        b: usize,
-        t: usize,
-        tab: &Tables,
-    ) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, layer: usize, b: usize, t: usize, tab: &Tables) -> Result<Tensor> {
         let c = &self.config;
         let (h, kvh, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
         // [b·t, heads·d] each
@@ -240,14 +204,7 @@ impl Transformer {
         let y = match tab.for_layer(sliding) {
             LayerTables::Fused(rotary) => {
                 let split = |y: Tensor, rep: usize, rotate: bool| -> Result<Tensor> {
-                    Ok(crate::fused::heads(
-                        &y,
-                        b,
-                        t,
-                        d,
-                        rep,
-                        rotate.then_some(rotary),
-                    )?)
+                    Ok(crate::fused::heads(&y, b, t, d, rep, rotate.then_some(rotary))?)
                 };
                 let q = split(q, 1, true)?;
                 let k = self.round_kv(split(k, h / kvh, true)?)?;
@@ -283,17 +240,15 @@ impl Transformer {
         let c = &self.config;
         let (h, kvh, d) = (c.n_heads, c.n_kv_heads, c.head_dim);
         // [b·t, n·d] → [b, n, t, d]
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
-        };
+        let heads =
+            |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?) };
         let q = rope(&heads(q, h)?, cos, sin)?;
         let k = self.round_kv(rope(&heads(k, kvh)?, cos, sin)?)?;
         let v = self.round_kv(heads(v, kvh)?)?;
         let k = repeat_kv(k, h / kvh)?;
         let v = repeat_kv(v, h / kvh)?;
         let attend = |q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor| -> Result<Tensor> {
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * f64::from(c.attn_scale))?
-                .broadcast_add(mask)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * f64::from(c.attn_scale))?.broadcast_add(mask)?;
             Ok(softmax_last(&scores)?.matmul(v)?)
         };
         let y = if documents.is_empty() {
@@ -318,9 +273,7 @@ impl Transformer {
         let act = match (self.config.activation, self.fused) {
             (Activation::Silu, true) => crate::fused::swiglu(&gate, &up)?,
             (Activation::Silu, false) => (gate.silu()? * up)?,
-            (Activation::GeluTanh, true) => {
-                crate::fused::geglu(&gate, &up, self.inference_rounding)?
-            }
+            (Activation::GeluTanh, true) => crate::fused::geglu(&gate, &up, self.inference_rounding)?,
             (Activation::GeluTanh, false) => (gelu_tanh(&gate)? * up)?,
         };
         self.linear(&act, &layer_name(layer, "mlp.down_proj.weight"))
@@ -359,10 +312,7 @@ fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
         return Ok(x);
     }
     let (b, kv, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, t, d))?
-        .contiguous()?
-        .reshape((b, kv * rep, t, d))?)
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, rep, t, d))?.contiguous()?.reshape((b, kv * rep, t, d))?)
 }
 
 /// Softmax over the last dimension. The max is subtracted for stability and treated as a
@@ -379,13 +329,7 @@ fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// rows at a time: under glibc's 32 MiB mmap threshold every tensor of the softmax and its
 /// backward comes from the heap's reused pages, where logits of all `n` rows (micro: 2048 ×
 /// 8192 floats, 67 MB) would be mapped and faulted in fresh for each of them.
-pub fn target_logp(
-    h: &Tensor,
-    w: &Tensor,
-    targets: &[u32],
-    fused: bool,
-    cap: Option<f32>,
-) -> Result<Tensor> {
+pub fn target_logp(h: &Tensor, w: &Tensor, targets: &[u32], fused: bool, cap: Option<f32>) -> Result<Tensor> {
     let (n, vocab) = (h.dim(0)?, w.dim(0)?);
     let rows = ((24usize << 20) / (4 * vocab).max(1)).max(1);
     let w_t = w.t()?;
@@ -394,10 +338,7 @@ pub fn target_logp(
         let len = rows.min(n - start);
         let logits = softcap(h.narrow(0, start, len)?.matmul(&w_t)?, cap)?;
         if fused && logits.dtype() == DType::F32 {
-            out.push(crate::fused::target_logp(
-                &logits,
-                &targets[start..start + len],
-            )?);
+            out.push(crate::fused::target_logp(&logits, &targets[start..start + len])?);
             continue;
         }
         let m = logits.max_keepdim(D::Minus1)?.detach();
@@ -406,9 +347,5 @@ pub fn target_logp(
         let picked = Tensor::new(&targets[start..start + len], h.device())?.unsqueeze(1)?;
         out.push(shifted.gather(&picked, 1)?.sub(&lse)?.squeeze(1)?);
     }
-    Ok(if out.len() == 1 {
-        out.remove(0)
-    } else {
-        Tensor::cat(&out, 0)?
-    })
+    Ok(if out.len() == 1 { out.remove(0) } else { Tensor::cat(&out, 0)? })
 }

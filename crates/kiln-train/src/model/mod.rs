@@ -95,13 +95,9 @@ impl Transformer {
             return bad("RoPE must rotate whole heads of even width in half-split order".into());
         }
         if config.n_kv_heads == 0 || !config.n_heads.is_multiple_of(config.n_kv_heads) {
-            return bad(format!(
-                "{} heads cannot share {} key/value heads",
-                config.n_heads, config.n_kv_heads
-            ));
+            return bad(format!("{} heads cannot share {} key/value heads", config.n_heads, config.n_kv_heads));
         }
-        if config.vocab_size == 0 || config.dim == 0 || config.n_layers == 0 || config.ffn_dim == 0
-        {
+        if config.vocab_size == 0 || config.dim == 0 || config.n_layers == 0 || config.ffn_dim == 0 {
             return bad("vocabulary, width, layers and feed-forward width must be positive".into());
         }
         if config.sliding_window == Some(0) {
@@ -238,10 +234,7 @@ impl Transformer {
     /// The parameter `name` as the forward pass uses it: detached when frozen or not tracking.
     fn p(&self, name: &str) -> Tensor {
         // Every name used in the forward pass is created by `param_shapes` for this config.
-        let t = self
-            .param(name)
-            .expect("parameter exists by construction")
-            .as_tensor();
+        let t = self.param(name).expect("parameter exists by construction").as_tensor();
         if self.frozen || !self.tracking() {
             t.detach()
         } else {
@@ -272,10 +265,7 @@ impl Transformer {
 
     /// The parameters as plain tensors by name (for safetensors).
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.params
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect()
+        self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
     }
 
     /// Logits `[b, t, vocab]` for token ids `[b, t]` (u32).
@@ -303,13 +293,7 @@ impl Transformer {
 
     /// Greedy or sampled continuation of `prompt`, recomputing the whole window each token (no
     /// cache: only used for the small samples printed during training).
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        n: usize,
-        temperature: f64,
-        rng: &mut Rng,
-    ) -> Result<Vec<u32>> {
+    pub fn generate(&self, prompt: &[u32], n: usize, temperature: f64, rng: &mut Rng) -> Result<Vec<u32>> {
         let mut ids = prompt.to_vec();
         let ctx = self.config.context_length;
         for _ in 0..n {
@@ -329,18 +313,12 @@ impl Transformer {
 
 /// The index of the largest logit at temperature 0, else a draw from softmax(logits / T).
 pub fn sample(logits: &[f64], temperature: f64, rng: &mut Rng) -> u32 {
-    let argmax = logits
-        .iter()
-        .enumerate()
-        .fold(0, |best, (i, &x)| if x > logits[best] { i } else { best });
+    let argmax = logits.iter().enumerate().fold(0, |best, (i, &x)| if x > logits[best] { i } else { best });
     if temperature <= 0.0 {
         return argmax as u32;
     }
     let max = logits[argmax];
-    let w: Vec<f64> = logits
-        .iter()
-        .map(|&x| ((x - max) / temperature).exp())
-        .collect();
+    let w: Vec<f64> = logits.iter().map(|&x| ((x - max) / temperature).exp()).collect();
     let mut r = rng.next_f64() * w.iter().sum::<f64>();
     for (i, &wi) in w.iter().enumerate() {
         r -= wi;
