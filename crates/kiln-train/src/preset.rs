@@ -122,7 +122,7 @@ impl TrainConfig {
                 return Err(TrainError::Config(format!("unknown preset {other:?}; presets: {}", PRESETS.join(", "))))
             }
         };
-        Ok(TrainConfig {
+        let mut config = TrainConfig {
             preset: name.to_string(),
             shape: Shape { dim, n_layers, n_heads, n_kv_heads, ffn_dim, context, rope_theta: 10_000.0, tied: true },
             vocab_size,
@@ -131,7 +131,7 @@ impl TrainConfig {
             batch_tokens,
             lr,
             min_lr_frac: 0.1,
-            warmup: (steps / 20).max(1),
+            warmup: 0,
             decay: Decay::Cosine,
             weight_decay: 0.1,
             beta1: 0.9,
@@ -141,13 +141,26 @@ impl TrainConfig {
             muon_lr: default_muon_lr(),
             muon_momentum: default_muon_momentum(),
             grad_clip: 1.0,
-            eval_every: (steps / 10).max(1),
+            eval_every: 0,
             eval_batches: 8,
-            sample_every: (steps / 4).max(1),
-            ckpt_every: (steps / 10).max(1),
+            sample_every: 0,
+            ckpt_every: 0,
             keep: 2,
             seed: 1337,
-        })
+        };
+        config.set_steps(steps);
+        Ok(config)
+    }
+
+    /// Sets the number of optimizer steps; warm-up (a twentieth) and the evaluation and
+    /// checkpoint (a tenth) and sampling (a quarter) intervals follow it. Set those after this
+    /// call to override them.
+    pub fn set_steps(&mut self, steps: usize) {
+        self.steps = steps;
+        self.warmup = (steps / 20).max(1);
+        self.eval_every = (steps / 10).max(1);
+        self.sample_every = (steps / 4).max(1);
+        self.ckpt_every = (steps / 10).max(1);
     }
 
     /// Micro-batches accumulated per optimizer step.
@@ -225,6 +238,23 @@ impl TrainConfig {
 mod tests {
     use super::*;
     use crate::model::Transformer;
+
+    #[test]
+    fn schedule_follows_the_step_count() {
+        let micro = TrainConfig::preset("micro", 512).unwrap();
+        assert_eq!(
+            (micro.steps, micro.warmup, micro.eval_every, micro.sample_every, micro.ckpt_every),
+            (1000, 50, 100, 250, 100)
+        );
+        let mut short = micro.clone();
+        short.set_steps(30);
+        assert_eq!(
+            (short.steps, short.warmup, short.eval_every, short.sample_every, short.ckpt_every),
+            (30, 1, 3, 7, 3)
+        );
+        short.set_steps(5);
+        assert_eq!((short.warmup, short.eval_every, short.sample_every, short.ckpt_every), (1, 1, 1, 1));
+    }
 
     #[test]
     fn presets_validate_and_sizes_grow() {

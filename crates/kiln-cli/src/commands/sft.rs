@@ -109,10 +109,7 @@ impl FinetuneArgs {
         let abs = |p: &PathBuf| p.canonicalize().unwrap_or_else(|_| p.clone());
         let mut c = FinetuneConfig::new(task, abs(&model), self.data.iter().map(abs).collect());
         if let Some(s) = self.steps {
-            c.steps = s;
-            c.warmup = (s / 10).clamp(1, 20);
-            c.eval_every = (s / 4).max(1);
-            c.ckpt_every = (s / 4).max(1);
+            c.set_steps(s);
         }
         macro_rules! set {
             ($($flag:ident => $field:ident),* $(,)?) => { $( if let Some(v) = self.$flag { c.$field = v; } )* };

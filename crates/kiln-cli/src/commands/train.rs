@@ -192,12 +192,8 @@ fn config(args: &TrainArgs, vocab_size: usize) -> Result<TrainConfig> {
     let mut c = TrainConfig::preset(args.preset.as_deref().unwrap_or("micro"), vocab_size)
         .with_context(|| format!("presets: {}", PRESETS.join(", ")))?;
     if let Some(steps) = args.steps {
-        // Schedules and intervals follow the step count unless set explicitly.
-        c.steps = steps;
-        c.warmup = (steps / 20).max(1);
-        c.eval_every = (steps / 10).max(1);
-        c.sample_every = (steps / 4).max(1);
-        c.ckpt_every = (steps / 10).max(1);
+        // Schedules and intervals follow the step count unless set explicitly (below).
+        c.set_steps(steps);
     }
     let s = &mut c.shape;
     macro_rules! set {

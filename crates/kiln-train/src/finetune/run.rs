@@ -102,6 +102,15 @@ impl FinetuneConfig {
         }
     }
 
+    /// Sets the number of optimizer steps; warm-up (a tenth, 1 to 20 steps) and the evaluation
+    /// and checkpoint intervals (a quarter) follow it. Set those after this call to override them.
+    pub fn set_steps(&mut self, steps: usize) {
+        self.steps = steps;
+        self.warmup = (steps / 10).clamp(1, 20);
+        self.eval_every = (steps / 4).max(1);
+        self.ckpt_every = (steps / 4).max(1);
+    }
+
     /// Checks the numbers.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(TrainError::Config(m.into()));
