@@ -1,7 +1,7 @@
 //! Builds [`Weights`] from any source of named tensors. Names are GGUF's (`blk.0.attn_q.weight`);
 //! other formats translate to them (see `names.rs`), so the model is assembled in one place.
 
-use crate::config::{Family, ModelConfig};
+use crate::config::ModelConfig;
 use crate::weights::{Backing, LayerWeights, QMatrix, Weights};
 use crate::{quant, ModelError};
 use kiln_gguf::{GgmlType, GgufFile};
@@ -107,7 +107,6 @@ pub fn load_weights(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Weights
         Some(_) => matrix(src, "output.weight", cfg.vocab_size, d)?,
         None => token_embd.clone(),
     };
-    let gemma = cfg.family == Family::Gemma3;
     // Not with_capacity: n_layers comes from the file and is only trusted once tensors back it.
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
@@ -130,11 +129,12 @@ pub fn load_weights(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Weights
             w_down: matrix(src, &n("ffn_down.weight"), d, f)?,
             post_ffn_norm: vector(src, &n("post_ffw_norm.weight"), d)?,
         };
-        if gemma && (layer.q_norm.is_none() || layer.post_attn_norm.is_none() || layer.post_ffn_norm.is_none()) {
-            return Err(missing(&n("attn_q_norm / post_attention_norm / post_ffw_norm")));
+        // The family's description says which optional tensors it must have.
+        if cfg.qk_norm && (layer.q_norm.is_none() || layer.k_norm.is_none()) {
+            return Err(missing(&n("attn_q_norm.weight / attn_k_norm.weight")));
         }
-        if cfg.family == Family::Qwen3 && layer.q_norm.is_none() {
-            return Err(missing(&n("attn_q_norm.weight")));
+        if cfg.post_norms && (layer.post_attn_norm.is_none() || layer.post_ffn_norm.is_none()) {
+            return Err(missing(&n("post_attention_norm.weight / post_ffw_norm.weight")));
         }
         layers.push(layer);
     }

@@ -10,7 +10,7 @@
 
 use super::hf_config::parse_hf_config;
 use super::{map_file, names, read_json};
-use crate::config::Family;
+use crate::config::{Family, ModelConfig};
 use crate::loader::{load_weights, RawTensor, TensorSource};
 use crate::weights::{Backing, QMatrix};
 use crate::{GgmlType, Model, ModelError};
@@ -31,7 +31,10 @@ struct Entry {
 
 /// The tensors of a Hugging Face directory, handed out under their GGUF names.
 pub struct SafetensorsSource {
+    /// Names map per family (`names::gguf_to_hf`).
     family: Family,
+    /// What Hugging Face leaves out of its norm weights (Gemma's 1), added back on reading.
+    norm_weight_offset: f32,
     shards: Vec<Arc<Backing>>,
     tensors: HashMap<String, Entry>,
     rope_freqs: Option<Vec<f32>>,
@@ -118,9 +121,15 @@ fn shard_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<WeightMap>), ModelErr
 
 impl SafetensorsSource {
     /// Maps the safetensors files of `dir` and indexes their tensors.
-    pub fn open(dir: &Path, family: Family) -> Result<SafetensorsSource, ModelError> {
+    pub fn open(dir: &Path, config: &ModelConfig) -> Result<SafetensorsSource, ModelError> {
         let (files, weight_map) = shard_files(dir)?;
-        let mut src = SafetensorsSource { family, shards: Vec::new(), tensors: HashMap::new(), rope_freqs: None };
+        let mut src = SafetensorsSource {
+            family: config.family,
+            norm_weight_offset: config.norm_weight_offset,
+            shards: Vec::new(),
+            tensors: HashMap::new(),
+            rope_freqs: None,
+        };
         let mut file_of: HashMap<String, String> = HashMap::new();
         for path in &files {
             let shard = src.shards.len();
@@ -209,11 +218,11 @@ impl TensorSource for SafetensorsSource {
             dims.push(1);
         }
         let raw = RawTensor { ty, dims, backing: self.shards[e.shard].clone(), offset: e.offset };
-        if self.family == Family::Gemma3 && names::is_norm_weight(gguf_name) {
+        if self.norm_weight_offset != 0.0 && names::is_norm_weight(gguf_name) {
             // Hugging Face Gemma computes x·(1 + w); GGUF files and kiln's forward hold 1 + w.
             let n = raw.dims.iter().product();
             let mut w = QMatrix::new(raw.ty, 1, n, raw.backing.clone(), raw.offset).to_f32();
-            w.iter_mut().for_each(|v| *v += 1.0);
+            w.iter_mut().for_each(|v| *v += self.norm_weight_offset);
             return Ok(Some(owned_f32(&w, raw.dims)));
         }
         Ok(Some(raw))
@@ -230,7 +239,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model, ModelError> {
         )));
     }
     let hf = parse_hf_config(&read_json(&config_path)?)?;
-    let src = SafetensorsSource::open(dir, hf.model.family)?.with_rope_freqs(hf.rope_freqs);
+    let src = SafetensorsSource::open(dir, &hf.model)?.with_rope_freqs(hf.rope_freqs);
     if !hf.tie_word_embeddings && !src.contains("lm_head.weight") {
         return Err(ModelError::MissingTensor("lm_head.weight (config.json says tie_word_embeddings is false)".into()));
     }
