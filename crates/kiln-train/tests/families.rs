@@ -7,6 +7,8 @@
 //! Hugging Face directory and the GGUF it exports, that GGUF loads back for fine-tuning with
 //! the same logits, and LoRA adapters merge into every family.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgmlType;
 use kiln_model::config::Family;
@@ -18,10 +20,6 @@ use kiln_train::rng::Rng;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Central differences in f64 with step 1e-5 are accurate to ~1e-9; a wrong backward rule is
-/// off by O(gradient).
-const GRAD_ABS_TOL: f64 = 1e-7;
-const GRAD_REL_TOL: f64 = 1e-5;
 /// The trainer with inference rounding (f16 keys and values, ggml's GELU table) against
 /// kiln's inference over exactly 64 positions (its f32-query attention path, in one pass):
 /// they differ only in f32 summation order (see tests/model.rs).
@@ -172,10 +170,6 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
-
 #[test]
 fn every_parameter_gradient_matches_finite_differences_in_every_family() {
     for case in cases() {
@@ -183,38 +177,8 @@ fn every_parameter_gradient_matches_finite_differences_in_every_family() {
         let case = Case { dim: 16, head_dim: case.head_dim / 2, window: case.window.map(|(_, p)| (3, p)), ..case };
         let cfg = case.config(37, 16);
         let model = random_model(&cfg, case.tied, DType::F64, 11);
-        let mut rng = Rng::new(5);
-        let ids: Vec<u32> = (0..2 * 7).map(|_| rng.below(37) as u32).collect();
-        let targets: Vec<u32> = (0..2 * 7).map(|_| rng.below(37) as u32).collect();
-        let x = Tensor::from_vec(ids, (2, 7), &Device::Cpu).unwrap();
-        let y = Tensor::from_vec(targets, (2, 7), &Device::Cpu).unwrap();
-        let grads = model.loss(&x, &y).unwrap().backward().unwrap();
-        for (name, var) in model.params() {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{case:?} {name}: no gradient"));
-            let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let w0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let shape = var.as_tensor().shape().clone();
-            for _ in 0..3 {
-                let i = rng.below(w0.len() as u64) as usize;
-                let h = 1e-5;
-                let at = |delta: f64| {
-                    let mut w = w0.clone();
-                    w[i] += delta;
-                    var.set(&Tensor::from_vec(w, &shape, &Device::Cpu).unwrap()).unwrap();
-                    scalar(&model.loss(&x, &y).unwrap())
-                };
-                let numeric = (at(h) - at(-h)) / (2.0 * h);
-                var.set(&Tensor::from_vec(w0.clone(), &shape, &Device::Cpu).unwrap()).unwrap();
-                let tol = GRAD_ABS_TOL + GRAD_REL_TOL * numeric.abs();
-                assert!(
-                    (numeric - g[i]).abs() <= tol,
-                    "{:?} {name}[{i}] (tied {}): backprop {} vs finite differences {numeric}",
-                    case.family,
-                    case.tied,
-                    g[i]
-                );
-            }
-        }
+        let label = format!("{:?} (tied {})", case.family, case.tied);
+        common::assert_gradients_match_finite_differences(&model, 37, 3, &label);
     }
 }
 
@@ -240,7 +204,7 @@ fn fused_kernels_give_the_candle_ops_loss_and_gradients_in_every_family() {
             let loss = model.loss(&x, &y).unwrap();
             let logps = weighted_logps(&model, &[&packed]).unwrap();
             let grads = (&loss + logps.sum_all().unwrap()).unwrap().backward().unwrap();
-            let values = vec![scalar(&loss) as f32, scalar(&logps.sum_all().unwrap()) as f32];
+            let values = vec![common::scalar(&loss) as f32, common::scalar(&logps.sum_all().unwrap()) as f32];
             let g: Vec<(String, Vec<f32>)> = model
                 .params()
                 .iter()

@@ -2,6 +2,8 @@
 //! a tiny model memorizes a text and kiln's inference path (safetensors and GGUF) reproduces
 //! its logits and its greedy continuation.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgmlType;
 use kiln_model::config::Family;
@@ -12,10 +14,6 @@ use kiln_train::rng::Rng;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Central differences in f64 with step 1e-5 are accurate to ~1e-9; a wrong backward rule is
-/// off by O(gradient).
-const GRAD_ABS_TOL: f64 = 1e-7;
-const GRAD_REL_TOL: f64 = 1e-5;
 /// With keys and values rounded to f16 as kiln's KV cache stores them, and exactly 64 positions
 /// (kiln's `TILED_MIN_QUERIES` and `MAX_BATCH`) so that kiln takes its f32-query attention path
 /// in one pass (shorter batches round queries and the value accumulator to f16 as llama.cpp
@@ -63,44 +61,12 @@ fn random_model(cfg: &ModelConfig, tied: bool, dtype: DType, seed: u64) -> Trans
     Transformer::from_tensors(cfg.clone(), tied, tensors, dtype).unwrap()
 }
 
-fn loss_of(model: &Transformer, x: &Tensor, y: &Tensor) -> f64 {
-    model.loss(x, y).unwrap().to_scalar::<f64>().unwrap()
-}
-
 #[test]
 fn every_parameter_gradient_matches_finite_differences() {
     for (tied, kv_heads) in [(true, 2), (false, 4)] {
         let cfg = tiny_config(37, 16, 4, kv_heads, 8);
         let model = random_model(&cfg, tied, DType::F64, 11);
-        let mut rng = Rng::new(5);
-        let ids: Vec<u32> = (0..2 * 7).map(|_| rng.below(37) as u32).collect();
-        let targets: Vec<u32> = (0..2 * 7).map(|_| rng.below(37) as u32).collect();
-        let x = Tensor::from_vec(ids, (2, 7), &Device::Cpu).unwrap();
-        let y = Tensor::from_vec(targets, (2, 7), &Device::Cpu).unwrap();
-        let grads = model.loss(&x, &y).unwrap().backward().unwrap();
-        for (name, var) in model.params() {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
-            let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let w0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            for _ in 0..4 {
-                let i = rng.below(w0.len() as u64) as usize;
-                let h = 1e-5;
-                let at = |delta: f64| {
-                    let mut w = w0.clone();
-                    w[i] += delta;
-                    var.set(&Tensor::from_vec(w, var.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
-                    loss_of(&model, &x, &y)
-                };
-                let numeric = (at(h) - at(-h)) / (2.0 * h);
-                var.set(&Tensor::from_vec(w0.clone(), var.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
-                let tol = GRAD_ABS_TOL + GRAD_REL_TOL * numeric.abs();
-                assert!(
-                    (numeric - g[i]).abs() <= tol,
-                    "{name}[{i}] (tied {tied}): backprop {} vs finite differences {numeric}",
-                    g[i]
-                );
-            }
-        }
+        common::assert_gradients_match_finite_differences(&model, 37, 4, &format!("llama (tied {tied})"));
     }
 }
 
