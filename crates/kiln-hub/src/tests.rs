@@ -103,7 +103,7 @@ fn hub(fake: Fake) -> (tempfile::TempDir, Hub, Arc<Fake>) {
 }
 
 /// Every file under `dir`, relative.
-fn files_under(dir: &Path) -> Vec<String> {
+pub(crate) fn files_under(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = fs::read_dir(dir) else {
             return;

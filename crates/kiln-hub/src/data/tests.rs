@@ -11,6 +11,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use super::*;
+use crate::tests::files_under;
 use crate::{fetch, hash_file};
 
 #[derive(Default)]
@@ -141,24 +142,6 @@ fn setup(fake: Fake, sources: DataSources) -> Setup {
     let store =
         DataStore::new(Hub::new(dir.path().join("kiln")), sources).with_sets(test_sets()).with_fetcher(fake.clone());
     Setup { _dir: dir, store, fake }
-}
-
-/// Every file under `dir`, relative, sorted.
-fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push(p.strip_prefix(base).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 fn assert_nothing_installed(store: &DataStore) {
