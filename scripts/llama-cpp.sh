@@ -20,7 +20,7 @@ set -euo pipefail
 readonly LLAMA_CPP_PYTHON_VERSION=0.3.36
 # sha256 of llama_cpp_python-0.3.36.tar.gz as served by PyPI; guards against a changed upload.
 readonly SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-readonly TARGETS=(llama-bench llama-perplexity llama-server llama-tokenize)
+readonly TARGETS=(llama-bench llama-perplexity llama-server llama-tokenize llama-simple)
 
 log() { echo "llama-cpp.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -253,3 +253,61 @@ fn corrupted_checkpoint_is_named_on_resume() {
     let line = out.error_line(Some(1));
     assert!(line.contains("optim.safetensors") && line.contains("not a readable"), "{line}");
 }
+
+#[test]
+fn every_family_trains_from_scratch_and_its_gguf_runs_token_for_token() {
+    let home = temp_dir();
+    let dir = temp_dir();
+    let data = corpus(dir.path());
+    let tok = dir.path().join("tok");
+    Kiln::new(home.path())
+        .args(["tokenizer", "train", "--vocab", "400", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&tok)
+        .run()
+        .success();
+    for family in ["qwen2", "qwen3", "gemma3"] {
+        let run = dir.path().join(family);
+        Kiln::new(home.path())
+            .args(["-t", "2", "train", "--family", family, "--data"])
+            .arg(&data)
+            .arg("--tokenizer")
+            .arg(&tok)
+            .arg("--out")
+            .arg(&run)
+            .args(TINY)
+            .args(["--steps", "40"])
+            .run()
+            .success();
+        let losses: Vec<f64> = metrics(&run).iter().map(|m| m["loss"].as_f64().unwrap()).collect();
+        assert!(losses[39] < losses[0] - 0.5, "{family}: the loss went from {} to {}", losses[0], losses[39]);
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("model/config.json")).unwrap()).unwrap();
+        assert!(config["model_type"].as_str().unwrap().starts_with(family), "{family}: {config}");
+
+        let greedy = |model: &Path| {
+            let out = Kiln::new(home.path())
+                .args(["run", "--raw", "--temp", "0", "-n", "16", "--model"])
+                .arg(model)
+                .arg("ROMEO:")
+                .run();
+            out.success();
+            out.stdout
+        };
+        let gguf = dir.path().join(format!("{family}.gguf"));
+        Kiln::new(home.path())
+            .args(["export", "--type", "f32", "--model"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&gguf)
+            .run()
+            .success();
+        let info = Kiln::new(home.path()).args(["info"]).arg(&gguf).run();
+        info.success();
+        assert!(info.stdout.contains(family), "{family}: {}", info.stdout);
+        let text = greedy(&run);
+        assert!(!text.trim().is_empty(), "{family}");
+        assert_eq!(greedy(&gguf), text, "{family}");
+    }
+}

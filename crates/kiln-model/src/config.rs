@@ -5,7 +5,8 @@ use kiln_gguf::GgufFile;
 
 /// The transformer families kiln runs. They share one forward pass and differ in the switches
 /// of [`ModelConfig`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     /// Llama 2/3, Mistral, SmolLM2.
     Llama,

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 /// The shape of a model, independent of the vocabulary (which the tokenizer fixes).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Shape {
+    /// The block's family (norms, biases, activation, attention pattern): see
+    /// [`TrainConfig::model_config`]. Runs saved before families existed are llama.
+    #[serde(default = "llama")]
+    pub family: Family,
     /// Residual width.
     pub dim: usize,
     /// Blocks.
@@ -97,6 +101,10 @@ pub enum MatrixOptimizer {
     Muon,
 }
 
+fn llama() -> Family {
+    Family::Llama
+}
+
 fn default_muon_lr() -> f64 {
     0.02
 }
@@ -124,7 +132,9 @@ impl TrainConfig {
         };
         let mut config = TrainConfig {
             preset: name.to_string(),
-            shape: Shape { dim, n_layers, n_heads, n_kv_heads, ffn_dim, context, rope_theta: 10_000.0, tied: true },
+            shape: Shape {
+                family: Family::Llama,
+                dim, n_layers, n_heads, n_kv_heads, ffn_dim, context, rope_theta: 10_000.0, tied: true },
             vocab_size,
             steps,
             micro_batch,
@@ -202,10 +212,15 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The kiln-model configuration of this shape: a Hugging Face llama.
+    /// The kiln-model configuration of this shape. The family's switches come from
+    /// [`ModelConfig::for_family`]; the rest follows the released models of the family at this
+    /// width: Qwen and Gemma use RMSNorm ε 1e-6, Gemma 3 a local RoPE base of 10 000 and a
+    /// sliding window of half the context (at most 512, Gemma 3's own) on five layers of six.
     pub fn model_config(&self) -> ModelConfig {
         let s = &self.shape;
         let head_dim = s.dim / s.n_heads.max(1);
+        let family = ModelConfig::for_family(s.family);
+        let gemma = s.family == Family::Gemma3;
         ModelConfig {
             vocab_size: self.vocab_size,
             dim: s.dim,
@@ -215,13 +230,14 @@ impl TrainConfig {
             head_dim,
             ffn_dim: s.ffn_dim,
             context_length: s.context,
-            rms_eps: 1e-5,
+            rms_eps: if s.family == Family::Llama { 1e-5 } else { 1e-6 },
             rope_theta: s.rope_theta,
-            rope_theta_local: s.rope_theta,
+            rope_theta_local: if gemma { 10_000.0 } else { s.rope_theta },
             rope_dim: head_dim,
             rope_style: RopeStyle::Halves,
+            sliding_window: gemma.then(|| (s.context / 2).clamp(1, 512)),
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            ..ModelConfig::for_family(Family::Llama)
+            ..family
         }
     }
 

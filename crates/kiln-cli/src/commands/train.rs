@@ -4,6 +4,7 @@
 use crate::output::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use kiln_model::config::Family;
 use kiln_train::preset::{MatrixOptimizer, TrainConfig, PRESETS};
 use kiln_train::schedule::Decay;
 use kiln_train::train::Trainer;
@@ -21,6 +22,10 @@ pub struct TrainArgs {
     /// Model size: nano, micro, mini, small, gpt2-small (default micro).
     #[arg(long)]
     pub preset: Option<String>,
+    /// The block's family: llama (default), qwen2 (Q/K/V biases), qwen3 (Q/K norms) or gemma3
+    /// (Q/K norms, post-norms, GELU, scaled embeddings, sliding-window layers).
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
     /// Run directory to create.
     #[arg(short, long, required_unless_present = "resume", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
@@ -116,8 +121,9 @@ pub struct TrainArgs {
 
 /// The run-shaping flags present on the command line (which a resumed run cannot take).
 fn settings_given(a: &TrainArgs) -> Vec<&'static str> {
-    let flags: [(&str, bool); 27] = [
+    let flags: [(&str, bool); 28] = [
         ("--preset", a.preset.is_some()),
+        ("--family", a.family.is_some()),
         ("--dim", a.dim.is_some()),
         ("--layers", a.layers.is_some()),
         ("--heads", a.heads.is_some()),
@@ -146,6 +152,30 @@ fn settings_given(a: &TrainArgs) -> Vec<&'static str> {
         ("--seed", a.seed.is_some()),
     ];
     flags.iter().filter(|(_, given)| *given).map(|(name, _)| *name).collect()
+}
+
+/// `--family`: the families kiln trains from scratch (those it runs).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum FamilyArg {
+    /// Llama 3 / SmolLM2 blocks.
+    Llama,
+    /// Qwen2.5: biases on Q, K and V.
+    Qwen2,
+    /// Qwen3: RMSNorm on each Q and K head.
+    Qwen3,
+    /// Gemma 3: Q/K norms, norms after attention and MLP, GELU, sliding-window layers.
+    Gemma3,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Family {
+        match f {
+            FamilyArg::Llama => Family::Llama,
+            FamilyArg::Qwen2 => Family::Qwen2,
+            FamilyArg::Qwen3 => Family::Qwen3,
+            FamilyArg::Gemma3 => Family::Gemma3,
+        }
+    }
 }
 
 /// `--decay`: the learning-rate schedule after warm-up.
@@ -196,6 +226,9 @@ fn config(args: &TrainArgs, vocab_size: usize) -> Result<TrainConfig> {
         c.set_steps(steps);
     }
     let s = &mut c.shape;
+    if let Some(f) = args.family {
+        s.family = f.into();
+    }
     macro_rules! set {
         ($($flag:ident => $field:expr),* $(,)?) => { $( if let Some(v) = args.$flag { $field = v; } )* };
     }
@@ -249,8 +282,9 @@ pub fn train(args: &TrainArgs, threads: usize) -> Result<()> {
     };
     let c = &trainer.cfg;
     eprintln!(
-        "{} model: {:.2}M parameters, {} layers × {} wide, context {}; {} tokens/step ({} × {} × {} accumulated); {} steps from step {}",
+        "{} {} model: {:.2}M parameters, {} layers × {} wide, context {}; {} tokens/step ({} × {} × {} accumulated); {} steps from step {}",
         c.preset,
+        c.shape.family.architecture(),
         trainer.model.n_params() as f64 / 1e6,
         c.shape.n_layers,
         c.shape.dim,
