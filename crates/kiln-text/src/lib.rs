@@ -12,6 +12,7 @@ mod chat;
 pub mod conversation;
 mod error;
 mod gguf_vocab;
+mod gguf_write;
 mod hf_config;
 mod pretokenize;
 mod special;
@@ -21,6 +22,7 @@ mod tokenizer;
 
 pub use chat::{builtin_template, ChatMessage, ChatTemplate, Segment, CHATML};
 pub use error::TextError;
+pub use gguf_write::gguf_tokenizer_metadata;
 pub use stream::TokenStream;
 pub use tokenizer::Tokenizer;
 

@@ -285,6 +285,31 @@ impl Tokenizer {
     pub fn to_json(&self) -> Result<String, TextError> {
         Ok(self.inner.to_string(true)?)
     }
+
+    /// tokenizer_config.json for this tokenizer: its special tokens, whether it adds BOS, and
+    /// its chat template.
+    pub fn hf_tokenizer_config(&self) -> serde_json::Value {
+        let piece = |id: Option<u32>| id.and_then(|i| self.id_to_piece(i));
+        serde_json::json!({
+            "bos_token": piece(self.bos_id()),
+            "eos_token": piece(self.eos_id()),
+            "add_bos_token": self.adds_bos(),
+            "add_eos_token": false,
+            "chat_template": self.chat_template(),
+        })
+    }
+
+    /// Writes tokenizer.json and tokenizer_config.json into `dir` (made if missing): a GGUF's
+    /// tokenizer in the Hugging Face layout, which [`Tokenizer::from_dir`] reads back.
+    pub fn save_hf_files(&self, dir: &Path) -> Result<(), TextError> {
+        let io = |path: std::path::PathBuf| move |source| TextError::Io { path, source };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, self.to_json()?).map_err(io(path.clone()))?;
+        let path = dir.join("tokenizer_config.json");
+        let config = serde_json::to_string_pretty(&self.hf_tokenizer_config()).expect("json serializes");
+        std::fs::write(&path, config).map_err(io(path.clone()))
+    }
 }
 
 /// A summary: the derived form would print every added token (Gemma 3 has 6,400).

@@ -181,7 +181,7 @@ pub fn load_reward_model(run_dir: &Path) -> Result<(Transformer, Tensor, kiln_te
     let head = load_head(run_dir)?;
     let base = crate::finetune::load_base(run_dir)?;
     let model = Transformer::from_tensors(base.config, base.tied, base.tensors, DType::F32)?;
-    let tok = kiln_text::Tokenizer::from_dir(&crate::export::model_dir(run_dir)?)?;
+    let tok = kiln_text::Tokenizer::from_dir(&kiln_model::formats::model_dir(run_dir)?)?;
     Ok((model, head, tok))
 }
 

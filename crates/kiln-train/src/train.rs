@@ -13,7 +13,7 @@
 
 use crate::checkpoint::{self, TrainState};
 use crate::data::{self, Batches};
-use crate::export::{write_hf_dir, TOKENIZER_FILES};
+use crate::export::write_hf_dir;
 use crate::metrics::{MetricsLog, Record};
 use crate::model::Transformer;
 use crate::optim::{AdamW, GradAccum, Muon};
@@ -23,6 +23,7 @@ use crate::rng::Rng;
 use crate::schedule::lr_at;
 use crate::{io_err, plot, Result, TrainError};
 use candle_core::{DType, Device, Tensor};
+use kiln_model::formats::hf_write::TOKENIZER_FILES;
 use kiln_text::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -250,7 +250,7 @@ fn trainer_logits_match_kiln_inference_in_every_family() {
         assert!(d < LOGIT_REL_TOL, "{what}, safetensors: {d}");
 
         let gguf = dir.path().join(format!("m{n}.gguf"));
-        let exported = kiln_train::export::export_gguf(&hf, GgmlType::F32, &gguf, |_, _| {});
+        let exported = common::export_gguf(&hf, GgmlType::F32, &gguf);
         if case.query_scalar.is_some() {
             // GGUF (and llama.cpp) scale Gemma's queries by the head width: refused, not wrong.
             let e = exported.unwrap_err().to_string();
@@ -345,7 +345,7 @@ fn gemma3_270m_trains_from_and_exports_to_gguf() {
     assert_eq!(argmax(&last(&ours)), argmax(&last(&quantized)));
 
     let gguf = dir.path().join("m.gguf");
-    kiln_train::export::export_gguf(&hf, GgmlType::Q8_0, &gguf, |_, _| {}).unwrap();
+    common::export_gguf(&hf, GgmlType::Q8_0, &gguf).unwrap();
     let exported = kiln_text::Tokenizer::from_gguf(&kiln_gguf::GgufFile::open(&gguf).unwrap()).unwrap();
     for text in ["The capital of France is", "  two spaces, ünïcödé, 日本語 and <start_of_turn>user\n", "x\n\ny"]
     {

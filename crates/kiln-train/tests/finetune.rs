@@ -3,6 +3,9 @@
 //! LoRA step moves only the adapters, and a model dequantized from GGUF reproduces the logits
 //! of the Hugging Face directory it was exported from.
 
+#[allow(dead_code)] // each test binary uses part of the helpers
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgmlType;
 use kiln_model::config::Family;
@@ -213,7 +216,7 @@ fn gguf_base_is_dequantized_into_the_trainers_layout() {
     let hf = dir.path().join("hf");
     kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, true, &dir.path().join("tok"), None).unwrap();
     let gguf = dir.path().join("m.gguf");
-    kiln_train::export::export_gguf(&hf, GgmlType::F32, &gguf, |_, _| {}).unwrap();
+    common::export_gguf(&hf, GgmlType::F32, &gguf).unwrap();
     let base = load_base(&gguf).unwrap();
     assert!(base.tied);
     let back = Transformer::from_tensors(base.config.clone(), base.tied, base.tensors, DType::F32).unwrap();

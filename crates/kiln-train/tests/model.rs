@@ -169,7 +169,7 @@ fn tiny_model_memorizes_and_kiln_inference_reproduces_it() {
     // GGUF export: f32 gives the same logits, q8_0 nearly the same and the same predictions.
     for (ty, tol) in [(GgmlType::F32, LOGIT_REL_TOL), (GgmlType::F16, 0.01), (GgmlType::Q8_0, Q8_REL_TOL)] {
         let path = dir.path().join(format!("m-{ty}.gguf"));
-        kiln_train::export::export_gguf(&hf, ty, &path, |_, _| {}).unwrap();
+        common::export_gguf(&hf, ty, &path).unwrap();
         let g = Model::open_gguf(&path).unwrap();
         let logits = kiln_logits(&g, &probe);
         let d = max_rel_diff(&ours, &logits);
@@ -198,7 +198,7 @@ fn untied_gqa_model_logits_match_kiln() {
     let d = max_rel_diff(&plain, &kiln);
     assert!(d < F16_CACHE_REL_TOL, "safetensors, f32 keys and values: {d}");
     let path = dir.path().join("m.gguf");
-    kiln_train::export::export_gguf(&hf, GgmlType::F32, &path, |_, _| {}).unwrap();
+    common::export_gguf(&hf, GgmlType::F32, &path).unwrap();
     let d = max_rel_diff(&ours, &kiln_logits(&Model::open_gguf(&path).unwrap(), &ids));
     assert!(d < LOGIT_REL_TOL, "gguf: {d}");
 }

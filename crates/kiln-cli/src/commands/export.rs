@@ -1,11 +1,13 @@
 //! `kiln export`: a trained model (a run directory or a Hugging Face directory) as GGUF, or as
 //! a standalone Hugging Face directory, which a llama GGUF can also be written as (dequantized
-//! to f32, what fine-tuning starts from) ([`kiln_train::export`] does the work).
+//! to f32, what fine-tuning starts from). The formats are kiln-model's
+//! ([`kiln_model::formats`]) and the tokenizer entries kiln-text's: no trainer involved.
 
 use crate::output::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_gguf::GgmlType;
+use kiln_model::formats::{write_hf_dir, F32Model, TokenizerFiles};
 use std::path::{Path, PathBuf};
 
 /// What `kiln export` writes.
@@ -44,19 +46,23 @@ pub fn export(args: &ExportArgs) -> Result<()> {
                 args.model.display()
             );
         }
-        let base = kiln_train::finetune::load_base(&args.model)
+        let model = kiln_model::formats::read_f32(&args.model)
             .with_context(|| format!("cannot load {}", args.model.display()))?;
-        kiln_train::finetune::write_hf(&base, &base.tensors, &args.out)
-            .with_context(|| format!("cannot write {}", args.out.display()))?;
-        outln!("wrote {} (Hugging Face layout, f32, {} tensors)", args.out.display(), base.tensors.len());
+        let file = kiln_model::GgufFile::open(&args.model)?;
+        let tok = kiln_text::Tokenizer::from_gguf(&file)?;
+        write_hf(&model, &tok, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+        outln!("wrote {} (Hugging Face layout, f32, {} tensors)", args.out.display(), model.tensors.len());
         return Ok(());
     }
-    let dir = kiln_train::export::model_dir(&args.model)?;
+    let dir = kiln_model::formats::model_dir(&args.model)?;
     match args.format {
         ExportFormat::Gguf => {
             let ty = args.ty;
             let report = kiln_model::threads::pool()
-                .install(|| kiln_train::export::export_gguf(&dir, ty, &args.out, |_, _| {}))
+                .install(|| -> Result<_> {
+                    let tokenizer = kiln_text::gguf_tokenizer_metadata(&dir)?;
+                    Ok(kiln_model::formats::export_gguf(&dir, ty, &args.out, &tokenizer, |_, _| {})?)
+                })
                 .with_context(|| format!("cannot export {} to {}", dir.display(), args.out.display()))?;
             for note in &report.notes {
                 eprintln!("note: {note}");
@@ -74,6 +80,18 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes `model` with the tokenizer `tok` as a Hugging Face directory at `out`.
+fn write_hf(model: &F32Model, tok: &kiln_text::Tokenizer, out: &Path) -> Result<()> {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let tok_dir = out.with_file_name(format!(".{name}.tokenizer{}", std::process::id()));
+    let written = tok.save_hf_files(&tok_dir).map_err(anyhow::Error::from).and_then(|()| {
+        let files = TokenizerFiles { dir: &tok_dir, chat_template: None, bos: tok.bos_id(), eos: tok.eos_id() };
+        Ok(write_hf_dir(out, &model.tensors, &model.config, model.tied, &files)?)
+    });
+    let _ = std::fs::remove_dir_all(&tok_dir);
+    written
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {

@@ -2,15 +2,25 @@
 //! a GGUF file, a Hugging Face directory (config.json + safetensors) or a llama2.c checkpoint.
 //! Every reader hands its tensors to [`crate::loader::load_weights`] under GGUF names
 //! ([`names`] is the one table between the naming schemes).
+//!
+//! The other direction, for training and export: [`f32`] reads any of them as f32 tensors in
+//! Hugging Face's layout, [`hf_write`] writes a Hugging Face directory, [`gguf_from_hf`] turns
+//! one into GGUF and [`gguf_export`] requantizes GGUF.
 
+pub mod f32;
 pub mod gguf_export;
+pub mod gguf_from_hf;
 pub mod hf_config;
+pub mod hf_write;
 pub mod llama2c;
 pub mod names;
 pub mod safetensors;
 
 pub use self::safetensors::{load_hf_dir, SafetensorsSource};
+pub use f32::{model_dir, read_f32, F32Model, F32Tensor};
+pub use gguf_from_hf::export_gguf;
 pub use hf_config::{hf_config, parse_hf_config, HfConfig};
+pub use hf_write::{write_hf_dir, TokenizerFiles};
 pub use llama2c::load_llama2c;
 
 use crate::{Model, ModelError};

@@ -12,13 +12,11 @@
 //! end `model/` (a Hugging Face directory; LoRA adapters merged) and, with LoRA, `adapter/`.
 
 use crate::checkpoint;
-use crate::export::{model_dir, read_hf_dir};
+use crate::export::from_f32_tensors;
 use crate::model::Transformer;
 use crate::{io_err, Result, TrainError};
 use candle_core::{DType, Device, Tensor};
 use kiln_gguf::GgufFile;
-use kiln_model::config::RopeStyle;
-use kiln_model::formats::names::{gguf_to_hf, is_norm_weight};
 use kiln_model::ModelConfig;
 use kiln_text::conversation::{read_rows, BadRow};
 use kiln_text::{ChatMessage, ChatTemplate, Tokenizer};
@@ -40,19 +38,19 @@ pub struct Base {
     pub tokenizer_config: Json,
 }
 
-/// Inverse of [`crate::export::permute_rope_rows`]: GGUF llama's interleaved Q/K rows back to
-/// Hugging Face's half-split order.
-pub fn unpermute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    crate::export::move_rope_rows(w, heads, cols, false)
-}
-
 /// Loads the model at `path`: a kiln run directory (its `model/`), a Hugging Face directory or
 /// a GGUF file of any family kiln runs (every tensor dequantized to f32, in Hugging Face's
 /// layout: llama Q/K rows back in half-split order, Gemma norms back to `w` from `1 + w`).
 pub fn load_base(path: &Path) -> Result<Base> {
-    if path.is_dir() {
-        let dir = model_dir(path)?;
-        let (config, tied, tensors) = read_hf_dir(&dir)?;
+    let model = kiln_model::formats::read_f32(path)?;
+    if model.scaled_rope {
+        return Err(TrainError::Config(format!(
+            "{}: scaled RoPE (Llama 3.1's rope_freqs / rope_scaling) is not implemented in kiln's trainer",
+            path.display()
+        )));
+    }
+    let (tokenizer_json, tokenizer_config) = if path.is_dir() {
+        let dir = kiln_model::formats::model_dir(path)?;
         let tj = dir.join("tokenizer.json");
         let tokenizer_json = std::fs::read_to_string(&tj).map_err(io_err(&tj))?;
         let tc = dir.join("tokenizer_config.json");
@@ -61,60 +59,14 @@ pub fn load_base(path: &Path) -> Result<Base> {
                 .map_err(|e| TrainError::Checkpoint(format!("{}: not valid JSON ({e})", tc.display())))?,
             Err(_) => json!({}),
         };
-        return Ok(Base { config, tied, tensors, tokenizer_json, tokenizer_config });
-    }
-    let file = GgufFile::open(path).map_err(|e| {
-        TrainError::Config(format!(
-            "{}: not a run directory, a Hugging Face directory or a readable GGUF file ({e})",
-            path.display()
-        ))
-    })?;
-    let mut config = ModelConfig::from_gguf(&file).map_err(TrainError::Model)?;
-    if file.tensor("rope_freqs.weight").is_some() {
-        return Err(TrainError::Config(format!(
-            "{}: scaled RoPE (rope_freqs, Llama 3.1 style) is not implemented in kiln's trainer",
-            path.display()
-        )));
-    }
-    let permuted = config.rope_style == RopeStyle::Interleaved;
-    config.rope_style = RopeStyle::Halves;
-    let offset = config.norm_weight_offset;
-    let mut tensors = HashMap::new();
-    for info in &file.tensors {
-        let Some(hf) = gguf_to_hf(&info.name, config.family) else {
-            continue;
-        };
-        let cols = info.dims[0] as usize;
-        let rows = (info.n_elements() as usize) / cols.max(1);
-        let data = file.tensor_data(info);
-        let row_bytes = info.ty.bytes_for(cols).ok_or_else(|| {
-            TrainError::Config(format!("{}: tensor {} has a bad row length", path.display(), info.name))
-        })?;
-        let mut values = vec![0f32; rows * cols];
-        for (r, out) in values.chunks_mut(cols).enumerate() {
-            kiln_model::quant::dequantize_row(info.ty, &data[r * row_bytes..(r + 1) * row_bytes], out);
-        }
-        if permuted && hf.ends_with("q_proj.weight") {
-            values = unpermute_rope_rows(&values, config.n_heads, cols);
-        } else if permuted && hf.ends_with("k_proj.weight") {
-            values = unpermute_rope_rows(&values, config.n_kv_heads, cols);
-        } else if offset != 0.0 && is_norm_weight(&info.name) {
-            values.iter_mut().for_each(|v| *v -= offset);
-        }
-        let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
-        tensors.insert(hf, Tensor::from_vec(values, shape, &Device::Cpu)?);
-    }
-    let tied = !tensors.contains_key("lm_head.weight");
-    let tok = Tokenizer::from_gguf(&file)?;
-    let piece = |id: Option<u32>| id.and_then(|i| tok.id_to_piece(i));
-    let tokenizer_config = json!({
-        "bos_token": piece(tok.bos_id()),
-        "eos_token": piece(tok.eos_id()),
-        "add_bos_token": tok.adds_bos(),
-        "add_eos_token": false,
-        "chat_template": tok.chat_template(),
-    });
-    Ok(Base { config, tied, tensors, tokenizer_json: tok.to_json()?, tokenizer_config })
+        (tokenizer_json, tokenizer_config)
+    } else {
+        let tok = Tokenizer::from_gguf(&GgufFile::open(path).map_err(kiln_model::ModelError::from)?)?;
+        let tokenizer_config = tok.hf_tokenizer_config();
+        (tok.to_json()?, tokenizer_config)
+    };
+    let tensors = from_f32_tensors(model.tensors)?;
+    Ok(Base { config: model.config, tied: model.tied, tensors, tokenizer_json, tokenizer_config })
 }
 
 /// Writes the base's tokenizer into `dir` with the chat template fine-tuning trains: the
@@ -395,16 +347,6 @@ pub use run::*;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unpermute_inverts_permute() {
-        let w: Vec<f32> = (0..48).map(|x| x as f32).collect();
-        for heads in [1, 2, 3] {
-            let p = crate::export::permute_rope_rows(&w, heads, 2);
-            assert_ne!(p, w, "{heads} heads");
-            assert_eq!(unpermute_rope_rows(&p, heads, 2), w);
-        }
-    }
 
     #[test]
     fn packing_zeroes_the_boundary_target() {

@@ -49,3 +49,14 @@ pub fn assert_gradients_match_finite_differences(model: &Transformer, vocab: u64
         }
     }
 }
+
+/// `kiln export`'s GGUF path: the Hugging Face directory `hf` as a GGUF of type `ty` at `out`.
+#[allow(dead_code)] // not every test binary exports
+pub fn export_gguf(
+    hf: &std::path::Path,
+    ty: kiln_gguf::GgmlType,
+    out: &std::path::Path,
+) -> Result<kiln_model::formats::gguf_export::ExportReport, String> {
+    let tokenizer = kiln_text::gguf_tokenizer_metadata(hf).map_err(|e| e.to_string())?;
+    kiln_model::formats::export_gguf(hf, ty, out, &tokenizer, |_, _| {}).map_err(|e| e.to_string())
+}
