@@ -44,6 +44,9 @@ pub enum TextError {
     /// A chat template failed to parse or render, or called `raise_exception`.
     #[error("chat template: {0}")]
     Template(String),
+    /// Training a tokenizer failed, or was asked for something impossible.
+    #[error("tokenizer training: {0}")]
+    Training(String),
 }
 
 impl From<tokenizers::Error> for TextError {

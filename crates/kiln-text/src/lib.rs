@@ -8,6 +8,7 @@
 //! - [`conversation`]: conversations and comparisons in the ecosystem's JSON shapes.
 #![deny(missing_docs)]
 
+pub mod bpe_train;
 mod chat;
 pub mod conversation;
 mod error;

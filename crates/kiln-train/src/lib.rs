@@ -49,9 +49,6 @@ pub enum TrainError {
     /// The tokenizer could not be loaded or used.
     #[error(transparent)]
     Text(#[from] kiln_text::TextError),
-    /// Tokenizer training failed.
-    #[error("tokenizer training: {0}")]
-    Tokenizer(String),
     /// A data file is malformed or empty.
     #[error("{0}")]
     Data(String),

@@ -360,7 +360,7 @@ impl Trainer {
             &self.model.config,
             self.model.tied,
             &self.run.join("tokenizer"),
-            Some(crate::tokenizer_train::BASE_TEMPLATE),
+            Some(kiln_text::bpe_train::BASE_TEMPLATE),
         )?;
         plot::plot_loss(&self.run, &self.log.records()?)
     }

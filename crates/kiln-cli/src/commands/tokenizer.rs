@@ -1,5 +1,5 @@
 //! `kiln tokenizer train`: a byte-level BPE tokenizer from a corpus
-//! ([`kiln_train::tokenizer_train`] does the work).
+//! ([`kiln_train::tokenizer_train`] reads the corpus, [`kiln_text::bpe_train`] trains).
 
 use crate::output::outln;
 use anyhow::{Context, Result};

@@ -77,7 +77,7 @@ pub fn write_tokenizer(base: &Base, dir: &Path) -> Result<()> {
     checkpoint::write_atomic(&dir.join("tokenizer.json"), base.tokenizer_json.as_bytes())?;
     let mut cfg = base.tokenizer_config.clone();
     let template = cfg.get("chat_template").and_then(Json::as_str);
-    if template.is_none() || template == Some(crate::tokenizer_train::BASE_TEMPLATE) {
+    if template.is_none() || template == Some(kiln_text::bpe_train::BASE_TEMPLATE) {
         cfg["chat_template"] = kiln_text::builtin_template(base.config.family.architecture()).into();
     }
     let text = serde_json::to_string_pretty(&cfg).expect("json serializes");
