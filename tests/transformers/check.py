@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checks a kiln run's Hugging Face directory with transformers' LlamaForCausalLM against kiln.
+"""Checks a kiln run's Hugging Face directory with transformers (the `*ForCausalLM` class its
+config.json names) against kiln.
 
 usage: check.py MODEL_DIR PROMPT KILN_STDERR
 
@@ -13,7 +14,7 @@ import re
 import sys
 
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
 logging.disable_progress_bar()
@@ -29,7 +30,7 @@ prompt_len = int(re.search(r"\[prompt (\d+) tokens", "\n".join(lines))[1])
 assert len(generated) >= 8, f"kiln generated only {len(generated)} tokens:\n" + "\n".join(lines)
 
 tok = AutoTokenizer.from_pretrained(model_dir)
-model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
 ids = tok(prompt, return_tensors="pt").input_ids[0].tolist()
 if tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id]:
     ids = [tok.bos_token_id] + ids

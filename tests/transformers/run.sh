@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A model trained by `kiln train` loads in Hugging Face transformers' LlamaForCausalLM and gives
-# kiln's logits: trains a tiny model on the Shakespeare text, greedy-decodes with `kiln run`
-# (printing each token's log-probability), and has transformers score the same tokens.
+# Models trained by `kiln train` load in Hugging Face transformers (LlamaForCausalLM,
+# Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM) and give kiln's logits: for each
+# family, trains a tiny model on the Shakespeare text, greedy-decodes with `kiln run` (printing
+# each token's log-probability), and has transformers score the same tokens.
 # Usage (from the repo root): bash tests/transformers/run.sh   (needs ./target/release/kiln)
 # env: TORCH_VENV (default target/torch-venv; made by scripts/torch-venv.sh on first use)
 set -euo pipefail
@@ -30,10 +31,14 @@ if [ -z "$data" ]; then
     prompt=$'The kiln stood at the end of the lane, and the potter'
 fi
 "$kiln" tokenizer train --data "$data" --vocab 512 --out "$work/tok" >/dev/null
-"$kiln" -t 2 train --data "$data" --tokenizer "$work/tok" --preset nano --steps 200 --lr 1e-2 \
-    --eval-every 0 --sample-every 0 --out "$work/run" -q >"$work/train.log" 2>&1 \
-    || { cat "$work/train.log"; exit 1; }
-"$kiln" -t 2 run --model "$work/run" --raw --temp 0 -n 32 --logprobs 1 "$prompt" \
-    >"$work/kiln.out" 2>"$work/kiln.err"
-HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$venv/python" tests/transformers/check.py \
-    "$work/run/model" "$prompt" "$work/kiln.err"
+# Gemma's sliding window is half the context (32 of 64 here), so the 32 generated tokens after
+# the prompt run past it and the check covers the window's edge.
+for family in llama qwen2 qwen3 gemma3; do
+    "$kiln" -t 2 train --family "$family" --data "$data" --tokenizer "$work/tok" --preset nano --steps 200 \
+        --lr 1e-2 --eval-every 0 --sample-every 0 --out "$work/$family" -q >"$work/train.log" 2>&1 \
+        || { cat "$work/train.log"; exit 1; }
+    "$kiln" -t 2 run --model "$work/$family" --raw --temp 0 -n 32 --logprobs 1 "$prompt" \
+        >"$work/$family.out" 2>"$work/$family.err"
+    HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error "$venv/python" tests/transformers/check.py \
+        "$work/$family/model" "$prompt" "$work/$family.err"
+done

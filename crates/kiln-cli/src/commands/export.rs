@@ -1,5 +1,5 @@
 //! `kiln export`: a trained model (a run directory or a Hugging Face directory) as GGUF, or as
-//! a standalone Hugging Face directory, which a llama GGUF can also be written as (dequantized
+//! a standalone Hugging Face directory, which a GGUF can also be written as (dequantized
 //! to f32, what fine-tuning starts from). The formats are kiln-model's
 //! ([`kiln_model::formats`]) and the tokenizer entries kiln-text's: no trainer involved.
 
@@ -22,8 +22,8 @@ pub enum ExportFormat {
 /// `kiln export`.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// A run directory (its model/) or a Hugging Face llama directory; with --format hf also a
-    /// llama GGUF file (dequantized to f32).
+    /// A run directory (its model/) or a Hugging Face directory; with --format hf also a GGUF
+    /// file (dequantized to f32). Any family kiln runs.
     #[arg(short, long)]
     pub model: PathBuf,
     /// Output format.

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 /// Flags every fine-tuning command shares (`kiln sft`, `kiln dpo`, `kiln rm`).
 #[derive(Args, Debug, Clone)]
 pub struct FinetuneArgs {
-    /// Starting model: a kiln run directory, a Hugging Face llama directory or a GGUF file.
+    /// Starting model: a kiln run directory, a Hugging Face directory or a GGUF file (llama,
+    /// qwen2, qwen3 or gemma3), or a model name (`kiln pull` names).
     #[arg(short, long, required_unless_present = "resume")]
     pub model: Option<PathBuf>,
     /// Data files (JSON, JSON Lines, .gz); repeat for several.

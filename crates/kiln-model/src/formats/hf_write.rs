@@ -85,7 +85,12 @@ pub fn hf_config_json(cfg: &ModelConfig, tied: bool, bos: Option<u32>, eos: Opti
         Family::Gemma3 => {
             j["hidden_activation"] = json!(act);
             let scalar = 1.0 / (f64::from(cfg.attn_scale) * f64::from(cfg.attn_scale));
-            j["query_pre_attn_scalar"] = json!(scalar);
+            // transformers 5 types it as an integer and refuses `256.0`.
+            j["query_pre_attn_scalar"] = if (scalar - scalar.round()).abs() < 1e-6 * scalar {
+                json!(scalar.round() as u64)
+            } else {
+                json!(scalar)
+            };
             j["rope_local_base_freq"] = short(cfg.rope_theta_local);
             // Newer transformers read layer_types, older ones the window and its pattern (a
             // missing window means 4096 to both; all-global layers say so with layer_types).
@@ -246,6 +251,9 @@ mod tests {
                 assert_eq!(back.tie_word_embeddings, tied);
             }
         }
+        // An integral query scale is written as an integer (transformers 5 requires one).
+        let j = hf_config_json(&ModelConfig { attn_scale: 0.25, ..gemma(None, None) }, true, None, None);
+        assert_eq!(j["query_pre_attn_scalar"], json!(16));
         // A switch the family's config.json has no key for is refused, not dropped.
         let biased_llama = ModelConfig { qkv_bias: true, ..shape(Family::Llama) };
         let back = parse_hf_config(&hf_config_json(&biased_llama, true, None, None)).unwrap();
