@@ -21,8 +21,13 @@ fn metrics(run: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// A tokenizer and a 2-layer model pretrained for a few steps in `dir`: returns the run.
+/// A tokenizer and a 2-layer llama pretrained for a few steps in `dir`: returns the run.
 fn tiny_base(home: &Path, dir: &Path) -> PathBuf {
+    tiny_base_of(home, dir, "llama")
+}
+
+/// [`tiny_base`] of the family `family`.
+fn tiny_base_of(home: &Path, dir: &Path, family: &str) -> PathBuf {
     let data = util::corpus(dir, 100_000);
     let tok = dir.join("tok");
     Kiln::new(home)
@@ -34,7 +39,7 @@ fn tiny_base(home: &Path, dir: &Path) -> PathBuf {
         .success();
     let base = dir.join("base");
     Kiln::new(home)
-        .args(["-t", "2", "train", "--data"])
+        .args(["-t", "2", "train", "--family", family, "--data"])
         .arg(&data)
         .arg("--tokenizer")
         .arg(&tok)
@@ -294,4 +299,53 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
         .args(["--prompt", "a", "--answer", "b"])
         .run();
     assert!(out.error_line(Some(1)).contains("not a reward model"));
+}
+
+#[test]
+fn every_family_fine_tunes_with_lora_prefers_and_scores() {
+    let home = temp_dir();
+    for family in ["qwen2", "qwen3", "gemma3"] {
+        let dir = temp_dir();
+        let base = tiny_base_of(home.path(), dir.path(), family);
+        let sft_data = dir.path().join("chats.jsonl");
+        write_rows(&sft_data, SFT_ROWS, false);
+        let prefs = dir.path().join("prefs.jsonl");
+        write_rows(&prefs, PREF_ROWS, false);
+        let run = |cmd: &str, out: &Path, data: &Path, extra: &[&str]| {
+            Kiln::new(home.path())
+                .args(["-t", "2", cmd, "--model"])
+                .arg(&base)
+                .arg("--data")
+                .arg(data)
+                .arg("--out")
+                .arg(out)
+                .args(["--steps", "3", "--val-rows", "1", "-q"])
+                .args(extra)
+                .run()
+                .success();
+            let m = metrics(out);
+            assert_eq!(m.len(), 3, "{family} {cmd}");
+            assert!(m.iter().all(|r| r["loss"].as_f64().unwrap().is_finite()), "{family} {cmd}: {m:?}");
+        };
+        let sft = dir.path().join("sft");
+        run("sft", &sft, &sft_data, &["--lora", "--rank", "4", "--lr", "3e-3"]);
+        let config = std::fs::read_to_string(sft.join("model/config.json")).unwrap();
+        assert!(config.contains(&format!("\"model_type\": \"{family}")), "{family}: {config}");
+        let out = Kiln::new(home.path())
+            .args(["-t", "2", "run", "--temp", "0", "-n", "6", "-q", "--model"])
+            .arg(&sft)
+            .arg("Who are you?")
+            .run();
+        out.success();
+        run("dpo", &dir.path().join("dpo"), &prefs, &["--lora", "--batch-pairs", "2"]);
+        let rm = dir.path().join("rm");
+        run("rm", &rm, &prefs, &["--batch-pairs", "2"]);
+        let out = Kiln::new(home.path())
+            .args(["rm", "score", "--model"])
+            .arg(&rm)
+            .args(["--prompt", "Who are you?", "--answer", "I am kiln.", "--answer", "Go away."])
+            .run();
+        out.success();
+        assert_eq!(out.stdout.lines().count(), 2, "{family}: {}", out.stdout);
+    }
 }
