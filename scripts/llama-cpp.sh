@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (or find) the llama.cpp tools that kiln compares itself against:
-# llama-bench, llama-perplexity, llama-server and llama-tokenize.
+# llama-bench, llama-perplexity, llama-server, llama-tokenize and llama-simple (greedy
+# continuations, for scripts/export-vs-llama-cpp.sh).
 #
 # Usage:
 #   scripts/llama-cpp.sh [CACHE_DIR]
