@@ -30,13 +30,7 @@ fn tiny_base(home: &Path, dir: &Path) -> PathBuf {
 fn tiny_base_of(home: &Path, dir: &Path, family: &str) -> PathBuf {
     let data = util::corpus(dir, 100_000);
     let tok = dir.join("tok");
-    Kiln::new(home)
-        .args(["tokenizer", "train", "--vocab", "400", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&tok)
-        .run()
-        .success();
+    util::train_tokenizer(home, &data, 400, &tok);
     let base = dir.join("base");
     Kiln::new(home)
         .args(["-t", "2", "train", "--family", family, "--data"])
@@ -81,6 +75,17 @@ const PREF_ROWS: &[&str] = &[
     r#"{"prompt": "Good night.", "chosen": "Sleep well.", "rejected": "Stay up."}"#,
     r#"{"prompt": "Thanks!", "chosen": "You are welcome.", "rejected": "Hmph."}"#,
 ];
+
+/// `kiln rm score` of a good and a bad answer to "Who are you?" with the reward model `rm`.
+fn score_two_answers(home: &Path, rm: &Path) -> util::Output {
+    let out = Kiln::new(home)
+        .args(["rm", "score", "--model"])
+        .arg(rm)
+        .args(["--prompt", "Who are you?", "--answer", "I am kiln.", "--answer", "Go away."])
+        .run();
+    out.success();
+    out
+}
 
 fn write_rows(path: &Path, rows: &[&str], bad: bool) {
     let mut text = rows.join("\n");
@@ -272,12 +277,7 @@ fn sft_lora_merge_dpo_and_rm_end_to_end_with_resume() {
     let (acc, p) = (last["val_accuracy"].as_f64().unwrap(), last["val_accuracy_p"].as_f64().unwrap());
     assert!((p - [1.0, 0.75, 0.25][(acc * 2.0).round() as usize]).abs() < 1e-12, "{last}");
     assert!(out.stdout.contains(&format!("binomial p against chance {p:.3}")), "{}", out.stdout);
-    let out = Kiln::new(home.path())
-        .args(["rm", "score", "--model"])
-        .arg(&rm)
-        .args(["--prompt", "Who are you?", "--answer", "I am kiln.", "--answer", "Go away."])
-        .run();
-    out.success();
+    let out = score_two_answers(home.path(), &rm);
     let scores: Vec<f64> = out.stdout.lines().map(|l| l.split('\t').next().unwrap().parse().unwrap()).collect();
     assert_eq!(scores.len(), 2);
 
@@ -340,12 +340,7 @@ fn every_family_fine_tunes_with_lora_prefers_and_scores() {
         run("dpo", &dir.path().join("dpo"), &prefs, &["--lora", "--batch-pairs", "2"]);
         let rm = dir.path().join("rm");
         run("rm", &rm, &prefs, &["--batch-pairs", "2"]);
-        let out = Kiln::new(home.path())
-            .args(["rm", "score", "--model"])
-            .arg(&rm)
-            .args(["--prompt", "Who are you?", "--answer", "I am kiln.", "--answer", "Go away."])
-            .run();
-        out.success();
+        let out = score_two_answers(home.path(), &rm);
         assert_eq!(out.stdout.lines().count(), 2, "{family}: {}", out.stdout);
     }
 }

@@ -66,13 +66,7 @@ fn train_killed_with_sigkill_then_resumed_logs_the_same_losses_and_runs_in_kiln(
     let dir = temp_dir();
     let data = corpus(dir.path());
     let tok = dir.path().join("tok");
-    Kiln::new(home.path())
-        .args(["tokenizer", "train", "--vocab", "512", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&tok)
-        .run()
-        .success();
+    util::train_tokenizer(home.path(), &data, 512, &tok);
     assert!(tok.join("tokenizer_report.json").is_file());
 
     let train = |out: &Path| {
@@ -228,13 +222,7 @@ fn corrupted_checkpoint_is_named_on_resume() {
     let dir = temp_dir();
     let data = corpus(dir.path());
     let tok = dir.path().join("tok");
-    Kiln::new(home.path())
-        .args(["tokenizer", "train", "--vocab", "300", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&tok)
-        .run()
-        .success();
+    util::train_tokenizer(home.path(), &data, 300, &tok);
     let run = dir.path().join("run");
     Kiln::new(home.path())
         .args(["train", "--data"])
@@ -260,13 +248,7 @@ fn every_family_trains_from_scratch_and_its_gguf_runs_token_for_token() {
     let dir = temp_dir();
     let data = corpus(dir.path());
     let tok = dir.path().join("tok");
-    Kiln::new(home.path())
-        .args(["tokenizer", "train", "--vocab", "400", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&tok)
-        .run()
-        .success();
+    util::train_tokenizer(home.path(), &data, 400, &tok);
     for family in ["qwen2", "qwen3", "gemma3"] {
         let run = dir.path().join(family);
         Kiln::new(home.path())

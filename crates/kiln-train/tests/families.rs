@@ -198,13 +198,21 @@ fn fused_kernels_give_the_candle_ops_loss_and_gradients_in_every_family() {
             weights: (1..20).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect(),
             starts: vec![0, 5, 12],
         };
+        let plain = Example { ids: ids[20..30].to_vec(), weights: vec![1.0; 9], starts: Vec::new() };
+        let other = Example { ids: ids[22..33].to_vec(), weights: vec![0.5; 10], starts: Vec::new() };
         let run = |fused: bool| {
             let mut model = random_model(&cfg, case.tied, DType::F32, 13);
             model.fused = fused;
             let loss = model.loss(&x, &y).unwrap();
-            let logps = weighted_logps(&model, &[&packed]).unwrap();
+            // A row that packs documents itself, and two rows the function packs together.
+            let logps = Tensor::cat(
+                &[weighted_logps(&model, &[&packed]).unwrap(), weighted_logps(&model, &[&plain, &other]).unwrap()],
+                0,
+            )
+            .unwrap();
             let grads = (&loss + logps.sum_all().unwrap()).unwrap().backward().unwrap();
-            let values = vec![common::scalar(&loss) as f32, common::scalar(&logps.sum_all().unwrap()) as f32];
+            let values: Vec<f32> =
+                [common::scalar(&loss) as f32].into_iter().chain(logps.to_vec1::<f32>().unwrap()).collect();
             let g: Vec<(String, Vec<f32>)> = model
                 .params()
                 .iter()

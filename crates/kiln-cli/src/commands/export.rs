@@ -46,10 +46,12 @@ pub fn export(args: &ExportArgs) -> Result<()> {
                 args.model.display()
             );
         }
-        let model = kiln_model::formats::read_f32(&args.model)
-            .with_context(|| format!("cannot load {}", args.model.display()))?;
-        let file = kiln_model::GgufFile::open(&args.model)?;
-        let tok = kiln_text::Tokenizer::from_gguf(&file)?;
+        let load = || -> Result<_> {
+            let file = kiln_model::GgufFile::open(&args.model)?;
+            let tok = kiln_text::Tokenizer::from_gguf(&file)?;
+            Ok((kiln_model::formats::f32::read_gguf_f32(file)?, tok))
+        };
+        let (model, tok) = load().with_context(|| format!("cannot load {}", args.model.display()))?;
         write_hf(&model, &tok, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
         outln!("wrote {} (Hugging Face layout, f32, {} tensors)", args.out.display(), model.tensors.len());
         return Ok(());

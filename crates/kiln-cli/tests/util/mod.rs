@@ -162,3 +162,14 @@ pub fn corpus(dir: &Path, bytes: usize) -> PathBuf {
     std::fs::write(&path, &text[..bytes.min(text.len())]).expect("write corpus");
     path
 }
+
+/// `kiln tokenizer train` of a `vocab`-token tokenizer on `data` into `out` (which must succeed).
+pub fn train_tokenizer(home: &Path, data: &Path, vocab: usize, out: &Path) {
+    Kiln::new(home)
+        .args(["tokenizer", "train", "--vocab", &vocab.to_string(), "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .run()
+        .success();
+}

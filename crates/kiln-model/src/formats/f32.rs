@@ -1,4 +1,4 @@
-//! Every parameters file kiln reads, as plain f32 tensors under Hugging Face names and in
+//! GGUF files and Hugging Face directories as plain f32 tensors under Hugging Face names and in
 //! Hugging Face's layout: what training starts from and what export writes. The inference
 //! loader keeps tensors in their stored types; this is the other use of the same readers
 //! ([`GgufSource`], [`SafetensorsSource`]), so a file either path accepts, both accept.
@@ -52,20 +52,6 @@ pub fn model_dir(path: &Path) -> Result<PathBuf, ModelError> {
         "{}: neither a model directory (config.json) nor a run directory with model/ inside",
         path.display()
     )))
-}
-
-/// Reads the model at `path` (a run directory, a Hugging Face directory or a GGUF file) in f32.
-pub fn read_f32(path: &Path) -> Result<F32Model, ModelError> {
-    if path.is_dir() {
-        return read_hf_dir_f32(&model_dir(path)?);
-    }
-    let file = GgufFile::open(path).map_err(|e| {
-        ModelError::Format(format!(
-            "{}: not a run directory, a Hugging Face directory or a readable GGUF file ({e})",
-            path.display()
-        ))
-    })?;
-    read_gguf_f32(file)
 }
 
 /// The tensor `raw` as f32 values, or an error naming it when its rows are not whole blocks.

@@ -13,6 +13,7 @@ use super::names::{hf_to_gguf, is_norm_weight};
 use crate::config::{ModelConfig, RopeStyle};
 use crate::{GgmlType, GgufFile, ModelError};
 use kiln_gguf::{GgufWriter, TensorData, Value};
+use std::borrow::Cow;
 use std::path::Path;
 
 /// The `{arch}.*` hyper-parameters of `cfg` (llama.cpp's `LLM_KV_*` keys).
@@ -69,15 +70,15 @@ pub fn gguf_f32(dir: &Path, name: &str, tokenizer: &[(String, Value)]) -> Result
             .ok_or_else(|| ModelError::Format(format!("{}: unexpected tensor {hf:?}", dir.display())))?;
         let t = &model.tensors[hf];
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
-        let data = if permute && gguf.ends_with("attn_q.weight") {
-            permute_rope_rows(&t.data, cfg.n_heads, cfg.dim)
+        let data: Cow<[f32]> = if permute && gguf.ends_with("attn_q.weight") {
+            permute_rope_rows(&t.data, cfg.n_heads, cfg.dim).into()
         } else if permute && gguf.ends_with("attn_k.weight") {
-            permute_rope_rows(&t.data, cfg.n_kv_heads, cfg.dim)
+            permute_rope_rows(&t.data, cfg.n_kv_heads, cfg.dim).into()
         } else if cfg.norm_weight_offset != 0.0 && is_norm_weight(&gguf) {
             // GGUF Gemma norms hold the factor itself, 1 + w.
             t.data.iter().map(|v| v + cfg.norm_weight_offset).collect()
         } else {
-            t.data.clone()
+            Cow::Borrowed(&t.data)
         };
         let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
         w.add_tensor(TensorData { name: gguf, dims, ty: GgmlType::F32, data: bytes });

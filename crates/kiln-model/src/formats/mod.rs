@@ -17,7 +17,7 @@ pub mod names;
 pub mod safetensors;
 
 pub use self::safetensors::{load_hf_dir, SafetensorsSource};
-pub use f32::{model_dir, read_f32, F32Model, F32Tensor};
+pub use f32::{model_dir, F32Model, F32Tensor};
 pub use gguf_from_hf::export_gguf;
 pub use hf_config::{hf_config, parse_hf_config, HfConfig};
 pub use hf_write::{write_hf_dir, TokenizerFiles};

@@ -42,15 +42,9 @@ pub struct Base {
 /// a GGUF file of any family kiln runs (every tensor dequantized to f32, in Hugging Face's
 /// layout: llama Q/K rows back in half-split order, Gemma norms back to `w` from `1 + w`).
 pub fn load_base(path: &Path) -> Result<Base> {
-    let model = kiln_model::formats::read_f32(path)?;
-    if model.scaled_rope {
-        return Err(TrainError::Config(format!(
-            "{}: scaled RoPE (Llama 3.1's rope_freqs / rope_scaling) is not implemented in kiln's trainer",
-            path.display()
-        )));
-    }
-    let (tokenizer_json, tokenizer_config) = if path.is_dir() {
+    let (model, tokenizer_json, tokenizer_config) = if path.is_dir() {
         let dir = kiln_model::formats::model_dir(path)?;
+        let model = kiln_model::formats::f32::read_hf_dir_f32(&dir)?;
         let tj = dir.join("tokenizer.json");
         let tokenizer_json = std::fs::read_to_string(&tj).map_err(io_err(&tj))?;
         let tc = dir.join("tokenizer_config.json");
@@ -59,12 +53,24 @@ pub fn load_base(path: &Path) -> Result<Base> {
                 .map_err(|e| TrainError::Checkpoint(format!("{}: not valid JSON ({e})", tc.display())))?,
             Err(_) => json!({}),
         };
-        (tokenizer_json, tokenizer_config)
+        (model, tokenizer_json, tokenizer_config)
     } else {
-        let tok = Tokenizer::from_gguf(&GgufFile::open(path).map_err(kiln_model::ModelError::from)?)?;
-        let tokenizer_config = tok.hf_tokenizer_config();
-        (tok.to_json()?, tokenizer_config)
+        let file = GgufFile::open(path).map_err(|e| {
+            TrainError::Config(format!(
+                "{}: not a run directory, a Hugging Face directory or a readable GGUF file ({e})",
+                path.display()
+            ))
+        })?;
+        let tok = Tokenizer::from_gguf(&file)?;
+        let (tokenizer_json, tokenizer_config) = (tok.to_json()?, tok.hf_tokenizer_config());
+        (kiln_model::formats::f32::read_gguf_f32(file)?, tokenizer_json, tokenizer_config)
     };
+    if model.scaled_rope {
+        return Err(TrainError::Config(format!(
+            "{}: scaled RoPE (Llama 3.1's rope_freqs / rope_scaling) is not implemented in kiln's trainer",
+            path.display()
+        )));
+    }
     let tensors = from_f32_tensors(model.tensors)?;
     Ok(Base { config: model.config, tied: model.tied, tensors, tokenizer_json, tokenizer_config })
 }
