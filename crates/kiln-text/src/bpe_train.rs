@@ -128,7 +128,7 @@ pub fn train_bpe(
     std::fs::create_dir_all(out).map_err(io(out))?;
     let json = tok.to_string(true).map_err(training_error)?;
     write_atomic(&out.join("tokenizer.json"), json.as_bytes())?;
-    write_tokenizer_config(out, None)?;
+    write_tokenizer_config(out)?;
     let report_json = serde_json::to_string_pretty(&report).expect("report serializes");
     write_atomic(&out.join("tokenizer_report.json"), report_json.as_bytes())?;
     Ok(report)
@@ -160,8 +160,8 @@ fn new_tokenizer() -> Result<Bpe, TextError> {
 }
 
 /// Writes tokenizer_config.json: BOS added to every prompt, `<|im_end|>` as EOS, ChatML.
-pub fn write_tokenizer_config(dir: &Path, context: Option<usize>) -> Result<(), TextError> {
-    let mut cfg = serde_json::json!({
+fn write_tokenizer_config(dir: &Path) -> Result<(), TextError> {
+    let cfg = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS,
         "eos_token": IM_END,
@@ -170,9 +170,6 @@ pub fn write_tokenizer_config(dir: &Path, context: Option<usize>) -> Result<(), 
         "add_eos_token": false,
         "chat_template": CHATML,
     });
-    if let Some(n) = context {
-        cfg["model_max_length"] = n.into();
-    }
     let text = serde_json::to_string_pretty(&cfg).expect("config serializes");
     write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
 }

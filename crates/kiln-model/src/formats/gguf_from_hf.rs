@@ -46,7 +46,7 @@ fn model_metadata(w: &mut GgufWriter, cfg: &ModelConfig) {
 
 /// Builds the f32 GGUF of the Hugging Face directory `dir` in memory, with the tokenizer
 /// entries `tokenizer`.
-pub fn gguf_f32(dir: &Path, name: &str, tokenizer: &[(String, Value)]) -> Result<GgufFile, ModelError> {
+fn gguf_f32(dir: &Path, name: &str, tokenizer: &[(String, Value)]) -> Result<GgufFile, ModelError> {
     let model = read_hf_dir_f32(dir)?;
     let cfg = &model.config;
     if model.scaled_rope {
