@@ -2,6 +2,7 @@
 //! then sample, stream text, and stop at an end-of-generation token, a stop string, the token
 //! limit or the end of the context.
 
+use crate::constraint::{apply_mask, Constraint, ConstraintError, ConstraintState, Step};
 use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
 use kiln_model::{Model, ModelError, State};
 use kiln_text::{TextError, TokenStream, Tokenizer};
@@ -31,6 +32,8 @@ pub struct GenerateOptions {
     pub logprobs: Option<usize>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// A grammar the output must follow (JSON schema, tool calls).
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateOptions {
@@ -41,6 +44,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             logprobs: None,
             ignore_eos: false,
+            constraint: None,
         }
     }
 }
@@ -86,6 +90,9 @@ pub enum GenerateError {
     /// Bad options.
     #[error("{0}")]
     Options(String),
+    /// The grammar could not be followed.
+    #[error(transparent)]
+    Constraint(#[from] ConstraintError),
 }
 
 /// A model with one sequence's state, reusable across turns of a conversation.
@@ -181,6 +188,8 @@ pub struct Decoder<'t> {
     history: Vec<u32>,
     finish: Option<FinishReason>,
     prompt_tokens: usize,
+    constraint: Option<ConstraintState>,
+    masked: Vec<f32>,
 }
 
 impl<'t> Decoder<'t> {
@@ -198,6 +207,8 @@ impl<'t> Decoder<'t> {
             history: prompt.to_vec(),
             finish: if opts.max_tokens == 0 { Some(FinishReason::Length) } else { None },
             prompt_tokens: prompt.len(),
+            constraint: opts.constraint.as_ref().map(ConstraintState::start),
+            masked: Vec::new(),
         })
     }
 
@@ -207,10 +218,17 @@ impl<'t> Decoder<'t> {
         if !self.wants_more() {
             return Ok(None);
         }
-        let tok = self.sampler.sample(logits, &self.history);
+        let tok = match self.pick_constrained(logits)? {
+            Some(tok) => tok,
+            None if self.finish.is_some() => return Ok(None),
+            None => self.sampler.sample(logits, &self.history),
+        };
         if !self.opts.ignore_eos && self.eog.contains(&tok) {
             self.finish = Some(FinishReason::Stop);
             return Ok(None);
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            c.commit(tok)?;
         }
         let lp = self.opts.logprobs.map(|n| logprobs(logits, tok, n));
         self.tokens.push(tok);
@@ -224,6 +242,34 @@ impl<'t> Decoder<'t> {
         }
         let from = std::mem::replace(&mut self.emitted, safe);
         Ok(Some(TokenEvent { token: tok, text: &self.text[from..safe], logprobs: lp }))
+    }
+
+    /// The next token where a constraint decides or restricts it: None where sampling is
+    /// free, or where the grammar is complete (then `finish` is set).
+    fn pick_constrained(&mut self, logits: &[f32]) -> Result<Option<u32>, GenerateError> {
+        let Some(c) = self.constraint.as_mut() else { return Ok(None) };
+        let tok = match c.forced() {
+            Some(tok) => tok,
+            None => match c.step()? {
+                Step::Free => self.sampler.sample(logits, &self.history),
+                Step::Done => {
+                    self.finish = Some(FinishReason::Stop);
+                    return Ok(None);
+                }
+                Step::Mask(mask) => {
+                    self.masked.clear();
+                    self.masked.extend_from_slice(logits);
+                    apply_mask(&mask, &mut self.masked);
+                    self.sampler.sample(&self.masked, &self.history)
+                }
+            },
+        };
+        Ok(Some(c.check(tok)?))
+    }
+
+    /// Whether a constraint's grammar applies now (inside a tool call, or throughout).
+    pub fn constrained_now(&self) -> bool {
+        self.constraint.as_ref().is_some_and(|c| c.is_active())
     }
 
     /// Whether another token should be generated (no stop yet, under the token limit).

@@ -2,10 +2,12 @@
 //! the continuous-batching scheduler that serves many requests at once.
 #![deny(missing_docs)]
 
+pub mod constraint;
 pub mod generate;
 pub mod sampler;
 pub mod scheduler;
 
+pub use constraint::{Constraint, ConstraintError, Grammar, GrammarCompiler};
 pub use generate::{Decoder, FinishReason, GenerateError, GenerateOptions, Generation, Session, TokenEvent};
 pub use sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
 pub use scheduler::{Event, Job, Metrics, Scheduler, SchedulerConfig, SubmitError, Summary};

@@ -172,7 +172,7 @@ impl Common {
             ));
         }
         s.validate().map_err(ApiError::invalid)?;
-        Ok(GenerateOptions { max_tokens, stop, sampling: s, logprobs, ignore_eos: self.ignore_eos })
+        Ok(GenerateOptions { max_tokens, stop, sampling: s, logprobs, ignore_eos: self.ignore_eos, constraint: None })
     }
 }
 
