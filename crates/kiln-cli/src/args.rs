@@ -58,6 +58,8 @@ pub enum Command {
     Train(Box<crate::commands::train::TrainArgs>),
     /// Write a trained model as GGUF (f32, f16, q8_0, q4_0…) or a Hugging Face directory.
     Export(crate::commands::export::ExportArgs),
+    /// Run a built-in tool directly, as a model would call it: `kiln tool calc '{"expression": "2^64"}'`.
+    Tool(crate::commands::tool::ToolArgs),
 }
 
 /// Which model to load.
@@ -165,6 +167,8 @@ pub struct RunArgs {
     /// Print the log-probability of each generated token (and this many alternatives) to stderr.
     #[arg(long)]
     pub logprobs: Option<usize>,
+    #[command(flatten)]
+    pub tools: crate::commands::tool::ToolFlags,
     /// Print no timing line.
     #[arg(short, long)]
     pub quiet: bool,

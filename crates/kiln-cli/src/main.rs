@@ -65,6 +65,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Label(a) => commands::label::label(a),
         Command::Dpo(a) => commands::dpo::dpo(a),
         Command::Rm(a) => commands::rm::rm(a),
+        Command::Tool(a) => commands::tool::tool(a),
     }
 }
 

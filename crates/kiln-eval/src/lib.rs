@@ -14,7 +14,6 @@ pub mod report;
 mod report_render;
 pub mod results;
 pub mod rng;
-pub mod sandbox;
 pub mod score;
 pub mod stats;
 pub mod tasks;

@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use kiln_generate::{Event, FinishReason, GenerateOptions, Job, Summary, TokenLogprob};
-use kiln_text::ChatMessage;
+use kiln_assist::format::{CallStream, StreamEvent};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -33,20 +33,13 @@ pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param("messages", "messages must hold at least one message"));
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool" | "developer") {
-            return Err(ApiError::invalid_param(
-                "messages",
-                format!("unknown role `{}`; use system, user, assistant or tool", m.role),
-            ));
-        }
-        let role = if m.role == "developer" { "system" } else { m.role.as_str() };
-        messages.push(ChatMessage::new(role, m.text()?));
-    }
-    let text = app
-        .template
-        .render(&messages, true)
+    let messages = crate::tools::messages(&req)?;
+    let plan = crate::tools::plan(&req)?;
+    let constraint = match plan.grammar {
+        Some(_) => crate::tools::constraint(app.grammars()?, &plan)?,
+        None => None,
+    };
+    let text = kiln_assist::format::render(&app.template, &messages, &plan.specs, true)
         .map_err(|e| ApiError::invalid(format!("the chat template failed on these messages: {e}")))?;
     let prompt = app.tokenizer.encode_prompt(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
@@ -54,7 +47,16 @@ pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respo
         return Err(ApiError::invalid_param("top_logprobs", "top_logprobs needs logprobs: true"));
     }
     let prompts = vec![(prompt, String::new())];
-    respond(app, Kind::Chat, &req.common, prompts, logprobs).await
+    let reply = Reply { constraint, calls: plan.calls };
+    respond(app, Kind::Chat, &req.common, prompts, logprobs, reply).await
+}
+
+/// What a chat reply is decoded under and read for.
+#[derive(Default)]
+struct Reply {
+    constraint: Option<kiln_generate::Constraint>,
+    /// Read the text for tool calls.
+    calls: bool,
 }
 
 /// `POST /v1/completions`.
@@ -73,7 +75,7 @@ pub async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Resul
         };
         prompts.push((ids, if req.echo { text } else { String::new() }));
     }
-    respond(app, Kind::Text, &req.common, prompts, req.logprobs).await
+    respond(app, Kind::Text, &req.common, prompts, req.logprobs, Reply::default()).await
 }
 
 /// Submits one job per (prompt, choice) and answers in full or as a stream.
@@ -83,13 +85,15 @@ async fn respond(
     common: &Common,
     prompts: Vec<(Vec<u32>, String)>,
     logprobs: Option<usize>,
+    reply: Reply,
 ) -> Result<Response, ApiError> {
     let n = common.choices()?;
     let context = app.scheduler.context();
     let longest = prompts.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
     // Text completions default to OpenAI's 16 tokens; chat runs to the end of the context.
     let default_max = if kind == Kind::Text { 16 } else { context.saturating_sub(longest).max(1) };
-    let options = common.options(default_max, logprobs)?;
+    let mut options = common.options(default_max, logprobs)?;
+    options.constraint = reply.constraint;
     let (tx, rx) = unbounded_channel::<(usize, Event)>();
     let mut jobs = Vec::new();
     let mut echoes = Vec::new();
@@ -111,7 +115,8 @@ async fn respond(
     }
     drop(tx);
     app.scheduler.submit(jobs)?;
-    let answer = Answer::new(app.clone(), kind, echoes, logprobs.is_some(), prompt_tokens);
+    let mut answer = Answer::new(app.clone(), kind, echoes, logprobs.is_some(), prompt_tokens);
+    answer.calls = reply.calls;
     if common.streaming() {
         Ok(stream_answer(answer, rx, common.include_usage()).into_response())
     } else {
@@ -130,6 +135,8 @@ struct Answer {
     with_logprobs: bool,
     prompt_tokens: usize,
     choices: Vec<ChoiceState>,
+    /// Replies are read for tool calls.
+    calls: bool,
 }
 
 #[derive(Default)]
@@ -139,6 +146,10 @@ struct ChoiceState {
     logprobs: Vec<Value>,
     summary: Option<Summary>,
     failed: Option<String>,
+    /// Streaming with tools: the calls read so far.
+    calls: CallStream,
+    /// How many calls the stream has announced.
+    call_count: usize,
 }
 
 impl Answer {
@@ -155,6 +166,7 @@ impl Answer {
             with_logprobs,
             prompt_tokens,
             choices,
+            calls: false,
         }
     }
 
@@ -191,6 +203,26 @@ impl Answer {
                 json!({ "token": piece(chosen.token), "logprob": chosen.logprob, "top": top, "offset": offset })
             }
         }
+    }
+
+    /// A streamed reply's calls as chat deltas, OpenAI's way: a call's id and name first,
+    /// then its arguments in fragments.
+    fn call_deltas(&mut self, choice: usize, events: Vec<StreamEvent>) -> Vec<Value> {
+        let mut out = Vec::new();
+        for e in events {
+            out.push(match e {
+                StreamEvent::Content(t) if t.is_empty() => continue,
+                StreamEvent::Content(t) => json!({ "content": t }),
+                StreamEvent::CallStart { index, id, name } => {
+                    self.choices[choice].call_count += 1;
+                    json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] })
+                }
+                StreamEvent::Arguments { index, fragment } => {
+                    json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] })
+                }
+            });
+        }
+        out
     }
 
     /// Text completions group their log-probabilities by field.
@@ -259,6 +291,23 @@ async fn full_answer(mut answer: Answer, mut rx: UnboundedReceiver<(usize, Event
         .map(|(i, c)| {
             let finish = c.summary.as_ref().map(|s| finish_name(s.finish));
             match answer.kind {
+                Kind::Chat if answer.calls => {
+                    let parsed = kiln_assist::format::parse(&c.text);
+                    let calls: Vec<Value> = parsed.calls.iter().map(|t| json!({"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}})).collect();
+                    let content = if parsed.content.is_empty() && !calls.is_empty() { Value::Null } else { json!(parsed.content) };
+                    let mut message = json!({ "role": "assistant", "content": content });
+                    let mut finish = finish.map(Value::from).unwrap_or(Value::Null);
+                    if !calls.is_empty() {
+                        message["tool_calls"] = Value::Array(calls);
+                        finish = json!("tool_calls");
+                    }
+                    json!({
+                        "index": i,
+                        "message": message,
+                        "logprobs": if answer.with_logprobs { json!({ "content": c.logprobs }) } else { Value::Null },
+                        "finish_reason": finish,
+                    })
+                }
                 Kind::Chat => json!({
                     "index": i,
                     "message": { "role": "assistant", "content": c.text },
@@ -366,11 +415,27 @@ impl StreamState {
                         (Kind::Chat, Some(e)) => json!({ "content": [e] }),
                         (Kind::Text, Some(e)) => Answer::text_logprobs(&[e]),
                     };
+                    if a.calls {
+                        let events = a.choices[i].calls.push(&text);
+                        for delta in a.call_deltas(i, events) {
+                            self.pending.push_back(chunk(a, i, delta, Value::Null, None).to_string());
+                        }
+                        continue;
+                    }
                     let delta = if a.kind == Kind::Chat { json!({ "content": text }) } else { json!(text) };
                     self.pending.push_back(chunk(a, i, delta, lp_value, None).to_string());
                 }
                 Event::Done(s) => {
-                    let finish = finish_name(s.finish);
+                    let mut finish = finish_name(s.finish);
+                    if a.calls {
+                        let events = a.choices[i].calls.finish();
+                        for delta in a.call_deltas(i, events) {
+                            self.pending.push_back(chunk(a, i, delta, Value::Null, None).to_string());
+                        }
+                        if a.choices[i].call_count > 0 {
+                            finish = "tool_calls";
+                        }
+                    }
                     a.choices[i].summary = Some(s);
                     let delta = if a.kind == Kind::Chat { json!({}) } else { json!("") };
                     let mut last = chunk(a, i, delta, Value::Null, Some(finish));

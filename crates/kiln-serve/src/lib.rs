@@ -10,6 +10,7 @@ mod endpoints;
 mod error;
 pub mod label;
 mod openai;
+mod tools;
 
 pub use error::ApiError;
 
@@ -71,6 +72,8 @@ pub struct AppState {
     fingerprint: String,
     embedding_permit: tokio::sync::Semaphore,
     http_counts: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Built on the first request that needs a grammar (it reads the whole vocabulary).
+    grammars: std::sync::OnceLock<Result<kiln_generate::GrammarCompiler, String>>,
 }
 
 impl AppState {
@@ -96,7 +99,18 @@ impl AppState {
             created,
             embedding_permit: tokio::sync::Semaphore::new(1),
             http_counts: Mutex::new(BTreeMap::new()),
+            grammars: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The grammar compiler for the served model's vocabulary.
+    fn grammars(&self) -> Result<&kiln_generate::GrammarCompiler, ApiError> {
+        self.grammars
+            .get_or_init(|| {
+                kiln_generate::GrammarCompiler::new(&self.tokenizer, self.model.config.vocab_size).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| ApiError::invalid(e.clone()))
     }
 
     /// Accepts no model name (the one served), its id, or an alias.

@@ -184,6 +184,12 @@ pub struct InMessage {
     /// A string, a list of parts (`{"type": "text", "text": …}`), or null.
     #[serde(default)]
     pub content: Value,
+    /// An assistant message's calls: `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 impl InMessage {
@@ -228,6 +234,14 @@ pub struct ChatRequest {
     pub logprobs: bool,
     /// Alternatives per token (needs `logprobs`).
     pub top_logprobs: Option<usize>,
+    /// Functions the model may call: `[{"type": "function", "function": {…}}]`.
+    pub tools: Option<Vec<Value>>,
+    /// `"auto"`, `"none"`, `"required"` or `{"type": "function", "function": {"name": …}}`.
+    pub tool_choice: Option<Value>,
+    /// Whether one reply may hold several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
+    pub response_format: Option<Value>,
     /// Everything else.
     #[serde(flatten)]
     pub common: Common,

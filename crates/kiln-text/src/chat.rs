@@ -76,6 +76,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    tools: bool,
 }
 
 impl ChatTemplate {
@@ -100,7 +101,9 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", src.to_string())?;
-        Ok(ChatTemplate { env, bos: bos.to_string(), eos: eos.to_string() })
+        // The convention transformers follows: a template that reads `tools` renders them.
+        let tools = src.contains("tools");
+        Ok(ChatTemplate { env, bos: bos.to_string(), eos: eos.to_string(), tools })
     }
 
     /// The ChatML template.
@@ -112,13 +115,34 @@ impl ChatTemplate {
     /// Renders a conversation; `add_generation_prompt` appends the opening of the assistant's
     /// turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TextError> {
+        self.render_values(Value::from_serialize(messages), Value::from(()), add_generation_prompt)
+    }
+
+    /// Whether the template renders tool definitions and tool calls itself.
+    pub fn supports_tools(&self) -> bool {
+        self.tools
+    }
+
+    /// Renders messages in OpenAI's JSON shape (with `tool_calls`, `tool_call_id`…) and
+    /// tool definitions, as transformers' `apply_chat_template(messages, tools=…)` does.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
+        let tools = tools.map_or(Value::from(()), Value::from_serialize);
+        self.render_values(Value::from_serialize(messages), tools, add_generation_prompt)
+    }
+
+    fn render_values(&self, messages: Value, tools: Value, add_generation_prompt: bool) -> Result<String, TextError> {
         let template = self.env.get_template("chat")?;
         let ctx = minijinja::context! {
-            messages => Value::from_serialize(messages),
+            messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
-            tools => Value::from(()),
+            tools => tools,
             documents => Value::from(()),
         };
         Ok(template.render(ctx)?)

@@ -37,6 +37,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         sampling: args.sampling.params(),
         logprobs: None,
         ignore_eos: false,
+        constraint: None,
     };
     // Bad flags are reported before a model is loaded (or pulled).
     opts.sampling.validate().map_err(anyhow::Error::msg)?;

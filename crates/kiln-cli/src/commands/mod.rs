@@ -17,4 +17,5 @@ pub mod run;
 pub mod serve;
 pub mod sft;
 pub mod tokenizer;
+pub mod tool;
 pub mod train;

@@ -25,6 +25,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if args.verbose {
         print_setup(&lm, ctx, sampling.seed);
     }
+    if !args.tools.tools.is_empty() {
+        if args.raw {
+            anyhow::bail!("--tools needs the chat template; it cannot be used with --raw");
+        }
+        return run_with_tools(args, &lm, ctx, prompt, sampling);
+    }
     let text = if args.raw {
         prompt
     } else {
@@ -43,6 +49,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         sampling,
         logprobs: args.logprobs,
         ignore_eos: false,
+        constraint: None,
     };
     let mut session = Session::new(&lm.model, ctx);
     let mut out = Stdout::new();
@@ -79,6 +86,48 @@ pub fn run(args: &RunArgs) -> Result<()> {
             result.tokens.len(),
             tg,
             result.finish
+        );
+    }
+    Ok(())
+}
+
+/// The agent loop: calls are shown on stderr as they happen, the answer on stdout.
+fn run_with_tools(args: &RunArgs, lm: &LoadedModel, ctx: usize, prompt: String, sampling: kiln_generate::SamplingParams) -> Result<()> {
+    use kiln_assist::format::Message;
+    let toolbox = kiln_assist::Toolbox::builtin(&args.tools.tools).map_err(anyhow::Error::msg)?;
+    let mut agent = kiln_assist::Agent::new(&lm.tokenizer, &lm.template, &toolbox, lm.model.config.vocab_size)?;
+    agent.max_steps = args.tools.max_steps.max(1);
+    if args.tools.tool_choice == "required" {
+        agent.require_first_call()?;
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::new("system", system.clone()));
+    }
+    messages.push(Message::new("user", prompt));
+    let opts = GenerateOptions { max_tokens: args.sampling.max_tokens, stop: args.sampling.stop.clone(), sampling, ..Default::default() };
+    let mut session = Session::new(&lm.model, ctx);
+    let mut out = Stdout::new();
+    let mut shown = Ok(());
+    let outcome = agent.run(
+        &mut session,
+        &mut messages,
+        &opts,
+        &mut |call| super::tool::approve(call, args.tools.yes),
+        &mut |event| {
+            if shown.is_ok() {
+                shown = super::tool::show_event(event, &mut out);
+            }
+        },
+    )?;
+    shown?;
+    if !out.closed() {
+        out.write("\n")?;
+    }
+    if !args.quiet {
+        eprintln!(
+            "[{} steps, {} tool calls, {} tokens generated | {:?}]",
+            outcome.steps, outcome.calls, outcome.generated_tokens, outcome.finish
         );
     }
     Ok(())

@@ -88,6 +88,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let all: Vec<Problem> = parse_jsonl(&read_text(&path)?, &path)?;
     let chosen = cx.select(all.len());
     let opts = GenerateOptions {
+        constraint: None,
         max_tokens: cx.max_tokens.unwrap_or(256),
         stop: vec!["\n\nQuestion:".into()],
         sampling: SamplingParams::greedy(),

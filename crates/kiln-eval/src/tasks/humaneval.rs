@@ -1,13 +1,13 @@
 //! HumanEval pass@1: the model completes each function greedily from the raw prompt (stopping
 //! at the next top-level statement, the Codex paper's stop strings), and the prompt +
-//! completion + the problem's tests run in [`crate::sandbox`], never in kiln's process.
+//! completion + the problem's tests run in [`kiln_assist::sandbox`], never in kiln's process.
 
 use super::{clip, EvalContext};
 use crate::data::{parse_jsonl, read_text};
 use crate::results::{Metric, Sample, TaskResult};
-use crate::sandbox::{Limits, Outcome, Sandbox};
 use crate::stats::Proportion;
 use crate::EvalError;
+use kiln_assist::sandbox::{Limits, Outcome, Sandbox};
 use kiln_generate::{GenerateOptions, SamplingParams, Session};
 use serde::Deserialize;
 
@@ -42,6 +42,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let sandbox = Sandbox::new();
     let limits = Limits { timeout: cx.exec_timeout, ..Limits::default() };
     let opts = GenerateOptions {
+        constraint: None,
         max_tokens: cx.max_tokens.unwrap_or(384),
         stop: STOPS.iter().map(|s| s.to_string()).collect(),
         sampling: SamplingParams::greedy(),
@@ -57,7 +58,9 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         let p = &all[i];
         let ids = cx.tokenizer.encode(&p.prompt, true)?;
         let generation = session.generate(cx.tokenizer, &ids, &opts, |_| true)?;
-        let outcome = sandbox.run_python(&program(p, &generation.text), limits)?;
+        let outcome = sandbox
+            .run_python(&program(p, &generation.text), limits)
+            .map_err(|e| EvalError::Other(format!("humaneval {}: {e}", p.task_id)))?;
         let ok = outcome == Outcome::Passed;
         pass.add_logged(ok, &mut per_item);
         if samples.len() < 5 {
@@ -72,11 +75,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         bar.set_message(format!("{:.1} %", 100.0 * pass.value()));
     }
     bar.finish_and_clear();
-    let net = if sandbox.network_isolated() {
-        "no network (unshare -rn)"
-    } else {
-        "NETWORK NOT ISOLATED (unshare -rn unavailable)"
-    };
+    let isolation = sandbox.isolation();
     Ok(TaskResult {
         task: String::new(),
         items: chosen.len(),
@@ -84,8 +83,8 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
         metrics: vec![Metric::accuracy("pass@1", pass, "greedy completion passes the problem's tests")],
         elapsed_s: 0.0,
         setting: format!(
-            "raw prompt, greedy, at most {} tokens, python3 with {:?} / {} MiB limits, {net}",
-            opts.max_tokens, limits.timeout, limits.memory_mib
+            "raw prompt, greedy, at most {} tokens, python3 with {:?} / {} MiB / {} process limits, {isolation}",
+            opts.max_tokens, limits.timeout, limits.memory_mib, limits.max_processes
         ),
         samples,
         per_item,

@@ -159,6 +159,7 @@ pub fn run(cx: &EvalContext, path: &Path) -> Result<TaskResult, EvalError> {
             cx.tokenizer.encode_prompt(&cx.template.render(&messages, true)?)?
         };
         let opts = GenerateOptions {
+            constraint: None,
             max_tokens: l.max_tokens.or(cx.max_tokens).unwrap_or(256),
             stop: Vec::new(),
             sampling: SamplingParams::greedy(),

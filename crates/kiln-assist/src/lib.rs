@@ -1,0 +1,19 @@
+//! kiln-assist: the model as the kernel of an operating system. The context window is its
+//! working memory; tools are its peripherals.
+//!
+//! - [`tools`]: the [`Tool`] interface and the built-in tools (`calc`, `python`), each with a
+//!   JSON schema, a time limit and a cap on its output.
+//! - [`agent`]: the loop (model → calls → results → model) over a [`agent::Toolbox`].
+//! - [`format`]: tool definitions, calls and results as prompt text (Hermes' format), the
+//!   grammar calls are decoded under, and reading calls back from output, whole or streamed.
+//! - [`sandbox`]: untrusted code runs in a child process with its own namespaces and limits
+//!   (the `python` tool and kiln-eval's HumanEval both use it).
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod format;
+pub mod sandbox;
+pub mod tools;
+
+pub use agent::{Agent, AgentEvent, AgentOutcome, Toolbox};
+pub use tools::{Tool, ToolError};

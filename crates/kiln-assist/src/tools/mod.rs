@@ -1,0 +1,59 @@
+//! The tool interface and the built-in tools.
+
+pub mod calc;
+pub mod python;
+
+use serde_json::Value;
+
+/// Why a tool call failed. The message is shown to the model as the tool's result, so it
+/// says what was wrong in words a model (and a person) can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The arguments do not fit the tool's schema or make no sense.
+    #[error("bad arguments: {0}")]
+    Arguments(String),
+    /// The tool ran past its time limit and was stopped.
+    #[error("stopped after {0} s (time limit)")]
+    TimedOut(u64),
+    /// The tool ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A tool the model can call.
+pub trait Tool: Send + Sync {
+    /// The name the model calls it by.
+    fn name(&self) -> &str;
+    /// One or two sentences for the model: what it does and when to use it.
+    fn description(&self) -> &str;
+    /// The JSON schema of its arguments (an object).
+    fn parameters(&self) -> Value;
+    /// Whether it touches the world outside kiln (runs code, reaches the network); such
+    /// tools ask the user before each call unless told not to.
+    fn touches_outside_world(&self) -> bool {
+        false
+    }
+    /// Runs the tool; the result is text for the model, at most the tool's output cap.
+    fn call(&self, arguments: &Value) -> Result<String, ToolError>;
+}
+
+/// The built-in tools kiln knows, by name.
+pub const BUILTIN: &[&str] = &["calc", "python"];
+
+/// A built-in tool by name.
+pub fn builtin(name: &str) -> Option<Box<dyn Tool>> {
+    match name {
+        "calc" => Some(Box::new(calc::Calc::default())),
+        "python" => Some(Box::new(python::Python::default())),
+        _ => None,
+    }
+}
+
+/// Cuts `text` to at most `cap` bytes (on a character boundary), saying how much was cut.
+pub fn cap_output(text: &str, cap: usize) -> String {
+    if text.len() <= cap {
+        return text.to_string();
+    }
+    let cut = (0..=cap).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}\n[… {} more bytes cut]", &text[..cut], text.len() - cut)
+}

@@ -1,0 +1,95 @@
+//! `kiln tool`: runs one built-in tool directly, as the model would call it; and what `run`
+//! and `chat` share for `--tools`: showing calls and asking before outside-world ones.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kiln_assist::format::ToolCall;
+use kiln_assist::{AgentEvent, Toolbox};
+use std::io::{BufRead, IsTerminal, Write};
+
+/// `kiln tool`.
+#[derive(Args, Debug)]
+pub struct ToolArgs {
+    /// The tool (calc, python).
+    pub name: String,
+    /// Its arguments, a JSON object (`'{"expression": "2^64"}'`).
+    pub arguments: String,
+    /// Print the tool's description and argument schema instead of running it.
+    #[arg(long)]
+    pub describe: bool,
+}
+
+/// `--tools` and `--yes` for `run` and `chat`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ToolFlags {
+    /// Tools the model may call, comma-separated (calc, python).
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Vec<String>,
+    /// Run calls that touch the outside world (python) without asking.
+    #[arg(long)]
+    pub yes: bool,
+    /// The most model turns per answer (tool calls happen between them).
+    #[arg(long, default_value_t = 6)]
+    pub max_steps: usize,
+    /// Whether the model must call a tool in its first turn: auto (it decides) or required.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "required"])]
+    pub tool_choice: String,
+}
+
+/// Runs the command.
+pub fn tool(args: &ToolArgs) -> Result<()> {
+    let toolbox = Toolbox::builtin(std::slice::from_ref(&args.name)).map_err(anyhow::Error::msg)?;
+    if args.describe {
+        let spec = &toolbox.specs()[0];
+        println!("{}\n{}", spec.description, serde_json::to_string_pretty(&spec.parameters)?);
+        return Ok(());
+    }
+    serde_json::from_str::<serde_json::Value>(&args.arguments)
+        .with_context(|| format!("the arguments are not JSON: {}", args.arguments))?;
+    let call = ToolCall { id: "call_cli".into(), name: args.name.clone(), arguments: args.arguments.clone() };
+    match toolbox.run(&call) {
+        Ok(out) => {
+            println!("{out}");
+            Ok(())
+        }
+        Err(e) => bail!("{}: {e}", args.name),
+    }
+}
+
+/// Shows an agent's events: text on stdout, calls and results on stderr.
+pub fn show_event(event: AgentEvent, out: &mut crate::output::Stdout) -> Result<()> {
+    match event {
+        AgentEvent::Text(t) => {
+            out.write(t)?;
+        }
+        AgentEvent::Call(c) => {
+            eprintln!("\n→ {}({})", c.name, c.arguments);
+        }
+        AgentEvent::Result { output, ok, .. } => {
+            let mark = if ok { "←" } else { "← (failed)" };
+            let shown: String = output.chars().take(400).collect();
+            let more = if shown.len() < output.len() { " …" } else { "" };
+            eprintln!("{mark} {}{more}", shown.replace('\n', "\n  "));
+        }
+    }
+    Ok(())
+}
+
+/// Asks on the terminal before a call that touches the outside world; without a terminal
+/// (or with anything but yes) the call is declined.
+pub fn approve(call: &ToolCall, yes: bool) -> bool {
+    if yes {
+        return true;
+    }
+    if !std::io::stdin().is_terminal() {
+        eprintln!("(declined {}: it touches the outside world; pass --yes to allow it)", call.name);
+        return false;
+    }
+    eprint!("run {} {}? [y/N] ", call.name, call.arguments);
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
