@@ -17,12 +17,12 @@ pub struct Toolbox {
 impl Toolbox {
     /// Built-in tools by name (`calc,python`), or an error naming the unknown one.
     pub fn builtin(names: &[String]) -> Result<Toolbox, String> {
-        let mut tools = Vec::new();
+        let mut tools: Vec<Box<dyn Tool>> = Vec::new();
         for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
             let tool = crate::tools::builtin(name).ok_or_else(|| {
                 format!("unknown tool {name:?}: kiln's built-in tools are {}", crate::tools::BUILTIN.join(", "))
             })?;
-            if !tools.iter().any(|t: &Box<dyn Tool>| t.name() == name) {
+            if !tools.iter().any(|t| t.name() == name) {
                 tools.push(tool);
             }
         }
@@ -51,7 +51,8 @@ impl Toolbox {
 
     /// Runs one call; a failure becomes the text the model reads.
     pub fn run(&self, call: &ToolCall) -> Result<String, ToolError> {
-        let tool = self.get(&call.name).ok_or_else(|| ToolError::Arguments(format!("there is no tool {:?}", call.name)))?;
+        let tool =
+            self.get(&call.name).ok_or_else(|| ToolError::Arguments(format!("there is no tool {:?}", call.name)))?;
         let args: Value = serde_json::from_str(&call.arguments)
             .map_err(|e| ToolError::Arguments(format!("the arguments are not JSON: {e}")))?;
         tool.call(&args)
@@ -211,7 +212,12 @@ impl<'a> Agent<'a> {
                 messages.push(Message::new("assistant", outcome.answer.clone()));
                 return Ok(outcome);
             }
-            messages.push(Message { role: "assistant".into(), content: content.trim().to_string(), tool_calls: calls.clone(), tool_call_id: None });
+            messages.push(Message {
+                role: "assistant".into(),
+                content: content.trim().to_string(),
+                tool_calls: calls.clone(),
+                tool_call_id: None,
+            });
             for call in &calls {
                 on_event(AgentEvent::Call(call));
                 outcome.calls += 1;
@@ -225,7 +231,12 @@ impl<'a> Agent<'a> {
                     }
                 };
                 on_event(AgentEvent::Result { call, output: &output, ok });
-                messages.push(Message { role: "tool".into(), content: output, tool_calls: vec![], tool_call_id: Some(call.id.clone()) });
+                messages.push(Message {
+                    role: "tool".into(),
+                    content: output,
+                    tool_calls: vec![],
+                    tool_call_id: Some(call.id.clone()),
+                });
             }
         }
     }

@@ -106,9 +106,8 @@ pub enum ToolChoice {
 
 /// The system-message text that teaches the generic format.
 fn generic_instructions(tools: &[ToolSpec]) -> String {
-    let mut s = String::from(
-        "You can call functions to help answer. Their signatures are below, as JSON schemas:\n<tools>\n",
-    );
+    let mut s =
+        String::from("You can call functions to help answer. Their signatures are below, as JSON schemas:\n<tools>\n");
     for t in tools {
         s.push_str(&t.to_openai().to_string());
         s.push('\n');
@@ -123,7 +122,11 @@ fn generic_instructions(tools: &[ToolSpec]) -> String {
 /// text as the model or client wrote it (when it is JSON).
 pub fn call_text(call: &ToolCall) -> String {
     let args = call.arguments.trim();
-    let args = if serde_json::from_str::<Value>(args).is_ok() { args.to_string() } else { Value::String(args.into()).to_string() };
+    let args = if serde_json::from_str::<Value>(args).is_ok() {
+        args.to_string()
+    } else {
+        Value::String(args.into()).to_string()
+    };
     format!("{CALL_OPEN}\n{{\"name\": {}, \"arguments\": {args}}}\n{CALL_CLOSE}", Value::String(call.name.clone()))
 }
 
@@ -220,11 +223,18 @@ fn call_schema(tool: &ToolSpec) -> Value {
 
 /// The grammar calls are decoded under, and the trigger that starts it (None: from the first
 /// token). None when no call may be made.
-pub fn call_grammar(tools: &[ToolSpec], choice: &ToolChoice, parallel: bool) -> Result<Option<(Grammar, Option<&'static str>)>, String> {
+pub fn call_grammar(
+    tools: &[ToolSpec],
+    choice: &ToolChoice,
+    parallel: bool,
+) -> Result<Option<(Grammar, Option<&'static str>)>, String> {
     let allowed: Vec<&ToolSpec> = match choice {
         ToolChoice::None => return Ok(None),
         ToolChoice::Named(name) => {
-            let t = tools.iter().find(|t| &t.name == name).ok_or_else(|| format!("tool_choice names {name:?}, which is not among the tools"))?;
+            let t = tools
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| format!("tool_choice names {name:?}, which is not among the tools"))?;
             vec![t]
         }
         ToolChoice::Auto | ToolChoice::Required => tools.iter().collect(),
@@ -442,7 +452,10 @@ impl CallStream {
                 safe -= 1;
             }
             if safe > self.sent {
-                events.push(StreamEvent::Arguments { index: self.calls - 1, fragment: self.buf[self.sent..safe].to_string() });
+                events.push(StreamEvent::Arguments {
+                    index: self.calls - 1,
+                    fragment: self.buf[self.sent..safe].to_string(),
+                });
                 self.sent = safe;
             }
         }
@@ -461,7 +474,10 @@ mod tests {
         let p = parse(REPLY);
         assert_eq!(p.content, "Let me work it out.");
         assert_eq!(p.calls.len(), 2);
-        assert_eq!((p.calls[0].name.as_str(), p.calls[0].arguments.as_str()), ("calc", r#"{"expression": "48713*127"}"#));
+        assert_eq!(
+            (p.calls[0].name.as_str(), p.calls[0].arguments.as_str()),
+            ("calc", r#"{"expression": "48713*127"}"#)
+        );
         assert_eq!(p.calls[1].arguments, r#"{"code": "print('}')"}"#);
         assert_ne!(p.calls[0].id, p.calls[1].id);
         // A block that is not a call stays text; so does text with no calls.
@@ -500,18 +516,30 @@ mod tests {
 
     #[test]
     fn the_generic_format_renders_tools_calls_and_results() {
-        let tools = vec![ToolSpec { name: "calc".into(), description: "Arithmetic.".into(), parameters: json!({"type": "object"}) }];
+        let tools = vec![ToolSpec {
+            name: "calc".into(),
+            description: "Arithmetic.".into(),
+            parameters: json!({"type": "object"}),
+        }];
         let call = ToolCall { id: "call_1".into(), name: "calc".into(), arguments: r#"{"expression":"2+2"}"#.into() };
         let msgs = vec![
             Message::new("user", "What is 2+2?"),
             Message { role: "assistant".into(), tool_calls: vec![call], ..Default::default() },
-            Message { role: "tool".into(), content: "4".into(), tool_call_id: Some("call_1".into()), ..Default::default() },
+            Message {
+                role: "tool".into(),
+                content: "4".into(),
+                tool_call_id: Some("call_1".into()),
+                ..Default::default()
+            },
         ];
         let text = render(&ChatTemplate::chatml(), &msgs, &tools, true).unwrap();
         assert!(text.starts_with("<|im_start|>system\nYou can call functions"), "{text}");
         assert!(text.contains("\"name\":\"calc\""), "{text}");
         assert!(text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"calc\", \"arguments\": {\"expression\":\"2+2\"}}\n</tool_call><|im_end|>"), "{text}");
-        assert!(text.contains("<|im_start|>user\n<tool_response>\n4\n</tool_response><|im_end|>\n<|im_start|>assistant\n"), "{text}");
+        assert!(
+            text.contains("<|im_start|>user\n<tool_response>\n4\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -519,9 +547,13 @@ mod tests {
         let src = "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}{% for m in messages %}{{ m.role }}:{{ m.content }}{% if m.tool_calls %}{% for c in m.tool_calls %}[{{ c.function.name }} {{ c.function.arguments | tojson }}]{% endfor %}{% endif %}\n{% endfor %}";
         let t = ChatTemplate::from_source(src, "", "").unwrap();
         assert!(t.supports_tools());
-        let tools = vec![ToolSpec { name: "calc".into(), description: String::new(), parameters: json!({"type": "object"}) }];
+        let tools =
+            vec![ToolSpec { name: "calc".into(), description: String::new(), parameters: json!({"type": "object"}) }];
         let call = ToolCall { id: "c".into(), name: "calc".into(), arguments: r#"{"expression": "1+1"}"#.into() };
-        let msgs = vec![Message::new("user", "hi"), Message { role: "assistant".into(), tool_calls: vec![call], ..Default::default() }];
+        let msgs = vec![
+            Message::new("user", "hi"),
+            Message { role: "assistant".into(), tool_calls: vec![call], ..Default::default() },
+        ];
         let text = render(&t, &msgs, &tools, false).unwrap();
         // trim_blocks eats the newline after each block tag, as in transformers.
         assert_eq!(text, "TOOLS:calc;user:hiassistant:[calc {\"expression\": \"1+1\"}]");
@@ -529,7 +561,8 @@ mod tests {
 
     #[test]
     fn grammars_follow_the_choice() {
-        let tools = vec![ToolSpec { name: "calc".into(), description: String::new(), parameters: json!({"type": "object"}) }];
+        let tools =
+            vec![ToolSpec { name: "calc".into(), description: String::new(), parameters: json!({"type": "object"}) }];
         assert!(call_grammar(&tools, &ToolChoice::None, true).unwrap().is_none());
         let (_, trigger) = call_grammar(&tools, &ToolChoice::Auto, true).unwrap().unwrap();
         assert_eq!(trigger, Some(CALL_OPEN));

@@ -4,7 +4,7 @@
 //! - [`tools`]: the [`Tool`] interface and the built-in tools (`calc`, `python`), each with a
 //!   JSON schema, a time limit and a cap on its output.
 //! - [`agent`]: the loop (model → calls → results → model) over a [`agent::Toolbox`].
-//! - [`format`]: tool definitions, calls and results as prompt text (Hermes' format), the
+//! - [`format`](mod@format): tool definitions, calls and results as prompt text (Hermes' format), the
 //!   grammar calls are decoded under, and reading calls back from output, whole or streamed.
 //! - [`sandbox`]: untrusted code runs in a child process with its own namespaces and limits
 //!   (the `python` tool and kiln-eval's HumanEval both use it).

@@ -323,7 +323,7 @@ impl Sandbox {
             match candidate.probe() {
                 Ok(()) => {
                     if as_root && !as_nobody {
-                        failures.push("kiln runs as root and programs could not run as nobody, so the process limit does not hold".to_string());
+                        failures.push(ROOT_WITHOUT_PROCESS_LIMIT.to_string());
                     }
                     let note = (!failures.is_empty()).then(|| failures.join("; "));
                     return Sandbox { note, ..candidate };
@@ -367,6 +367,10 @@ impl Default for Sandbox {
         Sandbox::new()
     }
 }
+
+/// The note when kiln runs as root and programs cannot run as nobody.
+const ROOT_WITHOUT_PROCESS_LIMIT: &str =
+    "kiln runs as root and programs could not run as nobody, so the process limit does not hold";
 
 /// Runs inside the sandbox before the program: the process limit must be set inside the
 /// namespaces (set outside, it would count every process of kiln's user), and dropping root
@@ -805,6 +809,40 @@ mod tests {
         make_removable(&scratch);
     }
 
+    /// Every way of running programs that works here (the weaker ones are fallbacks on other
+    /// machines) runs programs, stops them at the time limit, and cuts the network it says
+    /// it cuts.
+    #[test]
+    fn every_working_fallback_runs_and_stops_programs() {
+        let Some(sb) = sandbox() else { return };
+        let Ok(python) = sb.python.clone() else { return };
+        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let port = server.local_addr().expect("address").port();
+        let connect = format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n");
+        let mut working = 0;
+        for (isolation, wrapper, as_nobody) in candidates(&python, effective_uid() == 0) {
+            let candidate = Sandbox { isolation, wrapper: wrapper.clone(), as_nobody, ..sb.clone() };
+            let label = format!("{isolation:?} {wrapper:?} as_nobody={as_nobody}");
+            if let Err(why) = candidate.probe() {
+                eprintln!("does not work here: {label}: {why}");
+                continue;
+            }
+            working += 1;
+            let lim = limits(1);
+            assert_eq!(candidate.run_python("print(1)\n", lim).expect("ran"), Outcome::Passed, "{label}");
+            let t0 = Instant::now();
+            assert_eq!(
+                candidate.run_python("while True:\n    pass\n", lim).expect("ran"),
+                Outcome::TimedOut,
+                "{label}"
+            );
+            assert!(t0.elapsed() < Duration::from_secs(3), "{label}: {:?}", t0.elapsed());
+            let reached = candidate.run_python(&connect, lim).expect("ran") == Outcome::Passed;
+            assert_eq!(reached, isolation == Isolation::None, "{label}: loopback reached: {reached}");
+        }
+        assert!(working >= 2, "only {working} ways of running programs work here");
+    }
+
     /// Processes whose command line holds `marker`.
     fn processes_with(marker: &str) -> Vec<String> {
         let mut found = Vec::new();
@@ -854,7 +892,7 @@ mod tests {
     #[test]
     fn fork_loops_are_bounded_by_the_process_limit() {
         let Some(sb) = sandbox() else { return };
-        if let Some(note) = sb.isolation_note().filter(|n| n.contains("process limit")) {
+        if let Some(note) = sb.isolation_note().filter(|n| n.contains(ROOT_WITHOUT_PROCESS_LIMIT)) {
             eprintln!("NOTE: {note}; fork loops are not tested");
             return;
         }

@@ -60,9 +60,11 @@ impl GrammarCompiler {
         let vocab_size = vocab_size.max(words.len());
         words.resize(vocab_size, Vec::new());
         let eog = tokenizer.end_of_generation_ids();
-        let eos = eog.first().copied().or(tokenizer.eos_id()).ok_or_else(|| {
-            ConstraintError::Tokenizer("the tokenizer has no end-of-generation token".into())
-        })?;
+        let eos = eog
+            .first()
+            .copied()
+            .or(tokenizer.eos_id())
+            .ok_or_else(|| ConstraintError::Tokenizer("the tokenizer has no end-of-generation token".into()))?;
         let mut info = TokRxInfo::new(vocab_size as u32, eos);
         info.tok_bos = tokenizer.bos_id();
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&eog);
@@ -104,9 +106,9 @@ impl GrammarCompiler {
 /// token limit.
 pub fn compact(mut schema: serde_json::Value) -> serde_json::Value {
     if let Some(o) = schema.as_object_mut() {
-        o.entry("x-guidance").or_insert_with(|| {
-            serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-        });
+        o.entry("x-guidance").or_insert_with(
+            || serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
     }
     schema
 }
@@ -161,7 +163,13 @@ pub(crate) struct ConstraintState {
 impl ConstraintState {
     pub(crate) fn start(plan: &Constraint) -> ConstraintState {
         let active = if plan.trigger.is_none() { Some(plan.fresh.deep_clone()) } else { None };
-        ConstraintState { plan: plan.clone(), active, tail: Vec::new(), forced: Default::default(), started_on_this_token: false }
+        ConstraintState {
+            plan: plan.clone(),
+            active,
+            tail: Vec::new(),
+            forced: Default::default(),
+            started_on_this_token: false,
+        }
     }
 
     /// A token that must come next whatever the logits say.

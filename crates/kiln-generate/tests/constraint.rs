@@ -127,7 +127,12 @@ fn a_token_running_past_the_trigger_into_nonsense_is_replaced() {
     let vocab = model.config.vocab_size;
     let compiler = GrammarCompiler::new(&tok, vocab).unwrap();
     let constraint = compiler.compile(&Grammar::Lark("start: \"ab\" /[0-9]+/ \";\"".into()), Some("ab")).unwrap();
-    let opts = GenerateOptions { max_tokens: 16, sampling: SamplingParams::greedy(), constraint: Some(constraint), ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 16,
+        sampling: SamplingParams::greedy(),
+        constraint: Some(constraint),
+        ..Default::default()
+    };
     let prompt = tok.encode("hi", false).unwrap();
     let mut dec = Decoder::new(&tok, &prompt, &opts).unwrap();
     // The token "abc" completes the trigger "ab" and carries a "c" the grammar refuses.

@@ -107,7 +107,8 @@ impl AppState {
     fn grammars(&self) -> Result<&kiln_generate::GrammarCompiler, ApiError> {
         self.grammars
             .get_or_init(|| {
-                kiln_generate::GrammarCompiler::new(&self.tokenizer, self.model.config.vocab_size).map_err(|e| e.to_string())
+                kiln_generate::GrammarCompiler::new(&self.tokenizer, self.model.config.vocab_size)
+                    .map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| ApiError::invalid(e.clone()))

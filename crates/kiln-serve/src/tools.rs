@@ -63,7 +63,8 @@ pub fn plan(req: &ChatRequest) -> Result<Plan, ApiError> {
         return Err(ApiError::invalid_param("tool_choice", "tool_choice asks for a call, but there are no tools"));
     }
     let parallel = req.parallel_tool_calls.unwrap_or(true);
-    let calls = format::call_grammar(&specs, &choice, parallel).map_err(|e| ApiError::invalid_param("tool_choice", e))?;
+    let calls =
+        format::call_grammar(&specs, &choice, parallel).map_err(|e| ApiError::invalid_param("tool_choice", e))?;
     let structured = response_schema(req.response_format.as_ref())?;
     let grammar = match (calls, structured) {
         (Some(_), Some(_)) => {
@@ -120,7 +121,10 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
             let name = c.pointer("/function/name").and_then(Value::as_str);
             let args = c.pointer("/function/arguments");
             let (Some(name), Some(args)) = (name, args) else {
-                return Err(ApiError::invalid_param("messages", "a tool call needs function.name and function.arguments"));
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    "a tool call needs function.name and function.arguments",
+                ));
             };
             let arguments = match args {
                 Value::String(s) => s.clone(),
@@ -129,7 +133,12 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
             let id = c.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
             calls.push(ToolCall { id, name: name.to_string(), arguments });
         }
-        out.push(Message { role: role.into(), content: m.text()?, tool_calls: calls, tool_call_id: m.tool_call_id.clone() });
+        out.push(Message {
+            role: role.into(),
+            content: m.text()?,
+            tool_calls: calls,
+            tool_call_id: m.tool_call_id.clone(),
+        });
     }
     Ok(out)
 }

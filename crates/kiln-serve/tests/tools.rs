@@ -44,7 +44,8 @@ fn a_required_call_round_trip_plain_and_streamed() {
     assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{call}");
     assert_eq!(call["type"], "function");
     let name = call["function"]["name"].as_str().unwrap();
-    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).expect("arguments are JSON");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).expect("arguments are JSON");
     match name {
         "calc" => assert!(args["expression"].is_string(), "{args}"),
         "get_weather" => {
@@ -59,7 +60,8 @@ fn a_required_call_round_trip_plain_and_streamed() {
     streamed["stream"] = json!(true);
     let events = EventStream::open(server.addr, "/v1/chat/completions", &streamed).collect();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let (mut sname, mut sargs, mut sid, mut finish, mut first_has_name) = (String::new(), String::new(), None, None, None);
+    let (mut sname, mut sargs, mut sid, mut finish, mut first_has_name) =
+        (String::new(), String::new(), None, None, None);
     for e in &events[..events.len() - 1] {
         let v: Value = serde_json::from_str(e).unwrap();
         let c = &v["choices"][0];
@@ -135,11 +137,20 @@ fn schemas_and_choices_the_decoder_cannot_follow_are_400s() {
     let Some(server) = start(1, 2, 512, None) else { return };
     let user = json!([{"role": "user", "content": "hi"}]);
     let cases = [
-        (json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}), "response_format"),
+        (
+            json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}),
+            "response_format",
+        ),
         (json!({"messages": user, "response_format": {"type": "xml"}}), "response_format"),
-        (json!({"messages": user, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}]}), "tools"),
+        (
+            json!({"messages": user, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}]}),
+            "tools",
+        ),
         (json!({"messages": user, "tools": [{"type": "retrieval"}]}), "tools"),
-        (json!({"messages": user, "tools": [calc_tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
+        (
+            json!({"messages": user, "tools": [calc_tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
         (json!({"messages": user, "tool_choice": "required"}), "tool_choice"),
     ];
     for (body, param) in cases {

@@ -5,15 +5,31 @@ use super::{cap_output, Tool, ToolError};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// How long one expression may take.
+/// How long one expression may take, by default.
 pub const TIME_LIMIT: Duration = Duration::from_secs(2);
 
-/// The most bytes of result the model gets.
+/// The most bytes of result the model gets, by default.
 pub const OUTPUT_CAP: usize = 4 * 1024;
 
 /// A calculator: evaluates one expression exactly with fend.
-#[derive(Debug, Clone, Default)]
-pub struct Calc;
+#[derive(Debug, Clone)]
+pub struct Calc {
+    time_limit: Duration,
+    output_cap: usize,
+}
+
+impl Calc {
+    /// A calculator that stops after `time_limit` and returns at most `output_cap` bytes.
+    pub fn new(time_limit: Duration, output_cap: usize) -> Calc {
+        Calc { time_limit, output_cap }
+    }
+}
+
+impl Default for Calc {
+    fn default() -> Self {
+        Calc::new(TIME_LIMIT, OUTPUT_CAP)
+    }
+}
 
 impl Tool for Calc {
     fn name(&self) -> &str {
@@ -45,7 +61,7 @@ impl Tool for Calc {
 
     fn call(&self, arguments: &Value) -> Result<String, ToolError> {
         let expression = expression_argument(arguments)?;
-        evaluate(expression, TIME_LIMIT).map(|result| cap_output(&result, OUTPUT_CAP))
+        evaluate(expression, self.time_limit).map(|result| cap_output(&result, self.output_cap))
     }
 }
 
@@ -118,7 +134,7 @@ mod tests {
     use super::*;
 
     fn calc(expression: &str) -> Result<String, ToolError> {
-        Calc.call(&json!({ "expression": expression }))
+        Calc::default().call(&json!({ "expression": expression }))
     }
 
     #[test]
@@ -153,7 +169,7 @@ mod tests {
             json!({"expression": " "}),
             json!({"expression": "1", "x": 1}),
         ] {
-            assert!(matches!(Calc.call(&bad), Err(ToolError::Arguments(_))), "{bad}");
+            assert!(matches!(Calc::default().call(&bad), Err(ToolError::Arguments(_))), "{bad}");
         }
     }
 

@@ -2,7 +2,7 @@
 //! what it printed.
 
 use super::{cap_output, Tool, ToolError};
-use crate::sandbox::{Limits, RunReport, Sandbox};
+use crate::sandbox::{Isolation, Limits, RunReport, Sandbox};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -11,13 +11,25 @@ use std::time::Duration;
 pub struct Python {
     sandbox: Sandbox,
     limits: Limits,
+    description: String,
 }
 
 impl Python {
     /// A tool running code in `sandbox` under `limits` (the result is capped at
     /// `limits.output_cap` bytes).
     pub fn new(sandbox: Sandbox, limits: Limits) -> Python {
-        Python { sandbox, limits }
+        // Tell the model what it can count on: the fences only where the sandbox has them.
+        let fences = match sandbox.isolation() {
+            Isolation::Full => "standard library only, no network, files only in its working directory, ",
+            Isolation::NetworkOnly => "standard library only, no network, ",
+            Isolation::None => "standard library only, ",
+        };
+        let description = format!(
+            "Runs a Python 3 program ({fences}at most {} s) and returns what it printed. Only printed \
+             output comes back: use print() for every value you want to see.",
+            limits.timeout.as_secs()
+        );
+        Python { sandbox, limits, description }
     }
 
     /// The limits each call runs under.
@@ -43,9 +55,7 @@ impl Tool for Python {
     }
 
     fn description(&self) -> &str {
-        "Runs a Python 3 program (standard library only, no network, no files but its working \
-         directory, 10 s) and returns what it printed. Only printed output comes back: use \
-         print() for every value you want to see."
+        &self.description
     }
 
     fn parameters(&self) -> Value {
@@ -162,6 +172,7 @@ mod tests {
         assert_eq!(py.call(&json!({"code": "print(6*7)"})).expect("ran"), "42\n");
         assert_eq!(py.call(&json!({"code": "x = 1"})).expect("ran"), "(no output: print() the values you want to see)");
         assert!(py.touches_outside_world());
+        assert!(py.description().contains("print()"), "{}", py.description());
         assert_eq!(py.name(), "python");
     }
 

@@ -92,7 +92,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
 }
 
 /// The agent loop: calls are shown on stderr as they happen, the answer on stdout.
-fn run_with_tools(args: &RunArgs, lm: &LoadedModel, ctx: usize, prompt: String, sampling: kiln_generate::SamplingParams) -> Result<()> {
+fn run_with_tools(
+    args: &RunArgs,
+    lm: &LoadedModel,
+    ctx: usize,
+    prompt: String,
+    sampling: kiln_generate::SamplingParams,
+) -> Result<()> {
     use kiln_assist::format::Message;
     let toolbox = kiln_assist::Toolbox::builtin(&args.tools.tools).map_err(anyhow::Error::msg)?;
     let mut agent = kiln_assist::Agent::new(&lm.tokenizer, &lm.template, &toolbox, lm.model.config.vocab_size)?;
@@ -105,7 +111,12 @@ fn run_with_tools(args: &RunArgs, lm: &LoadedModel, ctx: usize, prompt: String, 
         messages.push(Message::new("system", system.clone()));
     }
     messages.push(Message::new("user", prompt));
-    let opts = GenerateOptions { max_tokens: args.sampling.max_tokens, stop: args.sampling.stop.clone(), sampling, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: args.sampling.max_tokens,
+        stop: args.sampling.stop.clone(),
+        sampling,
+        ..Default::default()
+    };
     let mut session = Session::new(&lm.model, ctx);
     let mut out = Stdout::new();
     let mut shown = Ok(());
