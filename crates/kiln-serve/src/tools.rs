@@ -102,7 +102,7 @@ fn response_schema(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
 pub fn constraint(compiler: &GrammarCompiler, plan: &Plan) -> Result<Option<Constraint>, ApiError> {
     let Some((grammar, trigger)) = &plan.grammar else { return Ok(None) };
     let field = if plan.calls { "tools" } else { "response_format" };
-    compiler.compile(grammar, *trigger).map(Some).map_err(|e| ApiError::invalid_param(field, e.to_string()))
+    compiler.compile(grammar, *trigger).map(Some).map_err(|e| ApiError::invalid_param(field, format!("{field}: {e}")))
 }
 
 /// The request's messages in kiln-assist's shape.
