@@ -155,6 +155,28 @@ impl<'a> Agent<'a> {
         Ok(())
     }
 
+    /// Working memory: drops the oldest exchanges (a user turn and all that answered it, tool
+    /// calls and results included; never the system message nor the last user turn) until the
+    /// conversation leaves `room` tokens of the context free. Returns how many messages went.
+    pub fn fit(&self, messages: &mut Vec<Message>, context: usize, room: usize) -> Result<usize, AgentError> {
+        let mut dropped = 0;
+        loop {
+            let prompt = format::render(self.template, messages, &self.specs, true)?;
+            let used = self.tokenizer.encode_prompt(&prompt)?.len();
+            if used + room <= context {
+                return Ok(dropped);
+            }
+            let first = messages.iter().position(|m| m.role != "system").unwrap_or(messages.len());
+            // The exchange ends where the next user turn starts; the last user turn stays.
+            let Some(next_user) = messages[first + 1..].iter().position(|m| m.role == "user").map(|i| first + 1 + i)
+            else {
+                return Ok(dropped);
+            };
+            messages.drain(first..next_user);
+            dropped += next_user - first;
+        }
+    }
+
     /// Continues `messages` (which end with the user's turn): generates, runs calls, and
     /// appends the assistant's turns and the tool results until an answer. `approve` is
     /// asked before each call of a tool that touches the outside world.

@@ -6,12 +6,17 @@
 //! - [`agent`]: the loop (model → calls → results → model) over a [`agent::Toolbox`].
 //! - [`format`](mod@format): tool definitions, calls and results as prompt text (Hermes' format), the
 //!   grammar calls are decoded under, and reading calls back from output, whole or streamed.
+//! - [`embed`]: sentence embeddings (a BERT encoder, pooled as sentence-transformers pools).
+//! - [`retrieval`]: an index of the user's documents on disk, searched by keyword, vector or
+//!   both; the `files` tool answers from it with file and line.
 //! - [`sandbox`]: untrusted code runs in a child process with its own namespaces and limits
 //!   (the `python` tool and kiln-eval's HumanEval both use it).
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod embed;
 pub mod format;
+pub mod retrieval;
 pub mod sandbox;
 pub mod tools;
 

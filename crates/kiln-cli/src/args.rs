@@ -60,6 +60,12 @@ pub enum Command {
     Export(crate::commands::export::ExportArgs),
     /// Run a built-in tool directly, as a model would call it: `kiln tool calc '{"expression": "2^64"}'`.
     Tool(crate::commands::tool::ToolArgs),
+    /// Sentence embeddings of texts (all-MiniLM-L6-v2 unless --embedding-model names another).
+    Embed(crate::commands::retrieve::EmbedArgs),
+    /// Index a folder of documents for search and the `files` tool (again: only what changed).
+    Index(crate::commands::retrieve::IndexArgs),
+    /// Search an indexed folder: passages with file and lines, by keyword, vector or both.
+    Search(crate::commands::retrieve::SearchArgs),
 }
 
 /// Which model to load.

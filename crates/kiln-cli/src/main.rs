@@ -66,6 +66,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Dpo(a) => commands::dpo::dpo(a),
         Command::Rm(a) => commands::rm::rm(a),
         Command::Tool(a) => commands::tool::tool(a),
+        Command::Embed(a) => commands::retrieve::embed(a),
+        Command::Index(a) => commands::retrieve::index(a),
+        Command::Search(a) => commands::retrieve::search(a),
     }
 }
 

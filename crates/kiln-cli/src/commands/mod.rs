@@ -12,6 +12,7 @@ pub mod ppl;
 pub mod pull;
 pub mod quantize;
 pub mod report;
+pub mod retrieve;
 pub mod rm;
 pub mod run;
 pub mod serve;

@@ -25,7 +25,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if args.verbose {
         print_setup(&lm, ctx, sampling.seed);
     }
-    if !args.tools.tools.is_empty() {
+    if args.tools.any() {
         if args.raw {
             anyhow::bail!("--tools needs the chat template; it cannot be used with --raw");
         }
@@ -100,7 +100,7 @@ fn run_with_tools(
     sampling: kiln_generate::SamplingParams,
 ) -> Result<()> {
     use kiln_assist::format::Message;
-    let toolbox = kiln_assist::Toolbox::builtin(&args.tools.tools).map_err(anyhow::Error::msg)?;
+    let toolbox = args.tools.toolbox()?;
     let mut agent = kiln_assist::Agent::new(&lm.tokenizer, &lm.template, &toolbox, lm.model.config.vocab_size)?;
     agent.max_steps = args.tools.max_steps.max(1);
     if args.tools.tool_choice == "required" {

@@ -10,7 +10,7 @@ use std::io::{BufRead, IsTerminal, Write};
 /// `kiln tool`.
 #[derive(Args, Debug)]
 pub struct ToolArgs {
-    /// The tool (calc, python).
+    /// The tool (calc, python; files needs --files: use `kiln search` to try it).
     pub name: String,
     /// Its arguments, a JSON object (`'{"expression": "2^64"}'`).
     pub arguments: String,
@@ -22,9 +22,15 @@ pub struct ToolArgs {
 /// `--tools` and `--yes` for `run` and `chat`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ToolFlags {
-    /// Tools the model may call, comma-separated (calc, python).
+    /// Tools the model may call, comma-separated (calc, python, files).
     #[arg(long, value_delimiter = ',')]
     pub tools: Vec<String>,
+    /// A folder of documents the `files` tool searches (indexed first, again only where it changed).
+    #[arg(long)]
+    pub files: Option<std::path::PathBuf>,
+    /// The sentence-embedding model of the `files` index.
+    #[arg(long, default_value = super::retrieve::DEFAULT_EMBEDDING_MODEL)]
+    pub embedding_model: String,
     /// Run calls that touch the outside world (python) without asking.
     #[arg(long)]
     pub yes: bool,
@@ -34,6 +40,31 @@ pub struct ToolFlags {
     /// Whether the model must call a tool in its first turn: auto (it decides) or required.
     #[arg(long, default_value = "auto", value_parser = ["auto", "required"])]
     pub tool_choice: String,
+}
+
+impl ToolFlags {
+    /// Whether any tool is asked for.
+    pub fn any(&self) -> bool {
+        !self.tools.is_empty() || self.files.is_some()
+    }
+
+    /// The toolbox these flags ask for: the built-in tools by name, and `files` over the folder
+    /// of `--files` (which implies it).
+    pub fn toolbox(&self) -> Result<Toolbox> {
+        let wants_files = self.files.is_some() || self.tools.iter().any(|t| t.trim() == "files");
+        let builtin: Vec<String> = self.tools.iter().filter(|t| t.trim() != "files").cloned().collect();
+        let mut toolbox = Toolbox::builtin(&builtin).map_err(anyhow::Error::msg)?;
+        if wants_files {
+            let Some(folder) = &self.files else {
+                bail!("the files tool searches a folder: pass --files DIR");
+            };
+            let model = super::retrieve::EmbeddingModelArgs { embedding_model: self.embedding_model.clone() };
+            let (embedder, name) = model.load()?;
+            let index = super::retrieve::update_index(folder, &embedder, &name)?;
+            toolbox.push(Box::new(kiln_assist::tools::files::Files::new(index, std::sync::Arc::new(embedder))));
+        }
+        Ok(toolbox)
+    }
 }
 
 /// Runs the command.
