@@ -52,3 +52,73 @@ fn serve_refuses_zero_slots() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim(), "error: --parallel must be at least 1");
 }
+
+fn http_post(addr: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let json = out.split_once("\r\n\r\n").map(|(_, b)| serde_json::from_str(b).unwrap()).unwrap();
+    (status, json)
+}
+
+#[test]
+fn serve_answers_embeddings_from_a_sentence_encoder_beside_the_chat_model() {
+    let (Some(model), Some(minilm)) = (kiln_test_models::SMOLLM2.path(), kiln_test_models::MINILM.path()) else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--port", "0", "--parallel", "1", "--ctx", "256", "-m"])
+        .arg(&model)
+        .arg("--embedding-model")
+        .arg(&minilm)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("kiln serve exited before listening").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(kiln_test_models::fixture("embeddings/minilm_sentence_transformers.json")).unwrap(),
+    )
+    .unwrap();
+    let texts = &fixture["texts"].as_array().unwrap()[..2];
+    // No model named: the encoder answers, as sentence-transformers would.
+    let (status, reply) = http_post(&addr, "/v1/embeddings", &serde_json::json!({ "input": texts }).to_string());
+    assert_eq!(status, 200, "{reply}");
+    let data = reply["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (i, item) in data.iter().enumerate() {
+        let ours: Vec<f64> = item["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let theirs: Vec<f64> =
+            fixture["embeddings"][i].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let dot: f64 = ours.iter().zip(&theirs).map(|(a, b)| a * b).sum();
+        let norms = ours.iter().map(|x| x * x).sum::<f64>().sqrt() * theirs.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(dot / norms >= 0.999, "text {i}: cosine {}", dot / norms);
+    }
+    assert!(reply["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // The chat model still answers when named; the encoder refuses token ids.
+    let (status, reply) =
+        http_post(&addr, "/v1/embeddings", r#"{"input": "hello", "model": "SmolLM2-135M-Instruct.Q4_1"}"#);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["data"][0]["embedding"].as_array().unwrap().len(), 576);
+    let (status, reply) = http_post(&addr, "/v1/embeddings", r#"{"input": [101, 7592, 102]}"#);
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("takes text"), "{reply}");
+    let models = http_get(&addr, "/v1/models");
+    assert!(models.contains("\"bert\""), "{models}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

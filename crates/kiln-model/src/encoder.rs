@@ -83,7 +83,7 @@ impl EncoderConfig {
             eps: json.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12) as f32,
             activation,
         };
-        if config.hidden % config.heads != 0 {
+        if !config.hidden.is_multiple_of(config.heads) {
             return Err(bad(format!("hidden_size {} is not a multiple of {} heads", config.hidden, config.heads)));
         }
         Ok(config)

@@ -36,9 +36,7 @@ pub async fn health() -> Json<Value> {
 /// `GET /v1/models`.
 pub async fn models(State(app): State<Arc<AppState>>) -> Json<Value> {
     let c = &app.model.config;
-    Json(json!({
-        "object": "list",
-        "data": [{
+    let mut data = vec![json!({
             "id": app.model_id,
             "object": "model",
             "created": app.created,
@@ -51,15 +49,33 @@ pub async fn models(State(app): State<Arc<AppState>>) -> Json<Value> {
                 "n_embd": c.dim,
                 "n_layers": c.n_layers,
             },
-        }],
-    }))
+    })];
+    if let Some(e) = &app.embedding {
+        data.push(json!({
+            "id": e.id,
+            "object": "model",
+            "created": app.created,
+            "owned_by": "kiln",
+            "meta": { "architecture": "bert", "n_embd": e.embedder.dim(), "max_tokens": e.embedder.max_tokens },
+        }));
+    }
+    Json(json!({ "object": "list", "data": data }))
 }
 
-/// `POST /v1/embeddings`: the mean of the final hidden states of the input's tokens,
-/// L2-normalised (the usual pooling for decoder models without an embedding head).
+/// `POST /v1/embeddings`: from the sentence encoder when one is served and the request names
+/// it (or no model), else from the chat model: the mean of the final hidden states of the
+/// input's tokens, L2-normalised (the usual pooling for decoder models without an embedding
+/// head).
 pub async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: EmbeddingRequest = parse_body(&body)?;
-    app.check_model(req.model.as_deref())?;
+    let encoder = match (&app.embedding, req.model.as_deref().filter(|m| !m.is_empty())) {
+        (Some(e), None) => Some(e),
+        (Some(e), Some(m)) if m == e.id || e.aliases.iter().any(|a| a == m) => Some(e),
+        _ => None,
+    };
+    if encoder.is_none() {
+        app.check_model(req.model.as_deref())?;
+    }
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -70,6 +86,9 @@ pub async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result
             ))
         }
     };
+    if let Some(encoder) = encoder {
+        return encoder_embeddings(&app, encoder, &req.input, base64).await;
+    }
     let mut inputs = Vec::new();
     for input in prompt_inputs(&req.input, "input")? {
         let ids = match input {
@@ -103,6 +122,11 @@ pub async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(embedding_list(&vectors, base64, &app.model_id, total))
+}
+
+/// The embeddings reply in OpenAI's shape.
+fn embedding_list(vectors: &[Vec<f32>], base64: bool, model: &str, tokens: usize) -> Response {
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -116,13 +140,46 @@ pub async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result
             json!({ "object": "embedding", "index": i, "embedding": embedding })
         })
         .collect();
-    Ok(Json(json!({
+    Json(json!({
         "object": "list",
         "data": data,
-        "model": app.model_id,
-        "usage": { "prompt_tokens": total, "total_tokens": total },
+        "model": model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
     }))
-    .into_response())
+    .into_response()
+}
+
+/// `/v1/embeddings` from the sentence encoder: text inputs only (token ids would be the chat
+/// model's), each cut to the encoder's length as sentence-transformers cuts it.
+async fn encoder_embeddings(
+    app: &Arc<AppState>,
+    encoder: &crate::EmbeddingModel,
+    input: &Value,
+    base64: bool,
+) -> Result<Response, ApiError> {
+    let mut texts = Vec::new();
+    for input in prompt_inputs(input, "input")? {
+        match input {
+            PromptInput::Text(t) => texts.push(t),
+            PromptInput::Tokens(_) => {
+                return Err(ApiError::invalid_param(
+                    "input",
+                    format!("{} takes text; token ids are only accepted for the chat model", encoder.id),
+                ))
+            }
+        }
+    }
+    let _permit = app.embedding_permit.acquire().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let embedder = encoder.embedder.clone();
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokens: usize = refs.iter().map(|t| embedder.tokenize(t).map_or(0, |ids| ids.len())).sum();
+        embedder.embed_all(&refs).map(|v| (v, tokens))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(embedding_list(&vectors, base64, &encoder.id, tokens))
 }
 
 /// The mean of `dim`-wide rows, scaled to unit length.

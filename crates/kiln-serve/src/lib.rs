@@ -2,7 +2,8 @@
 //!
 //! Requests are parsed and checked here, then handed to the continuous-batching
 //! [`Scheduler`] of kiln-generate, which runs them on its own thread; this crate never
-//! touches the model's state itself, apart from computing embeddings.
+//! touches the model's state itself, apart from computing embeddings (with the chat model, or
+//! with a sentence encoder served beside it).
 #![deny(missing_docs)]
 
 mod completions;
@@ -39,6 +40,18 @@ pub struct ServedModel {
     pub id: String,
     /// Other names accepted in requests (the file name, say).
     pub aliases: Vec<String>,
+    /// A sentence-embedding model served beside it at `/v1/embeddings`.
+    pub embedding: Option<EmbeddingModel>,
+}
+
+/// A sentence-embedding model (a BERT encoder) and the name clients ask for it by.
+pub struct EmbeddingModel {
+    /// The name in requests and in `/v1/models`.
+    pub id: String,
+    /// Other names accepted in requests.
+    pub aliases: Vec<String>,
+    /// The encoder with its tokenizer and pooling.
+    pub embedder: Arc<kiln_assist::embed::Embedder>,
 }
 
 /// How to serve.
@@ -71,6 +84,7 @@ pub struct AppState {
     created: u64,
     fingerprint: String,
     embedding_permit: tokio::sync::Semaphore,
+    embedding: Option<EmbeddingModel>,
     http_counts: Mutex<BTreeMap<(String, u16), u64>>,
     /// Built on the first request that needs a grammar (it reads the whole vocabulary).
     grammars: std::sync::OnceLock<Result<kiln_generate::GrammarCompiler, String>>,
@@ -98,6 +112,7 @@ impl AppState {
             parallel: options.parallel,
             created,
             embedding_permit: tokio::sync::Semaphore::new(1),
+            embedding: served.embedding,
             http_counts: Mutex::new(BTreeMap::new()),
             grammars: std::sync::OnceLock::new(),
         }

@@ -151,7 +151,7 @@ pub fn passages(text: &str) -> Vec<Passage> {
         words += n;
         let next = lines.get(i + 1).map(|l| l.trim());
         let paragraph_ends = next.is_none_or(|l| l.is_empty() || l.starts_with('#'));
-        if (words >= TARGET_WORDS && paragraph_ends) || words >= 2 * TARGET_WORDS {
+        if (words >= TARGET_WORDS && paragraph_ends) || words >= TARGET_WORDS * 3 / 2 {
             flush(&mut current, &mut words, start, number, &mut out);
         }
     }

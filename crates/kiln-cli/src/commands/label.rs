@@ -69,8 +69,14 @@ pub fn label(args: &LabelArgs) -> Result<()> {
     let context = lm.context(args.model.ctx)?;
     let id = lm.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let LoadedModel { model, tokenizer, template, .. } = lm;
-    let served =
-        ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id, aliases: Vec::new() };
+    let served = ServedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        template,
+        id,
+        aliases: Vec::new(),
+        embedding: None,
+    };
     let options = LabelOptions {
         out: args.out.clone(),
         instructions,

@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on the API (also read from KILN_API_KEY).
     #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Also serve a sentence-embedding model at /v1/embeddings (`minilm`, or a
+    /// sentence-transformers directory); requests name it by its cache name or directory name.
+    #[arg(long)]
+    pub embedding_model: Option<String>,
 }
 
 /// Runs the command until Ctrl-C.
@@ -40,9 +44,27 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         bail!("--ctx must be at least 2 to serve");
     }
     let (id, aliases) = names(args.model.model.as_deref(), &lm.path);
+    let embedding = match &args.embedding_model {
+        Some(name) => {
+            let model = super::retrieve::EmbeddingModelArgs { embedding_model: name.clone() };
+            let (embedder, _) = model.load()?;
+            let (id, aliases) = match kiln_hub::find_known(name) {
+                Some(k) => (k.name.to_string(), k.aliases.iter().map(|a| a.to_string()).collect()),
+                None => names(Some(name), Path::new(name)),
+            };
+            Some(kiln_serve::EmbeddingModel { id, aliases, embedder: Arc::new(embedder) })
+        }
+        None => None,
+    };
     let LoadedModel { model, tokenizer, template, .. } = lm;
-    let served =
-        ServedModel { model: Arc::new(model), tokenizer: Arc::new(tokenizer), template, id: id.clone(), aliases };
+    let served = ServedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        template,
+        id: id.clone(),
+        aliases,
+        embedding,
+    };
     let options = ServeOptions {
         host: args.host.clone(),
         port: args.port,

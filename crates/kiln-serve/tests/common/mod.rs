@@ -44,6 +44,7 @@ pub fn served_model() -> Option<ServedModel> {
         template,
         id: "smollm2".into(),
         aliases: vec![],
+        embedding: None,
     })
 }
 
