@@ -94,6 +94,11 @@ impl Embedder {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Tokens of `text` without the special ones (at most [`Embedder::max_tokens`]).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer.encode(text, false).map_or(0, |e| e.len())
+    }
+
     /// The embedding of one text.
     pub fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         let tokens = self.tokenize(text)?;

@@ -1,12 +1,8 @@
 //! Documents into passages: the readable text of a file (plain text and Markdown as they are,
-//! HTML without its markup), cut at paragraph breaks into passages of about
-//! [`TARGET_WORDS`] words that remember their first and last line.
+//! HTML without its markup), cut at paragraph breaks into passages that fit the encoder and
+//! remember their first and last line.
 
 use std::path::Path;
-
-/// Passages aim at this many words: well inside MiniLM's 256 tokens, long enough to hold an
-/// answer with its context.
-pub const TARGET_WORDS: usize = 120;
 
 /// One passage of one file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -111,34 +107,38 @@ fn decode_entities(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// Cuts text into passages: lines are gathered until a passage holds [`TARGET_WORDS`] words and
-/// a paragraph ends (a blank line or a Markdown heading follows), or it reaches twice that.
-/// A single line longer than that is cut by words (its passages share its line number).
-pub fn passages(text: &str) -> Vec<Passage> {
+/// Cuts text into passages that fit an encoder: lines are gathered until a passage holds half
+/// of `budget` (as `count` measures it, in the encoder's tokens) and a paragraph ends (a blank
+/// line or a Markdown heading follows), or until the next line would pass `budget`. A line
+/// over `budget` alone is cut by words (its pieces share its line number).
+pub fn passages(text: &str, budget: usize, count: &dyn Fn(&str) -> usize) -> Vec<Passage> {
+    let budget = budget.max(8);
     let mut out = Vec::new();
     let mut current: Vec<&str> = Vec::new();
-    let mut words = 0;
+    let mut used = 0;
     let mut start = 1;
-    let flush = |current: &mut Vec<&str>, words: &mut usize, start: usize, end: usize, out: &mut Vec<Passage>| {
+    let flush = |current: &mut Vec<&str>, used: &mut usize, start: usize, end: usize, out: &mut Vec<Passage>| {
         let text = current.join("\n").trim().to_string();
         if !text.is_empty() {
             out.push(Passage { start_line: start, end_line: end, text });
         }
         current.clear();
-        *words = 0;
+        *used = 0;
     };
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate() {
         let number = i + 1;
-        let n = line.split_whitespace().count();
-        if n > 2 * TARGET_WORDS {
-            flush(&mut current, &mut words, start, number.saturating_sub(1).max(start), &mut out);
-            let all: Vec<&str> = line.split_whitespace().collect();
-            for piece in all.chunks(TARGET_WORDS) {
-                out.push(Passage { start_line: number, end_line: number, text: piece.join(" ") });
+        let n = count(line);
+        if n > budget {
+            flush(&mut current, &mut used, start, number - 1, &mut out);
+            for piece in split_words(line, budget, count) {
+                out.push(Passage { start_line: number, end_line: number, text: piece });
             }
             start = number + 1;
             continue;
+        }
+        if used + n > budget {
+            flush(&mut current, &mut used, start, number - 1, &mut out);
         }
         if current.is_empty() {
             if line.trim().is_empty() {
@@ -148,16 +148,44 @@ pub fn passages(text: &str) -> Vec<Passage> {
             start = number;
         }
         current.push(line);
-        words += n;
+        used += n;
         let next = lines.get(i + 1).map(|l| l.trim());
         let paragraph_ends = next.is_none_or(|l| l.is_empty() || l.starts_with('#'));
-        if (words >= TARGET_WORDS && paragraph_ends) || words >= TARGET_WORDS * 3 / 2 {
-            flush(&mut current, &mut words, start, number, &mut out);
+        if used >= budget / 2 && paragraph_ends {
+            flush(&mut current, &mut used, start, number, &mut out);
         }
     }
-    let end = lines.len();
-    flush(&mut current, &mut words, start, end, &mut out);
+    flush(&mut current, &mut used, start, lines.len(), &mut out);
     out
+}
+
+/// A line cut into runs of words that each fit `budget` (counted word by word: WordPiece and
+/// BPE tokens do not cross spaces).
+fn split_words(line: &str, budget: usize, count: &dyn Fn(&str) -> usize) -> Vec<String> {
+    let mut pieces = Vec::new();
+    let mut piece = String::new();
+    let mut used = 0;
+    for word in line.split_whitespace() {
+        let n = count(word);
+        if !piece.is_empty() && used + n > budget {
+            pieces.push(std::mem::take(&mut piece));
+            used = 0;
+        }
+        if !piece.is_empty() {
+            piece.push(' ');
+        }
+        piece.push_str(word);
+        used += n;
+    }
+    if !piece.is_empty() {
+        pieces.push(piece);
+    }
+    pieces
+}
+
+/// A rough token count for tests and for callers without a tokenizer: words.
+pub fn count_words(text: &str) -> usize {
+    text.split_whitespace().count()
 }
 
 #[cfg(test)]
@@ -168,7 +196,7 @@ mod tests {
     fn passages_keep_their_lines_and_break_at_paragraphs() {
         let para = |w: &str, n: usize| vec![w; n].join(" ");
         let text = format!("{}\n{}\n\n{}\n", para("a", 70), para("b", 70), para("c", 10));
-        let p = passages(&text);
+        let p = passages(&text, 200, &count_words);
         assert_eq!(p.len(), 2, "{p:?}");
         assert_eq!((p[0].start_line, p[0].end_line), (1, 2));
         assert_eq!((p[1].start_line, p[1].end_line), (4, 4));
@@ -177,11 +205,12 @@ mod tests {
 
     #[test]
     fn a_short_file_is_one_passage_and_a_huge_line_is_cut() {
-        let p = passages("\n\nhello world\nsecond line\n");
+        let p = passages("\n\nhello world\nsecond line\n", 200, &count_words);
         assert_eq!(p, vec![Passage { start_line: 3, end_line: 4, text: "hello world\nsecond line".into() }]);
-        let long = vec!["w"; 5 * TARGET_WORDS].join(" ");
-        let p = passages(&format!("intro\n{long}\nend"));
+        let long = vec!["w"; 1000].join(" ");
+        let p = passages(&format!("intro\n{long}\nend"), 200, &count_words);
         assert_eq!(p.iter().filter(|x| x.start_line == 2).count(), 5);
+        assert!(p.iter().all(|x| count_words(&x.text) <= 200));
         assert_eq!(p.first().unwrap().text, "intro");
         assert_eq!(p.last().unwrap().start_line, 3);
     }

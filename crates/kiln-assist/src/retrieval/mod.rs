@@ -93,7 +93,7 @@ struct Stored {
     files: Vec<FileEntry>,
 }
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// What an `update` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -236,7 +236,9 @@ impl Index {
                 }
             };
             progress(&rel);
-            let passages = chunk::passages(&chunk::readable_text(&path, &bytes));
+            // Passages fit the encoder with its two special tokens, so nothing is cut off.
+            let budget = embedder.max_tokens.saturating_sub(2);
+            let passages = chunk::passages(&chunk::readable_text(&path, &bytes), budget, &|t| embedder.count_tokens(t));
             let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
             let vectors = embedder.embed_all(&texts)?;
             files.push(FileEntry { path: rel, size: meta.len(), modified, passages, vectors });
