@@ -196,6 +196,8 @@ pub struct ChatArgs {
     /// Print the model, context length and seed to stderr (rerun with --seed N to repeat a run).
     #[arg(short, long)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub tools: crate::commands::tool::ToolFlags,
 }
 
 /// `kiln info`.

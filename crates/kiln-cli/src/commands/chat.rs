@@ -19,12 +19,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-const HELP: &str = "commands: /reset (new conversation), /system TEXT (set the system message and reset), \
+pub(super) const HELP: &str = "commands: /reset (new conversation), /system TEXT (set the system message and reset), \
 /set temp|top_k|top_p|min_p|repeat_penalty|presence_penalty|frequency_penalty|seed|max_tokens VALUE, \
 /show (settings and conversation), /help, /quit. Ctrl-C stops an answer; Ctrl-C twice at the prompt quits";
 
 /// Exit status when Ctrl-C ends the chat: what a shell reports for SIGINT, and llama-cli's.
-const INTERRUPTED: i32 = 130;
+pub(super) const INTERRUPTED: i32 = 130;
 
 /// How often the prompt looks for a Ctrl-C while it waits for a line.
 const POLL: Duration = Duration::from_millis(50);
@@ -43,6 +43,9 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     opts.sampling.validate().map_err(anyhow::Error::msg)?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
+    if args.tools.any() {
+        return super::chat_tools::chat_with_tools(args, &lm, ctx, opts);
+    }
     let mut session = Session::new(&lm.model, ctx);
     let mut system = args.system.clone();
     let mut history: Vec<ChatMessage> = Vec::new();
@@ -147,10 +150,10 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
 
 /// Ctrl-C as a flag that the chat polls. The first one sets it; another while it is still set
 /// (the chat has not got to it, e.g. a long prompt is being read) ends the process at once.
-struct Interrupt(Arc<AtomicBool>);
+pub(super) struct Interrupt(Arc<AtomicBool>);
 
 impl Interrupt {
-    fn install() -> Result<Interrupt> {
+    pub(super) fn install() -> Result<Interrupt> {
         use signal_hook::consts::SIGINT;
         let flag = Arc::new(AtomicBool::new(false));
         // Registered first, so it runs before this same signal sets the flag: only a second
@@ -162,19 +165,19 @@ impl Interrupt {
     }
 
     /// Whether a Ctrl-C is waiting to be handled.
-    fn pending(&self) -> bool {
+    pub(super) fn pending(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 
     /// Handles the waiting Ctrl-C, if any.
-    fn take(&self) -> bool {
+    pub(super) fn take(&self) -> bool {
         self.0.swap(false, Ordering::SeqCst)
     }
 }
 
 /// Stdin's lines, read on a thread of their own: a blocking read resumes after Ctrl-C, and
 /// the prompt must notice the Ctrl-C while it waits.
-fn read_lines() -> Result<Receiver<std::io::Result<String>>> {
+pub(super) fn read_lines() -> Result<Receiver<std::io::Result<String>>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("stdin".into())
@@ -190,7 +193,7 @@ fn read_lines() -> Result<Receiver<std::io::Result<String>>> {
     Ok(rx)
 }
 
-enum Input {
+pub(super) enum Input {
     Line(String),
     /// End of input (Ctrl-D).
     End,
@@ -199,7 +202,7 @@ enum Input {
 }
 
 /// Waits at the prompt for the next line, watching for Ctrl-C.
-fn next_line(
+pub(super) fn next_line(
     lines: &Receiver<std::io::Result<String>>,
     interrupt: &Interrupt,
     armed: &mut bool,
@@ -339,14 +342,19 @@ impl Overview<'_> {
     }
 }
 
-enum Command {
+pub(super) enum Command {
     Quit,
     Reset,
     Show,
     Message(String),
 }
 
-fn command(cmd: &str, sampling: &mut SamplingParams, max_tokens: &mut usize, system: &mut Option<String>) -> Command {
+pub(super) fn command(
+    cmd: &str,
+    sampling: &mut SamplingParams,
+    max_tokens: &mut usize,
+    system: &mut Option<String>,
+) -> Command {
     let mut parts = cmd.splitn(2, char::is_whitespace);
     let name = parts.next().unwrap_or("");
     let rest = parts.next().unwrap_or("").trim();

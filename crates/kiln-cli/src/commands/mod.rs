@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod chat_tools;
 pub mod data;
 pub mod dpo;
 pub mod eval;
