@@ -45,7 +45,7 @@ fn the_oldest_exchanges_go_first_and_whole() {
     // Room for about two exchanges: the first two go, four messages each.
     let dropped = agent.fit(&mut messages, 900, 256).unwrap();
     assert_eq!(dropped % 4, 0, "whole exchanges only");
-    assert!(dropped >= 4 && dropped < 16, "{dropped}");
+    assert!((4..16).contains(&dropped), "{dropped}");
     assert_eq!(messages[0].content, "Be brief.");
     assert_eq!(messages[1].role, "user");
     assert_eq!(messages.last().unwrap().content, "last question");
