@@ -41,7 +41,7 @@ impl Toolbox {
 
     /// The tools as the model sees them.
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools.iter().map(|t| ToolSpec::of(t.as_ref())).collect()
+        self.tools.iter().map(|t| crate::tools::spec_of(t.as_ref())).collect()
     }
 
     /// A tool by name.

@@ -3,7 +3,10 @@
 //! Supervised rows ([`Conversation`]): TRL's `{"messages": [...]}` and `{"prompt", "completion"}`
 //! (strings or message lists), Alpaca's `{"instruction", "input", "output"}` (with optional
 //! `system` and `history`), LLaMA-Factory / ShareGPT's `{"conversations": [{"from", "value"}]}`,
-//! and question/answer rows (`{"question", "answer"}`, as GSM8K).
+//! and question/answer rows (`{"question", "answer"}`, as GSM8K). Tool calls come as OpenAI's
+//! `tool_calls` / `tool` messages with the row's `tools`, or LLaMA-Factory's `function_call` /
+//! `observation` turns; they are written in kiln's call format (see [`crate::tool_calls`]), so
+//! training teaches the calls the agent loop reads.
 //!
 //! Comparison rows ([`Preference`]): TRL's `{"prompt", "chosen", "rejected"}` (strings or message
 //! lists, prompt optional when chosen and rejected are whole conversations sharing it),
@@ -13,6 +16,7 @@
 //! Files are JSON arrays or JSON Lines, optionally gzip-compressed; a row that fits no shape is
 //! reported with its line (or item) number, never dropped silently.
 
+use crate::tool_calls::{generic_messages, spaced_json, Message, ToolCall, ToolSpec};
 use crate::{ChatMessage, TextError};
 use serde_json::Value;
 use std::io::Read;
@@ -79,27 +83,116 @@ fn normalise_role(role: &str) -> Option<&'static str> {
     })
 }
 
-/// A list of `{"role", "content"}` or `{"from", "value"}` messages.
+/// A list of `{"role", "content"}` or `{"from", "value"}` messages, as plain chat messages
+/// (tool calls and results written in the generic format when there are any).
 fn messages_of(v: &Value) -> Result<Vec<ChatMessage>, String> {
+    Ok(chat_messages(&structured_messages(v)?, &[]))
+}
+
+/// The calls of a LLaMA-Factory `function_call` turn: `{"name", "arguments"}` or a list of them.
+fn calls_of_function_turn(text: &str, next_id: &mut usize) -> Result<Vec<ToolCall>, String> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| format!("a function_call turn is not JSON {{\"name\", \"arguments\"}}: {e}"))?;
+    let items = match v {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    items.iter().map(|c| call_of(c, next_id)).collect()
+}
+
+/// One call: `{"name", "arguments"}` or OpenAI's `{"id", "type", "function": {"name", "arguments"}}`,
+/// arguments as an object or as the JSON string OpenAI sends.
+fn call_of(v: &Value, next_id: &mut usize) -> Result<ToolCall, String> {
+    let f = v.get("function").unwrap_or(v);
+    let name = f.get("name").and_then(Value::as_str).ok_or("a tool call has no name")?.to_string();
+    // Written as the call grammar writes arguments, so training teaches what decoding allows.
+    let arguments = match f.get("arguments") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_or_else(|_| s.clone(), |v| spaced_json(&v)),
+        Some(other) => spaced_json(other),
+    };
+    let id = match v.get("id").and_then(Value::as_str) {
+        Some(id) => id.to_string(),
+        None => {
+            *next_id += 1;
+            format!("call_{next_id}")
+        }
+    };
+    Ok(ToolCall { id, name, arguments })
+}
+
+/// Messages with their tool calls and results: OpenAI's `tool_calls` and `tool_call_id`, or
+/// LLaMA-Factory's `function_call` and `observation` turns (a result answers the oldest call
+/// still open).
+fn structured_messages(v: &Value) -> Result<Vec<Message>, String> {
     let items = v.as_array().ok_or("messages must be a list")?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = m
-                .get("role")
-                .or_else(|| m.get("from"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("message {} has no role (or from)", i + 1))?;
-            let role = normalise_role(role).ok_or_else(|| format!("message {} has an unknown role {role:?}", i + 1))?;
-            let content = m
-                .get("content")
-                .or_else(|| m.get("value"))
-                .ok_or_else(|| format!("message {} has no content (or value)", i + 1))?;
-            let content = text_of(content).ok_or_else(|| format!("message {} content is not text", i + 1))?;
-            Ok(ChatMessage::new(role, content))
-        })
-        .collect()
+    let mut next_id = 0;
+    let mut open: std::collections::VecDeque<String> = Default::default();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let raw_role = m
+            .get("role")
+            .or_else(|| m.get("from"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("message {} has no role (or from)", i + 1))?;
+        let role =
+            normalise_role(raw_role).ok_or_else(|| format!("message {} has an unknown role {raw_role:?}", i + 1))?;
+        let calls_given = m.get("tool_calls").and_then(Value::as_array).filter(|c| !c.is_empty());
+        let content = match m.get("content").or_else(|| m.get("value")) {
+            Some(c) => text_of(c).ok_or_else(|| format!("message {} content is not text", i + 1))?,
+            None if calls_given.is_some() => String::new(),
+            None => return Err(format!("message {} has no content (or value)", i + 1)),
+        };
+        let mut message = Message::new(role, content);
+        if raw_role == "function_call" {
+            message.tool_calls = calls_of_function_turn(&message.content, &mut next_id)
+                .map_err(|e| format!("message {}: {e}", i + 1))?;
+            message.content.clear();
+        } else if let Some(calls) = calls_given {
+            message.tool_calls = calls
+                .iter()
+                .map(|c| call_of(c, &mut next_id))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("message {}: {e}", i + 1))?;
+        }
+        open.extend(message.tool_calls.iter().map(|c| c.id.clone()));
+        if role == "tool" {
+            let given = m.get("tool_call_id").and_then(Value::as_str).map(String::from);
+            if let Some(id) = &given {
+                open.retain(|o| o != id);
+            }
+            message.tool_call_id = given.or_else(|| open.pop_front());
+        }
+        out.push(message);
+    }
+    Ok(out)
+}
+
+/// The tool definitions of a row (`tools`: a list, or that list as a JSON string as
+/// LLaMA-Factory stores it).
+fn tools_of(row: &Value) -> Result<Vec<ToolSpec>, String> {
+    let parsed;
+    let list = match row.get("tools") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(Vec::new()),
+        Some(Value::String(s)) => {
+            parsed = serde_json::from_str::<Value>(s).map_err(|e| format!("tools is not a JSON list: {e}"))?;
+            &parsed
+        }
+        Some(v) => v,
+    };
+    list.as_array().ok_or("tools must be a list of definitions")?.iter().map(ToolSpec::from_json).collect()
+}
+
+/// Plain chat messages; a conversation with tools, calls or results is written in the
+/// generic call format, exactly as inference writes it for templates without tool support.
+fn chat_messages(messages: &[Message], tools: &[ToolSpec]) -> Vec<ChatMessage> {
+    let uses_tools = !tools.is_empty() || messages.iter().any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+    if uses_tools {
+        generic_messages(messages, tools)
+    } else {
+        messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.clone())).collect()
+    }
 }
 
 /// A prompt or a completion: a string (one message of `role`) or a message list.
@@ -131,7 +224,7 @@ fn has_assistant(messages: &[ChatMessage]) -> Result<(), String> {
 pub fn conversation_from_json(row: &Value) -> Result<Conversation, String> {
     let obj = row.as_object().ok_or("a row must be a JSON object")?;
     let messages = if let Some(m) = obj.get("messages") {
-        messages_of(m)?
+        chat_messages(&structured_messages(m)?, &tools_of(row)?)
     } else if let (Some(p), Some(c)) = (obj.get("prompt"), obj.get("completion")) {
         let mut m = turns(p, "user")?;
         m.extend(turns(c, "assistant")?);
@@ -157,9 +250,10 @@ pub fn conversation_from_json(row: &Value) -> Result<Conversation, String> {
         m.push(ChatMessage::new("assistant", text_of(output).ok_or("output must be text")?));
         m
     } else if let Some(c) = obj.get("conversations") {
-        let mut m = system_prefix(row);
-        m.extend(messages_of(c)?);
-        m
+        let mut m: Vec<Message> =
+            system_prefix(row).into_iter().map(|s| Message::new(s.role.as_str(), s.content)).collect();
+        m.extend(structured_messages(c)?);
+        chat_messages(&m, &tools_of(row)?)
     } else if let (Some(q), Some(a)) = (obj.get("question"), obj.get("answer")) {
         vec![
             ChatMessage::new("user", text_of(q).ok_or("question must be text")?),
@@ -296,18 +390,47 @@ mod tests {
         let trl = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]});
         let pc = json!({"prompt": "2+2?", "completion": "4"});
         let alpaca = json!({"instruction": "Add", "input": "2 and 2", "output": "4", "system": "Be brief.", "history": [["hi", "hello"]]});
-        let sharegpt = json!({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}, {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}]});
+        let sharegpt = json!({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{\"name\": \"f\", \"arguments\": {}}"}, {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}]});
         let gsm = json!({"question": "q", "answer": "a #### 4"});
         assert_eq!(roles(&conversation_from_json(&trl).unwrap().messages), ["user", "assistant"]);
         assert_eq!(conversation_from_json(&pc).unwrap().messages[1], ChatMessage::new("assistant", "4"));
         let a = conversation_from_json(&alpaca).unwrap().messages;
         assert_eq!(roles(&a), ["system", "user", "assistant", "user", "assistant"]);
         assert_eq!(a[3].content, "Add\n2 and 2");
+        // The result goes back as a user turn in the generic call format.
         assert_eq!(
             roles(&conversation_from_json(&sharegpt).unwrap().messages),
-            ["user", "assistant", "tool", "assistant"]
+            ["user", "assistant", "user", "assistant"]
         );
         assert_eq!(conversation_from_json(&gsm).unwrap().messages[1].content, "a #### 4");
+    }
+
+    #[test]
+    fn tool_calls_are_written_as_inference_writes_them() {
+        let tools = r#"[{"name": "calc", "description": "Arithmetic", "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}]"#;
+        let factory = json!({"conversations": [
+            {"from": "human", "value": "2^10?"},
+            {"from": "function_call", "value": "{\"name\": \"calc\", \"arguments\": {\"expression\": \"2^10\"}}"},
+            {"from": "observation", "value": "1024"},
+            {"from": "gpt", "value": "It is 1024."}], "tools": tools});
+        let openai = json!({"tools": [{"type": "function", "function": serde_json::from_str::<Value>(tools).unwrap()[0]}],
+            "messages": [
+            {"role": "user", "content": "2^10?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calc", "arguments": "{\"expression\": \"2^10\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "1024"},
+            {"role": "assistant", "content": "It is 1024."}]});
+        let a = conversation_from_json(&factory).unwrap().messages;
+        let b = conversation_from_json(&openai).unwrap().messages;
+        assert_eq!(a, b, "both shapes give the same text");
+        assert_eq!(roles(&a), ["system", "user", "assistant", "user", "assistant"]);
+        assert!(a[0].content.contains("<tools>") && a[0].content.contains("\"calc\""));
+        assert_eq!(
+            a[2].content,
+            "<tool_call>\n{\"name\": \"calc\", \"arguments\": {\"expression\": \"2^10\"}}\n</tool_call>"
+        );
+        assert_eq!(a[3].content, "<tool_response>\n1024\n</tool_response>");
+        let bad = json!({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "not json"}, {"from": "gpt", "value": "a"}]});
+        assert!(conversation_from_json(&bad).unwrap_err().contains("message 2: a function_call turn is not JSON"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod special;
 mod stream;
 mod strftime;
 mod tokenizer;
+pub mod tool_calls;
 
 pub use chat::{builtin_template, ChatMessage, ChatTemplate, Segment, CHATML};
 pub use error::TextError;

@@ -50,6 +50,15 @@ pub fn builtin(name: &str) -> Option<Box<dyn Tool>> {
     }
 }
 
+/// A tool as the model sees it.
+pub fn spec_of(tool: &dyn Tool) -> crate::format::ToolSpec {
+    crate::format::ToolSpec {
+        name: tool.name().into(),
+        description: tool.description().into(),
+        parameters: tool.parameters(),
+    }
+}
+
 /// Cuts `text` to at most `cap` bytes (on a character boundary), saying how much was cut.
 pub fn cap_output(text: &str, cap: usize) -> String {
     if text.len() <= cap {
