@@ -6,6 +6,7 @@
 //! - [`agent`]: the loop (model → calls → results → model) over a [`agent::Toolbox`].
 //! - [`format`](mod@format): tool definitions, calls and results as prompt text (Hermes' format), the
 //!   grammar calls are decoded under, and reading calls back from output, whole or streamed.
+//! - [`assistant`]: named profiles (model, instructions, tools, files, sampling).
 //! - [`embed`]: sentence embeddings (a BERT encoder, pooled as sentence-transformers pools).
 //! - [`retrieval`]: an index of the user's documents on disk, searched by keyword, vector or
 //!   both; the `files` tool answers from it with file and line.
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod assistant;
 pub mod embed;
 pub mod format;
 pub mod retrieval;

@@ -1,8 +1,35 @@
 //! Command-line flags, parsed once by clap into typed structs.
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kiln_generate::SamplingParams;
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The subcommand's arguments given on the command line (not defaulted), by clap id.
+static GIVEN: OnceLock<HashSet<String>> = OnceLock::new();
+
+/// Parses the command line (exiting with clap's message on an error), remembering which of
+/// the subcommand's arguments were given explicitly.
+pub fn parse() -> Cli {
+    let matches = Cli::command().get_matches();
+    let mut given = HashSet::new();
+    if let Some((_, sub)) = matches.subcommand() {
+        for id in sub.ids() {
+            if sub.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+                given.insert(id.to_string());
+            }
+        }
+    }
+    let _ = GIVEN.set(given);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Whether the subcommand's argument `id` (its field name) was given on the command line.
+pub fn given(id: &str) -> bool {
+    GIVEN.get().is_some_and(|g| g.contains(id))
+}
 
 /// kiln: run, chat with, and measure language models.
 #[derive(Parser, Debug)]
@@ -66,6 +93,8 @@ pub enum Command {
     Index(crate::commands::retrieve::IndexArgs),
     /// Search an indexed folder: passages with file and lines, by keyword, vector or both.
     Search(crate::commands::retrieve::SearchArgs),
+    /// Named assistants (model, instructions, tools, files): create, list, show, rm; then `--assistant NAME`.
+    Assistant(crate::commands::assistant::AssistantArgs),
 }
 
 /// Which model to load.
@@ -156,7 +185,7 @@ pub struct PullArgs {
 }
 
 /// `kiln run`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// The prompt (read from stdin when absent).
     pub prompt: Option<String>,
@@ -175,6 +204,9 @@ pub struct RunArgs {
     pub logprobs: Option<usize>,
     #[command(flatten)]
     pub tools: crate::commands::tool::ToolFlags,
+    /// A saved assistant (kiln assistant create): its model, instructions, tools and sampling.
+    #[arg(long)]
+    pub assistant: Option<String>,
     /// Print no timing line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -184,7 +216,7 @@ pub struct RunArgs {
 }
 
 /// `kiln chat`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -198,6 +230,9 @@ pub struct ChatArgs {
     pub verbose: bool,
     #[command(flatten)]
     pub tools: crate::commands::tool::ToolFlags,
+    /// A saved assistant (kiln assistant create): its model, instructions, tools and sampling.
+    #[arg(long)]
+    pub assistant: Option<String>,
 }
 
 /// `kiln info`.

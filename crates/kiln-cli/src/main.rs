@@ -7,10 +7,9 @@ mod output;
 
 use anyhow::Result;
 use args::{Cli, Command};
-use clap::Parser;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = args::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
@@ -69,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed(a) => commands::retrieve::embed(a),
         Command::Index(a) => commands::retrieve::index(a),
         Command::Search(a) => commands::retrieve::search(a),
+        Command::Assistant(a) => commands::assistant::assistant(a),
     }
 }
 

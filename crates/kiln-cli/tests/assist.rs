@@ -80,3 +80,46 @@ fn chat_with_tools_shows_each_call_and_keeps_the_conversation() {
     let out = Kiln::new(home.path()).args(["chat", "--tools", "files", "-m"]).arg(&model).stdin("hi\n").run();
     assert!(out.error_line(None).contains("--files DIR"), "{out:?}");
 }
+
+#[test]
+fn an_assistant_profile_supplies_model_instructions_and_tools() {
+    let Some(model) = SMOLLM2.path() else { return };
+    let home = temp_dir();
+    let out = Kiln::new(home.path())
+        .args([
+            "assistant",
+            "create",
+            "tutor",
+            "--instructions",
+            "Be brief.",
+            "--tools",
+            "calc",
+            "--temp",
+            "0",
+            "-n",
+            "40",
+            "-m",
+        ])
+        .arg(&model)
+        .run();
+    assert!(out.success().stdout.contains("assistants/tutor.json"), "{out:?}");
+    let out = Kiln::new(home.path()).args(["assistant", "create", "tutor"]).run();
+    assert!(out.error_line(None).contains("--force"), "{out:?}");
+    let out = Kiln::new(home.path()).args(["assistant", "create", "x", "--tools", "files"]).run();
+    assert!(out.error_line(None).contains("--files DIR"), "{out:?}");
+    let out = Kiln::new(home.path()).args(["assistant", "list"]).run();
+    assert!(out.success().stdout.starts_with("tutor "), "{out:?}");
+    let out = Kiln::new(home.path())
+        .args(["run", "--assistant", "tutor", "--tool-choice", "required", "What is 48713 times 127?"])
+        .run();
+    assert!(out.success().stderr.contains("→ calc("), "the profile's tool is offered: {out:?}");
+    // Greedy (the profile's temperature): the same answer twice.
+    let again = Kiln::new(home.path())
+        .args(["run", "--assistant", "tutor", "--tool-choice", "required", "What is 48713 times 127?"])
+        .run();
+    assert_eq!(out.stdout, again.stdout);
+    let out = Kiln::new(home.path()).args(["run", "--assistant", "nobody", "hi"]).run();
+    assert!(out.error_line(None).contains("no assistant named \"nobody\""), "{out:?}");
+    Kiln::new(home.path()).args(["assistant", "rm", "tutor"]).run().success();
+    assert!(Kiln::new(home.path()).args(["assistant", "list"]).run().success().stdout.is_empty());
+}

@@ -31,6 +31,11 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Runs the command.
 pub fn chat(args: &ChatArgs) -> Result<()> {
+    let mut args = args.clone();
+    if let Some(name) = args.assistant.clone() {
+        super::assistant::apply(&name, &mut args.model.model, &mut args.system, &mut args.sampling, &mut args.tools)?;
+    }
+    let args = &args;
     let mut opts = GenerateOptions {
         max_tokens: args.sampling.max_tokens,
         stop: args.sampling.stop.clone(),

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod assistant;
 pub mod bench;
 pub mod chat;
 pub mod chat_tools;

@@ -10,6 +10,11 @@ use std::io::Read;
 
 /// Runs the command.
 pub fn run(args: &RunArgs) -> Result<()> {
+    let mut args = args.clone();
+    if let Some(name) = args.assistant.clone() {
+        super::assistant::apply(&name, &mut args.model.model, &mut args.system, &mut args.sampling, &mut args.tools)?;
+    }
+    let args = &args;
     let prompt = match &args.prompt {
         Some(p) => p.clone(),
         None => {
