@@ -122,3 +122,60 @@ fn serve_answers_embeddings_from_a_sentence_encoder_beside_the_chat_model() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_served_assistant_runs_its_tools_on_the_server() {
+    let Some(model) = kiln_test_models::SMOLLM2.path() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let created = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_HOME", home.path())
+        .args(["assistant", "create", "tutor", "--tools", "calc", "--instructions", "Be brief.", "--temp", "0", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .env("KILN_HOME", home.path())
+        .args(["serve", "--port", "0", "--parallel", "1", "--ctx", "1024", "--assistant", "tutor"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("kiln serve exited before listening").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let models = http_get(&addr, "/v1/models");
+    assert!(models.contains("\"tutor\"") && models.contains("\"calc\""), "{models}");
+    let ask = |extra: &str| {
+        http_post(
+            &addr,
+            "/v1/chat/completions",
+            &format!(
+                r#"{{"model": "tutor", "max_tokens": 48, "messages": [{{"role": "user", "content": "What is 48713 times 127?"}}]{extra}}}"#
+            ),
+        )
+    };
+    let (status, reply) = ask(r#", "tool_choice": "required""#);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["model"], "tutor");
+    let steps = reply["tool_steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "the first turn had to call calc: {reply}");
+    assert_eq!(steps[0]["function"]["name"], "calc");
+    assert!(steps[0]["output"].is_string(), "{reply}");
+    assert!(reply["choices"][0]["message"]["content"].is_string(), "{reply}");
+    assert!(reply["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let (status, reply) = ask(r#", "tool_choice": "none""#);
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["tool_steps"].as_array().unwrap().is_empty(), "{reply}");
+    let (status, reply) = ask(r#", "stream": true"#);
+    assert_eq!(status, 400, "{reply}");
+    let (status, reply) = ask(r#", "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]"#);
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("runs its own tools"), "{reply}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -29,10 +29,13 @@ enum Kind {
 /// `POST /v1/chat/completions`.
 pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(&body)?;
-    app.check_model(req.common.model.as_deref())?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param("messages", "messages must hold at least one message"));
     }
+    if let Some(assistant) = app.assistant_asked(req.common.model.as_deref()) {
+        return crate::assistant::chat(app.clone(), assistant, req).await;
+    }
+    app.check_model(req.common.model.as_deref())?;
     let messages = crate::tools::messages(&req)?;
     let plan = crate::tools::plan(&req)?;
     let constraint = match plan.grammar {
@@ -256,7 +259,7 @@ impl Answer {
     }
 }
 
-fn finish_name(f: FinishReason) -> &'static str {
+pub(crate) fn finish_name(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",

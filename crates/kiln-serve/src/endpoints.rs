@@ -59,6 +59,16 @@ pub async fn models(State(app): State<Arc<AppState>>) -> Json<Value> {
             "meta": { "architecture": "bert", "n_embd": e.embedder.dim(), "max_tokens": e.embedder.max_tokens },
         }));
     }
+    if let Some(a) = &app.assistant {
+        let tools: Vec<String> = a.toolbox.specs().into_iter().map(|s| s.name).collect();
+        data.push(json!({
+            "id": a.id,
+            "object": "model",
+            "created": app.created,
+            "owned_by": "kiln",
+            "meta": { "assistant": true, "base_model": app.model_id, "tools": tools },
+        }));
+    }
     Json(json!({ "object": "list", "data": data }))
 }
 

@@ -6,6 +6,7 @@
 //! with a sentence encoder served beside it).
 #![deny(missing_docs)]
 
+pub mod assistant;
 mod completions;
 mod endpoints;
 mod error;
@@ -42,6 +43,8 @@ pub struct ServedModel {
     pub aliases: Vec<String>,
     /// A sentence-embedding model served beside it at `/v1/embeddings`.
     pub embedding: Option<EmbeddingModel>,
+    /// An assistant served beside it under its own model id (its tools run on the server).
+    pub assistant: Option<assistant::ServedAssistant>,
 }
 
 /// A sentence-embedding model (a BERT encoder) and the name clients ask for it by.
@@ -85,6 +88,7 @@ pub struct AppState {
     fingerprint: String,
     embedding_permit: tokio::sync::Semaphore,
     embedding: Option<EmbeddingModel>,
+    assistant: Option<assistant::ServedAssistant>,
     http_counts: Mutex<BTreeMap<(String, u16), u64>>,
     /// Built on the first request that needs a grammar (it reads the whole vocabulary).
     grammars: std::sync::OnceLock<Result<kiln_generate::GrammarCompiler, String>>,
@@ -113,6 +117,7 @@ impl AppState {
             created,
             embedding_permit: tokio::sync::Semaphore::new(1),
             embedding: served.embedding,
+            assistant: served.assistant,
             http_counts: Mutex::new(BTreeMap::new()),
             grammars: std::sync::OnceLock::new(),
         }
@@ -127,6 +132,11 @@ impl AppState {
             })
             .as_ref()
             .map_err(|e| ApiError::invalid(e.clone()))
+    }
+
+    /// The served assistant, when the request names it.
+    fn assistant_asked(&self, asked: Option<&str>) -> Option<&assistant::ServedAssistant> {
+        self.assistant.as_ref().filter(|a| asked == Some(a.id.as_str()))
     }
 
     /// Accepts no model name (the one served), its id, or an alias.

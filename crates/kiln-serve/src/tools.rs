@@ -36,29 +36,7 @@ pub fn plan(req: &ChatRequest) -> Result<Plan, ApiError> {
         }
         specs.push(spec);
     }
-    let choice = match &req.tool_choice {
-        None => ToolChoice::Auto,
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(ApiError::invalid_param(
-                    "tool_choice",
-                    format!("tool_choice must be auto, none, required or a named function, got {other:?}"),
-                ))
-            }
-        },
-        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => ToolChoice::Named(name.to_string()),
-            None => {
-                return Err(ApiError::invalid_param(
-                    "tool_choice",
-                    "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": …}}",
-                ))
-            }
-        },
-    };
+    let choice = tool_choice(req.tool_choice.as_ref())?;
     if specs.is_empty() && matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) {
         return Err(ApiError::invalid_param("tool_choice", "tool_choice asks for a call, but there are no tools"));
     }
@@ -141,4 +119,31 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
         });
     }
     Ok(out)
+}
+
+/// Reads `tool_choice`: `auto` (or absent), `none`, `required` or a named function.
+pub fn tool_choice(value: Option<&Value>) -> Result<ToolChoice, ApiError> {
+    Ok(match value {
+        None => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    format!("tool_choice must be auto, none, required or a named function, got {other:?}"),
+                ))
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => ToolChoice::Named(name.to_string()),
+            None => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": …}}",
+                ))
+            }
+        },
+    })
 }

@@ -76,6 +76,7 @@ pub fn label(args: &LabelArgs) -> Result<()> {
         id,
         aliases: Vec::new(),
         embedding: None,
+        assistant: None,
     };
     let options = LabelOptions {
         out: args.out.clone(),

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// sentence-transformers directory); requests name it by its cache name or directory name.
     #[arg(long)]
     pub embedding_model: Option<String>,
+    /// Also serve a saved assistant (kiln assistant create) under its own name: its
+    /// instructions and its tools, run here, with the model of -m or else its own.
+    #[arg(long)]
+    pub assistant: Option<String>,
 }
 
 /// Runs the command until Ctrl-C.
@@ -38,12 +42,33 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
-    let lm = load(args.model.model.as_deref())?;
+    let profile = args.assistant.as_deref().map(|name| super::assistant::store().load(name)).transpose()?;
+    let model_arg = args.model.model.clone().or_else(|| profile.as_ref().and_then(|p| p.model.clone()));
+    let lm = load(model_arg.as_deref())?;
     let context = lm.context(args.model.ctx)?;
     if context < 2 {
         bail!("--ctx must be at least 2 to serve");
     }
-    let (id, aliases) = names(args.model.model.as_deref(), &lm.path);
+    let assistant = match profile {
+        Some(p) => {
+            let flags = super::tool::ToolFlags {
+                tools: p.tools.clone(),
+                files: p.files.clone(),
+                embedding_model: super::retrieve::DEFAULT_EMBEDDING_MODEL.into(),
+                ..Default::default()
+            };
+            let toolbox = flags.toolbox()?;
+            Some(kiln_serve::assistant::ServedAssistant {
+                id: p.name.clone(),
+                instructions: p.instructions.clone(),
+                toolbox: Arc::new(toolbox),
+                temperature: p.temperature,
+                max_steps: 6,
+            })
+        }
+        None => None,
+    };
+    let (id, aliases) = names(model_arg.as_deref(), &lm.path);
     let embedding = match &args.embedding_model {
         Some(name) => {
             let model = super::retrieve::EmbeddingModelArgs { embedding_model: name.clone() };
@@ -64,6 +89,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         id: id.clone(),
         aliases,
         embedding,
+        assistant,
     };
     let options = ServeOptions {
         host: args.host.clone(),

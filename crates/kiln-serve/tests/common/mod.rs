@@ -45,6 +45,7 @@ pub fn served_model() -> Option<ServedModel> {
         id: "smollm2".into(),
         aliases: vec![],
         embedding: None,
+        assistant: None,
     })
 }
 
