@@ -276,6 +276,10 @@ pub struct BenchArgs {
     /// Output format: md or json.
     #[arg(short = 'o', long, default_value = "md", value_parser = ["md", "json"])]
     pub output: String,
+    /// Also measure decoding under this JSON schema (a file) against free decoding of the same
+    /// prompt: the cost per token of constrained decoding, sampler and mask included.
+    #[arg(long)]
+    pub json_schema: Option<PathBuf>,
 }
 
 /// `kiln quantize`.

@@ -36,6 +36,9 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         bail!("-r must be at least 1");
     }
     let path = resolve(args.model.as_deref())?;
+    if let Some(schema) = &args.json_schema {
+        return constrained(&path, schema, args);
+    }
     let model = kiln_model::formats::open_model(&path)?;
     let model_size = std::fs::metadata(&path)?.len();
     let mut results = Vec::new();
@@ -112,4 +115,71 @@ fn pseudo_random_tokens(n: usize, vocab: usize) -> Vec<u32> {
             (x % vocab as u64) as u32
         })
         .collect()
+}
+
+/// Decoding under a JSON schema against free decoding of the same prompt, alternated run by
+/// run: milliseconds per generated token (sampler, detokenizer and, for the schema, the token
+/// mask included; the prompt excluded), and the difference with its spread.
+fn constrained(path: &std::path::Path, schema_path: &std::path::Path, args: &BenchArgs) -> Result<()> {
+    use anyhow::Context as _;
+    use kiln_generate::{GenerateOptions, Grammar, GrammarCompiler, SamplingParams, Session};
+    let text =
+        std::fs::read_to_string(schema_path).with_context(|| format!("cannot read {}", schema_path.display()))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", schema_path.display()))?;
+    let lm = crate::load::load(Some(&path.display().to_string()))?;
+    let compiler = GrammarCompiler::new(&lm.tokenizer, lm.model.config.vocab_size)?;
+    let constraint =
+        compiler.compile(&Grammar::JsonSchema(kiln_generate::constraint::compact(schema.clone())), None)?;
+    let ask = format!("Reply with one JSON object that fits this schema:\n{schema}");
+    let prompt = lm.tokenizer.encode_prompt(&lm.template.render(&[kiln_text::ChatMessage::new("user", ask)], true)?)?;
+    let n_gen = args.n_gen.max(1);
+    let ctx = prompt.len() + n_gen + 1;
+    let base = GenerateOptions {
+        max_tokens: n_gen,
+        sampling: SamplingParams { temperature: 0.0, seed: 1, ..SamplingParams::default() },
+        ..Default::default()
+    };
+    let per_token = |constrained: bool| -> Result<(f64, usize)> {
+        let mut opts = base.clone();
+        if constrained {
+            opts.constraint = Some(constraint.clone());
+        } else {
+            opts.ignore_eos = true;
+        }
+        let mut session = Session::new(&lm.model, ctx);
+        let gen = session.generate(&lm.tokenizer, &prompt, &opts, |_| true)?;
+        let n = gen.tokens.len().max(1);
+        Ok((gen.generate_time.as_secs_f64() * 1e3 / n as f64, n))
+    };
+    per_token(false)?; // warm-up
+    per_token(true)?;
+    let (mut free, mut bound, mut tokens) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..args.repetitions {
+        free.push(per_token(false)?.0);
+        let (ms, n) = per_token(true)?;
+        bound.push(ms);
+        tokens = n;
+    }
+    let stats = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        (m, sd)
+    };
+    let diffs: Vec<f64> = bound.iter().zip(&free).map(|(b, f)| b - f).collect();
+    let ((fm, fsd), (bm, bsd), (dm, dsd)) = (stats(&free), stats(&bound), stats(&diffs));
+    outln!("| decoding | ms/token | tokens |");
+    outln!("| --- | ---: | ---: |");
+    outln!("| free (greedy, {n_gen} tokens) | {fm:.3} ± {fsd:.3} | {n_gen} |");
+    outln!("| under {} | {bm:.3} ± {bsd:.3} | {tokens} |", schema_path.display());
+    outln!(
+        "cost of the schema: {dm:+.3} ± {dsd:.3} ms/token ({:+.1} %), {} alternated runs after one warm-up each",
+        100.0 * dm / fm,
+        args.repetitions
+    );
+    Ok(())
 }
