@@ -123,3 +123,26 @@ fn an_assistant_profile_supplies_model_instructions_and_tools() {
     Kiln::new(home.path()).args(["assistant", "rm", "tutor"]).run().success();
     assert!(Kiln::new(home.path()).args(["assistant", "list"]).run().success().stdout.is_empty());
 }
+
+#[test]
+fn bench_measures_decoding_under_a_schema() {
+    let Some(model) = SMOLLM2.path() else { return };
+    let home = temp_dir();
+    let schema = kiln_test_models::repo_root().join("bench/constrained/person.json");
+    let out = Kiln::new(home.path())
+        .args(["bench", "-n", "8", "-r", "1", "--json-schema"])
+        .arg(&schema)
+        .arg("-m")
+        .arg(&model)
+        .run();
+    assert!(out.success().stdout.contains("cost of the schema"), "{out:?}");
+    let bad = home.path().join("bad.json");
+    fs::write(&bad, r##"{"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}, "required": ["a"]}"##).unwrap();
+    let out = Kiln::new(home.path())
+        .args(["bench", "-n", "8", "-r", "1", "--json-schema"])
+        .arg(&bad)
+        .arg("-m")
+        .arg(&model)
+        .run();
+    out.error_line(None);
+}
