@@ -1,5 +1,6 @@
 //! The tool interface and the built-in tools.
 
+pub mod browse;
 pub mod calc;
 pub mod files;
 pub mod python;
@@ -39,13 +40,14 @@ pub trait Tool: Send + Sync {
 }
 
 /// The built-in tools kiln knows, by name.
-pub const BUILTIN: &[&str] = &["calc", "python"];
+pub const BUILTIN: &[&str] = &["calc", "python", "browse"];
 
 /// A built-in tool by name.
 pub fn builtin(name: &str) -> Option<Box<dyn Tool>> {
     match name {
         "calc" => Some(Box::new(calc::Calc::default())),
         "python" => Some(Box::new(python::Python::default())),
+        "browse" => Some(Box::new(browse::Browse::default())),
         _ => None,
     }
 }

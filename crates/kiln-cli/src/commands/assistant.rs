@@ -46,7 +46,7 @@ pub struct CreateArgs {
     /// The system message.
     #[arg(long)]
     pub instructions: Option<String>,
-    /// Tools it may call, comma-separated (calc, python, files).
+    /// Tools it may call, comma-separated (calc, python, browse, files).
     #[arg(long, value_delimiter = ',')]
     pub tools: Vec<String>,
     /// The folder the files tool searches.
@@ -76,7 +76,7 @@ pub fn assistant(args: &AssistantArgs) -> Result<()> {
             let toolbox_names = c.tools.iter().map(|t| t.trim()).filter(|t| !t.is_empty() && *t != "files");
             for name in toolbox_names {
                 if kiln_assist::tools::builtin(name).is_none() {
-                    bail!("unknown tool {name:?}: kiln's built-in tools are calc, python, files");
+                    bail!("unknown tool {name:?}: kiln's built-in tools are calc, python, browse, files");
                 }
             }
             let files = match &c.files {

@@ -10,7 +10,7 @@ use std::io::{BufRead, IsTerminal, Write};
 /// `kiln tool`.
 #[derive(Args, Debug)]
 pub struct ToolArgs {
-    /// The tool (calc, python; files needs --files: use `kiln search` to try it).
+    /// The tool (calc, python, browse; files needs --files: use `kiln search` to try it).
     pub name: String,
     /// Its arguments, a JSON object (`'{"expression": "2^64"}'`).
     pub arguments: String,
@@ -22,7 +22,7 @@ pub struct ToolArgs {
 /// `--tools` and `--yes` for `run` and `chat`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ToolFlags {
-    /// Tools the model may call, comma-separated (calc, python, files).
+    /// Tools the model may call, comma-separated (calc, python, browse, files).
     #[arg(long, value_delimiter = ',')]
     pub tools: Vec<String>,
     /// A folder of documents the `files` tool searches (indexed first, again only where it changed).
@@ -31,7 +31,7 @@ pub struct ToolFlags {
     /// The sentence-embedding model of the `files` index.
     #[arg(long, default_value = super::retrieve::DEFAULT_EMBEDDING_MODEL)]
     pub embedding_model: String,
-    /// Run calls that touch the outside world (python) without asking.
+    /// Run calls that touch the outside world (python, browse) without asking.
     #[arg(long)]
     pub yes: bool,
     /// The most model turns per answer (tool calls happen between them).
