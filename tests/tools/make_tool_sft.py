@@ -1,6 +1,7 @@
 """Writes supervised conversations that teach a model to call calc, for `kiln sft`:
 arithmetic word problems (the templates of make_arith.py, seed 8, none of them one of the 40
-test questions) solved by one calc call and an answer that quotes its result, plus the Glaive
+test questions) solved by one calc call and an answer that copies its result digit for digit
+(`--separators` writes 6,186,551 instead, as the first run did), plus the Glaive
 tool-call demo conversations (other tools) when a path to them is given.
 
 usage: python3 tests/tools/make_tool_sft.py OUT.jsonl [--n 400] [--glaive glaive_toolcall_en_demo.json [--glaive-rows N]] [--kiln target/release/kiln]
@@ -12,14 +13,14 @@ import argparse, json, pathlib, random, subprocess, sys
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 TEMPLATES = [
-    ("A warehouse holds {a:,} crates of {b} bolts each. How many bolts are there in total?", "{a}*{b}", "There are {r:,} bolts."),
-    ("A farm sold {a:,} eggs on Monday and {b:,} eggs on Tuesday. How many eggs did it sell over the two days?", "{a}+{b}", "It sold {r:,} eggs."),
-    ("A library had {a:,} books and gave away {b:,} of them. How many books are left?", "{a}-{b}", "{r:,} books are left."),
-    ("A factory makes {a} toys every hour for {b} hours a day, for {c} days. How many toys does it make?", "{a}*{b}*{c}", "It makes {r:,} toys."),
-    ("{a:,} dollars are shared equally among {b} people. How many dollars does each person get?", "{a}/{b}", "Each person gets {r:,} dollars."),
-    ("A train carries {a:,} passengers a day. How many passengers does it carry in {b} days, plus {c:,} extra on a holiday?", "{a}*{b}+{c}", "It carries {r:,} passengers."),
-    ("A school orders {a} boxes of {b} pencils and already has {c:,} pencils. How many pencils does it have now?", "{a}*{b}+{c}", "It has {r:,} pencils."),
-    ("A tank holds {a:,} litres. {b:,} litres leak out and then it is filled with {c:,} more litres. How many litres are in the tank?", "{a}-{b}+{c}", "There are {r:,} litres in the tank."),
+    ("A warehouse holds {a:,} crates of {b} bolts each. How many bolts are there in total?", "{a}*{b}", "There are {r} bolts."),
+    ("A farm sold {a:,} eggs on Monday and {b:,} eggs on Tuesday. How many eggs did it sell over the two days?", "{a}+{b}", "It sold {r} eggs."),
+    ("A library had {a:,} books and gave away {b:,} of them. How many books are left?", "{a}-{b}", "{r} books are left."),
+    ("A factory makes {a} toys every hour for {b} hours a day, for {c} days. How many toys does it make?", "{a}*{b}*{c}", "It makes {r} toys."),
+    ("{a:,} dollars are shared equally among {b} people. How many dollars does each person get?", "{a}/{b}", "Each person gets {r} dollars."),
+    ("A train carries {a:,} passengers a day. How many passengers does it carry in {b} days, plus {c:,} extra on a holiday?", "{a}*{b}+{c}", "It carries {r} passengers."),
+    ("A school orders {a} boxes of {b} pencils and already has {c:,} pencils. How many pencils does it have now?", "{a}*{b}+{c}", "It has {r} pencils."),
+    ("A tank holds {a:,} litres. {b:,} litres leak out and then it is filled with {c:,} more litres. How many litres are in the tank?", "{a}-{b}+{c}", "There are {r} litres in the tank."),
 ]
 
 
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--glaive", default=None)
     ap.add_argument("--glaive-rows", type=int, default=None, help="take only the first N Glaive conversations")
     ap.add_argument("--kiln", default="target/release/kiln")
+    ap.add_argument("--separators", action="store_true", help="write answers with thousands separators (6,186,551) instead of the tool's digits")
     args = ap.parse_args()
     test = {json.loads(l)["question"] for l in pathlib.Path(__file__).with_name("arith_words.jsonl").read_text().splitlines()}
     spec = calc_spec(args.kiln)
@@ -62,7 +64,7 @@ def main():
                 {"role": "user", "content": question},
                 {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": {"expression": expression}}}]},
                 {"role": "tool", "content": str(result)},
-                {"role": "assistant", "content": answer.format(r=result)},
+                {"role": "assistant", "content": answer.replace("{r}", "{r:,}" if args.separators else "{r}").format(r=result)},
             ],
         })
     random.Random(9).shuffle(rows)

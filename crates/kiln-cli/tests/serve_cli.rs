@@ -14,16 +14,12 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
-#[test]
-fn serve_prints_its_address_and_answers_there() {
-    let Some(model) = kiln_test_models::SMOLLM2.path() else { return };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--port", "0", "--parallel", "1", "--ctx", "256", "-m"])
-        .arg(&model)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `kiln serve` on a free port, one slot, with the flags `more` adds; returns the child
+/// and the address it printed.
+fn start_serve(more: impl FnOnce(&mut Command) -> &mut Command) -> (std::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(["serve", "--port", "0", "--parallel", "1"]);
+    let mut child = more(&mut cmd).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("kiln serve exited before listening").unwrap();
@@ -31,6 +27,15 @@ fn serve_prints_its_address_and_answers_there() {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[test]
+fn serve_prints_its_address_and_answers_there() {
+    let Some(model) = kiln_test_models::SMOLLM2.path() else { return };
+    let (mut child, addr) = start_serve(|c| c.args(["--ctx", "256", "-m"]).arg(&model));
     assert!(addr.starts_with("127.0.0.1:"), "binds to loopback by default: {addr}");
     let health = http_get(&addr, "/health");
     assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"ok\""), "{health}");
@@ -74,22 +79,8 @@ fn serve_answers_embeddings_from_a_sentence_encoder_beside_the_chat_model() {
     let (Some(model), Some(minilm)) = (kiln_test_models::SMOLLM2.path(), kiln_test_models::MINILM.path()) else {
         return;
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--port", "0", "--parallel", "1", "--ctx", "256", "-m"])
-        .arg(&model)
-        .arg("--embedding-model")
-        .arg(&minilm)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("kiln serve exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("listening on http://") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (mut child, addr) =
+        start_serve(|c| c.args(["--ctx", "256", "-m"]).arg(&model).arg("--embedding-model").arg(&minilm));
     let fixture: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(kiln_test_models::fixture("embeddings/minilm_sentence_transformers.json")).unwrap(),
     )
@@ -134,20 +125,8 @@ fn a_served_assistant_runs_its_tools_on_the_server() {
         .output()
         .unwrap();
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .env("KILN_HOME", home.path())
-        .args(["serve", "--port", "0", "--parallel", "1", "--ctx", "1024", "--assistant", "tutor"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("kiln serve exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("listening on http://") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (mut child, addr) =
+        start_serve(|c| c.env("KILN_HOME", home.path()).args(["--ctx", "1024", "--assistant", "tutor"]));
     let models = http_get(&addr, "/v1/models");
     assert!(models.contains("\"tutor\"") && models.contains("\"calc\""), "{models}");
     let ask = |extra: &str| {

@@ -24,7 +24,7 @@ pub(super) const HELP: &str = "commands: /reset (new conversation), /system TEXT
 /show (settings and conversation), /help, /quit. Ctrl-C stops an answer; Ctrl-C twice at the prompt quits";
 
 /// Exit status when Ctrl-C ends the chat: what a shell reports for SIGINT, and llama-cli's.
-pub(super) const INTERRUPTED: i32 = 130;
+const INTERRUPTED: i32 = 130;
 
 /// How often the prompt looks for a Ctrl-C while it waits for a line.
 const POLL: Duration = Duration::from_millis(50);
@@ -68,26 +68,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     // Set by a Ctrl-C (at the prompt or stopping an answer): the next one at the prompt quits.
     let mut armed = false;
     loop {
-        if interactive {
-            eprint!("> ");
-            std::io::stderr().flush().ok();
-        }
-        let line = match next_line(&lines, &interrupt, &mut armed, interactive)? {
-            Input::Line(line) => line,
-            Input::End => {
-                if interactive {
-                    eprintln!();
-                }
-                break;
-            }
-            Input::Interrupted => {
-                // After the ^C the terminal echoed.
-                if interactive {
-                    eprintln!();
-                }
-                std::process::exit(INTERRUPTED);
-            }
-        };
+        let Some(line) = prompt(&lines, &interrupt, &mut armed, interactive)? else { break };
         armed = false;
         let input = line.trim();
         if input.is_empty() {
@@ -198,7 +179,7 @@ pub(super) fn read_lines() -> Result<Receiver<std::io::Result<String>>> {
     Ok(rx)
 }
 
-pub(super) enum Input {
+enum Input {
     Line(String),
     /// End of input (Ctrl-D).
     End,
@@ -206,8 +187,38 @@ pub(super) enum Input {
     Interrupted,
 }
 
+/// Shows the prompt and waits for the next line: `None` at the end of input; a second Ctrl-C
+/// ends the process with the interrupted status.
+pub(super) fn prompt(
+    lines: &Receiver<std::io::Result<String>>,
+    interrupt: &Interrupt,
+    armed: &mut bool,
+    interactive: bool,
+) -> Result<Option<String>> {
+    if interactive {
+        eprint!("> ");
+        std::io::stderr().flush().ok();
+    }
+    match next_line(lines, interrupt, armed, interactive)? {
+        Input::Line(line) => Ok(Some(line)),
+        Input::End => {
+            if interactive {
+                eprintln!();
+            }
+            Ok(None)
+        }
+        Input::Interrupted => {
+            // After the ^C the terminal echoed.
+            if interactive {
+                eprintln!();
+            }
+            std::process::exit(INTERRUPTED);
+        }
+    }
+}
+
 /// Waits at the prompt for the next line, watching for Ctrl-C.
-pub(super) fn next_line(
+fn next_line(
     lines: &Receiver<std::io::Result<String>>,
     interrupt: &Interrupt,
     armed: &mut bool,

@@ -3,7 +3,7 @@
 //! conversation outgrows the context, the oldest exchanges (with their tool calls) are dropped,
 //! never the system message, and the chat says so.
 
-use super::chat::{command, next_line, read_lines, Command, Input, Interrupt, HELP, INTERRUPTED};
+use super::chat::{command, prompt, read_lines, Command, Interrupt, HELP};
 use crate::args::ChatArgs;
 use crate::load::LoadedModel;
 use crate::output::Stdout;
@@ -41,15 +41,7 @@ pub fn chat_with_tools(args: &ChatArgs, lm: &LoadedModel, ctx: usize, mut opts: 
     let mut out = Stdout::new();
     let mut armed = false;
     loop {
-        if interactive {
-            eprint!("> ");
-            std::io::stderr().flush().ok();
-        }
-        let line = match next_line(&lines, &interrupt, &mut armed, interactive)? {
-            Input::Line(line) => line,
-            Input::End => break,
-            Input::Interrupted => std::process::exit(INTERRUPTED),
-        };
+        let Some(line) = prompt(&lines, &interrupt, &mut armed, interactive)? else { break };
         armed = false;
         let input = line.trim();
         if input.is_empty() {

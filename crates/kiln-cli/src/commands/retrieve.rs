@@ -40,8 +40,11 @@ impl EmbeddingModelArgs {
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
     /// The texts; one JSON array of numbers per text is printed, one per line.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "file")]
     pub texts: Vec<String>,
+    /// Read the texts from a file instead: one per line, or JSON Lines of strings.
+    #[arg(short, long, conflicts_with = "texts")]
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub model: EmbeddingModelArgs,
 }
@@ -77,8 +80,21 @@ pub struct SearchArgs {
 
 /// Runs `kiln embed`.
 pub fn embed(args: &EmbedArgs) -> Result<()> {
+    let from_file = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    _ => l.to_string(),
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let (embedder, _) = args.model.load()?;
-    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let texts: Vec<&str> = args.texts.iter().chain(&from_file).map(String::as_str).collect();
     for v in embedder.embed_all(&texts)? {
         outln!("{}", serde_json::to_string(&v)?);
     }
