@@ -106,9 +106,10 @@ impl Embedder {
         Ok(self.pool(&states, tokens.len()))
     }
 
-    /// The embeddings of several texts, in order (texts run in parallel).
+    /// The embeddings of several texts, in order: texts run in parallel on kiln's worker
+    /// threads, each text's products on one of them.
     pub fn embed_all(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        texts.par_iter().map(|t| self.embed(t)).collect()
+        kiln_model::threads::pool().install(|| texts.par_iter().map(|t| self.embed(t)).collect())
     }
 
     fn pool(&self, states: &[f32], n: usize) -> Vec<f32> {

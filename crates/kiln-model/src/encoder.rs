@@ -5,7 +5,7 @@
 //! kernels as the decoder families.
 
 use crate::formats::{map_file, read_json};
-use crate::ops::{add_bias, add_in_place, matmul, softmax};
+use crate::ops::{add_bias, add_in_place, softmax};
 use crate::weights::{Backing, QMatrix};
 use crate::{GgmlType, ModelError};
 use safetensors::{tensor::Dtype, SafeTensors};
@@ -96,9 +96,11 @@ struct Norm {
     bias: Vec<f32>,
 }
 
-/// A dense layer: `y = W·x + b`.
+/// A dense layer: `y = W·x + b`, W kept as f32 (`rows × cols`, row-major) for the GEMM.
 struct Dense {
-    weight: QMatrix,
+    weight: Vec<f32>,
+    rows: usize,
+    cols: usize,
     bias: Vec<f32>,
 }
 
@@ -168,7 +170,9 @@ impl Tensors<'_> {
 
     fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<Dense, ModelError> {
         Ok(Dense {
-            weight: self.matrix(&format!("{name}.weight"), rows, cols)?,
+            weight: self.matrix(&format!("{name}.weight"), rows, cols)?.to_f32(),
+            rows,
+            cols,
             bias: self.vector(&format!("{name}.bias"), rows)?,
         })
     }
@@ -244,23 +248,22 @@ impl Encoder {
         }
         layer_norm(&mut x, &self.embed_norm, c.eps);
 
-        let mut buf = Vec::new();
         let (mut q, mut k, mut v) = (vec![0.0; n * h], vec![0.0; n * h], vec![0.0; n * h]);
         let mut ctx = vec![0.0; n * h];
         let mut proj = vec![0.0; n * h];
         let mut up = vec![0.0; n * c.intermediate];
         for layer in &self.layers {
-            dense(&layer.query, &x, n, &mut buf, &mut q);
-            dense(&layer.key, &x, n, &mut buf, &mut k);
-            dense(&layer.value, &x, n, &mut buf, &mut v);
+            dense(&layer.query, &x, n, &mut q);
+            dense(&layer.key, &x, n, &mut k);
+            dense(&layer.value, &x, n, &mut v);
             attend(&q, &k, &v, n, c.heads, h / c.heads, &mut ctx);
-            dense(&layer.attn_out, &ctx, n, &mut buf, &mut proj);
+            dense(&layer.attn_out, &ctx, n, &mut proj);
             add_in_place(&mut x, &proj);
             layer_norm(&mut x, &layer.attn_norm, c.eps);
 
-            dense(&layer.up, &x, n, &mut buf, &mut up);
+            dense(&layer.up, &x, n, &mut up);
             activate(c.activation, &mut up);
-            dense(&layer.down, &up, n, &mut buf, &mut proj);
+            dense(&layer.down, &up, n, &mut proj);
             add_in_place(&mut x, &proj);
             layer_norm(&mut x, &layer.ffn_norm, c.eps);
         }
@@ -276,9 +279,35 @@ fn backing_bytes(backing: &Backing) -> &[u8] {
     }
 }
 
-fn dense(d: &Dense, x: &[f32], n: usize, buf: &mut Vec<u8>, out: &mut [f32]) {
-    matmul(&d.weight, x, n, buf, out);
-    add_bias(out, &d.bias);
+/// `out[t] = W·x[t] + b` for the `n` rows of `x`, as one GEMM.
+fn dense(d: &Dense, x: &[f32], n: usize, out: &mut [f32]) {
+    assert!(x.len() >= n * d.cols && out.len() >= n * d.rows && d.weight.len() == d.rows * d.cols);
+    // out (n × rows) = x (n × cols) · Wᵀ (cols × rows): Wᵀ's element (c, r) is W[r·cols + c].
+    // SAFETY: the assertion above bounds every index the strides reach.
+    unsafe {
+        gemm::gemm(
+            n,
+            d.rows,
+            d.cols,
+            out.as_mut_ptr(),
+            1,
+            d.rows as isize,
+            false,
+            x.as_ptr(),
+            1,
+            d.cols as isize,
+            d.weight.as_ptr(),
+            d.cols as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    add_bias(&mut out[..n * d.rows], &d.bias);
 }
 
 /// LayerNorm of each row in place (mean and variance in f64, as the reference sums them).
@@ -307,27 +336,66 @@ fn activate(kind: EncoderActivation, x: &mut [f32]) {
 }
 
 /// Bidirectional multi-head attention over `n` positions: every position sees every other.
+/// Per head, two GEMMs (scores = Q·Kᵀ, then softmax, then P·V) over the head's columns.
 fn attend(q: &[f32], k: &[f32], v: &[f32], n: usize, heads: usize, head_dim: usize, out: &mut [f32]) {
     let h = heads * head_dim;
+    assert!(q.len() >= n * h && k.len() >= n * h && v.len() >= n * h && out.len() >= n * h);
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut scores = vec![0.0f32; n];
-    out.fill(0.0);
+    let mut scores = vec![0.0f32; n * n];
     for head in 0..heads {
-        let cols = head * head_dim..(head + 1) * head_dim;
-        for i in 0..n {
-            let qi = &q[i * h..][cols.clone()];
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kj = &k[j * h..][cols.clone()];
-                *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-            }
-            softmax(&mut scores);
-            let oi = &mut out[i * h..][cols.clone()];
-            for (j, &p) in scores.iter().enumerate() {
-                let vj = &v[j * h..][cols.clone()];
-                for (o, &x) in oi.iter_mut().zip(vj) {
-                    *o += p * x;
-                }
-            }
+        let off = head * head_dim;
+        // SAFETY: every row index is below n and every column below off + head_dim ≤ h, so
+        // each element the strides reach is inside the slices asserted above.
+        unsafe {
+            // scores (n × n) = Q_h (n × d) · K_hᵀ (d × n), K_hᵀ's element (c, j) = K[j·h + off + c].
+            gemm::gemm(
+                n,
+                n,
+                head_dim,
+                scores.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                q.as_ptr().add(off),
+                1,
+                h as isize,
+                k.as_ptr().add(off),
+                h as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for row in scores.chunks_exact_mut(n) {
+            softmax(row);
+        }
+        // SAFETY: as above; the output block is the head's columns of `out`.
+        unsafe {
+            gemm::gemm(
+                n,
+                head_dim,
+                n,
+                out.as_mut_ptr().add(off),
+                1,
+                h as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                n as isize,
+                v.as_ptr().add(off),
+                1,
+                h as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
     }
 }
@@ -343,6 +411,50 @@ mod tests {
         let mean: f32 = x.iter().map(|v| v - 0.5).sum::<f32>() / 4.0;
         let var: f32 = x.iter().map(|v| (v - 0.5 - mean).powi(2)).sum::<f32>() / 4.0;
         assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "{mean} {var}");
+    }
+
+    /// The scalar twin of [`attend`].
+    fn attend_reference(q: &[f32], k: &[f32], v: &[f32], n: usize, heads: usize, d: usize) -> Vec<f32> {
+        let h = heads * d;
+        let mut out = vec![0.0f32; n * h];
+        for head in 0..heads {
+            for i in 0..n {
+                let mut s: Vec<f32> = (0..n)
+                    .map(|j| {
+                        (0..d).map(|c| q[i * h + head * d + c] * k[j * h + head * d + c]).sum::<f32>()
+                            / (d as f32).sqrt()
+                    })
+                    .collect();
+                softmax(&mut s);
+                for c in 0..d {
+                    out[i * h + head * d + c] = (0..n).map(|j| s[j] * v[j * h + head * d + c]).sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gemm_attention_and_dense_match_their_scalar_twins() {
+        let (n, heads, d) = (7, 3, 4);
+        let h = heads * d;
+        let q = crate::test_values(1, n * h);
+        let k = crate::test_values(2, n * h);
+        let v = crate::test_values(3, n * h);
+        let mut out = vec![0.0; n * h];
+        attend(&q, &k, &v, n, heads, d, &mut out);
+        for (a, b) in out.iter().zip(attend_reference(&q, &k, &v, n, heads, d)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let layer = Dense { weight: crate::test_values(4, 5 * h), rows: 5, cols: h, bias: crate::test_values(5, 5) };
+        let mut y = vec![0.0; n * 5];
+        dense(&layer, &q, n, &mut y);
+        for t in 0..n {
+            for r in 0..5 {
+                let want: f32 = (0..h).map(|c| layer.weight[r * h + c] * q[t * h + c]).sum::<f32>() + layer.bias[r];
+                assert!((y[t * 5 + r] - want).abs() < 1e-5);
+            }
+        }
     }
 
     #[test]
