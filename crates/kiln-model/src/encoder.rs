@@ -1,8 +1,8 @@
 //! BERT-family encoders (all-MiniLM-L6-v2 and the sentence-transformers models built like it):
 //! learned absolute positions, post-norm LayerNorm with biases, bidirectional attention, an
 //! erf GELU feed-forward. Read from a Hugging Face directory (`config.json` +
-//! `model.safetensors`); matrices stay in the mapped file and go through the same matmul
-//! kernels as the decoder families.
+//! `model.safetensors`). The products are dense f32 GEMMs (the `gemm` crate, the one candle
+//! uses): one text's tokens are a block of rows, unlike decoding's one row at a time.
 
 use crate::formats::{map_file, read_json};
 use crate::ops::{add_bias, add_in_place, softmax};

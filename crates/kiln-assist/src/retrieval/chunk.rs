@@ -41,9 +41,9 @@ pub fn readable_text(path: &Path, bytes: &[u8]) -> String {
     }
 }
 
-/// HTML to plain text: tags removed, `script`/`style` content dropped, block tags as line
-/// breaks, the common entities decoded. Line numbers of an HTML passage count lines of the
-/// source, since each source line is handled on its own.
+/// HTML to plain text: tags removed, `script`/`style` content dropped, block tags as spaces,
+/// the common entities decoded, each source line kept as one line, so a passage cites the
+/// lines of the file (html2text, which the browse tool uses, reflows the text and loses them).
 pub fn html_to_text(html: &str) -> String {
     let mut out = String::with_capacity(html.len() / 2);
     let mut skipping: Option<&str> = None;
