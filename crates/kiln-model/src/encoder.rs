@@ -279,32 +279,56 @@ fn backing_bytes(backing: &Backing) -> &[u8] {
     }
 }
 
+/// `dst = scale · lhs · rhs` for an `m × k` by `k × n` product on this thread (the `gemm`
+/// crate). `dst` has rows `dst_row` apart and contiguous columns; each operand is a pointer
+/// with its (row, column) strides.
+///
+/// # Safety
+/// Every element the shapes and strides reach must lie inside its allocation.
+unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_row: isize,
+    (lhs, lhs_row, lhs_col): (*const f32, isize, isize),
+    (rhs, rhs_row, rhs_col): (*const f32, isize, isize),
+    scale: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row,
+        false,
+        lhs,
+        lhs_col,
+        lhs_row,
+        rhs,
+        rhs_col,
+        rhs_row,
+        0.0,
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
 /// `out[t] = W·x[t] + b` for the `n` rows of `x`, as one GEMM.
 fn dense(d: &Dense, x: &[f32], n: usize, out: &mut [f32]) {
     assert!(x.len() >= n * d.cols && out.len() >= n * d.rows && d.weight.len() == d.rows * d.cols);
     // out (n × rows) = x (n × cols) · Wᵀ (cols × rows): Wᵀ's element (c, r) is W[r·cols + c].
     // SAFETY: the assertion above bounds every index the strides reach.
     unsafe {
-        gemm::gemm(
-            n,
-            d.rows,
-            d.cols,
+        gemm_f32(
+            (n, d.rows, d.cols),
             out.as_mut_ptr(),
-            1,
             d.rows as isize,
-            false,
-            x.as_ptr(),
-            1,
-            d.cols as isize,
-            d.weight.as_ptr(),
-            d.cols as isize,
-            1,
-            0.0,
+            (x.as_ptr(), d.cols as isize, 1),
+            (d.weight.as_ptr(), 1, d.cols as isize),
             1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
     add_bias(&mut out[..n * d.rows], &d.bias);
@@ -348,26 +372,13 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], n: usize, heads: usize, head_dim: usi
         // each element the strides reach is inside the slices asserted above.
         unsafe {
             // scores (n × n) = Q_h (n × d) · K_hᵀ (d × n), K_hᵀ's element (c, j) = K[j·h + off + c].
-            gemm::gemm(
-                n,
-                n,
-                head_dim,
+            gemm_f32(
+                (n, n, head_dim),
                 scores.as_mut_ptr(),
-                1,
                 n as isize,
-                false,
-                q.as_ptr().add(off),
-                1,
-                h as isize,
-                k.as_ptr().add(off),
-                h as isize,
-                1,
-                0.0,
+                (q.as_ptr().add(off), h as isize, 1),
+                (k.as_ptr().add(off), 1, h as isize),
                 scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
         for row in scores.chunks_exact_mut(n) {
@@ -375,26 +386,13 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], n: usize, heads: usize, head_dim: usi
         }
         // SAFETY: as above; the output block is the head's columns of `out`.
         unsafe {
-            gemm::gemm(
-                n,
-                head_dim,
-                n,
+            gemm_f32(
+                (n, head_dim, n),
                 out.as_mut_ptr().add(off),
-                1,
                 h as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                n as isize,
-                v.as_ptr().add(off),
-                1,
-                h as isize,
-                0.0,
+                (scores.as_ptr(), n as isize, 1),
+                (v.as_ptr().add(off), h as isize, 1),
                 1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
     }
