@@ -44,6 +44,8 @@ fn index_then_search_cites_file_and_lines() {
     // A second index run reads nothing again.
     let out = Kiln::new(home.path()).args(["index"]).arg(&notes).args(model).run();
     assert!(out.success().stderr.contains("0 files added, 0 changed, 0 removed, 2 unchanged"), "{out:?}");
+    let out = Kiln::new(home.path()).args(["index"]).arg(home.path().join("absent")).run();
+    assert!(out.error_line(None).contains("is not a folder"), "{out:?}");
     let out = Kiln::new(home.path()).args(["search"]).arg(&notes).args(["x", "--mode", "fuzzy"]).run();
     assert!(out.no_panic().stderr.contains("keyword, vector or hybrid"), "{out:?}");
 }

@@ -133,6 +133,7 @@ pub fn update_index(folder: &Path, embedder: &Embedder, model: &str) -> Result<I
 
 /// Runs `kiln index`.
 pub fn index(args: &IndexArgs) -> Result<()> {
+    index_dir(&args.folder)?; // a bad folder is reported before the model loads
     let (embedder, name) = args.model.load()?;
     update_index(&args.folder, &embedder, &name)?;
     Ok(())

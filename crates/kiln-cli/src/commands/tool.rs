@@ -58,6 +58,9 @@ impl ToolFlags {
             let Some(folder) = &self.files else {
                 bail!("the files tool searches a folder: pass --files DIR");
             };
+            if !folder.is_dir() {
+                bail!("--files {}: not a folder", folder.display());
+            }
             let model = super::retrieve::EmbeddingModelArgs { embedding_model: self.embedding_model.clone() };
             let (embedder, name) = model.load()?;
             let index = super::retrieve::update_index(folder, &embedder, &name)?;
