@@ -2,7 +2,8 @@
 
     python3 tests/tools/gsm8k_eval.py [--kiln target/release/kiln] [--model M] [--limit 200] [--data gsm8k_test.jsonl]
 
-Greedy `kiln run` on the first --limit questions (default: `kiln data path eval/gsm8k_test.jsonl`);
+Greedy `kiln run` on the first --limit questions (default: ../shared/data beside the checkout,
+else `kiln data path eval/gsm8k_test.jsonl`);
 the answer is the last number of the reply, compared with the number after `####`.
 Configurations: no tools; --tools calc (the model decides whether to call)."""
 import argparse, json, pathlib, subprocess, sys
@@ -19,7 +20,10 @@ def main():
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    data = args.data or subprocess.run([args.kiln, "data", "path", "eval/gsm8k_test.jsonl"], check=True, capture_output=True, text=True).stdout.strip()
+    mirror = pathlib.Path(__file__).resolve().parents[2].parent / "shared/data/eval/gsm8k_test.jsonl"
+    data = args.data or (str(mirror) if mirror.is_file() else None) or subprocess.run(
+        [args.kiln, "data", "path", "eval/gsm8k_test.jsonl"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     rows = [json.loads(l) for l in open(data) if l.strip()][: args.limit]
     base = [args.kiln, "run", "--temp", "0", "-n", "320", "-q"] + (["-m", args.model] if args.model else [])
     results = {}
