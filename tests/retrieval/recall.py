@@ -8,7 +8,6 @@ its answer phrase (whitespace folded). Each rate comes with its 95 % Wilson inte
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -16,17 +15,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "tools"))
+from arith_eval import wilson  # noqa: E402
 MODES = ["keyword", "vector", "hybrid"]
-
-
-def wilson(k, n, z=1.96):
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def fold(s):

@@ -101,15 +101,25 @@ impl Embedder {
 
     /// The embedding of one text.
     pub fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        self.embed_counted(text).map(|(v, _)| v)
+    }
+
+    /// The embedding of one text and the tokens it took (special tokens included).
+    pub fn embed_counted(&self, text: &str) -> Result<(Vec<f32>, usize), EmbedError> {
         let tokens = self.tokenize(text)?;
         let states = self.encoder.forward(&tokens)?;
-        Ok(self.pool(&states, tokens.len()))
+        Ok((self.pool(&states, tokens.len()), tokens.len()))
     }
 
     /// The embeddings of several texts, in order: texts run in parallel on kiln's worker
     /// threads, each text's products on one of them.
     pub fn embed_all(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        kiln_model::threads::pool().install(|| texts.par_iter().map(|t| self.embed(t)).collect())
+        Ok(self.embed_all_counted(texts)?.into_iter().map(|(v, _)| v).collect())
+    }
+
+    /// [`Embedder::embed_all`] with each text's token count.
+    pub fn embed_all_counted(&self, texts: &[&str]) -> Result<Vec<(Vec<f32>, usize)>, EmbedError> {
+        kiln_model::threads::pool().install(|| texts.par_iter().map(|t| self.embed_counted(t)).collect())
     }
 
     fn pool(&self, states: &[f32], n: usize) -> Vec<f32> {

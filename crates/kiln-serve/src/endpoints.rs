@@ -183,8 +183,9 @@ async fn encoder_embeddings(
     let embedder = encoder.embedder.clone();
     let (vectors, tokens) = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let tokens: usize = refs.iter().map(|t| embedder.tokenize(t).map_or(0, |ids| ids.len())).sum();
-        embedder.embed_all(&refs).map(|v| (v, tokens))
+        let counted = embedder.embed_all_counted(&refs)?;
+        let tokens = counted.iter().map(|(_, n)| n).sum::<usize>();
+        Ok::<_, kiln_assist::embed::EmbedError>((counted.into_iter().map(|(v, _)| v).collect::<Vec<_>>(), tokens))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

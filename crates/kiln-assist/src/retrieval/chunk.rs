@@ -183,14 +183,14 @@ fn split_words(line: &str, budget: usize, count: &dyn Fn(&str) -> usize) -> Vec<
     pieces
 }
 
-/// A rough token count for tests and for callers without a tokenizer: words.
-pub fn count_words(text: &str) -> usize {
-    text.split_whitespace().count()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Words as the token count: the chunker's rules without a tokenizer.
+    fn count_words(text: &str) -> usize {
+        text.split_whitespace().count()
+    }
 
     #[test]
     fn passages_keep_their_lines_and_break_at_paragraphs() {

@@ -267,11 +267,6 @@ impl Index {
         self.order.is_empty()
     }
 
-    /// The indexed folder.
-    pub fn root(&self) -> &Path {
-        &self.stored.root
-    }
-
     /// The embedding model the vectors come from.
     pub fn model(&self) -> &str {
         &self.stored.model
