@@ -7,7 +7,6 @@
 //! - [`format`](mod@format): tool definitions, calls and results as prompt text (Hermes' format), the
 //!   grammar calls are decoded under, and reading calls back from output, whole or streamed.
 //! - [`assistant`]: named profiles (model, instructions, tools, files, sampling).
-//! - [`embed`]: sentence embeddings (a BERT encoder, pooled as sentence-transformers pools).
 //! - [`retrieval`]: an index of the user's documents on disk, searched by keyword, vector or
 //!   both; the `files` tool answers from it with file and line.
 //! - [`sandbox`]: untrusted code runs in a child process with its own namespaces and limits
@@ -16,7 +15,6 @@
 
 pub mod agent;
 pub mod assistant;
-pub mod embed;
 pub mod format;
 pub mod retrieval;
 pub mod sandbox;

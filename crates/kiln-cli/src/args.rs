@@ -95,6 +95,8 @@ pub enum Command {
     Search(crate::commands::retrieve::SearchArgs),
     /// Named assistants (model, instructions, tools, files): create, list, show, rm; then `--assistant NAME`.
     Assistant(crate::commands::assistant::AssistantArgs),
+    /// Scan text for jailbreaks and prompt injection (`check`), train the guard's classifier (`train`).
+    Guard(crate::commands::guard::GuardArgs),
 }
 
 /// Which model to load.

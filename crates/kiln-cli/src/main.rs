@@ -10,9 +10,17 @@ use args::{Cli, Command};
 
 fn main() {
     let cli = args::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {}", one_line(&e));
-        std::process::exit(1);
+    // `kiln guard check` exits 1 when it flags, so its errors take 2.
+    let error_status = if matches!(&cli.command, Command::Guard(g) if matches!(g.command, commands::guard::GuardCommand::Check(_))) { 2 } else { 1 };
+    match run(cli) {
+        Ok(Outcome::Flagged) => {
+            std::process::exit(1)
+        }
+        Ok(Outcome::Done) => {}
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::exit(error_status);
+        }
     }
 }
 
@@ -32,7 +40,14 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// How a command ended when it did not fail.
+enum Outcome {
+    Done,
+    /// `kiln guard check` flagged its text: exit status 1.
+    Flagged,
+}
+
+fn run(cli: Cli) -> Result<Outcome> {
     let threads = cli.threads.unwrap_or_else(kiln_model::threads::default_threads);
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
@@ -69,7 +84,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Index(a) => commands::retrieve::index(a),
         Command::Search(a) => commands::retrieve::search(a),
         Command::Assistant(a) => commands::assistant::assistant(a),
+        Command::Guard(a) => return commands::guard::guard(a).map(|flagged| if flagged { Outcome::Flagged } else { Outcome::Done }),
     }
+    .map(|()| Outcome::Done)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod embed;
 pub mod encoder;
 pub mod formats;
 pub mod kv_cache;

@@ -36,7 +36,14 @@ pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respo
         return crate::assistant::chat(app.clone(), assistant, req).await;
     }
     app.check_model(req.common.model.as_deref())?;
-    let messages = crate::tools::messages(&req)?;
+    let mut messages = crate::tools::messages(&req)?;
+    let mut canary = None;
+    if let Some(guard) = &app.guard {
+        match crate::guard::screen(guard.clone(), &mut messages).await? {
+            crate::guard::Screened::Refuse(verdict) => return Ok(refusal(&app, Kind::Chat, &req.common, &verdict)?),
+            crate::guard::Screened::Pass { canary: c } => canary = c,
+        }
+    }
     let plan = crate::tools::plan(&req)?;
     let constraint = match plan.grammar {
         Some(_) => crate::tools::constraint(app.grammars()?, &plan)?,
@@ -50,7 +57,7 @@ pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respo
         return Err(ApiError::invalid_param("top_logprobs", "top_logprobs needs logprobs: true"));
     }
     let prompts = vec![(prompt, String::new())];
-    let reply = Reply { constraint, calls: plan.calls };
+    let reply = Reply { constraint, calls: plan.calls, canary };
     respond(app, Kind::Chat, &req.common, prompts, logprobs, reply).await
 }
 
@@ -60,6 +67,8 @@ struct Reply {
     constraint: Option<kiln_generate::Constraint>,
     /// Read the text for tool calls.
     calls: bool,
+    /// The guard's canary in the system prompt: a full answer repeating it is withheld.
+    canary: Option<kiln_guard::canary::Canary>,
 }
 
 /// `POST /v1/completions`.
@@ -77,6 +86,12 @@ pub async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Resul
             }
         };
         prompts.push((ids, if req.echo { text } else { String::new() }));
+    }
+    if let Some(guard) = &app.guard {
+        let texts = prompts.iter().map(|(ids, _)| app.tokenizer.decode(ids, false).unwrap_or_default()).collect();
+        if let Some(verdict) = crate::guard::screen_prompts(guard.clone(), texts).await? {
+            return Ok(refusal(&app, Kind::Text, &req.common, &verdict)?);
+        }
     }
     respond(app, Kind::Text, &req.common, prompts, req.logprobs, Reply::default()).await
 }
@@ -120,6 +135,7 @@ async fn respond(
     app.scheduler.submit(jobs)?;
     let mut answer = Answer::new(app.clone(), kind, echoes, logprobs.is_some(), prompt_tokens);
     answer.calls = reply.calls;
+    answer.canary = reply.canary;
     if common.streaming() {
         Ok(stream_answer(answer, rx, common.include_usage()).into_response())
     } else {
@@ -140,6 +156,8 @@ struct Answer {
     choices: Vec<ChoiceState>,
     /// Replies are read for tool calls.
     calls: bool,
+    /// The guard's canary, checked in full answers.
+    canary: Option<kiln_guard::canary::Canary>,
 }
 
 #[derive(Default)]
@@ -170,6 +188,7 @@ impl Answer {
             prompt_tokens,
             choices,
             calls: false,
+            canary: None,
         }
     }
 
@@ -287,12 +306,21 @@ async fn full_answer(mut answer: Answer, mut rx: UnboundedReceiver<(usize, Event
     if let Some(e) = answer.choices.iter().find_map(|c| c.failed.clone()) {
         return Err(ApiError::internal(e));
     }
+    let mut leaked = vec![false; answer.choices.len()];
+    if let Some(guard) = &answer.app.guard {
+        for (i, c) in answer.choices.iter_mut().enumerate() {
+            if crate::guard::answer_leaks(guard, &c.text, answer.canary.as_ref()) {
+                c.text = crate::guard::LEAK_REFUSAL.into();
+                leaked[i] = true;
+            }
+        }
+    }
     let choices: Vec<Value> = answer
         .choices
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let finish = c.summary.as_ref().map(|s| finish_name(s.finish));
+            let finish = if leaked[i] { Some("content_filter") } else { c.summary.as_ref().map(|s| finish_name(s.finish)) };
             match answer.kind {
                 Kind::Chat if answer.calls => {
                     let parsed = kiln_assist::format::parse(&c.text);
@@ -477,4 +505,44 @@ fn chunk(a: &Answer, index: usize, delta: Value, logprobs: Value, finish: Option
         "system_fingerprint": a.app.fingerprint,
         "choices": [choice],
     })
+}
+
+/// The answer to a request the guard flagged: each choice says no, with
+/// `finish_reason: "content_filter"` and the guard's verdict beside the choices, whole or
+/// streamed as the request asked.
+fn refusal(app: &Arc<AppState>, kind: Kind, common: &Common, verdict: &kiln_guard::Verdict) -> Result<Response, ApiError> {
+    let n = common.choices()?;
+    let answer = Answer::new(app.clone(), kind, vec![String::new(); n], false, 0);
+    let text = crate::guard::REFUSAL;
+    let guard = serde_json::to_value(verdict).unwrap_or(Value::Null);
+    let base = |chunk: bool| {
+        json!({ "id": answer.id, "object": answer.object(chunk), "created": answer.created, "model": app.model_id, "system_fingerprint": app.fingerprint })
+    };
+    if common.streaming() {
+        let mut events = Vec::new();
+        for i in 0..n {
+            let (first, body) = match kind {
+                Kind::Chat => (json!({ "role": "assistant", "content": text }), json!({})),
+                Kind::Text => (json!(text), json!("")),
+            };
+            events.push(chunk(&answer, i, first, Value::Null, None).to_string());
+            let mut last = chunk(&answer, i, body, Value::Null, Some("content_filter"));
+            last["guard"] = guard.clone();
+            events.push(last.to_string());
+        }
+        events.push("[DONE]".into());
+        let stream = stream::iter(events.into_iter().map(|d| Ok::<_, Infallible>(SseEvent::default().data(d))));
+        return Ok(Sse::new(stream).into_response());
+    }
+    let choices: Vec<Value> = (0..n)
+        .map(|i| match kind {
+            Kind::Chat => json!({ "index": i, "message": { "role": "assistant", "content": text }, "logprobs": null, "finish_reason": "content_filter" }),
+            Kind::Text => json!({ "index": i, "text": text, "logprobs": null, "finish_reason": "content_filter" }),
+        })
+        .collect();
+    let mut body = base(false);
+    body["choices"] = Value::Array(choices);
+    body["usage"] = json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 });
+    body["guard"] = guard;
+    Ok(axum::Json(body).into_response())
 }

@@ -185,7 +185,7 @@ async fn encoder_embeddings(
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let counted = embedder.embed_all_counted(&refs)?;
         let tokens = counted.iter().map(|(_, n)| n).sum::<usize>();
-        Ok::<_, kiln_assist::embed::EmbedError>((counted.into_iter().map(|(v, _)| v).collect::<Vec<_>>(), tokens))
+        Ok::<_, kiln_model::embed::EmbedError>((counted.into_iter().map(|(v, _)| v).collect::<Vec<_>>(), tokens))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

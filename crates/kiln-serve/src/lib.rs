@@ -10,6 +10,7 @@ pub mod assistant;
 mod completions;
 mod endpoints;
 mod error;
+mod guard;
 pub mod label;
 mod openai;
 mod tools;
@@ -45,6 +46,8 @@ pub struct ServedModel {
     pub embedding: Option<EmbeddingModel>,
     /// An assistant served beside it under its own model id (its tools run on the server).
     pub assistant: Option<assistant::ServedAssistant>,
+    /// Scans each request's new messages, and full answers for a leaked system prompt.
+    pub guard: Option<Arc<kiln_guard::Guard>>,
 }
 
 /// A sentence-embedding model (a BERT encoder) and the name clients ask for it by.
@@ -54,7 +57,7 @@ pub struct EmbeddingModel {
     /// Other names accepted in requests.
     pub aliases: Vec<String>,
     /// The encoder with its tokenizer and pooling.
-    pub embedder: Arc<kiln_assist::embed::Embedder>,
+    pub embedder: Arc<kiln_model::embed::Embedder>,
 }
 
 /// How to serve.
@@ -89,6 +92,7 @@ pub struct AppState {
     embedding_permit: tokio::sync::Semaphore,
     embedding: Option<EmbeddingModel>,
     assistant: Option<assistant::ServedAssistant>,
+    guard: Option<Arc<kiln_guard::Guard>>,
     http_counts: Mutex<BTreeMap<(String, u16), u64>>,
     /// Built on the first request that needs a grammar (it reads the whole vocabulary).
     grammars: std::sync::OnceLock<Result<kiln_generate::GrammarCompiler, String>>,
@@ -118,6 +122,7 @@ impl AppState {
             embedding_permit: tokio::sync::Semaphore::new(1),
             embedding: served.embedding,
             assistant: served.assistant,
+            guard: served.guard,
             http_counts: Mutex::new(BTreeMap::new()),
             grammars: std::sync::OnceLock::new(),
         }

@@ -7,7 +7,7 @@
 pub mod chunk;
 pub mod keyword;
 
-use crate::embed::{EmbedError, Embedder};
+use kiln_model::embed::{EmbedError, Embedder};
 use chunk::Passage;
 use keyword::KeywordIndex;
 use serde::{Deserialize, Serialize};
@@ -306,7 +306,7 @@ impl Index {
             let e = embedder.ok_or_else(|| IndexError::Stored("vector search needs the embedding model".into()))?;
             let q = e.embed(query)?;
             let mut scored: Vec<(usize, f64)> =
-                (0..self.len()).map(|i| (i, crate::embed::cosine(&q, self.vector(i)) as f64)).collect();
+                (0..self.len()).map(|i| (i, kiln_model::embed::cosine(&q, self.vector(i)) as f64)).collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             scored.truncate(pool);
             Ok(scored)

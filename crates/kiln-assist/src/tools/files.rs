@@ -2,7 +2,7 @@
 //! best passages, each headed by its file and lines so the answer can cite them.
 
 use super::{cap_output, Tool, ToolError};
-use crate::embed::Embedder;
+use kiln_model::embed::Embedder;
 use crate::retrieval::{Index, SearchMode};
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -77,6 +77,7 @@ pub fn label(args: &LabelArgs) -> Result<()> {
         aliases: Vec::new(),
         embedding: None,
         assistant: None,
+        guard: None,
     };
     let options = LabelOptions {
         out: args.out.clone(),

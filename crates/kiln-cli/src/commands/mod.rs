@@ -8,6 +8,7 @@ pub mod data;
 pub mod dpo;
 pub mod eval;
 pub mod export;
+pub mod guard;
 pub mod info;
 pub mod label;
 pub mod ppl;

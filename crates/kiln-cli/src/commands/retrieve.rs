@@ -4,7 +4,7 @@
 use crate::output::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kiln_assist::embed::Embedder;
+use kiln_model::embed::Embedder;
 use kiln_assist::retrieval::{index_dir_for, Index, SearchMode};
 use kiln_hub::Hub;
 use std::io::IsTerminal;

@@ -46,12 +46,23 @@ pub fn served_model() -> Option<ServedModel> {
         aliases: vec![],
         embedding: None,
         assistant: None,
+        guard: None,
     })
 }
 
 /// Starts a server with the default model, or None (the test skips) when it is absent.
 pub fn start(parallel: usize, queue: usize, context: usize, api_key: Option<&str>) -> Option<TestServer> {
-    let served = served_model()?;
+    Some(start_served(served_model()?, parallel, queue, context, api_key))
+}
+
+/// Starts a server for `served`.
+pub fn start_served(
+    served: ServedModel,
+    parallel: usize,
+    queue: usize,
+    context: usize,
+    api_key: Option<&str>,
+) -> TestServer {
     let options = ServeOptions {
         host: "127.0.0.1".into(),
         port: 0,
@@ -65,7 +76,7 @@ pub fn start(parallel: usize, queue: usize, context: usize, api_key: Option<&str
     let addr = listener.local_addr().unwrap();
     let app = Arc::new(AppState::new(served, &options));
     runtime.spawn(async move { axum::serve(listener, kiln_serve::router(app)).await });
-    Some(TestServer { addr, runtime: Some(runtime) })
+    TestServer { addr, runtime: Some(runtime) }
 }
 
 /// A whole answer.

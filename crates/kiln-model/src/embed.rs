@@ -3,7 +3,7 @@
 //! tokens (`1_Pooling/config.json`: mean unless it says CLS or max) and, when the pipeline in
 //! `modules.json` ends with `Normalize` (or there is no `modules.json`), unit length.
 
-use kiln_model::encoder::Encoder;
+use crate::encoder::Encoder;
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use std::path::Path;
 pub enum EmbedError {
     /// The encoder could not be loaded or run.
     #[error(transparent)]
-    Model(#[from] kiln_model::ModelError),
+    Model(#[from] crate::ModelError),
     /// The tokenizer could not be loaded or failed on a text.
     #[error("{0}")]
     Tokenizer(String),
@@ -119,7 +119,7 @@ impl Embedder {
 
     /// [`Embedder::embed_all`] with each text's token count.
     pub fn embed_all_counted(&self, texts: &[&str]) -> Result<Vec<(Vec<f32>, usize)>, EmbedError> {
-        kiln_model::threads::pool().install(|| texts.par_iter().map(|t| self.embed_counted(t)).collect())
+        crate::threads::pool().install(|| texts.par_iter().map(|t| self.embed_counted(t)).collect())
     }
 
     fn pool(&self, states: &[f32], n: usize) -> Vec<f32> {

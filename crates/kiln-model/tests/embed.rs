@@ -2,7 +2,7 @@
 //! with cosine ≥ 0.999 on texts recorded by tests/embeddings/make_minilm_fixture.py
 //! (fixture: tests/fixtures/embeddings/).
 
-use kiln_assist::embed::{cosine, Embedder, Pooling};
+use kiln_model::embed::{cosine, Embedder, Pooling};
 use kiln_test_models::MINILM;
 
 #[derive(serde::Deserialize)]
