@@ -1,10 +1,10 @@
 //! Retrieval end to end with all-MiniLM-L6-v2: an index of a small folder, searched three
 //! ways, updated file by file, and the `files` tool's cited passages.
 
-use kiln_model::embed::Embedder;
 use kiln_assist::retrieval::{Index, SearchMode};
 use kiln_assist::tools::files::Files;
 use kiln_assist::Tool;
+use kiln_model::embed::Embedder;
 use std::fs;
 use std::sync::Arc;
 

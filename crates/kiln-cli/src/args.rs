@@ -209,6 +209,8 @@ pub struct RunArgs {
     /// A saved assistant (kiln assistant create): its model, instructions, tools and sampling.
     #[arg(long)]
     pub assistant: Option<String>,
+    #[command(flatten)]
+    pub guard: crate::commands::guard::GuardFlags,
     /// Print no timing line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -235,6 +237,8 @@ pub struct ChatArgs {
     /// A saved assistant (kiln assistant create): its model, instructions, tools and sampling.
     #[arg(long)]
     pub assistant: Option<String>,
+    #[command(flatten)]
+    pub guard: crate::commands::guard::GuardFlags,
 }
 
 /// `kiln info`.

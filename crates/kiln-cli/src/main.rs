@@ -11,11 +11,14 @@ use args::{Cli, Command};
 fn main() {
     let cli = args::parse();
     // `kiln guard check` exits 1 when it flags, so its errors take 2.
-    let error_status = if matches!(&cli.command, Command::Guard(g) if matches!(g.command, commands::guard::GuardCommand::Check(_))) { 2 } else { 1 };
+    let error_status = if matches!(&cli.command, Command::Guard(g) if matches!(g.command, commands::guard::GuardCommand::Check(_)))
+    {
+        2
+    } else {
+        1
+    };
     match run(cli) {
-        Ok(Outcome::Flagged) => {
-            std::process::exit(1)
-        }
+        Ok(Outcome::Flagged) => std::process::exit(1),
         Ok(Outcome::Done) => {}
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
@@ -84,7 +87,9 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Index(a) => commands::retrieve::index(a),
         Command::Search(a) => commands::retrieve::search(a),
         Command::Assistant(a) => commands::assistant::assistant(a),
-        Command::Guard(a) => return commands::guard::guard(a).map(|flagged| if flagged { Outcome::Flagged } else { Outcome::Done }),
+        Command::Guard(a) => {
+            return commands::guard::guard(a).map(|flagged| if flagged { Outcome::Flagged } else { Outcome::Done })
+        }
     }
     .map(|()| Outcome::Done)
 }

@@ -409,29 +409,99 @@ impl SplitReport {
     }
 }
 
+/// Embeddings already computed, by a hash of the encoder's name and the text: embedding is
+/// most of a training run's time, and a second run (other epochs, another threshold) or a run
+/// killed half-way need not pay it again.
+pub struct EmbeddingCache {
+    path: Option<std::path::PathBuf>,
+    dim: usize,
+    vectors: std::collections::HashMap<u64, Vec<f32>>,
+}
+
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xff)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+impl EmbeddingCache {
+    /// No cache.
+    pub fn none(dim: usize) -> EmbeddingCache {
+        EmbeddingCache { path: None, dim, vectors: Default::default() }
+    }
+
+    /// The cache in `path` (a missing or unreadable file is an empty cache).
+    pub fn open(path: &Path, dim: usize) -> EmbeddingCache {
+        let mut vectors = std::collections::HashMap::new();
+        if let Ok(bytes) = std::fs::read(path) {
+            let record = 8 + 4 * dim;
+            for r in bytes.chunks_exact(record) {
+                let key = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
+                let v = r[8..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+                vectors.insert(key, v);
+            }
+        }
+        EmbeddingCache { path: Some(path.to_path_buf()), dim, vectors }
+    }
+
+    fn key(encoder: &str, text: &str) -> u64 {
+        fnv(&[encoder, text])
+    }
+
+    /// Writes the cache whole (a temporary file renamed into place).
+    pub fn save(&self) -> Result<(), GuardError> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let mut bytes = Vec::with_capacity(self.vectors.len() * (8 + 4 * self.dim));
+        for (k, v) in &self.vectors {
+            bytes.extend_from_slice(&k.to_le_bytes());
+            v.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| GuardError::io(format!("cannot create {}", dir.display()), e))?;
+        }
+        let tmp = path.with_extension(format!("part-{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(|e| GuardError::io(format!("cannot write {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| GuardError::io(format!("cannot write {}", path.display()), e))
+    }
+}
+
 /// Embeds every example (in order), fits the head on the training split, picks the threshold
 /// on the validation split and measures the test split. `progress(message)` narrates.
 pub fn train(
     embedder: Arc<Embedder>,
     encoder_name: &str,
     examples: &[Example],
+    cache: &mut EmbeddingCache,
     opts: &TrainOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<(GuardModel, serde_json::Value), GuardError> {
-    let mut vectors = Vec::with_capacity(examples.len());
     let started = std::time::Instant::now();
-    for (i, chunk) in examples.chunks(256).enumerate() {
-        let texts: Vec<&str> = chunk.iter().map(|e| e.text.as_str()).collect();
-        vectors.extend(embedder.embed_all(&texts)?);
-        if i % 8 == 7 || vectors.len() == examples.len() {
-            progress(&format!(
-                "embedded {}/{} prompts ({:.0} s)",
-                vectors.len(),
-                examples.len(),
-                started.elapsed().as_secs_f64()
-            ));
+    let missing: Vec<&str> = examples
+        .iter()
+        .map(|e| e.text.as_str())
+        .filter(|t| !cache.vectors.contains_key(&EmbeddingCache::key(encoder_name, t)))
+        .collect();
+    if missing.len() < examples.len() {
+        progress(&format!("{} of {} prompts embedded already", examples.len() - missing.len(), examples.len()));
+    }
+    for (i, chunk) in missing.chunks(256).enumerate() {
+        for (t, v) in chunk.iter().zip(embedder.embed_all(chunk)?) {
+            cache.vectors.insert(EmbeddingCache::key(encoder_name, t), v);
+        }
+        let done = (i * 256 + chunk.len()).min(missing.len());
+        if i % 8 == 7 || done == missing.len() {
+            progress(&format!("embedded {done}/{} prompts ({:.0} s)", missing.len(), started.elapsed().as_secs_f64()));
+            // A run killed from here on keeps what it has embedded.
+            cache.save()?;
         }
     }
+    let vectors: Vec<Vec<f32>> =
+        examples.iter().map(|e| cache.vectors[&EmbeddingCache::key(encoder_name, &e.text)].clone()).collect();
     let pick = |split: Split| -> (Vec<Vec<f32>>, Vec<bool>) {
         examples.iter().zip(&vectors).filter(|(e, _)| e.split == split).map(|(e, v)| (v.clone(), e.attack)).unzip()
     };

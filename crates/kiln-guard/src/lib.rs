@@ -8,6 +8,7 @@
 //!   the prompt.
 //! - [`classifier`]: a learned attack detector (a sentence encoder and a trained head), and
 //!   its training.
+//! - [`spotlight`]: tool and document text marked as data (random delimiters, datamarking).
 //! - [`data`]: labelled attack and benign prompts read from the open sets' files.
 //! - [`Guard`]: all of them over one text, giving a [`Verdict`] with its reasons.
 #![deny(missing_docs)]
@@ -16,12 +17,12 @@ pub mod canary;
 pub mod classifier;
 pub mod data;
 pub mod decode;
+pub mod spotlight;
 pub mod unicode;
 
 mod guard;
 
 pub use guard::{Guard, Layer, Reason, Verdict, FLAG_SCORE};
-
 
 /// Why a guard could not be loaded, trained or run.
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,17 @@ pub async fn chat(
         return Err(ApiError::invalid_param("n", format!("{} gives one answer per request", assistant.id)));
     }
     let mut messages = crate::tools::messages(&req)?;
+    let spotlight = kiln_guard::spotlight::Spotlight::new();
+    if let Some(guard) = &app.guard {
+        if let crate::guard::Screened::Refuse(v) = crate::guard::screen(guard.clone(), &mut messages).await? {
+            return crate::completions::chat_refusal(&app, &req.common, &v);
+        }
+        let line = spotlight.system_line();
+        match messages.first_mut() {
+            Some(first) if first.role == "system" => first.content = format!("{}\n\n{line}", first.content),
+            _ => messages.insert(0, Message::new("system", line)),
+        }
+    }
     if let Some(instructions) = &assistant.instructions {
         match messages.first_mut() {
             Some(first) if first.role == "system" => first.content = format!("{instructions}\n\n{}", first.content),
@@ -105,12 +116,12 @@ pub async fn chat(
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
             steps.push(step_json(&call, &output, ok));
-            messages.push(Message {
-                role: "tool".into(),
-                content: output,
-                tool_calls: vec![],
-                tool_call_id: Some(call.id),
-            });
+            let outside = assistant.toolbox.get(&call.name).is_some_and(|t| t.returns_outside_text());
+            let content = match &app.guard {
+                Some(guard) if ok => crate::guard::tool_result(guard.clone(), &spotlight, output, outside).await?,
+                _ => output,
+            };
+            messages.push(Message { role: "tool".into(), content, tool_calls: vec![], tool_call_id: Some(call.id) });
         }
     }
     unreachable!("the last step always answers")

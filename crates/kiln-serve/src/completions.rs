@@ -40,7 +40,7 @@ pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     let mut canary = None;
     if let Some(guard) = &app.guard {
         match crate::guard::screen(guard.clone(), &mut messages).await? {
-            crate::guard::Screened::Refuse(verdict) => return Ok(refusal(&app, Kind::Chat, &req.common, &verdict)?),
+            crate::guard::Screened::Refuse(verdict) => return refusal(&app, Kind::Chat, &req.common, &verdict),
             crate::guard::Screened::Pass { canary: c } => canary = c,
         }
     }
@@ -90,7 +90,7 @@ pub async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Resul
     if let Some(guard) = &app.guard {
         let texts = prompts.iter().map(|(ids, _)| app.tokenizer.decode(ids, false).unwrap_or_default()).collect();
         if let Some(verdict) = crate::guard::screen_prompts(guard.clone(), texts).await? {
-            return Ok(refusal(&app, Kind::Text, &req.common, &verdict)?);
+            return refusal(&app, Kind::Text, &req.common, &verdict);
         }
     }
     respond(app, Kind::Text, &req.common, prompts, req.logprobs, Reply::default()).await
@@ -510,14 +510,25 @@ fn chunk(a: &Answer, index: usize, delta: Value, logprobs: Value, finish: Option
 /// The answer to a request the guard flagged: each choice says no, with
 /// `finish_reason: "content_filter"` and the guard's verdict beside the choices, whole or
 /// streamed as the request asked.
-fn refusal(app: &Arc<AppState>, kind: Kind, common: &Common, verdict: &kiln_guard::Verdict) -> Result<Response, ApiError> {
+pub(crate) fn chat_refusal(
+    app: &Arc<AppState>,
+    common: &Common,
+    verdict: &kiln_guard::Verdict,
+) -> Result<Response, ApiError> {
+    refusal(app, Kind::Chat, common, verdict)
+}
+
+fn refusal(
+    app: &Arc<AppState>,
+    kind: Kind,
+    common: &Common,
+    verdict: &kiln_guard::Verdict,
+) -> Result<Response, ApiError> {
     let n = common.choices()?;
     let answer = Answer::new(app.clone(), kind, vec![String::new(); n], false, 0);
     let text = crate::guard::REFUSAL;
     let guard = serde_json::to_value(verdict).unwrap_or(Value::Null);
-    let base = |chunk: bool| {
-        json!({ "id": answer.id, "object": answer.object(chunk), "created": answer.created, "model": app.model_id, "system_fingerprint": app.fingerprint })
-    };
+    let base = |chunk: bool| json!({ "id": answer.id, "object": answer.object(chunk), "created": answer.created, "model": app.model_id, "system_fingerprint": app.fingerprint });
     if common.streaming() {
         let mut events = Vec::new();
         for i in 0..n {

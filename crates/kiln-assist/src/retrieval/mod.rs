@@ -7,9 +7,9 @@
 pub mod chunk;
 pub mod keyword;
 
-use kiln_model::embed::{EmbedError, Embedder};
 use chunk::Passage;
 use keyword::KeywordIndex;
+use kiln_model::embed::{EmbedError, Embedder};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;

@@ -2,8 +2,8 @@
 //! best passages, each headed by its file and lines so the answer can cite them.
 
 use super::{cap_output, Tool, ToolError};
-use kiln_model::embed::Embedder;
 use crate::retrieval::{Index, SearchMode};
+use kiln_model::embed::Embedder;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -31,6 +31,10 @@ impl Files {
 impl Tool for Files {
     fn name(&self) -> &str {
         "files"
+    }
+
+    fn returns_outside_text(&self) -> bool {
+        true
     }
 
     fn description(&self) -> &str {

@@ -35,6 +35,11 @@ pub trait Tool: Send + Sync {
     fn touches_outside_world(&self) -> bool {
         false
     }
+    /// Whether its output is text from outside (pages, files, a program's output) that may
+    /// carry instructions: under a guard it is datamarked, and calls copying from it are refused.
+    fn returns_outside_text(&self) -> bool {
+        self.touches_outside_world()
+    }
     /// Runs the tool; the result is text for the model, at most the tool's output cap.
     fn call(&self, arguments: &Value) -> Result<String, ToolError>;
 }

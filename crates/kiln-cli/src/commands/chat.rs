@@ -46,10 +46,11 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     };
     // Bad flags are reported before a model is loaded (or pulled).
     opts.sampling.validate().map_err(anyhow::Error::msg)?;
+    let guard = args.guard.load()?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
     if args.tools.any() {
-        return super::chat_tools::chat_with_tools(args, &lm, ctx, opts);
+        return super::chat_tools::chat_with_tools(args, &lm, ctx, opts, guard.as_ref());
     }
     let mut session = Session::new(&lm.model, ctx);
     let mut system = args.system.clone();
@@ -99,7 +100,14 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
             }
             continue;
         }
-        history.push(ChatMessage { role: "user".into(), content: input.to_string() });
+        let input = match super::guard::screen_input(guard.as_ref(), input)? {
+            Ok(cleaned) => cleaned,
+            Err(refusal) => {
+                out.write(&format!("{refusal}\n"))?;
+                continue;
+            }
+        };
+        history.push(ChatMessage { role: "user".into(), content: input });
         let ids = prompt_ids(&lm, system.as_deref(), &mut history, ctx, opts.max_tokens)?;
         let mut shown = String::new();
         let gen = session.generate(&lm.tokenizer, &ids, &opts, |ev| {

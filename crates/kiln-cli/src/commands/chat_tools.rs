@@ -15,10 +15,17 @@ use std::io::{IsTerminal, Write};
 use std::sync::mpsc::Receiver;
 
 /// Runs the chat with tools until /quit, Ctrl-D or a second Ctrl-C.
-pub fn chat_with_tools(args: &ChatArgs, lm: &LoadedModel, ctx: usize, mut opts: GenerateOptions) -> Result<()> {
+pub fn chat_with_tools(
+    args: &ChatArgs,
+    lm: &LoadedModel,
+    ctx: usize,
+    mut opts: GenerateOptions,
+    guard: Option<&kiln_guard::Guard>,
+) -> Result<()> {
     let toolbox = args.tools.toolbox()?;
     let mut agent = Agent::new(&lm.tokenizer, &lm.template, &toolbox, lm.model.config.vocab_size)?;
     agent.max_steps = args.tools.max_steps.max(1);
+    agent.guard = guard.map(kiln_assist::agent::AgentGuard::new);
     if args.tools.tool_choice == "required" {
         agent.require_first_call()?;
     }
@@ -67,8 +74,15 @@ pub fn chat_with_tools(args: &ChatArgs, lm: &LoadedModel, ctx: usize, mut opts: 
             }
             continue;
         }
+        let input = match super::guard::screen_input(guard, input)? {
+            Ok(cleaned) => cleaned,
+            Err(refusal) => {
+                out.write(&format!("{refusal}\n"))?;
+                continue;
+            }
+        };
         let before = messages.len();
-        messages.push(Message::new("user", input.to_string()));
+        messages.push(Message::new("user", input));
         let room = opts.max_tokens.min(ctx / 2);
         let dropped = agent.fit(&mut messages, ctx, room)?;
         if dropped > 0 {

@@ -56,6 +56,44 @@ pub struct GuardDirArgs {
     pub guard_model: Option<PathBuf>,
 }
 
+/// `--guard` on run, chat and serve.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GuardFlags {
+    /// Scan for jailbreaks and prompt injection (kiln guard): flagged user messages are
+    /// refused, tool results are marked as data (flagged ones withheld), and calls that copy
+    /// their arguments from a page or file are refused.
+    #[arg(long)]
+    pub guard: bool,
+    #[command(flatten)]
+    pub model: GuardDirArgs,
+}
+
+impl GuardFlags {
+    /// The guard when `--guard` was given.
+    pub fn load(&self) -> Result<Option<Guard>> {
+        if self.guard {
+            load_guard(&self.model, false).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The user's message checked by `guard`: Ok(cleaned text) to go on with, or Err(the refusal
+/// to show), the reasons said on stderr.
+pub fn screen_input(guard: Option<&Guard>, text: &str) -> Result<std::result::Result<String, &'static str>> {
+    let Some(guard) = guard else { return Ok(Ok(text.to_string())) };
+    let v = guard.check(text)?;
+    if v.flagged {
+        eprintln!("kiln guard: flagged (score {:.2}): {}", v.score, v.summary());
+        return Ok(Err(REFUSAL));
+    }
+    Ok(Ok(v.cleaned))
+}
+
+/// What a flagged message is answered.
+pub const REFUSAL: &str = "I can't help with that: the request looks like an attempt to get around my instructions.";
+
 /// `kiln guard check`.
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -303,15 +341,18 @@ fn train(args: &TrainArgs) -> Result<()> {
         ..TrainOptions::default()
     };
     let started = std::time::Instant::now();
-    let (model, report) =
-        classifier::train(Arc::new(embedder), &encoder_name, &examples, &opts, |m| eprintln!("  {m}"))?;
     let out = args.out.clone().unwrap_or_else(default_guard_dir);
+    let mut cache = classifier::EmbeddingCache::open(&out.join("embeddings.bin"), embedder.dim());
+    let (model, report) =
+        classifier::train(Arc::new(embedder), &encoder_name, &examples, &mut cache, &opts, |m| eprintln!("  {m}"))?;
     model.save(&out)?;
     // The held-out prompts, so other detectors can be measured on the same split.
     let heldout: String = examples
         .iter()
         .filter(|e| e.split == Split::Test)
-        .map(|e| serde_json::json!({"text": e.text, "label": u8::from(e.attack), "source": e.source}).to_string() + "\n")
+        .map(|e| {
+            serde_json::json!({"text": e.text, "label": u8::from(e.attack), "source": e.source}).to_string() + "\n"
+        })
         .collect();
     let heldout_path = out.join("heldout.jsonl");
     std::fs::write(&heldout_path, heldout).with_context(|| format!("cannot write {}", heldout_path.display()))?;
@@ -323,19 +364,24 @@ fn train(args: &TrainArgs) -> Result<()> {
 
 fn print_report(report: &serde_json::Value) {
     let line = |name: &str, r: &serde_json::Value| {
-        let pct = |key: &str| {
+        let count = |k: &str| r["confusion"][k].as_u64().unwrap_or(0);
+        let (tp, fp, tn, fn_) =
+            (count("true_positives"), count("false_positives"), count("true_negatives"), count("false_negatives"));
+        let pct = |key: &str, of: u64| {
             let v = &r[key];
             match (v[0].as_f64(), v[1].as_f64(), v[2].as_f64()) {
-                (Some(p), Some(lo), Some(hi)) => format!("{:5.1} % [{:.1}, {:.1}]", p * 100.0, lo * 100.0, hi * 100.0),
-                _ => "-".into(),
+                (Some(p), Some(lo), Some(hi)) if of > 0 => {
+                    format!("{:5.1} % [{:.1}, {:.1}]", p * 100.0, lo * 100.0, hi * 100.0)
+                }
+                _ => format!("{:<19}", "      -"),
             }
         };
         outln!(
             "{name:<24} {:>6}  precision {}  recall {}  false positives {}",
             r["rows"],
-            pct("precision"),
-            pct("recall"),
-            pct("false_positive_rate")
+            pct("precision", tp + fp),
+            pct("recall", tp + fn_),
+            pct("false_positive_rate", fp + tn)
         );
     };
     line("all", &report["test"]);

@@ -4,9 +4,9 @@
 use crate::output::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kiln_model::embed::Embedder;
 use kiln_assist::retrieval::{index_dir_for, Index, SearchMode};
 use kiln_hub::Hub;
+use kiln_model::embed::Embedder;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 

@@ -25,6 +25,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let sampling = args.sampling.params();
     sampling.validate().map_err(anyhow::Error::msg)?;
+    let guard = args.guard.load()?;
+    let prompt = match super::guard::screen_input(guard.as_ref(), &prompt)? {
+        Ok(cleaned) => cleaned,
+        Err(refusal) => {
+            crate::output::outln!("{refusal}");
+            return Ok(());
+        }
+    };
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
     if args.verbose {
@@ -34,7 +42,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if args.raw {
             anyhow::bail!("--tools needs the chat template; it cannot be used with --raw");
         }
-        return run_with_tools(args, &lm, ctx, prompt, sampling);
+        return run_with_tools(args, &lm, ctx, prompt, sampling, guard.as_ref());
     }
     let text = if args.raw {
         prompt
@@ -103,11 +111,13 @@ fn run_with_tools(
     ctx: usize,
     prompt: String,
     sampling: kiln_generate::SamplingParams,
+    guard: Option<&kiln_guard::Guard>,
 ) -> Result<()> {
     use kiln_assist::format::Message;
     let toolbox = args.tools.toolbox()?;
     let mut agent = kiln_assist::Agent::new(&lm.tokenizer, &lm.template, &toolbox, lm.model.config.vocab_size)?;
     agent.max_steps = args.tools.max_steps.max(1);
+    agent.guard = guard.map(kiln_assist::agent::AgentGuard::new);
     if args.tools.tool_choice == "required" {
         agent.require_first_call()?;
     }

@@ -35,12 +35,8 @@ pub struct ServeArgs {
     /// instructions and its tools, run here, with the model of -m or else its own.
     #[arg(long)]
     pub assistant: Option<String>,
-    /// Scan each request for jailbreaks and prompt injection (kiln guard): flagged user
-    /// messages are refused, flagged tool results withheld, leaked system prompts withheld.
-    #[arg(long)]
-    pub guard: bool,
     #[command(flatten)]
-    pub guard_model: super::guard::GuardDirArgs,
+    pub guard: super::guard::GuardFlags,
 }
 
 /// Runs the command until Ctrl-C.
@@ -96,7 +92,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         aliases,
         embedding,
         assistant,
-        guard: if args.guard { Some(Arc::new(super::guard::load_guard(&args.guard_model, false)?)) } else { None },
+        guard: args.guard.load()?.map(Arc::new),
     };
     let options = ServeOptions {
         host: args.host.clone(),
