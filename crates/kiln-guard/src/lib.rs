@@ -22,6 +22,11 @@ pub mod unicode;
 
 mod guard;
 
+/// What a flagged request is answered, in the words refusals conventionally use (clients and
+/// red-team detectors recognise them).
+pub const REFUSAL: &str =
+    "I'm sorry, but I can't help with that: the request looks like an attempt to get around my instructions.";
+
 pub use guard::{Guard, Layer, Reason, Verdict, FLAG_SCORE};
 
 /// Why a guard could not be loaded, trained or run.

@@ -11,9 +11,9 @@ use kiln_text::tool_calls::Message;
 use std::sync::Arc;
 
 /// What a flagged request is answered.
-pub const REFUSAL: &str = "I can't help with that: the request looks like an attempt to get around my instructions.";
+pub use kiln_guard::REFUSAL;
 /// What replaces an answer that leaked the system prompt.
-pub const LEAK_REFUSAL: &str = "I can't share that.";
+pub const LEAK_REFUSAL: &str = "I'm sorry, but I can't share that.";
 /// What the model reads in place of a withheld tool result.
 const WITHHELD_TOOL_RESULT: &str =
     "[kiln guard withheld this tool result: it contains instructions aimed at the assistant. \

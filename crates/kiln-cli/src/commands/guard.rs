@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use kiln_guard::classifier::{self, Classifier, GuardModel, TrainOptions, GUARD_FILE};
 use kiln_guard::data::{dedupe, read_source, Example, Source, Split};
-use kiln_guard::{Guard, Verdict};
+use kiln_guard::{Guard, Verdict, REFUSAL};
 use kiln_hub::Hub;
 use kiln_model::embed::Embedder;
 use std::io::{IsTerminal, Read};
@@ -91,8 +91,6 @@ pub fn screen_input(guard: Option<&Guard>, text: &str) -> Result<std::result::Re
     Ok(Ok(v.cleaned))
 }
 
-/// What a flagged message is answered.
-pub const REFUSAL: &str = "I can't help with that: the request looks like an attempt to get around my instructions.";
 
 /// `kiln guard check`.
 #[derive(Args, Debug)]
