@@ -10,6 +10,8 @@ pub mod assistant;
 mod completions;
 mod endpoints;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod guard;
 pub mod label;
 mod openai;
@@ -185,11 +187,20 @@ async fn require_key(State(app): State<Arc<AppState>>, request: Request, next: N
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given.map(str::trim) != Some(key.as_str()) {
+        if !same_key(given.map(str::trim).unwrap_or_default(), key) {
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
+}
+
+/// Compares API keys in time that depends on neither (their SHA-256 digests, compared in
+/// constant time), so response timing tells a caller nothing about how much of a guess was right.
+fn same_key(given: &str, key: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(key.as_bytes()));
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 /// Counts answers by route and status for `/metrics`.
@@ -233,4 +244,15 @@ pub async fn serve(
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_match_only_when_equal() {
+        assert!(super::same_key("s3cret", "s3cret"));
+        for other in ["", "s3cre", "s3cret ", "S3cret", "s3cretx"] {
+            assert!(!super::same_key(other, "s3cret"), "{other:?}");
+        }
+    }
 }

@@ -91,7 +91,6 @@ pub fn screen_input(guard: Option<&Guard>, text: &str) -> Result<std::result::Re
     Ok(Ok(v.cleaned))
 }
 
-
 /// `kiln guard check`.
 #[derive(Args, Debug)]
 pub struct CheckArgs {
