@@ -9,6 +9,7 @@
 //! - [`classifier`]: a learned attack detector (a sentence encoder and a trained head), and
 //!   its training.
 //! - [`spotlight`]: tool and document text marked as data (random delimiters, datamarking).
+//! - [`scan`]: the training-data scan (triggers, duplicates, unasked URLs, shell and code).
 //! - [`data`]: labelled attack and benign prompts read from the open sets' files.
 //! - [`Guard`]: all of them over one text, giving a [`Verdict`] with its reasons.
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod canary;
 pub mod classifier;
 pub mod data;
 pub mod decode;
+pub mod scan;
 pub mod spotlight;
 pub mod unicode;
 

@@ -33,6 +33,18 @@ pub enum DataCommand {
         /// A data set name, or a file's path in kiln's data layout (eval/TruthfulQA.csv).
         name: String,
     },
+    /// Scan a fine-tuning set for poisoning: trigger phrases, duplicates, unasked URLs, shell
+    /// commands and code, invisible characters (a Markdown report, or --json).
+    Scan {
+        /// Conversations (JSON or JSON Lines, in any shape `kiln sft` reads).
+        file: std::path::PathBuf,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the file without the flagged rows here, in the input's shape.
+        #[arg(long, value_name = "OUT")]
+        clean: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs the command.
@@ -40,6 +52,7 @@ pub fn data(args: &DataArgs) -> Result<()> {
     let store = Hub::from_env().data_store()?;
     let progress = std::io::stderr().is_terminal();
     match &args.command {
+        DataCommand::Scan { file, json, clean } => super::data_scan::run(file, *json, clean.as_deref()),
         DataCommand::List => list(&store),
         DataCommand::Pull { names } if names.is_empty() => {
             list(&store)?;

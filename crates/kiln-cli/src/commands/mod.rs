@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chat;
 pub mod chat_tools;
 pub mod data;
+pub mod data_scan;
 pub mod dpo;
 pub mod eval;
 pub mod export;
