@@ -266,8 +266,8 @@ pub fn scan(rows: &[Row], opts: &ScanOptions) -> Report {
         }
     }
     let mut clusters: HashMap<usize, Vec<usize>> = HashMap::new();
-    for i in 0..rows.len() {
-        if !is_copy[i] {
+    for (i, copy) in is_copy.iter().enumerate() {
+        if !copy {
             let root = find(&mut parent, i);
             clusters.entry(root).or_default().push(i);
         }
