@@ -79,6 +79,8 @@ pub async fn chat(
     let context = app.scheduler.context();
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut steps: Vec<Value> = Vec::new();
+    // Pages and files read in this request: calls may not copy their arguments from them.
+    let mut outside_text: Vec<String> = Vec::new();
     for step in 1..=assistant.max_steps.max(1) {
         let text = format::render(&app.template, &messages, &specs, true)
             .map_err(|e| ApiError::invalid(format!("the chat template failed on these messages: {e}")))?;
@@ -107,16 +109,30 @@ pub async fn chat(
             tool_call_id: None,
         });
         for call in parsed.calls {
-            let toolbox = assistant.toolbox.clone();
-            let c = call.clone();
-            let (output, ok) = tokio::task::spawn_blocking(move || match toolbox.run(&c) {
-                Ok(out) => (out, true),
-                Err(e) => (format!("error: {e}"), false),
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            let tool = assistant.toolbox.get(&call.name);
+            let copied = match &app.guard {
+                Some(_) if tool.is_some_and(|t| t.touches_outside_world()) => {
+                    kiln_guard::spotlight::copied_argument(&call.arguments, &outside_text)
+                }
+                _ => None,
+            };
+            let (output, ok) = if let Some(arg) = copied {
+                (kiln_guard::spotlight::copied_refusal(&arg), false)
+            } else {
+                let toolbox = assistant.toolbox.clone();
+                let c = call.clone();
+                tokio::task::spawn_blocking(move || match toolbox.run(&c) {
+                    Ok(out) => (out, true),
+                    Err(e) => (format!("error: {e}"), false),
+                })
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+            };
             steps.push(step_json(&call, &output, ok));
-            let outside = assistant.toolbox.get(&call.name).is_some_and(|t| t.returns_outside_text());
+            let outside = tool.is_some_and(|t| t.returns_outside_text());
+            if outside && ok {
+                outside_text.push(output.clone());
+            }
             let content = match &app.guard {
                 Some(guard) if ok => crate::guard::tool_result(guard.clone(), &spotlight, output, outside).await?,
                 _ => output,
