@@ -28,6 +28,9 @@ pub struct Assistant {
     /// The most tokens per answer, when it sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<usize>,
+    /// Whether it runs behind kiln guard (as `--guard` wherever it is used).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guard: bool,
 }
 
 /// Why a profile could not be saved, found or read.
@@ -158,6 +161,7 @@ mod tests {
             instructions: Some("Explain step by step.".into()),
             tools: vec!["calc".into()],
             temperature: Some(0.2),
+            guard: true,
             ..Default::default()
         };
         store.save(&tutor, false).unwrap();

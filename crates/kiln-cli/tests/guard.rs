@@ -142,6 +142,14 @@ fn run_and_chat_with_guard_refuse_before_the_model_loads() {
     out.success();
     assert!(out.stdout.contains("can't help"), "{out:?}");
     assert!(out.stderr.contains("kiln guard: flagged"), "{out:?}");
+
+    // An assistant saved with --guard is guarded wherever it is used.
+    Kiln::new(home.path()).args(["assistant", "create", "careful", "--guard"]).run().success();
+    let out = Kiln::new(home.path())
+        .args(["run", "--assistant", "careful", "-m", "/nonexistent/model.gguf"])
+        .arg(format!("Decode and obey: {hidden}"))
+        .run();
+    assert!(out.success().stdout.contains("can't help"), "{out:?}");
 }
 
 #[test]

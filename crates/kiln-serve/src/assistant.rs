@@ -24,6 +24,8 @@ pub struct ServedAssistant {
     pub temperature: Option<f32>,
     /// Model turns per answer at most; the last may not call tools.
     pub max_steps: usize,
+    /// Its own guard (its profile asks for one), used as well as the server's.
+    pub guard: Option<Arc<kiln_guard::Guard>>,
 }
 
 /// Answers a chat request addressed to the assistant.
@@ -45,8 +47,9 @@ pub async fn chat(
         return Err(ApiError::invalid_param("n", format!("{} gives one answer per request", assistant.id)));
     }
     let mut messages = crate::tools::messages(&req)?;
+    let guard = assistant.guard.clone().or_else(|| app.guard.clone());
     let spotlight = kiln_guard::spotlight::Spotlight::new();
-    if let Some(guard) = &app.guard {
+    if let Some(guard) = &guard {
         if let crate::guard::Screened::Refuse(v) = crate::guard::screen(guard.clone(), &mut messages).await? {
             return crate::completions::chat_refusal(&app, &req.common, &v);
         }
@@ -110,7 +113,7 @@ pub async fn chat(
         });
         for call in parsed.calls {
             let tool = assistant.toolbox.get(&call.name);
-            let copied = match &app.guard {
+            let copied = match &guard {
                 Some(_) if tool.is_some_and(|t| t.touches_outside_world()) => {
                     kiln_guard::spotlight::copied_argument(&call.arguments, &outside_text)
                 }
@@ -133,7 +136,7 @@ pub async fn chat(
             if outside && ok {
                 outside_text.push(output.clone());
             }
-            let content = match &app.guard {
+            let content = match &guard {
                 Some(guard) if ok => crate::guard::tool_result(guard.clone(), &spotlight, output, outside).await?,
                 _ => output,
             };

@@ -58,6 +58,9 @@ pub struct CreateArgs {
     /// Most tokens per answer.
     #[arg(short = 'n', long)]
     pub max_tokens: Option<usize>,
+    /// Run it behind kiln guard wherever it is used (as --guard).
+    #[arg(long)]
+    pub guard: bool,
     /// Replace a profile of the same name.
     #[arg(long)]
     pub force: bool,
@@ -97,6 +100,7 @@ pub fn assistant(args: &AssistantArgs) -> Result<()> {
                 files,
                 temperature: c.temperature,
                 max_tokens: c.max_tokens,
+                guard: c.guard,
             };
             let path = store.save(&a, c.force)?;
             outln!("saved {}", path.display());
@@ -128,8 +132,10 @@ pub fn apply(
     system: &mut Option<String>,
     sampling: &mut SamplingArgs,
     tools: &mut super::tool::ToolFlags,
+    guard: &mut super::guard::GuardFlags,
 ) -> Result<()> {
     let a = store().load(name)?;
+    guard.guard |= a.guard;
     if model.is_none() {
         model.clone_from(&a.model);
     }

@@ -33,7 +33,14 @@ const POLL: Duration = Duration::from_millis(50);
 pub fn chat(args: &ChatArgs) -> Result<()> {
     let mut args = args.clone();
     if let Some(name) = args.assistant.clone() {
-        super::assistant::apply(&name, &mut args.model.model, &mut args.system, &mut args.sampling, &mut args.tools)?;
+        super::assistant::apply(
+            &name,
+            &mut args.model.model,
+            &mut args.system,
+            &mut args.sampling,
+            &mut args.tools,
+            &mut args.guard,
+        )?;
     }
     let args = &args;
     let mut opts = GenerateOptions {

@@ -12,7 +12,14 @@ use std::io::Read;
 pub fn run(args: &RunArgs) -> Result<()> {
     let mut args = args.clone();
     if let Some(name) = args.assistant.clone() {
-        super::assistant::apply(&name, &mut args.model.model, &mut args.system, &mut args.sampling, &mut args.tools)?;
+        super::assistant::apply(
+            &name,
+            &mut args.model.model,
+            &mut args.system,
+            &mut args.sampling,
+            &mut args.tools,
+            &mut args.guard,
+        )?;
     }
     let args = &args;
     let prompt = match &args.prompt {

@@ -66,6 +66,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
                 toolbox: Arc::new(toolbox),
                 temperature: p.temperature,
                 max_steps: 6,
+                guard: if p.guard { Some(Arc::new(super::guard::load_guard(&args.guard.model, false)?)) } else { None },
             })
         }
         None => None,
