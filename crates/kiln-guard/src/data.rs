@@ -111,7 +111,7 @@ pub fn read_source(src: &Source) -> Result<Vec<Example>, GuardError> {
     };
     let file_split = split_of_file(&src.path);
     let mut out = Vec::new();
-    for (i, (text, label)) in rows.into_iter().enumerate() {
+    for (i, (text, label, source)) in rows.into_iter().enumerate() {
         if src.limit.is_some_and(|n| out.len() >= n) {
             break;
         }
@@ -133,7 +133,7 @@ pub fn read_source(src: &Source) -> Result<Vec<Example>, GuardError> {
             continue;
         }
         let split = file_split.unwrap_or_else(|| split_of_text(&text));
-        out.push(Example { text, attack, source: src.name.clone(), split });
+        out.push(Example { text, attack, source: source.unwrap_or_else(|| src.name.clone()), split });
     }
     Ok(out)
 }
@@ -175,7 +175,9 @@ pub fn dedupe(examples: Vec<Example>) -> (Vec<Example>, usize) {
     (kept.into_iter().flatten().collect(), dropped)
 }
 
-type Row = (String, Option<bool>);
+/// A row's text, its label when the file gives one, and its set when the file names one
+/// (the held-out file `kiln guard train` writes does).
+type Row = (String, Option<bool>, Option<String>);
 
 fn label_from_str(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -214,7 +216,7 @@ fn read_csv(path: &Path) -> Result<Vec<Row>, GuardError> {
         let record = record.map_err(|e| GuardError::Format(format!("{} row {}: {e}", path.display(), i + 2)))?;
         let text = record.get(text_col).unwrap_or_default().to_string();
         let label = label_col.and_then(|c| record.get(c)).and_then(label_from_str);
-        rows.push((text, label));
+        rows.push((text, label, None));
     }
     Ok(rows)
 }
@@ -250,14 +252,14 @@ fn read_parquet(path: &Path) -> Result<Vec<Row>, GuardError> {
         let text = text.ok_or_else(|| {
             GuardError::Format(format!("{}: no text column (one of {})", path.display(), TEXT_FIELDS.join(", ")))
         })?;
-        rows.push((text, label));
+        rows.push((text, label, None));
     }
     Ok(rows)
 }
 
 fn row_of_json(v: &serde_json::Value) -> Option<Row> {
     match v {
-        serde_json::Value::String(s) => Some((s.clone(), None)),
+        serde_json::Value::String(s) => Some((s.clone(), None, None)),
         serde_json::Value::Object(o) => {
             let mut text = TEXT_FIELDS.iter().find_map(|f| o.get(*f).and_then(|x| x.as_str()))?.to_string();
             // Alpaca rows put the material of an instruction in `input`.
@@ -266,7 +268,8 @@ fn row_of_json(v: &serde_json::Value) -> Option<Row> {
                     text = format!("{text}\n\n{input}");
                 }
             }
-            Some((text, o.get("label").and_then(label_from_json)))
+            let source = o.get("source").and_then(|x| x.as_str()).map(String::from);
+            Some((text, o.get("label").and_then(label_from_json), source))
         }
         _ => None,
     }
@@ -348,6 +351,10 @@ mod tests {
         let jsonl = write(dir.path(), "q.jsonl", "{\"question\":\"How many?\",\"answer\":\"4\"}\n\n");
         let rows = read_source(&Source::parse(&format!("{}:benign", jsonl.display())).unwrap()).unwrap();
         assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].source, "q.jsonl");
+        let named = write(dir.path(), "held.jsonl", "{\"text\":\"hi\",\"label\":0,\"source\":\"alpaca\"}\n");
+        let rows = read_source(&Source::parse(named.to_str().unwrap()).unwrap()).unwrap();
+        assert_eq!((rows[0].source.as_str(), rows[0].attack), ("alpaca", false), "a row's own set is kept");
         let bad = write(dir.path(), "bad.jsonl", "{\"question\":\"ok\"}\n{oops\n");
         let err = read_source(&Source::parse(&format!("{}:benign", bad.display())).unwrap()).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");

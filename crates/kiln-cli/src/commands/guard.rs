@@ -182,17 +182,7 @@ fn eval(args: &EvalArgs) -> Result<()> {
     let guard = load_guard(&args.guard, args.rules_only)?;
     let mut examples = Vec::new();
     for s in &sources {
-        let mut rows = read_source(s)?;
-        // A held-out file names each row's set; keep it for the per-set lines.
-        if s.path.extension().is_some_and(|e| e == "jsonl") {
-            let text = std::fs::read_to_string(&s.path)?;
-            for (row, line) in rows.iter_mut().zip(text.lines().filter(|l| !l.trim().is_empty())) {
-                if let Some(src) = serde_json::from_str::<serde_json::Value>(line)?["source"].as_str() {
-                    row.source = src.to_string();
-                }
-            }
-        }
-        examples.extend(rows);
+        examples.extend(read_source(s)?);
     }
     let started = std::time::Instant::now();
     let verdicts: Vec<Verdict> = {
