@@ -365,6 +365,15 @@ impl<'m> Engine<'m> {
         reading.sort_by_key(|&i| self.slots[i].active.as_ref().map(|a| a.order));
         let mut budget = PROMPT_BUDGET;
         for i in reading {
+            if !self.borrow_prefix(i) {
+                continue;
+            }
+            let a = self.slots[i].active.as_ref().expect("active");
+            // A last prompt token rides with the decoding rows (bit-identical to feeding it
+            // alone), so N samples of one prompt cost one pass here, not N.
+            if a.prompt.len() - a.prompt_done == 1 {
+                continue;
+            }
             if budget == 0 {
                 break;
             }
@@ -384,21 +393,17 @@ impl<'m> Engine<'m> {
             }
         }
 
-        // Decode: every sequence with a token waiting to be fed.
+        // Decode: every sequence with a token waiting to be fed, its last prompt token or the
+        // token it sampled last.
         let decoding: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                self.slots[i]
-                    .active
-                    .as_ref()
-                    .is_some_and(|a| a.prompt_done == a.prompt.len() && a.first_token.is_some())
-            })
+            .filter(|&i| self.slots[i].active.as_ref().is_some_and(|a| next_token(a).is_some()))
             .collect();
         if decoding.is_empty() {
             return;
         }
         let tokens: Vec<u32> = decoding
             .iter()
-            .map(|&i| self.slots[i].active.as_ref().and_then(|a| a.decoder.last_token()).expect("a token to feed"))
+            .map(|&i| self.slots[i].active.as_ref().and_then(next_token).expect("a token to feed"))
             .collect();
         let mut states: Vec<&mut State> = Vec::with_capacity(decoding.len());
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -413,7 +418,10 @@ impl<'m> Engine<'m> {
         match model.decode_batch(&mut batch, &mut states, &tokens) {
             Ok(logits) => {
                 for (k, &i) in decoding.iter().enumerate() {
-                    self.slots[i].fed.push(tokens[k]);
+                    let slot = &mut self.slots[i];
+                    slot.fed.push(tokens[k]);
+                    let a = slot.active.as_mut().expect("active");
+                    a.prompt_done = a.prompt.len();
                     self.emit(i, &logits[k * vocab..(k + 1) * vocab]);
                 }
             }
@@ -427,6 +435,40 @@ impl<'m> Engine<'m> {
         self.batch = batch;
         let generated = decoding.len();
         self.recent.push_back((Instant::now(), generated));
+    }
+
+    /// Copies into slot `i` the longest part of its prompt that another slot's cache holds
+    /// (finished requests included), so a prompt shared by several requests, such as the N
+    /// samples of one question, is computed once. False when an older request is still
+    /// computing more of that prompt: slot `i` waits for it rather than computing it twice.
+    fn borrow_prefix(&mut self, i: usize) -> bool {
+        let a = self.slots[i].active.as_ref().expect("active");
+        let (prompt, order) = (&a.prompt, a.order);
+        let mut best = (a.prompt_done, None);
+        for (j, slot) in self.slots.iter().enumerate().filter(|&(j, _)| j != i) {
+            let usable = reusable_prefix(common_prefix(&slot.fed, prompt), prompt.len());
+            if usable > best.0 {
+                best = (usable, Some(j));
+            }
+        }
+        let coming = self.slots.iter().filter_map(|s| s.active.as_ref()).any(|b| {
+            b.order < order
+                && b.prompt_done < b.prompt.len()
+                && reusable_prefix(common_prefix(&b.prompt, prompt), prompt.len()) > best.0
+        });
+        if coming {
+            return false;
+        }
+        if let (usable, Some(j)) = best {
+            let (dst, src) = pair_mut(&mut self.slots, i, j);
+            dst.state.cache.copy_prefix_from(&src.state.cache, usable);
+            let a = dst.active.as_mut().expect("active");
+            dst.fed.clear();
+            dst.fed.extend_from_slice(&a.prompt[..usable]);
+            a.prompt_done = usable;
+            a.cached_tokens = usable;
+        }
+        true
     }
 
     /// Samples slot `i`'s next token from `logits` and hands the text to its caller; ends the
@@ -527,6 +569,28 @@ fn reusable_prefix(common: usize, len: usize) -> usize {
         common
     } else {
         chunk_start
+    }
+}
+
+/// The token a request feeds in the next decoding pass: its last prompt token when only that
+/// is left, else the token it sampled last (None while it reads its prompt).
+fn next_token(a: &Active) -> Option<u32> {
+    match a.prompt.len() - a.prompt_done {
+        0 => a.first_token.and(a.decoder.last_token()),
+        1 => a.prompt.last().copied(),
+        _ => None,
+    }
+}
+
+/// Two distinct slots, one to write and one to read.
+fn pair_mut<T>(items: &mut [T], write: usize, read: usize) -> (&mut T, &T) {
+    assert_ne!(write, read);
+    if write < read {
+        let (a, b) = items.split_at_mut(read);
+        (&mut a[write], &b[0])
+    } else {
+        let (a, b) = items.split_at_mut(write);
+        (&mut b[0], &a[read])
     }
 }
 

@@ -183,3 +183,52 @@ fn a_reused_prefix_answers_as_a_fresh_prompt() {
         }
     }
 }
+
+/// N samples of one prompt: the prompt is computed once (each other sample copies its keys
+/// and values and feeds only the last prompt token, in the decoding batch), and every sample
+/// is exactly what its seed gives alone.
+#[test]
+fn samples_of_one_prompt_share_it_and_each_equals_its_seed_alone() {
+    use kiln_generate::think::{sample, sample_seed, Budget};
+    let Some((model, tokenizer)) = load() else { return };
+    let story = "The quick brown fox jumps over the lazy dog. ".repeat(10);
+    for text in ["The three best things about summer are".to_string(), format!("{story} Then the dog")] {
+        let prompt = tokenizer.encode_prompt(&text).unwrap();
+        let opts = GenerateOptions {
+            max_tokens: 20,
+            sampling: SamplingParams { temperature: 1.0, seed: 7, ..Default::default() },
+            ..Default::default()
+        };
+        let n = 4;
+        let scheduler =
+            Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: n, queue: 0, context: 512 });
+        let got = sample(&scheduler, &prompt, &opts, &Budget::samples(n)).unwrap();
+        assert_eq!(got.samples.len(), n);
+        assert_eq!(got.prompt_tokens_computed, prompt.len() + (n - 1), "prompt of {} tokens", prompt.len());
+        for (i, s) in got.samples.iter().enumerate() {
+            let mut alone_opts = opts.clone();
+            alone_opts.sampling.seed = sample_seed(7, i);
+            let mut session = Session::new(&model, 512);
+            let alone = session.generate(&tokenizer, &prompt, &alone_opts, |_| true).unwrap();
+            assert_eq!(s.text, alone.text, "sample {i} of a {}-token prompt", prompt.len());
+            assert_eq!(s.seed, sample_seed(7, i));
+        }
+        let distinct: std::collections::HashSet<&str> = got.samples.iter().map(|s| s.text.as_str()).collect();
+        assert!(distinct.len() > 1, "four samples at temperature 1 were all the same: {:?}", got.samples);
+    }
+}
+
+/// A token budget cuts the samples once it is spent, and the cut samples say so.
+#[test]
+fn a_token_budget_stops_the_samples() {
+    use kiln_generate::think::{sample, Budget};
+    let Some((model, tokenizer)) = load() else { return };
+    let prompt = tokenizer.encode_prompt("Tell me a long story about a dragon.").unwrap();
+    let opts = GenerateOptions { max_tokens: 200, ignore_eos: true, ..Default::default() };
+    let scheduler = Scheduler::start(model, tokenizer, SchedulerConfig { parallel: 4, queue: 0, context: 512 });
+    let budget = Budget::samples(4).limit("40t").unwrap();
+    let got = sample(&scheduler, &prompt, &opts, &budget).unwrap();
+    // Four samples run side by side; each sees the budget spent within one step of the others.
+    assert!(got.generated_tokens >= 40 && got.generated_tokens <= 40 + 4, "{} tokens", got.generated_tokens);
+    assert!(got.samples.iter().all(|s| s.finish == FinishReason::Cancelled && s.tokens < 200));
+}
