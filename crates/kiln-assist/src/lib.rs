@@ -9,6 +9,8 @@
 //! - [`assistant`]: named profiles (model, instructions, tools, files, sampling).
 //! - [`retrieval`]: an index of the user's documents on disk, searched by keyword, vector or
 //!   both; the `files` tool answers from it with file and line.
+//! - [`verify`]: choosing one of N sampled answers: a vote, the calculator's check of the
+//!   working, or a reward model's score.
 //! - [`sandbox`]: untrusted code runs in a child process with its own namespaces and limits
 //!   (the `python` tool and kiln-eval's HumanEval both use it).
 #![deny(missing_docs)]
@@ -19,6 +21,7 @@ pub mod format;
 pub mod retrieval;
 pub mod sandbox;
 pub mod tools;
+pub mod verify;
 
 pub use agent::{Agent, AgentEvent, AgentOutcome, Toolbox};
 pub use tools::{Tool, ToolError};

@@ -211,6 +211,8 @@ pub struct RunArgs {
     pub assistant: Option<String>,
     #[command(flatten)]
     pub guard: crate::commands::guard::GuardFlags,
+    #[command(flatten)]
+    pub think: crate::commands::think::ThinkFlags,
     /// Print no timing line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -286,6 +288,10 @@ pub struct BenchArgs {
     /// prompt: the cost per token of constrained decoding, sampler and mask included.
     #[arg(long)]
     pub json_schema: Option<PathBuf>,
+    /// Instead, measure N samples of one prompt decoded together (the prompt computed once)
+    /// against the same N generated one by one: the cost of thinking longer.
+    #[arg(long, value_name = "N", conflicts_with = "json_schema")]
+    pub think: Option<usize>,
 }
 
 /// `kiln quantize`.

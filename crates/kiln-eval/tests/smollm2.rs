@@ -53,6 +53,7 @@ fn context(lm: &Loaded, data_dir: PathBuf) -> EvalContext<'_> {
         max_tokens: None,
         exec_timeout: Duration::from_secs(5),
         progress: false,
+        think: None,
     }
 }
 

@@ -177,6 +177,52 @@ pub fn sample(
     })
 }
 
+/// The final number of an answer: after the last `####` if there is one, else the last
+/// number in the text; commas, `$` and a trailing `.` removed, `12.0` written `12`.
+pub fn final_answer(text: &str) -> Option<String> {
+    let tail = match text.rfind("####") {
+        Some(i) => &text[i + 4..],
+        None => text,
+    };
+    let nums = numbers(tail);
+    let pick = if text.contains("####") { nums.first() } else { nums.last() };
+    pick.map(|n| normalize(n))
+}
+
+/// The numbers written in `s` (`-1,234.5`, `$18`).
+fn numbers(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = s.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let word_before = i > 0 && chars[i - 1].is_alphanumeric();
+        let digit_next = chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
+        let in_number = c.is_ascii_digit()
+            || (c == '-' && cur.is_empty() && digit_next && !word_before)
+            || ((c == ',' || c == '.') && !cur.is_empty() && digit_next);
+        if in_number {
+            cur.push(c);
+        } else if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn normalize(n: &str) -> String {
+    let mut s: String = n.chars().filter(|&c| c != ',').collect();
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    if s == "-0" {
+        s = "0".into();
+    }
+    s
+}
+
 /// The outcome of a vote.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Vote {

@@ -36,6 +36,9 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         bail!("-r must be at least 1");
     }
     let path = resolve(args.model.as_deref())?;
+    if let Some(n) = args.think {
+        return super::bench_think::bench(&path, n, args);
+    }
     if let Some(schema) = &args.json_schema {
         return constrained(&path, schema, args);
     }

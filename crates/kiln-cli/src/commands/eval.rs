@@ -6,7 +6,10 @@ use crate::output::Stdout;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use kiln_eval::results::sha256_file;
-use kiln_eval::tasks::{self, EvalContext, Task};
+use kiln_eval::tasks::{self, EvalContext, Task, Thinking};
+use kiln_generate::SamplingParams;
+use std::cell::RefCell;
+use std::sync::Arc;
 use kiln_eval::{EvalError, EvalResults, TaskResult};
 use kiln_hub::{DataSet, DataStore, Hub};
 use std::io::IsTerminal;
@@ -19,7 +22,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Tasks, comma-separated: hellaswag, mmlu (5-shot), mmlu0, mmlu_cloze, arc (arc_easy + arc_challenge),
-    /// truthfulqa, gsm8k, humaneval, ppl:FILE.
+    /// truthfulqa, gsm8k, humaneval, arith (multi-digit arithmetic kiln generates), ppl:FILE.
     #[arg(long, value_name = "TASKS")]
     pub task: Option<String>,
     /// A regression suite: JSON lines of prompts with checks (contains, not_contains, regex,
@@ -48,6 +51,11 @@ pub struct EvalArgs {
     /// Seconds each HumanEval program may run.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub think: super::think::ThinkFlags,
+    /// Sampling temperature of the --think samples (the seed is --seed).
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
     /// No progress bars.
     #[arg(short, long)]
     pub quiet: bool,
@@ -76,15 +84,29 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         Some(dir) => dir.clone(),
         None => pull_task_data(&task_list, progress)?,
     };
+    let budget = args.think.budget()?;
+    let chooser = budget.as_ref().map(|_| args.think.chooser()).transpose()?;
     let path = resolve(args.model.model.as_deref())?;
     let lm = open(&path)?;
     // Room for 5-shot MMLU; perplexity chunks are --ctx or 512, as llama-perplexity's.
     let ctx = args.model.ctx.unwrap_or_else(|| lm.model.config.context_length.clamp(1, 2048));
     let sha = sha256_file(&path).with_context(|| format!("cannot hash {}", path.display()))?;
+    let (model, tokenizer, template) = (Arc::new(lm.model), Arc::new(lm.tokenizer), lm.template);
+    let scheduler = budget.as_ref().map(|b| super::think::scheduler(model.clone(), tokenizer.clone(), b, ctx));
+    let think = match (&scheduler, budget, chooser) {
+        (Some(scheduler), Some(budget), Some(chooser)) => Some(Thinking {
+            scheduler,
+            budget,
+            sampling: SamplingParams { temperature: args.temperature, seed: args.seed as u64, ..Default::default() },
+            chooser: RefCell::new(chooser),
+            chooser_name: args.think.choose.clone(),
+        }),
+        _ => None,
+    };
     let cx = EvalContext {
-        model: &lm.model,
-        tokenizer: &lm.tokenizer,
-        template: &lm.template,
+        model: &model,
+        tokenizer: &tokenizer,
+        template: &template,
         data_dir,
         ctx,
         ppl_chunk: args.model.ctx.unwrap_or(512),
@@ -93,6 +115,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         exec_timeout: Duration::from_secs(args.timeout.max(1)),
         progress,
+        think,
     };
     let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let t0 = Instant::now();
@@ -149,7 +172,7 @@ fn task_data(task: &Task) -> &'static [&'static str] {
         Task::TruthfulQa => &["eval/TruthfulQA.csv"],
         Task::Gsm8k => &["eval/gsm8k_test.jsonl"],
         Task::HumanEval => &["eval/HumanEval.jsonl.gz"],
-        Task::Ppl(_) => &[],
+        Task::Ppl(_) | Task::Arith => &[],
     }
 }
 

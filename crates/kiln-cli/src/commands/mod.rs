@@ -2,6 +2,7 @@
 
 pub mod assistant;
 pub mod bench;
+pub mod bench_think;
 pub mod chat;
 pub mod chat_tools;
 pub mod data;
@@ -22,5 +23,6 @@ pub mod run;
 pub mod serve;
 pub mod sft;
 pub mod tokenizer;
+pub mod think;
 pub mod tool;
 pub mod train;

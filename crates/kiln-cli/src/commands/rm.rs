@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use kiln_text::ChatMessage;
 use kiln_train::finetune::{encode_example, template_of};
 use kiln_train::reward::{self, Rm};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `kiln rm`.
 #[derive(Args, Debug)]
@@ -87,10 +87,23 @@ pub fn rm(args: &RmArgs) -> Result<()> {
     Ok(())
 }
 
-fn score(args: &ScoreArgs) -> Result<()> {
-    let (model, head, tok) = reward::load_reward_model(&args.model)
-        .with_context(|| format!("cannot load the reward model {}", args.model.display()))?;
+/// The reward of an answer to a user's message, by the reward model of run `dir`.
+pub fn scorer(dir: &Path) -> Result<impl FnMut(&str, &str) -> Result<f64>> {
+    let (model, head, tok) =
+        reward::load_reward_model(dir).with_context(|| format!("cannot load the reward model {}", dir.display()))?;
     let template = template_of(&tok)?;
+    let pool = kiln_model::threads::pool();
+    Ok(move |prompt: &str, answer: &str| {
+        let msgs = [ChatMessage::new("user", prompt), ChatMessage::new("assistant", answer)];
+        let ex = encode_example(&tok, &template, &msgs, 0, usize::MAX - 1)
+            .map_err(anyhow::Error::msg)?
+            .context("the answer is empty")?;
+        Ok(pool.install(|| reward::score_example(&model, &head, &ex))?)
+    })
+}
+
+fn score(args: &ScoreArgs) -> Result<()> {
+    let mut score = scorer(&args.model)?;
     let mut items: Vec<(String, String)> = Vec::new();
     match (&args.prompt, &args.data) {
         (Some(p), None) => items.extend(args.answer.iter().map(|a| (p.clone(), a.clone()))),
@@ -107,13 +120,8 @@ fn score(args: &ScoreArgs) -> Result<()> {
         }
         _ => bail!("kiln rm score needs --prompt and --answer, or --data FILE"),
     }
-    let pool = kiln_model::threads::pool();
     for (p, a) in &items {
-        let msgs = [ChatMessage::new("user", p.as_str()), ChatMessage::new("assistant", a.as_str())];
-        let ex = encode_example(&tok, &template, &msgs, 0, usize::MAX - 1)
-            .map_err(anyhow::Error::msg)?
-            .context("the answer is empty")?;
-        let r = pool.install(|| reward::score_example(&model, &head, &ex))?;
+        let r = score(p, a)?;
         outln!("{r:.4}\t{}", a.replace('\n', " "));
     }
     Ok(())

@@ -40,19 +40,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
             return Ok(());
         }
     };
+    let think_budget = args.think.budget()?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
     if args.verbose {
         print_setup(&lm, ctx, sampling.seed);
     }
     if args.tools.any() {
+        if think_budget.is_some() {
+            anyhow::bail!("--think samples plain answers; it cannot be used with --tools yet");
+        }
         if args.raw {
             anyhow::bail!("--tools needs the chat template; it cannot be used with --raw");
         }
         return run_with_tools(args, &lm, ctx, prompt, sampling, guard.as_ref());
     }
     let text = if args.raw {
-        prompt
+        prompt.clone()
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
@@ -71,6 +75,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ignore_eos: false,
         constraint: None,
     };
+    if let Some(budget) = &think_budget {
+        return super::think::run(lm, ctx, &prompt, &ids, &opts, &args.think, budget, args.quiet);
+    }
     let mut session = Session::new(&lm.model, ctx);
     let mut out = Stdout::new();
     let mut write_error = None;

@@ -1,15 +1,15 @@
-//! GSM8K: grade-school word problems, answered greedily and judged by exact match of the
-//! final number (after `####`, else the last number in the answer).
+//! GSM8K: grade-school word problems, answered greedily (or thinking longer) and judged by
+//! exact match of the final number (after `####`, else the last number in the answer).
 //!
 //! Instruct models (those with a chat template of their own) get the question as a user turn
 //! through the template with a one-line instruction; base models get `Question: …\nAnswer:`.
 
-use super::{clip, EvalContext};
+use super::answer::{self, Item};
+use super::EvalContext;
 use crate::data::{parse_jsonl, read_text};
-use crate::results::{Metric, Sample, TaskResult};
-use crate::stats::Proportion;
+use crate::results::TaskResult;
 use crate::EvalError;
-use kiln_generate::{GenerateOptions, SamplingParams, Session};
+use kiln_generate::{GenerateOptions, SamplingParams};
 use kiln_text::ChatMessage;
 use serde::Deserialize;
 
@@ -25,51 +25,8 @@ pub struct Problem {
 /// The instruction before each question.
 pub const INSTRUCTION: &str = "Solve the problem step by step. End with the final answer as '#### <number>'.";
 
-/// The final number of an answer: after the last `####` if there is one, else the last
-/// number in the text; commas, `$` and a trailing `.` removed, `12.0` written `12`.
-pub fn extract_answer(text: &str) -> Option<String> {
-    let tail = match text.rfind("####") {
-        Some(i) => &text[i + 4..],
-        None => text,
-    };
-    let nums = numbers(tail);
-    let pick = if text.contains("####") { nums.first() } else { nums.last() };
-    pick.map(|n| normalize(n))
-}
-
-/// The numbers written in `s` (`-1,234.5`, `$18`).
-fn numbers(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let chars: Vec<char> = s.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let word_before = i > 0 && chars[i - 1].is_alphanumeric();
-        let digit_next = chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
-        let in_number = c.is_ascii_digit()
-            || (c == '-' && cur.is_empty() && digit_next && !word_before)
-            || ((c == ',' || c == '.') && !cur.is_empty() && digit_next);
-        if in_number {
-            cur.push(c);
-        } else if !cur.is_empty() {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-fn normalize(n: &str) -> String {
-    let mut s: String = n.chars().filter(|&c| c != ',').collect();
-    if s.contains('.') {
-        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
-    }
-    if s == "-0" {
-        s = "0".into();
-    }
-    s
-}
+/// The final number of an answer (kiln-generate's, which votes over it).
+pub use kiln_generate::think::final_answer as extract_answer;
 
 /// The prompt tokens for `question`.
 pub fn prompt_tokens(cx: &EvalContext, question: &str) -> Result<Vec<u32>, EvalError> {
@@ -86,51 +43,22 @@ pub fn prompt_tokens(cx: &EvalContext, question: &str) -> Result<Vec<u32>, EvalE
 pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let path = cx.data("gsm8k_test.jsonl")?;
     let all: Vec<Problem> = parse_jsonl(&read_text(&path)?, &path)?;
-    let chosen = cx.select(all.len());
-    let opts = GenerateOptions {
-        constraint: None,
-        max_tokens: cx.max_tokens.unwrap_or(256),
-        stop: vec!["\n\nQuestion:".into()],
-        sampling: SamplingParams::greedy(),
-        logprobs: None,
-        ignore_eos: false,
-    };
-    let mut session = Session::new(cx.model, cx.ctx);
-    let mut acc = Proportion::default();
-    let mut samples = Vec::new();
-    let mut per_item = String::with_capacity(chosen.len());
-    let bar = cx.bar(chosen.len(), "gsm8k");
-    for &i in &chosen {
+    let mut items = Vec::new();
+    for i in cx.select(all.len()) {
         let p = &all[i];
         let gold = extract_answer(&p.answer)
             .ok_or_else(|| EvalError::parse(&path, i + 1, "reference answer has no final number"))?;
-        let ids = prompt_tokens(cx, &p.question)?;
-        let generation = session.generate(cx.tokenizer, &ids, &opts, |_| true)?;
-        let got = extract_answer(&generation.text);
-        let correct = got.as_deref() == Some(gold.as_str());
-        acc.add_logged(correct, &mut per_item);
-        if samples.len() < 5 {
-            let note = if correct {
-                String::new()
-            } else {
-                format!("expected {gold}, extracted {}", got.unwrap_or_else(|| "nothing".into()))
-            };
-            samples.push(Sample { prompt: clip(&p.question, 300), answer: clip(&generation.text, 600), correct, note });
-        }
-        bar.inc(1);
-        bar.set_message(format!("{:.1} %", 100.0 * acc.value()));
+        items.push(Item { question: p.question.clone(), prompt: prompt_tokens(cx, &p.question)?, gold });
     }
-    bar.finish_and_clear();
-    Ok(TaskResult {
-        task: String::new(),
-        items: chosen.len(),
-        available: all.len(),
-        metrics: vec![Metric::accuracy("exact_match", acc, "final number equals the reference's")],
-        elapsed_s: 0.0,
-        setting: format!("0-shot, chat template when the model has one, greedy, at most {} tokens", opts.max_tokens),
-        samples,
-        per_item,
-    })
+    let opts = GenerateOptions {
+        max_tokens: cx.max_tokens.unwrap_or(256),
+        stop: vec!["\n\nQuestion:".into()],
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let mut result = answer::run(cx, "gsm8k", &items, &opts)?;
+    result.available = all.len();
+    Ok(result)
 }
 
 #[cfg(test)]

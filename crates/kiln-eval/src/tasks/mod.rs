@@ -1,5 +1,7 @@
 //! The benchmarks: which tasks exist, where their data lives, and how each is run.
 
+pub mod answer;
+pub mod arith;
 pub mod choice;
 pub mod gsm8k;
 pub mod hellaswag;
@@ -13,7 +15,10 @@ use crate::results::TaskResult;
 use crate::EvalError;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_model::Model;
+use kiln_assist::verify::Chooser;
+use kiln_generate::{Budget, SamplingParams, Scheduler};
 use kiln_text::{ChatTemplate, Tokenizer};
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +45,8 @@ pub enum Task {
     Gsm8k,
     /// HumanEval pass@1, greedy, executed in a sandboxed python3.
     HumanEval,
+    /// Multi-digit arithmetic kiln generates itself, exact match of the answer.
+    Arith,
     /// Perplexity and bits-per-byte of a text file.
     Ppl(PathBuf),
 }
@@ -60,6 +67,7 @@ impl Task {
                 "truthfulqa" | "truthfulqa_mc1" => out.push(Task::TruthfulQa),
                 "gsm8k" => out.push(Task::Gsm8k),
                 "humaneval" => out.push(Task::HumanEval),
+                "arith" => out.push(Task::Arith),
                 _ => match name.strip_prefix("ppl:") {
                     Some(file) if !file.is_empty() => out.push(Task::Ppl(PathBuf::from(file))),
                     _ => return Err(EvalError::UnknownTask(name.to_string())),
@@ -83,6 +91,7 @@ impl Task {
             Task::TruthfulQa => "truthfulqa_mc1".into(),
             Task::Gsm8k => "gsm8k".into(),
             Task::HumanEval => "humaneval".into(),
+            Task::Arith => "arith".into(),
             Task::Ppl(p) => format!("ppl:{}", p.display()),
         }
     }
@@ -112,6 +121,22 @@ pub struct EvalContext<'a> {
     pub exec_timeout: Duration,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// Think longer on tasks judged by a final answer (GSM8K, arith): None answers greedily.
+    pub think: Option<Thinking<'a>>,
+}
+
+/// N samples per item, decoded together on a scheduler, and how one is chosen.
+pub struct Thinking<'a> {
+    /// Decodes the samples (as many slots as samples, for one batch).
+    pub scheduler: &'a Scheduler,
+    /// Samples per item, and token or time limits.
+    pub budget: Budget,
+    /// How samples are drawn (the seed fixes them all).
+    pub sampling: SamplingParams,
+    /// Chooses one answer per item.
+    pub chooser: RefCell<Chooser<'a>>,
+    /// The chooser as results name it (`vote`, `calc`, `rm:DIR`).
+    pub chooser_name: String,
 }
 
 impl EvalContext<'_> {
@@ -164,6 +189,7 @@ pub fn run(cx: &EvalContext, task: &Task) -> Result<TaskResult, EvalError> {
         Task::TruthfulQa => choice::run_truthfulqa(cx)?,
         Task::Gsm8k => gsm8k::run(cx)?,
         Task::HumanEval => humaneval::run(cx)?,
+        Task::Arith => arith::run(cx)?,
         Task::Ppl(path) => ppl::run(cx, path)?,
     };
     result.task = task.name();

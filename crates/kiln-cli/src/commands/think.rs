@@ -1,0 +1,118 @@
+//! `--think N`: N answers sampled together (the prompt computed once), one chosen by vote,
+//! by the calculator's check of the working, or by a reward model.
+
+use crate::load::LoadedModel;
+use crate::output::Stdout;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kiln_assist::verify::Chooser;
+use kiln_generate::think::{self, final_answer, Budget};
+use kiln_generate::{GenerateOptions, Scheduler, SchedulerConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Most samples one answer may draw (each holds a KV cache).
+const MAX_SAMPLES: usize = 64;
+
+/// How long to think: shared by run and eval.
+#[derive(Args, Debug, Clone)]
+pub struct ThinkFlags {
+    /// Think longer: sample N answers, decoded together with the prompt computed once, and
+    /// choose one (1 answers as usual).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub think: usize,
+    /// How one of the N is chosen: vote (the final answer most samples give), calc (the vote
+    /// among samples whose arithmetic the calculator confirms), rm:DIR (the answer a `kiln rm`
+    /// run scores highest).
+    #[arg(long, value_name = "HOW", default_value = "vote")]
+    pub choose: String,
+    /// Stop sampling at a budget: 30s, 2m or 5000t (tokens over all samples), comma-separated.
+    #[arg(long, value_name = "LIMIT")]
+    pub think_budget: Option<String>,
+}
+
+impl ThinkFlags {
+    /// The budget, or None when not thinking longer.
+    pub fn budget(&self) -> Result<Option<Budget>> {
+        if self.think == 0 {
+            bail!("--think must be at least 1");
+        }
+        if self.think > MAX_SAMPLES {
+            bail!("--think {} is more than the {MAX_SAMPLES} samples one answer may draw", self.think);
+        }
+        if self.think == 1 && self.think_budget.is_none() {
+            if self.choose != "vote" {
+                bail!("--choose needs --think N with N > 1");
+            }
+            return Ok(None);
+        }
+        let budget = Budget::samples(self.think);
+        Ok(Some(match &self.think_budget {
+            Some(spec) => budget.limit(spec).map_err(anyhow::Error::msg)?,
+            None => budget,
+        }))
+    }
+
+    /// The chooser `--choose` names (a reward model is loaded here).
+    pub fn chooser(&self) -> Result<Chooser<'static>> {
+        match self.choose.strip_prefix("rm:") {
+            Some(dir) => reward_chooser(Path::new(dir)),
+            None => Chooser::named(&self.choose).map_err(anyhow::Error::msg),
+        }
+    }
+}
+
+/// Best-of-N by a reward model: each (question, answer) scored as `kiln rm score` scores it.
+fn reward_chooser(dir: &Path) -> Result<Chooser<'static>> {
+    let mut score = super::rm::scorer(dir)?;
+    Ok(Chooser::Score(Box::new(move |question, answer| score(question, answer).map_err(|e| format!("{e:#}")))))
+}
+
+/// A scheduler with one slot per sample, so the N samples decode as one batch.
+pub fn scheduler(model: Arc<kiln_model::Model>, tokenizer: Arc<kiln_text::Tokenizer>, budget: &Budget, ctx: usize) -> Scheduler {
+    Scheduler::start(model, tokenizer, SchedulerConfig { parallel: budget.samples, queue: 0, context: ctx })
+}
+
+/// `kiln run --think N`: prints the chosen answer; the samples' answers and the cost go to
+/// stderr.
+pub fn run(
+    lm: LoadedModel,
+    ctx: usize,
+    question: &str,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    flags: &ThinkFlags,
+    budget: &Budget,
+    quiet: bool,
+) -> Result<()> {
+    let mut chooser = flags.chooser()?;
+    let scheduler = scheduler(Arc::new(lm.model), Arc::new(lm.tokenizer), budget, ctx);
+    let got = think::sample(&scheduler, prompt, opts, budget).context("sampling failed")?;
+    let choice = chooser.choose(question, &got.samples).map_err(anyhow::Error::msg)?;
+    let mut out = Stdout::new();
+    let Some(choice) = choice else {
+        bail!("the budget ran out before any answer was sampled; raise --think-budget");
+    };
+    out.write(&got.samples[choice.index].text)?;
+    if !out.closed() {
+        out.write("\n")?;
+    }
+    if !quiet {
+        let answers: Vec<String> =
+            got.samples.iter().map(|s| final_answer(&s.text).unwrap_or_else(|| "–".into())).collect();
+        let secs = got.elapsed.as_secs_f64().max(1e-9);
+        eprintln!(
+            "[{} samples, final answers {} | chosen: sample {} by {} | prompt {} tokens, {} computed | generated {} tokens in {:.1} s, {:.1} tok/s]",
+            got.samples.len(),
+            answers.join(" "),
+            choice.index + 1,
+            choice.reason,
+            got.prompt_tokens,
+            got.prompt_tokens_computed,
+            got.generated_tokens,
+            secs,
+            got.generated_tokens as f64 / secs
+        );
+    }
+    Ok(())
+}
