@@ -123,15 +123,24 @@ impl Chooser<'_> {
         Ok(Some(match self {
             Chooser::Vote => by_vote(&answers, "vote"),
             Chooser::Calc => {
-                let sound: Vec<bool> = samples.iter().map(|s| check_arithmetic(&s.text).wrong == 0).collect();
-                if sound.iter().any(|&ok| ok) {
-                    let kept: Vec<Option<String>> =
-                        answers.iter().zip(&sound).map(|(a, &ok)| if ok { a.clone() } else { None }).collect();
-                    let n_sound = sound.iter().filter(|&&ok| ok).count();
-                    by_vote(&kept, &format!("{n_sound} with sound arithmetic, vote"))
-                } else {
-                    by_vote(&answers, "no arithmetic checks out, vote")
-                }
+                // Tiers: working the calculator confirms, then working it cannot check, then
+                // the rest; the vote is held in the best tier that has a final answer.
+                let tiers: Vec<u8> = samples
+                    .iter()
+                    .map(|s| match check_arithmetic(&s.text) {
+                        c if c.wrong > 0 => 2,
+                        c if c.checked == 0 => 1,
+                        _ => 0,
+                    })
+                    .collect();
+                let names = ["confirmed by the calculator", "not checkable", "with wrong arithmetic"];
+                let tier = (0..3u8)
+                    .find(|&t| tiers.iter().zip(&answers).any(|(&k, a)| k == t && a.is_some()))
+                    .unwrap_or(2);
+                let kept: Vec<Option<String>> =
+                    answers.iter().zip(&tiers).map(|(a, &k)| if k == tier { a.clone() } else { None }).collect();
+                let in_tier = tiers.iter().filter(|&&k| k == tier).count();
+                by_vote(&kept, &format!("{in_tier} {}, vote", names[tier as usize]))
             }
             Chooser::Score(score) => {
                 let scores = samples.iter().map(|s| score(question, &s.text)).collect::<Result<Vec<f64>, String>>()?;
@@ -173,15 +182,19 @@ mod tests {
         let samples = [
             sample("2 * 3 = 7. #### 7"),
             sample("2 * 3 = 7. #### 7"),
+            sample("It is 8. #### 8"),
             sample("2 * 3 = 6. #### 6"),
             sample("I do not know"),
         ];
         let v = Chooser::Vote.choose("q", &samples).unwrap().unwrap();
         assert_eq!((v.index, v.answer.as_deref()), (0, Some("7")));
         let c = Chooser::Calc.choose("q", &samples).unwrap().unwrap();
-        assert_eq!((c.index, c.answer.as_deref()), (2, Some("6")));
+        assert_eq!((c.index, c.answer.as_deref()), (3, Some("6")));
+        // Without confirmed working, unchecked answers come before wrong ones.
+        let c = Chooser::Calc.choose("q", &samples[..3]).unwrap().unwrap();
+        assert_eq!((c.index, c.answer.as_deref()), (2, Some("8")));
         let mut shortest = Chooser::Score(Box::new(|_: &str, t: &str| Ok(-(t.len() as f64))));
-        assert_eq!(shortest.choose("q", &samples).unwrap().unwrap().index, 3);
+        assert_eq!(shortest.choose("q", &samples).unwrap().unwrap().index, 4);
         let mut failing = Chooser::Score(Box::new(|_: &str, _: &str| Err("no model".to_string())));
         assert!(failing.choose("q", &samples).is_err());
         assert_eq!(Chooser::Vote.choose("q", &[]).unwrap(), None);

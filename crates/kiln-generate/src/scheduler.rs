@@ -240,6 +240,9 @@ struct Slot<'t> {
     state: State,
     /// Tokens whose keys and values the cache holds, in order (for prefix reuse).
     fed: Vec<u32>,
+    /// The logits that followed the first `n` tokens of `fed`, a whole prompt: a request with
+    /// the same prompt copies the cache and samples from these, computing nothing.
+    prompt_logits: Option<(usize, Vec<f32>)>,
     active: Option<Active<'t>>,
 }
 
@@ -273,7 +276,7 @@ impl<'m> Engine<'m> {
     fn new(model: &'m Model, tokenizer: &'m Tokenizer, config: SchedulerConfig, counters: Arc<Counters>) -> Engine<'m> {
         // Caches are zero-filled lazily by the OS, so idle slots cost address space, not memory.
         let slots = (0..config.parallel)
-            .map(|_| Slot { state: model.new_state(config.context), fed: Vec::new(), active: None })
+            .map(|_| Slot { state: model.new_state(config.context), fed: Vec::new(), prompt_logits: None, active: None })
             .collect();
         Engine {
             model,
@@ -311,6 +314,7 @@ impl<'m> Engine<'m> {
                     }
                     slot.state.cache.clear();
                     slot.fed.clear();
+                    slot.prompt_logits = None;
                 }
             }
             self.publish();
@@ -339,6 +343,9 @@ impl<'m> Engine<'m> {
             let common = reusable_prefix(common_prefix(&slot.fed, &prompt), prompt.len());
             slot.state.cache.truncate(common);
             slot.fed.truncate(common);
+            if slot.prompt_logits.as_ref().is_some_and(|(n, _)| *n > common) {
+                slot.prompt_logits = None;
+            }
             self.counters.running.fetch_add(1, Ordering::SeqCst);
             self.counters.prompt_tokens_total.fetch_add(prompt.len() as u64, Ordering::Relaxed);
             slot.active = Some(Active {
@@ -365,8 +372,9 @@ impl<'m> Engine<'m> {
         reading.sort_by_key(|&i| self.slots[i].active.as_ref().map(|a| a.order));
         let mut budget = PROMPT_BUDGET;
         for i in reading {
-            if !self.borrow_prefix(i) {
-                continue;
+            match self.borrow_prefix(i) {
+                Borrowed::Wait | Borrowed::Whole => continue,
+                Borrowed::Part => {}
             }
             let a = self.slots[i].active.as_ref().expect("active");
             // A last prompt token rides with the decoding rows (bit-identical to feeding it
@@ -388,7 +396,7 @@ impl<'m> Engine<'m> {
             a.prompt_done = end;
             match result {
                 Err(e) => self.fail(i, &GenerateError::from(e)),
-                Ok(logits) if end == a.prompt.len() => self.emit(i, &logits),
+                Ok(logits) if end == a.prompt.len() => self.prompt_read(i, logits),
                 Ok(_) => {}
             }
         }
@@ -420,9 +428,14 @@ impl<'m> Engine<'m> {
                 for (k, &i) in decoding.iter().enumerate() {
                     let slot = &mut self.slots[i];
                     slot.fed.push(tokens[k]);
+                    let row = &logits[k * vocab..(k + 1) * vocab];
                     let a = slot.active.as_mut().expect("active");
-                    a.prompt_done = a.prompt.len();
-                    self.emit(i, &logits[k * vocab..(k + 1) * vocab]);
+                    if a.prompt_done < a.prompt.len() {
+                        a.prompt_done = a.prompt.len();
+                        self.prompt_read(i, row.to_vec());
+                    } else {
+                        self.emit(i, row);
+                    }
                 }
             }
             Err(e) => {
@@ -437,13 +450,46 @@ impl<'m> Engine<'m> {
         self.recent.push_back((Instant::now(), generated));
     }
 
+    /// Slot `i` has read its whole prompt: keeps the logits for requests with the same
+    /// prompt, and samples the first token.
+    fn prompt_read(&mut self, i: usize, logits: Vec<f32>) {
+        let n = self.slots[i].fed.len();
+        self.emit(i, &logits);
+        // Unless the request failed and its cache was cleared.
+        let slot = &mut self.slots[i];
+        if slot.fed.len() >= n {
+            slot.prompt_logits = Some((n, logits));
+        }
+    }
+
     /// Copies into slot `i` the longest part of its prompt that another slot's cache holds
     /// (finished requests included), so a prompt shared by several requests, such as the N
-    /// samples of one question, is computed once. False when an older request is still
-    /// computing more of that prompt: slot `i` waits for it rather than computing it twice.
-    fn borrow_prefix(&mut self, i: usize) -> bool {
+    /// samples of one question, is computed once: a whole prompt with the logits that
+    /// followed it, where a slot kept them, else the part that answers as a fresh run would.
+    /// Waits while an older request is still computing more of that prompt, rather than
+    /// computing it twice.
+    fn borrow_prefix(&mut self, i: usize) -> Borrowed {
         let a = self.slots[i].active.as_ref().expect("active");
         let (prompt, order) = (&a.prompt, a.order);
+        let whole = (0..self.slots.len()).find(|&j| {
+            let s = &self.slots[j];
+            j != i
+                && s.prompt_logits.as_ref().is_some_and(|(n, _)| *n == prompt.len())
+                && common_prefix(&s.fed, prompt) == prompt.len()
+        });
+        if let Some(j) = whole {
+            let len = prompt.len();
+            let (dst, src) = pair_mut(&mut self.slots, i, j);
+            dst.state.cache.copy_prefix_from(&src.state.cache, len);
+            let logits = src.prompt_logits.as_ref().map(|(_, l)| l.clone()).expect("checked");
+            let a = dst.active.as_mut().expect("active");
+            dst.fed.clear();
+            dst.fed.extend_from_slice(&a.prompt);
+            a.prompt_done = a.prompt.len();
+            a.cached_tokens = a.prompt.len();
+            self.prompt_read(i, logits);
+            return Borrowed::Whole;
+        }
         let mut best = (a.prompt_done, None);
         for (j, slot) in self.slots.iter().enumerate().filter(|&(j, _)| j != i) {
             let usable = reusable_prefix(common_prefix(&slot.fed, prompt), prompt.len());
@@ -452,12 +498,15 @@ impl<'m> Engine<'m> {
             }
         }
         let coming = self.slots.iter().filter_map(|s| s.active.as_ref()).any(|b| {
-            b.order < order
-                && b.prompt_done < b.prompt.len()
-                && reusable_prefix(common_prefix(&b.prompt, prompt), prompt.len()) > best.0
+            let gain = if b.prompt == *prompt {
+                prompt.len()
+            } else {
+                reusable_prefix(common_prefix(&b.prompt, prompt), prompt.len())
+            };
+            b.order < order && b.prompt_done < b.prompt.len() && gain > best.0
         });
         if coming {
-            return false;
+            return Borrowed::Wait;
         }
         if let (usable, Some(j)) = best {
             let (dst, src) = pair_mut(&mut self.slots, i, j);
@@ -465,10 +514,11 @@ impl<'m> Engine<'m> {
             let a = dst.active.as_mut().expect("active");
             dst.fed.clear();
             dst.fed.extend_from_slice(&a.prompt[..usable]);
+            dst.prompt_logits = None;
             a.prompt_done = usable;
             a.cached_tokens = usable;
         }
-        true
+        Borrowed::Part
     }
 
     /// Samples slot `i`'s next token from `logits` and hands the text to its caller; ends the
@@ -528,6 +578,7 @@ impl<'m> Engine<'m> {
             // The cache may hold a partial pass: forget it.
             slot.state.cache.clear();
             slot.fed.clear();
+            slot.prompt_logits = None;
             self.release();
             (a.sink)(Event::Failed(e.to_string()));
         }
@@ -570,6 +621,16 @@ fn reusable_prefix(common: usize, len: usize) -> usize {
     } else {
         chunk_start
     }
+}
+
+/// What [`Engine::borrow_prefix`] did.
+enum Borrowed {
+    /// An older request is computing more of this prompt: wait for it.
+    Wait,
+    /// Part of the prompt (maybe none) was copied; the rest is to compute.
+    Part,
+    /// The whole prompt and its logits were copied, and the first token sampled.
+    Whole,
 }
 
 /// The token a request feeds in the next decoding pass: its last prompt token when only that

@@ -185,15 +185,18 @@ fn a_reused_prefix_answers_as_a_fresh_prompt() {
 }
 
 /// N samples of one prompt: the prompt is computed once (each other sample copies its keys
-/// and values and feeds only the last prompt token, in the decoding batch), and every sample
-/// is exactly what its seed gives alone.
+/// and values and the logits that followed it), and every sample is exactly what its seed
+/// gives alone.
 #[test]
 fn samples_of_one_prompt_share_it_and_each_equals_its_seed_alone() {
     use kiln_generate::think::{sample, sample_seed, Budget};
     let Some((model, tokenizer)) = load() else { return };
     let story = "The quick brown fox jumps over the lazy dog. ".repeat(10);
-    for text in ["The three best things about summer are".to_string(), format!("{story} Then the dog")] {
-        let prompt = tokenizer.encode_prompt(&text).unwrap();
+    let long = tokenizer.encode_prompt(&format!("{story} Then the dog")).unwrap();
+    // Exactly one prompt chunk: the case where a copied prefix short of the whole prompt
+    // could not answer as a fresh run.
+    let one_chunk = long[..64].to_vec();
+    for prompt in [tokenizer.encode_prompt("The three best things about summer are").unwrap(), one_chunk, long.clone()] {
         let opts = GenerateOptions {
             max_tokens: 20,
             sampling: SamplingParams { temperature: 1.0, seed: 7, ..Default::default() },
@@ -204,7 +207,7 @@ fn samples_of_one_prompt_share_it_and_each_equals_its_seed_alone() {
             Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: n, queue: 0, context: 512 });
         let got = sample(&scheduler, &prompt, &opts, &Budget::samples(n)).unwrap();
         assert_eq!(got.samples.len(), n);
-        assert_eq!(got.prompt_tokens_computed, prompt.len() + (n - 1), "prompt of {} tokens", prompt.len());
+        assert_eq!(got.prompt_tokens_computed, prompt.len(), "prompt of {} tokens", prompt.len());
         for (i, s) in got.samples.iter().enumerate() {
             let mut alone_opts = opts.clone();
             alone_opts.sampling.seed = sample_seed(7, i);
@@ -232,3 +235,4 @@ fn a_token_budget_stops_the_samples() {
     assert!(got.generated_tokens >= 40 && got.generated_tokens <= 40 + 4, "{} tokens", got.generated_tokens);
     assert!(got.samples.iter().all(|s| s.finish == FinishReason::Cancelled && s.tokens < 200));
 }
+

@@ -85,7 +85,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         None => pull_task_data(&task_list, progress)?,
     };
     let budget = args.think.budget()?;
-    let chooser = budget.as_ref().map(|_| args.think.chooser()).transpose()?;
+    let choosers = budget.as_ref().map(|_| args.think.choosers()).transpose()?;
     let path = resolve(args.model.model.as_deref())?;
     let lm = open(&path)?;
     // Room for 5-shot MMLU; perplexity chunks are --ctx or 512, as llama-perplexity's.
@@ -93,13 +93,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let sha = sha256_file(&path).with_context(|| format!("cannot hash {}", path.display()))?;
     let (model, tokenizer, template) = (Arc::new(lm.model), Arc::new(lm.tokenizer), lm.template);
     let scheduler = budget.as_ref().map(|b| super::think::scheduler(model.clone(), tokenizer.clone(), b, ctx));
-    let think = match (&scheduler, budget, chooser) {
-        (Some(scheduler), Some(budget), Some(chooser)) => Some(Thinking {
+    let think = match (&scheduler, budget, choosers) {
+        (Some(scheduler), Some(budget), Some(choosers)) => Some(Thinking {
             scheduler,
             budget,
             sampling: SamplingParams { temperature: args.temperature, seed: args.seed as u64, ..Default::default() },
-            chooser: RefCell::new(chooser),
-            chooser_name: args.think.choose.clone(),
+            choosers: RefCell::new(choosers),
         }),
         _ => None,
     };

@@ -23,7 +23,8 @@ pub struct ThinkFlags {
     pub think: usize,
     /// How one of the N is chosen: vote (the final answer most samples give), calc (the vote
     /// among samples whose arithmetic the calculator confirms), rm:DIR (the answer a `kiln rm`
-    /// run scores highest).
+    /// run scores highest). eval takes several, comma-separated, and scores each on the same
+    /// samples.
     #[arg(long, value_name = "HOW", default_value = "vote")]
     pub choose: String,
     /// Stop sampling at a budget: 30s, 2m or 5000t (tokens over all samples), comma-separated.
@@ -53,12 +54,28 @@ impl ThinkFlags {
         }))
     }
 
-    /// The chooser `--choose` names (a reward model is loaded here).
+    /// The one chooser `--choose` names (a reward model is loaded here).
     pub fn chooser(&self) -> Result<Chooser<'static>> {
-        match self.choose.strip_prefix("rm:") {
-            Some(dir) => reward_chooser(Path::new(dir)),
-            None => Chooser::named(&self.choose).map_err(anyhow::Error::msg),
+        if self.choose.contains(',') {
+            bail!("--choose takes one way to choose here; eval compares several");
         }
+        named_chooser(&self.choose)
+    }
+
+    /// Every chooser `--choose` names, comma-separated, with its name.
+    pub fn choosers(&self) -> Result<Vec<(String, Chooser<'static>)>> {
+        let names: Vec<&str> = self.choose.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        if names.is_empty() {
+            bail!("--choose is empty: use vote, calc or rm:DIR");
+        }
+        names.into_iter().map(|n| Ok((n.to_string(), named_chooser(n)?))).collect()
+    }
+}
+
+fn named_chooser(name: &str) -> Result<Chooser<'static>> {
+    match name.strip_prefix("rm:") {
+        Some(dir) => reward_chooser(Path::new(dir)),
+        None => Chooser::named(name).map_err(anyhow::Error::msg),
     }
 }
 

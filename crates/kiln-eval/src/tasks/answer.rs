@@ -1,7 +1,8 @@
 //! Tasks judged by one exact final answer (GSM8K, the synthetic arithmetic task): greedy, one
 //! answer per item; or, when the run thinks longer (`--think N`), N samples per item decoded
-//! together and one chosen among them, reported beside pass@N (any sample right: what a
-//! perfect verifier would choose) and the accuracy of a single sample.
+//! together and one chosen among them, reported for N and every power of two below it, by
+//! each chooser, beside pass@k (any sample right: what a perfect verifier would choose) and
+//! the accuracy of a single sample.
 
 use super::{clip, EvalContext};
 use crate::results::{Metric, Sample, TaskResult};
@@ -64,14 +65,18 @@ fn run_thinking(
     opts: &GenerateOptions,
 ) -> Result<TaskResult, EvalError> {
     let opts = GenerateOptions { sampling: thinking.sampling.clone(), ..opts.clone() };
-    let mut chosen_right = Proportion::default();
-    let mut any_right = Proportion::default();
+    let n = thinking.budget.samples;
+    // Sample i's seed does not depend on N, so the first k samples of an N-sample run are
+    // exactly what a k-sample run draws: one run measures every k = 1, 2, 4 … N.
+    let ks: Vec<usize> = std::iter::successors(Some(1), |k| Some(k * 2)).take_while(|&k| k < n).chain([n]).collect();
+    let mut choosers = thinking.choosers.borrow_mut();
+    let mut chosen_right = vec![vec![Proportion::default(); ks.len()]; choosers.len()];
+    let mut any_right = vec![Proportion::default(); ks.len()];
     let mut sample_right = Proportion::default();
     let (mut tokens, mut computed, mut drawn) = (0usize, 0usize, 0usize);
     let mut samples = Vec::new();
     let mut per_item = String::with_capacity(items.len());
     let bar = cx.bar(items.len(), name);
-    let mut chooser = thinking.chooser.borrow_mut();
     for (k, item) in items.iter().enumerate() {
         let mut item_opts = opts.clone();
         // Each item its own seeds, all fixed by the run's seed.
@@ -83,46 +88,74 @@ fn run_thinking(
         for &h in &hits {
             sample_right.add(h);
         }
-        any_right.add(hits.iter().any(|&h| h));
         tokens += got.generated_tokens;
         computed += got.prompt_tokens_computed;
         drawn += got.samples.len();
-        let choice = chooser.choose(&item.question, &got.samples).map_err(EvalError::Other)?;
-        let (text, answer, reason) = match choice {
-            Some(c) => (got.samples[c.index].text.clone(), c.answer, c.reason),
-            None => (String::new(), None, "the budget ended before any sample".into()),
-        };
-        let correct = answer.as_deref() == Some(item.gold.as_str());
-        chosen_right.add_logged(correct, &mut per_item);
-        let right = hits.iter().filter(|&&h| h).count();
-        keep_sample(&mut samples, item, &text, answer, correct, format!("{reason}; {right}/{} samples right", hits.len()));
+        for (j, &kk) in ks.iter().enumerate() {
+            let first = &got.samples[..kk.min(got.samples.len())];
+            any_right[j].add(hits[..first.len()].iter().any(|&h| h));
+            for (c, (_, chooser)) in choosers.iter_mut().enumerate() {
+                let choice = chooser.choose(&item.question, first).map_err(EvalError::Other)?;
+                let answer = choice.as_ref().and_then(|c| c.answer.as_deref());
+                let correct = answer == Some(item.gold.as_str());
+                if c == 0 && kk == n {
+                    per_item.push(if correct { '1' } else { '0' });
+                    let (text, reason) = match &choice {
+                        Some(c) => (got.samples[c.index].text.as_str(), c.reason.clone()),
+                        None => ("", "the budget ended before any sample".to_string()),
+                    };
+                    let right = hits.iter().filter(|&&h| h).count();
+                    let why = format!("{reason}; {right}/{} samples right", hits.len());
+                    keep_sample(&mut samples, item, text, answer.map(str::to_string), correct, why);
+                }
+                chosen_right[c][j].add(correct);
+            }
+        }
         bar.inc(1);
-        bar.set_message(format!("{:.1} %", 100.0 * chosen_right.value()));
+        bar.set_message(format!("{:.1} %", 100.0 * chosen_right[0][ks.len() - 1].value()));
     }
     bar.finish_and_clear();
-    let n = thinking.budget.samples;
     let per = |x: usize| x as f64 / items.len().max(1) as f64;
+    let first_name = &choosers[0].0;
+    let mut metrics = vec![Metric::accuracy(
+        "exact_match",
+        chosen_right[0][ks.len() - 1],
+        &format!("the final number of the sample {first_name} chooses among {n} equals the reference's"),
+    )];
+    for (j, &k) in ks.iter().enumerate() {
+        for (c, (chooser_name, _)) in choosers.iter().enumerate() {
+            if k > 1 || c == 0 {
+                let label = if k == 1 { "single@1".to_string() } else { format!("{chooser_name}@{k}") };
+                let about = if k == 1 { "the first sample alone".to_string() } else { format!("chosen by {chooser_name} among the first {k} samples") };
+                metrics.push(Metric::accuracy(&label, chosen_right[c][j], &about));
+            }
+        }
+        if k > 1 {
+            metrics.push(Metric::accuracy(&format!("pass@{k}"), any_right[j], &format!("one of the first {k} samples is right (a perfect verifier's choice)")));
+        }
+    }
+    metrics.extend([
+        Metric::accuracy("sample_acc", sample_right, "share of all samples that are right (one sample's accuracy)"),
+        Metric::value("samples_per_item", per(drawn), "samples drawn per item (the budget may cut some)"),
+        Metric::value("tokens_per_item", per(tokens), "tokens generated per item, over all its samples"),
+        Metric::value("prompt_tokens_computed_per_item", per(computed), "prompt tokens computed per item"),
+    ]);
     let s = &thinking.sampling;
+    let names: Vec<&str> = choosers.iter().map(|(n, _)| n.as_str()).collect();
     Ok(TaskResult {
         task: String::new(),
         items: items.len(),
         available: 0,
-        metrics: vec![
-            Metric::accuracy("exact_match", chosen_right, "the chosen sample's final number equals the reference's"),
-            Metric::accuracy(&format!("pass@{n}"), any_right, "some sample is right (a perfect verifier's choice)"),
-            Metric::accuracy("sample_acc", sample_right, "share of all samples that are right (one sample's accuracy)"),
-            Metric::value("samples_per_item", per(drawn), "samples drawn per item (the budget may cut some)"),
-            Metric::value("tokens_per_item", per(tokens), "tokens generated per item, over all its samples"),
-            Metric::value("prompt_tokens_computed_per_item", per(computed), "prompt tokens computed per item"),
-        ],
+        metrics,
         elapsed_s: 0.0,
         setting: format!(
-            "0-shot, chat template when the model has one, {n} samples (temperature {}, top-k {}, top-p {}, min-p {}) sharing the prompt, chosen by {}, at most {} tokens each",
+            "0-shot, chat template when the model has one, {n} samples (temperature {}, top-k {}, top-p {}, min-p {}, seed {}) sharing the prompt, chosen by {}, at most {} tokens each",
             s.temperature,
             s.top_k,
             s.top_p,
             s.min_p,
-            thinking.chooser_name,
+            s.seed,
+            names.join(", "),
             opts.max_tokens
         ),
         samples,

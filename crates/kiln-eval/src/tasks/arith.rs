@@ -29,9 +29,10 @@ pub struct Problem {
     pub answer: String,
 }
 
-/// `n` distinct problems drawn with `seed`: a third each of four-digit sums, four-digit
-/// differences (never negative) and three-digit by two-digit products. Problems of the
-/// evaluation set are never drawn for another seed.
+/// `n` distinct problems drawn with `seed`: a third each of sums and of differences (never
+/// negative) of two numbers of 2 to 4 digits, and a third of products of a 1- to 3-digit
+/// number by a 1- or 2-digit one (never by 0 or 1), from easy to hard for a small model.
+/// Problems of the evaluation set are never drawn for another seed.
 pub fn problems(seed: u32, n: usize) -> Vec<Problem> {
     let held_out: HashSet<String> =
         if seed == TEST_SEED { HashSet::new() } else { draw(TEST_SEED, TEST_SIZE, &HashSet::new()).into_iter().map(|p| p.question).collect() };
@@ -45,18 +46,21 @@ fn draw(seed: u32, n: usize, skip: &HashSet<String>) -> Vec<Problem> {
     let mut between = |lo: u64, hi: u64| lo + rng.below((hi - lo + 1) as u32) as u64;
     while out.len() < n {
         let kind = between(0, 2);
+        let digits = |d: u64| (10u64.pow(d as u32 - 1), 10u64.pow(d as u32) - 1);
         let (question, answer) = match kind {
-            0 => {
-                let (a, b) = (between(1000, 9999), between(1000, 9999));
-                (format!("What is {a} + {b}?"), (a + b).to_string())
-            }
-            1 => {
-                let (a, b) = (between(1000, 9999), between(1000, 9999));
-                let (a, b) = (a.max(b), a.min(b));
-                (format!("What is {a} - {b}?"), (a - b).to_string())
+            0 | 1 => {
+                let (lo, hi) = digits(between(2, 4));
+                let (a, b) = (between(lo, hi), between(lo, hi));
+                if kind == 0 {
+                    (format!("What is {a} + {b}?"), (a + b).to_string())
+                } else {
+                    let (a, b) = (a.max(b), a.min(b));
+                    (format!("What is {a} - {b}?"), (a - b).to_string())
+                }
             }
             _ => {
-                let (a, b) = (between(100, 999), between(10, 99));
+                let ((alo, ahi), (blo, bhi)) = (digits(between(1, 3)), digits(between(1, 2)));
+                let (a, b) = (between(alo.max(2), ahi), between(blo.max(2), bhi));
                 (format!("What is {a} * {b}?"), (a * b).to_string())
             }
         };

@@ -133,10 +133,9 @@ pub struct Thinking<'a> {
     pub budget: Budget,
     /// How samples are drawn (the seed fixes them all).
     pub sampling: SamplingParams,
-    /// Chooses one answer per item.
-    pub chooser: RefCell<Chooser<'a>>,
-    /// The chooser as results name it (`vote`, `calc`, `rm:DIR`).
-    pub chooser_name: String,
+    /// Ways to choose one answer per item, each with the name results give it (`vote`,
+    /// `calc`, `rm:DIR`); the first gives `exact_match`. At least one.
+    pub choosers: RefCell<Vec<(String, Chooser<'a>)>>,
 }
 
 impl EvalContext<'_> {
