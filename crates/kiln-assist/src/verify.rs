@@ -74,6 +74,9 @@ fn parse_number(s: &str) -> Option<f64> {
     s.trim().parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
+/// Rates an answer (second argument) to a question (first); higher is better.
+pub type Scorer<'a> = dyn FnMut(&str, &str) -> Result<f64, String> + 'a;
+
 /// How one answer is chosen among the samples.
 pub enum Chooser<'a> {
     /// Self-consistency: the final answer most samples give.
@@ -82,7 +85,7 @@ pub enum Chooser<'a> {
     Calc,
     /// Best-of-N: the sample a scorer (a reward model) rates highest, given the question and
     /// the answer.
-    Score(Box<dyn FnMut(&str, &str) -> Result<f64, String> + 'a>),
+    Score(Box<Scorer<'a>>),
 }
 
 /// The chosen sample.
@@ -134,9 +137,8 @@ impl Chooser<'_> {
                     })
                     .collect();
                 let names = ["confirmed by the calculator", "not checkable", "with wrong arithmetic"];
-                let tier = (0..3u8)
-                    .find(|&t| tiers.iter().zip(&answers).any(|(&k, a)| k == t && a.is_some()))
-                    .unwrap_or(2);
+                let tier =
+                    (0..3u8).find(|&t| tiers.iter().zip(&answers).any(|(&k, a)| k == t && a.is_some())).unwrap_or(2);
                 let kept: Vec<Option<String>> =
                     answers.iter().zip(&tiers).map(|(a, &k)| if k == tier { a.clone() } else { None }).collect();
                 let in_tier = tiers.iter().filter(|&&k| k == tier).count();

@@ -276,7 +276,12 @@ impl<'m> Engine<'m> {
     fn new(model: &'m Model, tokenizer: &'m Tokenizer, config: SchedulerConfig, counters: Arc<Counters>) -> Engine<'m> {
         // Caches are zero-filled lazily by the OS, so idle slots cost address space, not memory.
         let slots = (0..config.parallel)
-            .map(|_| Slot { state: model.new_state(config.context), fed: Vec::new(), prompt_logits: None, active: None })
+            .map(|_| Slot {
+                state: model.new_state(config.context),
+                fed: Vec::new(),
+                prompt_logits: None,
+                active: None,
+            })
             .collect();
         Engine {
             model,

@@ -134,7 +134,8 @@ pub fn sample(
                 Event::Token { .. } => spent.fetch_add(1, Ordering::Relaxed) + 1,
                 _ => spent.load(Ordering::Relaxed),
             };
-            let out_of_budget = max_tokens.is_some_and(|m| spent_now >= m) || deadline.is_some_and(|d| Instant::now() >= d);
+            let out_of_budget =
+                max_tokens.is_some_and(|m| spent_now >= m) || deadline.is_some_and(|d| Instant::now() >= d);
             if out_of_budget {
                 over.store(true, Ordering::Relaxed);
             }

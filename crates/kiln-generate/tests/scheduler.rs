@@ -196,7 +196,8 @@ fn samples_of_one_prompt_share_it_and_each_equals_its_seed_alone() {
     // Exactly one prompt chunk: the case where a copied prefix short of the whole prompt
     // could not answer as a fresh run.
     let one_chunk = long[..64].to_vec();
-    for prompt in [tokenizer.encode_prompt("The three best things about summer are").unwrap(), one_chunk, long.clone()] {
+    for prompt in [tokenizer.encode_prompt("The three best things about summer are").unwrap(), one_chunk, long.clone()]
+    {
         let opts = GenerateOptions {
             max_tokens: 20,
             sampling: SamplingParams { temperature: 1.0, seed: 7, ..Default::default() },
@@ -235,4 +236,3 @@ fn a_token_budget_stops_the_samples() {
     assert!(got.generated_tokens >= 40 && got.generated_tokens <= 40 + 4, "{} tokens", got.generated_tokens);
     assert!(got.samples.iter().all(|s| s.finish == FinishReason::Cancelled && s.tokens < 200));
 }
-

@@ -22,7 +22,8 @@ pub fn bench(path: &std::path::Path, n: usize, args: &BenchArgs) -> Result<()> {
         bail!("--think needs at least 2 samples to compare");
     }
     let lm = crate::load::load(Some(&path.display().to_string()))?;
-    let prompt = lm.tokenizer.encode_prompt(&lm.template.render(&[kiln_text::ChatMessage::new("user", QUESTION)], true)?)?;
+    let prompt =
+        lm.tokenizer.encode_prompt(&lm.template.render(&[kiln_text::ChatMessage::new("user", QUESTION)], true)?)?;
     let n_gen = args.n_gen.max(1);
     let ctx = prompt.len() + n_gen + 1;
     let opts = GenerateOptions {
@@ -53,7 +54,9 @@ pub fn bench(path: &std::path::Path, n: usize, args: &BenchArgs) -> Result<()> {
     let (_, a) = together()?; // warm-up, and the check that both give the same samples
     let (_, b) = one_by_one()?;
     if a != b {
-        bail!("the batched samples differ from the same seeds run one by one: the comparison would not be like for like");
+        bail!(
+            "the batched samples differ from the same seeds run one by one: the comparison would not be like for like"
+        );
     }
     let (mut batched, mut single, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repetitions {
@@ -83,7 +86,8 @@ pub fn bench(path: &std::path::Path, n: usize, args: &BenchArgs) -> Result<()> {
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
-    let sd = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
+    let sd =
+        if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
     (m, sd)
 }
 

@@ -7,13 +7,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use kiln_eval::results::sha256_file;
 use kiln_eval::tasks::{self, EvalContext, Task, Thinking};
-use kiln_generate::SamplingParams;
-use std::cell::RefCell;
-use std::sync::Arc;
 use kiln_eval::{EvalError, EvalResults, TaskResult};
+use kiln_generate::SamplingParams;
 use kiln_hub::{DataSet, DataStore, Hub};
+use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// `kiln eval`.

@@ -22,7 +22,7 @@ pub mod rm;
 pub mod run;
 pub mod serve;
 pub mod sft;
-pub mod tokenizer;
 pub mod think;
+pub mod tokenizer;
 pub mod tool;
 pub mod train;

@@ -41,6 +41,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
     let think_budget = args.think.budget()?;
+    let chooser = think_budget.as_ref().map(|_| args.think.chooser()).transpose()?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
     if args.verbose {
@@ -75,8 +76,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ignore_eos: false,
         constraint: None,
     };
-    if let Some(budget) = &think_budget {
-        return super::think::run(lm, ctx, &prompt, &ids, &opts, &args.think, budget, args.quiet);
+    if let (Some(budget), Some(chooser)) = (&think_budget, chooser) {
+        let question = super::think::Question { text: &prompt, tokens: &ids };
+        return super::think::run(lm, ctx, question, &opts, chooser, budget, args.quiet);
     }
     let mut session = Session::new(&lm.model, ctx);
     let mut out = Stdout::new();

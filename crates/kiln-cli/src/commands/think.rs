@@ -86,8 +86,21 @@ fn reward_chooser(dir: &Path) -> Result<Chooser<'static>> {
 }
 
 /// A scheduler with one slot per sample, so the N samples decode as one batch.
-pub fn scheduler(model: Arc<kiln_model::Model>, tokenizer: Arc<kiln_text::Tokenizer>, budget: &Budget, ctx: usize) -> Scheduler {
+pub fn scheduler(
+    model: Arc<kiln_model::Model>,
+    tokenizer: Arc<kiln_text::Tokenizer>,
+    budget: &Budget,
+    ctx: usize,
+) -> Scheduler {
     Scheduler::start(model, tokenizer, SchedulerConfig { parallel: budget.samples, queue: 0, context: ctx })
+}
+
+/// The user's question, as text (for a reward model) and as prompt tokens.
+pub struct Question<'a> {
+    /// The user's message.
+    pub text: &'a str,
+    /// The whole prompt, template applied.
+    pub tokens: &'a [u32],
 }
 
 /// `kiln run --think N`: prints the chosen answer; the samples' answers and the cost go to
@@ -95,17 +108,15 @@ pub fn scheduler(model: Arc<kiln_model::Model>, tokenizer: Arc<kiln_text::Tokeni
 pub fn run(
     lm: LoadedModel,
     ctx: usize,
-    question: &str,
-    prompt: &[u32],
+    question: Question,
     opts: &GenerateOptions,
-    flags: &ThinkFlags,
+    mut chooser: Chooser,
     budget: &Budget,
     quiet: bool,
 ) -> Result<()> {
-    let mut chooser = flags.chooser()?;
     let scheduler = scheduler(Arc::new(lm.model), Arc::new(lm.tokenizer), budget, ctx);
-    let got = think::sample(&scheduler, prompt, opts, budget).context("sampling failed")?;
-    let choice = chooser.choose(question, &got.samples).map_err(anyhow::Error::msg)?;
+    let got = think::sample(&scheduler, question.tokens, opts, budget).context("sampling failed")?;
+    let choice = chooser.choose(question.text, &got.samples).map_err(anyhow::Error::msg)?;
     let mut out = Stdout::new();
     let Some(choice) = choice else {
         bail!("the budget ran out before any answer was sampled; raise --think-budget");

@@ -126,12 +126,20 @@ fn run_thinking(
         for (c, (chooser_name, _)) in choosers.iter().enumerate() {
             if k > 1 || c == 0 {
                 let label = if k == 1 { "single@1".to_string() } else { format!("{chooser_name}@{k}") };
-                let about = if k == 1 { "the first sample alone".to_string() } else { format!("chosen by {chooser_name} among the first {k} samples") };
+                let about = if k == 1 {
+                    "the first sample alone".to_string()
+                } else {
+                    format!("chosen by {chooser_name} among the first {k} samples")
+                };
                 metrics.push(Metric::accuracy(&label, chosen_right[c][j], &about));
             }
         }
         if k > 1 {
-            metrics.push(Metric::accuracy(&format!("pass@{k}"), any_right[j], &format!("one of the first {k} samples is right (a perfect verifier's choice)")));
+            metrics.push(Metric::accuracy(
+                &format!("pass@{k}"),
+                any_right[j],
+                &format!("one of the first {k} samples is right (a perfect verifier's choice)"),
+            ));
         }
     }
     metrics.extend([

@@ -34,8 +34,11 @@ pub struct Problem {
 /// number by a 1- or 2-digit one (never by 0 or 1), from easy to hard for a small model.
 /// Problems of the evaluation set are never drawn for another seed.
 pub fn problems(seed: u32, n: usize) -> Vec<Problem> {
-    let held_out: HashSet<String> =
-        if seed == TEST_SEED { HashSet::new() } else { draw(TEST_SEED, TEST_SIZE, &HashSet::new()).into_iter().map(|p| p.question).collect() };
+    let held_out: HashSet<String> = if seed == TEST_SEED {
+        HashSet::new()
+    } else {
+        draw(TEST_SEED, TEST_SIZE, &HashSet::new()).into_iter().map(|p| p.question).collect()
+    };
     draw(seed, n, &held_out)
 }
 
@@ -77,7 +80,11 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let mut items = Vec::new();
     for i in cx.select(all.len()) {
         let p = &all[i];
-        items.push(Item { question: p.question.clone(), prompt: prompt_tokens(cx, &p.question)?, gold: p.answer.clone() });
+        items.push(Item {
+            question: p.question.clone(),
+            prompt: prompt_tokens(cx, &p.question)?,
+            gold: p.answer.clone(),
+        });
     }
     let opts = GenerateOptions {
         max_tokens: cx.max_tokens.unwrap_or(256),
