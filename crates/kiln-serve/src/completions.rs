@@ -44,6 +44,12 @@ pub async fn chat(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Respo
             crate::guard::Screened::Pass { canary: c } => canary = c,
         }
     }
+    if let Some(think) = crate::think::parse(&req)? {
+        let text = kiln_assist::format::render(&app.template, &messages, &[], true)
+            .map_err(|e| ApiError::invalid(format!("the chat template failed on these messages: {e}")))?;
+        let prompt = app.tokenizer.encode_prompt(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
+        return crate::think::answer(app.clone(), &req, prompt, think, canary).await;
+    }
     let plan = crate::tools::plan(&req)?;
     let constraint = match plan.grammar {
         Some(_) => crate::tools::constraint(app.grammars()?, &plan)?,

@@ -15,6 +15,7 @@ mod fuzz;
 mod guard;
 pub mod label;
 mod openai;
+mod think;
 mod tools;
 
 pub use error::ApiError;

@@ -242,6 +242,8 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
     pub response_format: Option<Value>,
+    /// Think longer (kiln extension): `8`, or `{"n": 8, "choose": "vote" | "calc", "budget": "30s"}`.
+    pub think: Option<Value>,
     /// Everything else.
     #[serde(flatten)]
     pub common: Common,

@@ -261,3 +261,45 @@ fn completions_choices_logprobs_tokenize_and_embeddings() {
     let text = get(addr, "/metrics").body;
     assert!(text.contains("kiln_http_requests_total{path=\"/v1/completions\",status=\"200\"}"), "{text}");
 }
+
+#[test]
+fn think_samples_together_and_returns_the_chosen_answer() {
+    let Some(server) = start(4, 8, 1024, None) else { return };
+    let addr = server.addr;
+    let body = json!({
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "What is 6 times 7? End with '#### <number>'."}],
+        "max_tokens": 48,
+        "seed": 3,
+        "think": {"n": 4, "choose": "vote"},
+    });
+    let r = post(addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"].as_array().map(Vec::len), Some(1));
+    let think = &v["think"];
+    assert_eq!(think["samples"].as_array().map(Vec::len), Some(4), "{v}");
+    let chosen = think["chosen"].as_u64().unwrap() as usize;
+    assert_eq!(think["samples"][chosen]["answer"], think["answer"], "{v}");
+    // The prompt was computed once for the four samples.
+    assert_eq!(think["prompt_tokens_computed"], v["usage"]["prompt_tokens"], "{v}");
+    // The same seed answers the same.
+    let again = post(addr, "/v1/chat/completions", &body).json();
+    assert_eq!(again["choices"][0]["message"]["content"], v["choices"][0]["message"]["content"]);
+    assert_eq!(again["think"]["samples"], think["samples"]);
+
+    for (bad, needle) in [
+        (json!(0), "think.n must be a whole number from 1 to 64"),
+        (json!({"n": 4, "choose": "oracle"}), "think.choose must be"),
+        (json!({"n": 4, "budget": "soon"}), "cannot read the budget"),
+        (json!({"n": 4, "why": 1}), "unknown field \"why\""),
+        (json!("four"), "think must be a number"),
+    ] {
+        let mut b = body.clone();
+        b["think"] = bad;
+        assert_error(&post(addr, "/v1/chat/completions", &b), 400, needle);
+    }
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    assert_error(&post(addr, "/v1/chat/completions", &streamed), 400, "does not stream");
+}
