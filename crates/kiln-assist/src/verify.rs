@@ -159,7 +159,7 @@ mod tests {
     use kiln_generate::FinishReason;
 
     fn sample(text: &str) -> Sample {
-        Sample { text: text.into(), tokens: 1, finish: FinishReason::Stop, seed: 0 }
+        Sample { text: text.into(), tokens: 1, token_ids: vec![1], finish: FinishReason::Stop, seed: 0 }
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub enum Command {
     Dpo(crate::commands::dpo::DpoArgs),
     /// Train a reward model on comparisons; `kiln rm score` scores answers with one.
     Rm(crate::commands::rm::RmArgs),
+    /// Reinforcement learning on checkable answers (GRPO or rejection sampling), full or --lora.
+    Rl(crate::commands::rl::RlArgs),
     /// Benchmarks (HellaSwag, MMLU, ARC, TruthfulQA, GSM8K, HumanEval), perplexity, regression suites.
     Eval(crate::commands::eval::EvalArgs),
     /// Public data sets (benchmarks, corpora, conversations): `kiln data list`, `pull NAME`, `path NAME`.

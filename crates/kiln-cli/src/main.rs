@@ -55,8 +55,10 @@ fn run(cli: Cli) -> Result<Outcome> {
     if threads == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    if matches!(cli.command, Command::Train(_) | Command::Sft(_) | Command::Merge(_) | Command::Dpo(_) | Command::Rm(_))
-    {
+    if matches!(
+        cli.command,
+        Command::Train(_) | Command::Sft(_) | Command::Merge(_) | Command::Dpo(_) | Command::Rm(_) | Command::Rl(_)
+    ) {
         // Allocator and candle settings for training; must precede the worker threads.
         kiln_train::runtime::tune();
     }
@@ -82,6 +84,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Label(a) => commands::label::label(a),
         Command::Dpo(a) => commands::dpo::dpo(a),
         Command::Rm(a) => commands::rm::rm(a),
+        Command::Rl(a) => commands::rl::rl(a),
         Command::Tool(a) => commands::tool::tool(a),
         Command::Embed(a) => commands::retrieve::embed(a),
         Command::Index(a) => commands::retrieve::index(a),

@@ -187,6 +187,8 @@ pub struct Decoder<'t> {
     tokens: Vec<u32>,
     history: Vec<u32>,
     finish: Option<FinishReason>,
+    /// The end-of-generation token that stopped it, if one did.
+    eog_hit: Option<u32>,
     prompt_tokens: usize,
     constraint: Option<ConstraintState>,
     masked: Vec<f32>,
@@ -206,6 +208,7 @@ impl<'t> Decoder<'t> {
             tokens: Vec::new(),
             history: prompt.to_vec(),
             finish: if opts.max_tokens == 0 { Some(FinishReason::Length) } else { None },
+            eog_hit: None,
             prompt_tokens: prompt.len(),
             constraint: opts.constraint.as_ref().map(ConstraintState::start),
             masked: Vec::new(),
@@ -225,6 +228,7 @@ impl<'t> Decoder<'t> {
         };
         if !self.opts.ignore_eos && self.eog.contains(&tok) {
             self.finish = Some(FinishReason::Stop);
+            self.eog_hit = Some(tok);
             return Ok(None);
         }
         if let Some(c) = self.constraint.as_mut() {
@@ -295,6 +299,12 @@ impl<'t> Decoder<'t> {
     /// Tokens generated so far.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+
+    /// The end-of-generation token that ended generation, if one did (it is not among
+    /// [`Decoder::tokens`]).
+    pub fn end_token(&self) -> Option<u32> {
+        self.eog_hit
     }
 
     /// Ends generation (at the limit or the end of the context, unless it already stopped)

@@ -71,6 +71,9 @@ pub struct Summary {
     pub cached_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
+    /// Their ids, then the end-of-generation token that stopped generation, if one did (the
+    /// whole reply as a model is trained on it).
+    pub tokens: Vec<u32>,
     /// From joining a slot to the first token.
     pub prompt_time: Duration,
     /// From the first token to the end.
@@ -569,6 +572,7 @@ impl<'m> Engine<'m> {
             prompt_tokens: a.prompt.len(),
             cached_tokens: a.cached_tokens,
             completion_tokens: a.decoder.tokens().len(),
+            tokens: a.decoder.tokens().iter().copied().chain(a.decoder.end_token()).collect(),
             prompt_time: first - a.joined,
             generate_time: now - first,
         };

@@ -7,8 +7,10 @@
 //! what a sequence decodes, so the same seed gives the same samples however many run at once;
 //! sample 0 uses the seed itself, so `N = 1` answers as plain generation does.
 
-use crate::generate::{FinishReason, GenerateOptions};
+use crate::generate::{Decoder, FinishReason, GenerateError, GenerateOptions};
 use crate::scheduler::{Event, Job, Scheduler, SubmitError};
+use kiln_model::{BatchState, Model, State};
+use kiln_text::Tokenizer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
@@ -60,6 +62,9 @@ pub struct Sample {
     pub text: String,
     /// Tokens generated.
     pub tokens: usize,
+    /// Their ids, then the end-of-generation token that stopped it, if one did (the reply as
+    /// a model is trained on it).
+    pub token_ids: Vec<u32>,
     /// Why it ended; [`FinishReason::Cancelled`] when the budget cut it.
     pub finish: FinishReason,
     /// The seed it was drawn with.
@@ -158,6 +163,7 @@ pub fn sample(
                 done[i] = Some(Sample {
                     text: std::mem::take(&mut texts[i]),
                     tokens: summary.completion_tokens,
+                    token_ids: summary.tokens,
                     finish: summary.finish,
                     seed: sample_seed(options.sampling.seed, i),
                 });
@@ -222,6 +228,100 @@ fn normalize(n: &str) -> String {
         s = "0".into();
     }
     s
+}
+
+/// N samples of each of several prompts, decoded in the calling thread as one batch, with no
+/// scheduler thread: for callers already running on the compute pool, such as a training
+/// step. Each prompt is computed once and its cache copied to its samples; the samples are
+/// the ones [`sample`] draws with the same seeds (decoding rows are batch-invariant).
+/// `prompts` pairs each prompt with its seed; `ctx` is the positions per sequence.
+pub fn sample_batch(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompts: &[(&[u32], u64)],
+    n: usize,
+    options: &GenerateOptions,
+    ctx: usize,
+) -> Result<Vec<Samples>, ThinkError> {
+    if n == 0 {
+        return Err(ThinkError::NoSamples);
+    }
+    let t0 = Instant::now();
+    let failed = |e: GenerateError| ThinkError::Failed(e.to_string());
+    struct Seq<'t> {
+        group: usize,
+        seed: u64,
+        state: State,
+        decoder: Decoder<'t>,
+    }
+    let mut seqs: Vec<Seq> = Vec::with_capacity(prompts.len() * n);
+    for (group, &(prompt, seed)) in prompts.iter().enumerate() {
+        let mut first = model.new_state(ctx);
+        let logits = model.forward(&mut first, prompt, false).map_err(|e| failed(e.into()))?.to_vec();
+        for i in 0..n {
+            let mut state =
+                if i + 1 == n { std::mem::replace(&mut first, model.new_state(1)) } else { model.new_state(ctx) };
+            if i + 1 < n {
+                state.cache.copy_prefix_from(&first.cache, prompt.len());
+            }
+            let mut opts = options.clone();
+            opts.sampling.seed = sample_seed(seed, i);
+            let mut decoder = Decoder::new(tokenizer, prompt, &opts).map_err(failed)?;
+            decoder.next(&logits).map_err(failed)?;
+            seqs.push(Seq { group, seed: opts.sampling.seed, state, decoder });
+        }
+    }
+    let mut batch = BatchState::default();
+    let vocab = model.config.vocab_size;
+    loop {
+        let live: Vec<usize> = (0..seqs.len())
+            .filter(|&k| {
+                let s = &seqs[k];
+                s.decoder.wants_more() && s.decoder.last_token().is_some() && s.state.len() < s.state.capacity()
+            })
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        let tokens: Vec<u32> = live.iter().map(|&k| seqs[k].decoder.last_token().expect("live")).collect();
+        let mut states: Vec<&mut State> = Vec::with_capacity(live.len());
+        let mut decoders: Vec<&mut Decoder> = Vec::with_capacity(live.len());
+        let mut next = live.iter().peekable();
+        for (k, s) in seqs.iter_mut().enumerate() {
+            if next.peek() == Some(&&k) {
+                next.next();
+                states.push(&mut s.state);
+                decoders.push(&mut s.decoder);
+            }
+        }
+        let logits = model.decode_batch(&mut batch, &mut states, &tokens).map_err(|e| failed(e.into()))?;
+        for (row, decoder) in decoders.into_iter().enumerate() {
+            decoder.next(&logits[row * vocab..(row + 1) * vocab]).map_err(failed)?;
+        }
+    }
+    let mut out: Vec<Samples> = prompts
+        .iter()
+        .map(|(p, _)| Samples {
+            samples: Vec::with_capacity(n),
+            prompt_tokens: p.len(),
+            prompt_tokens_computed: p.len(),
+            generated_tokens: 0,
+            elapsed: Duration::ZERO,
+        })
+        .collect();
+    for mut s in seqs {
+        s.decoder.finish();
+        let token_ids: Vec<u32> = s.decoder.tokens().iter().copied().chain(s.decoder.end_token()).collect();
+        let g = s.decoder.into_generation(0, Duration::ZERO, Duration::ZERO);
+        let group = &mut out[s.group];
+        group.generated_tokens += g.tokens.len();
+        group.samples.push(Sample { text: g.text, tokens: g.tokens.len(), token_ids, finish: g.finish, seed: s.seed });
+    }
+    let elapsed = t0.elapsed();
+    for group in &mut out {
+        group.elapsed = elapsed;
+    }
+    Ok(out)
 }
 
 /// The outcome of a vote.

@@ -236,3 +236,34 @@ fn a_token_budget_stops_the_samples() {
     assert!(got.generated_tokens >= 40 && got.generated_tokens <= 40 + 4, "{} tokens", got.generated_tokens);
     assert!(got.samples.iter().all(|s| s.finish == FinishReason::Cancelled && s.tokens < 200));
 }
+
+/// Samples decoded in the caller's thread, several prompts in one batch, are the ones the
+/// scheduler draws with the same seeds.
+#[test]
+fn samples_in_one_thread_equal_the_schedulers() {
+    use kiln_generate::think::{sample, sample_batch, Budget};
+    let Some((model, tokenizer)) = load() else { return };
+    let prompts: Vec<Vec<u32>> = ["The three best things about summer are", "My favourite number is"]
+        .iter()
+        .map(|t| tokenizer.encode_prompt(t).unwrap())
+        .collect();
+    let opts = GenerateOptions {
+        max_tokens: 16,
+        sampling: SamplingParams { temperature: 1.0, ..Default::default() },
+        ..Default::default()
+    };
+    let seeds = [11u64, 12];
+    let jobs: Vec<(&[u32], u64)> = prompts.iter().map(Vec::as_slice).zip(seeds).collect();
+    let together = sample_batch(&model, &tokenizer, &jobs, 3, &opts, 256).unwrap();
+    let scheduler =
+        Scheduler::start(model.clone(), tokenizer.clone(), SchedulerConfig { parallel: 3, queue: 0, context: 256 });
+    for (k, prompt) in prompts.iter().enumerate() {
+        let o =
+            GenerateOptions { sampling: SamplingParams { seed: seeds[k], ..opts.sampling.clone() }, ..opts.clone() };
+        let alone = sample(&scheduler, prompt, &o, &Budget::samples(3)).unwrap();
+        let texts = |s: &kiln_generate::Samples| {
+            s.samples.iter().map(|x| (x.text.clone(), x.token_ids.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(texts(&together[k]), texts(&alone), "prompt {k}");
+    }
+}

@@ -20,6 +20,7 @@ pub mod peak;
 pub mod plot;
 pub mod preset;
 pub mod reward;
+pub mod rl;
 pub mod rng;
 pub mod runtime;
 pub mod schedule;

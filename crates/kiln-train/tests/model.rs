@@ -222,3 +222,43 @@ fn tiny_model_memorizes_with_muon() {
     });
     assert!(loss < 0.05, "loss {loss} after 200 full-batch steps");
 }
+
+/// `kiln rl` samples its policy from weights held in memory: they must run exactly as the
+/// same weights written to a directory and read back, tied or not (and nearly so quantized
+/// to Q8_0); and an RL training row
+/// weighs the answer's log-probability as the inference engine computes it.
+#[test]
+fn in_memory_weights_run_as_written_and_rl_rows_weigh_the_sampled_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = tokenizer_dir(dir.path(), "abc def ghi jkl mno pqr stu vwx yz\n");
+    for tied in [true, false] {
+        // Rows of whole Q8_0 blocks (32), so that the quantized copy quantizes every matrix.
+        let cfg = ModelConfig { ffn_dim: 128, ..tiny_config(tok.vocab_size(), 64, 8, 2, 80) };
+        let mut model = random_model(&cfg, tied, DType::F32, 21);
+        let ids: Vec<u32> = (0..40).map(|i| (i * 5 % tok.vocab_size()) as u32).collect();
+        let hf = dir.path().join(format!("model-{tied}"));
+        kiln_train::export::write_hf_dir(&hf, &model.tensors(), &cfg, tied, &dir.path().join("tok"), None).unwrap();
+        let written = kiln_model::formats::load_hf_dir(&hf).unwrap();
+        let f32s = kiln_train::export::to_f32_tensors(&model.tensors()).unwrap();
+        let in_memory = kiln_model::formats::f32::model_from_f32(&written.config, &f32s).unwrap();
+        assert_eq!(kiln_logits(&in_memory, &ids), kiln_logits(&written, &ids), "tied {tied}");
+        // Sampled in Q8_0, as `kiln rl` does by default: as the Q8_0 GGUF kiln exports.
+        let q8 = kiln_model::formats::f32::model_from_f32_as(&written.config, &f32s, GgmlType::Q8_0).unwrap();
+        let path = dir.path().join(format!("q8-{tied}.gguf"));
+        common::export_gguf(&hf, GgmlType::Q8_0, &path).unwrap();
+        let d = max_rel_diff(&kiln_logits(&q8, &ids), &kiln_logits(&Model::open_gguf(&path).unwrap(), &ids));
+        assert!(d < LOGIT_REL_TOL, "tied {tied}: q8_0 in memory against the Q8_0 GGUF: {d}");
+
+        // An answer of 12 tokens after a prompt of 28: the row's weighted log-probability is
+        // the weight times the answer's log-probability under inference.
+        let (prompt, answer) = ids.split_at(28);
+        let row = kiln_train::rl::answer_row(prompt, answer, -0.5);
+        model.inference_rounding = true;
+        let trained = kiln_train::finetune::weighted_logp(&model, &row).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let inferred = kiln_train::rl::answer_logp(&in_memory, prompt, answer).unwrap();
+        assert!(
+            (trained - (-0.5 * inferred)).abs() < 1e-3 * inferred.abs().max(1.0),
+            "tied {tied}: {trained} vs -0.5 × {inferred}"
+        );
+    }
+}

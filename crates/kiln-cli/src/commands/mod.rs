@@ -18,6 +18,7 @@ pub mod pull;
 pub mod quantize;
 pub mod report;
 pub mod retrieve;
+pub mod rl;
 pub mod rm;
 pub mod run;
 pub mod serve;

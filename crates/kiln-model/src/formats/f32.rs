@@ -10,11 +10,13 @@
 use super::names::{gguf_to_hf, hf_to_gguf, is_norm_weight};
 use super::{hf_config::parse_hf_config, read_json, SafetensorsSource};
 use crate::config::{ModelConfig, RopeStyle};
-use crate::loader::{GgufSource, RawTensor, TensorSource};
-use crate::weights::QMatrix;
-use crate::{GgufFile, ModelError};
+use crate::loader::{load_weights, GgufSource, RawTensor, TensorSource};
+use crate::weights::{Backing, QMatrix};
+use crate::{GgufFile, Model, ModelError};
+use kiln_gguf::GgmlType;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One tensor in f32, row-major, outermost dimension first (as Hugging Face and PyTorch
 /// write shapes).
@@ -121,6 +123,63 @@ pub fn read_gguf_f32(file: GgufFile) -> Result<F32Model, ModelError> {
     }
     let tied = !tensors.contains_key("lm_head.weight");
     Ok(F32Model { config, tied, tensors, scaled_rope })
+}
+
+/// An inference [`Model`] over f32 tensors held in memory in Hugging Face's layout (a training
+/// run's weights, as [`F32Model`] holds them), without writing files: `kiln rl` samples its
+/// policy this way after every update. The same loader as every format checks the shapes.
+pub fn model_from_f32(config: &ModelConfig, tensors: &HashMap<String, F32Tensor>) -> Result<Model, ModelError> {
+    model_from_f32_as(config, tensors, GgmlType::F32)
+}
+
+/// [`model_from_f32`] with the weight matrices quantized to `matrices` in memory (`Q8_0`
+/// samples several times faster than f32 on a CPU, at about 1 % of the logits' range);
+/// norms and matrices whose rows are not whole blocks stay f32.
+pub fn model_from_f32_as(
+    config: &ModelConfig,
+    tensors: &HashMap<String, F32Tensor>,
+    matrices: GgmlType,
+) -> Result<Model, ModelError> {
+    struct InMemory<'a> {
+        config: &'a ModelConfig,
+        tensors: &'a HashMap<String, F32Tensor>,
+        matrices: GgmlType,
+    }
+    impl TensorSource for InMemory<'_> {
+        fn tensor(&self, gguf_name: &str) -> Result<Option<RawTensor>, ModelError> {
+            let Some(t) = gguf_to_hf(gguf_name, self.config.family).and_then(|hf| self.tensors.get(&hf)) else {
+                return Ok(None);
+            };
+            let mut dims: Vec<usize> = t.shape.iter().rev().copied().collect();
+            if dims.is_empty() {
+                dims.push(1);
+            }
+            // The forward pass holds Gemma's norms as 1 + w, as GGUF files do.
+            let offset = if is_norm_weight(gguf_name) { self.config.norm_weight_offset } else { 0.0 };
+            let cols = dims[0];
+            let quantize = self.matrices != GgmlType::F32 && dims.len() == 2 && offset == 0.0;
+            if let Some(row_bytes) = self.matrices.bytes_for(cols).filter(|_| quantize) {
+                let mut bytes = vec![0u8; row_bytes * dims[1]];
+                for (row, out) in t.data.chunks(cols).zip(bytes.chunks_mut(row_bytes)) {
+                    crate::quant::quantize_row(self.matrices, row, out)
+                        .map_err(|e| ModelError::Format(format!("cannot quantize {gguf_name}: {e}")))?;
+                }
+                return Ok(Some(RawTensor {
+                    ty: self.matrices,
+                    dims,
+                    backing: Arc::new(Backing::Owned(bytes)),
+                    offset: 0,
+                }));
+            }
+            let bytes = t.data.iter().flat_map(|v| (v + offset).to_le_bytes()).collect();
+            Ok(Some(RawTensor { ty: GgmlType::F32, dims, backing: Arc::new(Backing::Owned(bytes)), offset: 0 }))
+        }
+    }
+    if config.rope_style != RopeStyle::Halves {
+        return Err(ModelError::Config("in-memory f32 weights are in Hugging Face's half-split RoPE layout".into()));
+    }
+    let weights = load_weights(config, &InMemory { config, tensors, matrices })?;
+    Ok(Model { config: config.clone(), weights })
 }
 
 /// Rows of a Q or K projection `[heads·d, in]` reordered from half-split to interleaved RoPE

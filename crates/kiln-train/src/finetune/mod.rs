@@ -144,7 +144,7 @@ pub fn read_data<T>(
 }
 
 /// A token sequence and, per next-token target, its weight in the loss (1 where the target is
-/// learned, 0 elsewhere).
+/// learned, 0 elsewhere; RL weighs a reply by its advantage, which may be negative).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
     /// Token ids.
@@ -223,7 +223,7 @@ pub fn pack(examples: &[&Example], max_len: usize) -> Vec<Example> {
 /// computed only from the first weighted position on.
 pub fn weighted_logp(model: &Transformer, ex: &Example) -> Result<Tensor> {
     let t = ex.ids.len() - 1;
-    let start = ex.weights.iter().position(|&w| w > 0.0).unwrap_or(0);
+    let start = ex.weights.iter().position(|&w| w != 0.0).unwrap_or(0);
     let x = Tensor::new(&ex.ids[..t], &Device::Cpu)?.unsqueeze(0)?;
     let h = model.hidden_packed(&x, &ex.starts)?.narrow(0, start, t - start)?;
     let picked = model.target_logp(&h, &ex.ids[start + 1..])?;
@@ -253,7 +253,7 @@ pub fn weighted_logps(model: &Transformer, rows: &[&Example]) -> Result<Tensor> 
         starts.push(offset);
         ids.extend_from_slice(&row.ids[..n]);
         let before = at.len();
-        for (i, &w) in row.weights.iter().enumerate().filter(|(_, &w)| w > 0.0) {
+        for (i, &w) in row.weights.iter().enumerate().filter(|(_, &w)| w != 0.0) {
             at.push((offset + i) as u32);
             targets.push(row.ids[i + 1]);
             weights.push(w);

@@ -71,6 +71,9 @@ pub struct FinetuneConfig {
     pub fail_on_bad_row: bool,
     /// DPO's β.
     pub beta: f64,
+    /// RL: how answers are sampled and scored.
+    #[serde(default)]
+    pub rl: Option<crate::rl::RlConfig>,
 }
 
 impl FinetuneConfig {
@@ -99,6 +102,7 @@ impl FinetuneConfig {
             lora: None,
             fail_on_bad_row: false,
             beta: 0.1,
+            rl: None,
         }
     }
 
@@ -131,6 +135,9 @@ impl FinetuneConfig {
         }
         if let Some(l) = &self.lora {
             l.validate()?;
+        }
+        if let Some(r) = &self.rl {
+            r.validate()?;
         }
         Ok(())
     }
