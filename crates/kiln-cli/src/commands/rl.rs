@@ -133,6 +133,18 @@ fn write_task(task: &str, dir: &Path, val: usize, data: Option<&Path>) -> Result
 
 /// Runs `kiln rl`.
 pub fn rl(args: &RlArgs) -> Result<()> {
+    let rl = RlConfig {
+        method: args.method.clone(),
+        task: args.task.clone(),
+        group: args.group,
+        problems_per_step: args.problems,
+        temperature: args.temperature,
+        max_new_tokens: args.max_new_tokens,
+        val_k: args.val_k,
+        kl: args.kl,
+        sample_type: args.sample_type.clone(),
+    };
+    rl.validate()?;
     let data = match (&args.resume, &args.out) {
         (None, Some(out)) => {
             if out.join("finetune.json").exists() {
@@ -168,17 +180,6 @@ pub fn rl(args: &RlArgs) -> Result<()> {
         lora_dropout: 0.0,
         target: "q,k,v,o,gate,up,down".into(),
         quiet: args.quiet,
-    };
-    let rl = RlConfig {
-        method: args.method.clone(),
-        task: args.task.clone(),
-        group: args.group,
-        problems_per_step: args.problems,
-        temperature: args.temperature,
-        max_new_tokens: args.max_new_tokens,
-        val_k: args.val_k,
-        kl: args.kl,
-        sample_type: args.sample_type.clone(),
     };
     let mut run = common.open(
         "rl",
