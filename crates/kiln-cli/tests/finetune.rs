@@ -9,17 +9,8 @@
 #[allow(dead_code)] // each test binary uses part of the helpers
 mod util;
 
-use serde_json::Value;
 use std::path::{Path, PathBuf};
-use util::{temp_dir, Kiln};
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use util::{metrics, temp_dir, Kiln};
 
 /// A tokenizer and a 2-layer llama pretrained for a few steps in `dir`: returns the run.
 fn tiny_base(home: &Path, dir: &Path) -> PathBuf {

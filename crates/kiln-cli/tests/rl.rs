@@ -7,16 +7,7 @@ mod util;
 
 use kiln_test_models::SMOLLM2;
 use serde_json::Value;
-use std::path::Path;
-use util::{temp_dir, Kiln};
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use util::{metrics, temp_dir, Kiln};
 
 #[test]
 fn rl_trains_logs_and_resumes_to_the_same_metrics() {
@@ -44,6 +35,8 @@ fn rl_trains_logs_and_resumes_to_the_same_metrics() {
     let start: Value = serde_json::from_str(&std::fs::read_to_string(run.join("start.json")).unwrap()).unwrap();
     assert!(start["val_pass@1"].is_number(), "{start}");
     assert!(run.join("problems-train.jsonl").is_file() && run.join("model/model.safetensors").is_file());
+    let svg = std::fs::read_to_string(run.join("rl.svg")).expect("the RL plot");
+    assert!(svg.contains("held-out pass@1") && svg.contains("reward"), "{svg:.300}");
 
     // Killed after step 1: its newest checkpoint and the model gone, then resumed.
     let copy = home.path().join("copy");

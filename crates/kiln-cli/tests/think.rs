@@ -89,4 +89,8 @@ fn eval_think_reports_each_chooser_at_each_k_on_the_same_samples() {
     assert!(metric("vote@4") <= metric("pass@4") && metric("calc@4") <= metric("pass@4"));
     assert_eq!(metric("samples_per_item"), 4.0);
     assert!(task["setting"].as_str().expect("setting").contains("4 samples"), "{task}");
+    // Accuracy against samples, drawn beside the results.
+    let svg = std::fs::read_to_string(home.path().join("arith-arith-think.svg")).expect("the plot");
+    assert!(svg.contains("accuracy against samples") && svg.contains("calc") && svg.contains("pass@k"), "{svg:.300}");
+    assert!(home.path().join("arith-arith-think.png").is_file());
 }

@@ -11,7 +11,7 @@ mod util;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use util::{temp_dir, Kiln};
+use util::{metrics, temp_dir, Kiln};
 
 /// A 200 KB training corpus in `dir`.
 fn corpus(dir: &Path) -> PathBuf {
@@ -51,14 +51,6 @@ const TINY: &[&str] = &[
     "10",
     "-q",
 ];
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 #[test]
 fn train_killed_with_sigkill_then_resumed_logs_the_same_losses_and_runs_in_kiln() {

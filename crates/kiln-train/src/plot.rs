@@ -1,5 +1,6 @@
 //! The loss curve: `loss.svg` and `loss.png` (title, axis labels and legend in both), drawn with
-//! plotters. The bitmap's text is rasterized by ab_glyph from DejaVu Sans, embedded in the
+//! plotters; and charts of other lines (RL's reward and held-out accuracy, accuracy against
+//! samples). The bitmap's text is rasterized by ab_glyph from DejaVu Sans, embedded in the
 //! binary, so a machine without fonts draws the same picture.
 
 use crate::metrics::Record;
@@ -13,8 +14,8 @@ fn perr(e: impl std::fmt::Display) -> TrainError {
     TrainError::Plot(e.to_string())
 }
 
-/// Points (step, loss).
-type Points = Vec<(f64, f64)>;
+/// Points (x, y).
+pub type Points = Vec<(f64, f64)>;
 
 /// The series to draw: training loss per step and validation loss on evaluation steps.
 fn series(records: &[Record]) -> (Points, Points) {
@@ -89,14 +90,104 @@ pub fn plot_loss(dir: &Path, records: &[Record]) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
-    let svg_path = dir.join("loss.svg");
+    write_both(dir, "loss", |svg| draw(svg.into_drawing_area(), records), |bmp| draw(bmp.into_drawing_area(), records))
+}
+
+/// A chart of lines: what it shows, and its series (name, points; a series with one point is
+/// drawn as a dot).
+pub struct Lines<'a> {
+    /// Caption.
+    pub title: &'a str,
+    /// x-axis description.
+    pub x_desc: &'a str,
+    /// y-axis description.
+    pub y_desc: &'a str,
+    /// x values are powers of two (N = 1, 2, 4 …): drawn at log2 x, labelled as N.
+    pub log2_x: bool,
+    /// Series in legend order.
+    pub series: Vec<(String, Points)>,
+}
+
+/// Draws `NAME.svg` and `NAME.png` in `dir`: accuracy against samples (`kiln eval --think`),
+/// reward and held-out accuracy against RL steps (`kiln rl`).
+pub fn plot_lines(dir: &Path, name: &str, lines: &Lines) -> Result<()> {
+    if lines.series.iter().all(|(_, p)| p.is_empty()) {
+        return Ok(());
+    }
+    write_both(
+        dir,
+        name,
+        |svg| draw_lines(svg.into_drawing_area(), lines),
+        |bmp| draw_lines(bmp.into_drawing_area(), lines),
+    )
+}
+
+fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, lines: &Lines) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    register_font()?;
+    let x = |v: f64| if lines.log2_x { v.max(1e-9).log2() } else { v };
+    let points = || lines.series.iter().flat_map(|(_, p)| p.iter());
+    let x_min = points().map(|p| x(p.0)).fold(f64::MAX, f64::min).min(0.0);
+    let x_max = points().map(|p| x(p.0)).fold(f64::MIN, f64::max).max(x_min + 1.0);
+    let y_max = points().map(|p| p.1).fold(f64::MIN, f64::max);
+    let y_min = points().map(|p| p.1).fold(f64::MAX, f64::min);
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    root.fill(&WHITE).map_err(perr)?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(20)
+        .caption(lines.title, ("sans-serif", 22))
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_min..x_max, (y_min - pad).min(0.0)..y_max + pad)
+        .map_err(perr)?;
+    let log2 = lines.log2_x;
+    chart
+        .configure_mesh()
+        .x_desc(lines.x_desc)
+        .x_label_formatter(&|v| if log2 { format!("{:.0}", v.exp2()) } else { format!("{v:.0}") })
+        .y_desc(lines.y_desc)
+        .draw()
+        .map_err(perr)?;
+    const COLOURS: [RGBColor; 6] = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+    ];
+    for (k, (name, pts)) in lines.series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let pts: Points = pts.iter().map(|&(a, b)| (x(a), b)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+            .map_err(perr)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(perr)?;
+    }
+    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(perr)?;
+    root.present().map_err(perr)?;
+    Ok(())
+}
+
+/// Writes `NAME.svg` and `NAME.png` in `dir` with the same drawing on both backends.
+fn write_both(
+    dir: &Path,
+    name: &str,
+    svg_draw: impl FnOnce(SVGBackend) -> Result<()>,
+    bmp_draw: impl FnOnce(BitMapBackend) -> Result<()>,
+) -> Result<()> {
+    let svg_path = dir.join(format!("{name}.svg"));
     let mut svg = String::new();
-    draw(SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(), records)?;
+    svg_draw(SVGBackend::with_string(&mut svg, SIZE))?;
     crate::checkpoint::write_atomic(&svg_path, svg.as_bytes())?;
 
     let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
-    draw(BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(), records)?;
-    let png_path = dir.join("loss.png");
+    bmp_draw(BitMapBackend::with_buffer(&mut rgb, SIZE))?;
+    let png_path = dir.join(format!("{name}.png"));
     let mut bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut bytes, SIZE.0, SIZE.1);

@@ -18,6 +18,7 @@
 use crate::export::to_f32_tensors;
 use crate::finetune::{batches, pass_budget, scalar, weighted_logps, Example, Loader, Net, Run, StepStats, Task};
 use crate::optim::GradAccum;
+use crate::plot::{plot_lines, Lines, Points};
 use crate::{io_err, Result, TrainError};
 use kiln_generate::think::{final_answer, sample_batch, sample_seed, Samples};
 use kiln_generate::{GenerateOptions, SamplingParams};
@@ -187,6 +188,29 @@ pub fn answer_logp(model: &Model, prompt: &[u32], answer: &[u32]) -> Result<f64>
         sum += kiln_generate::sampler::logprobs(row, t, 0).0.logprob as f64;
     }
     Ok(sum)
+}
+
+/// Draws `rl.svg` and `rl.png` in the run directory: the reward of each step's samples, and
+/// held-out pass@1 and pass@k at each evaluation (step 0: the starting model, from
+/// `start.json`).
+pub fn plot(dir: &Path, lines: &[serde_json::Value]) -> Result<()> {
+    let start: Option<serde_json::Value> =
+        std::fs::read_to_string(dir.join("start.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let series = |key: &str| -> Points {
+        start.iter().chain(lines).filter_map(|l| Some((l["step"].as_f64()?, l[key].as_f64()?))).collect()
+    };
+    let lines = Lines {
+        title: "reinforcement learning",
+        x_desc: "step",
+        y_desc: "share right",
+        log2_x: false,
+        series: vec![
+            ("reward (training samples)".into(), series("reward")),
+            ("held-out pass@1".into(), series("val_pass@1")),
+            ("held-out pass@k".into(), series("val_pass@k")),
+        ],
+    };
+    plot_lines(dir, "rl", &lines)
 }
 
 /// The RL task: training and held-out problems, encoded.

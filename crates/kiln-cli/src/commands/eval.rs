@@ -151,6 +151,9 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     if let Some(p) = &args.out {
         all.write(p)?;
+        for t in &all.tasks {
+            plot_think(p, t)?;
+        }
         if !args.quiet {
             eprintln!("results written to {}", p.display());
         }
@@ -216,5 +219,35 @@ fn print_result(out: &mut Stdout, r: &TaskResult) -> Result<()> {
     let metrics: Vec<String> = r.metrics.iter().map(|m| m.display()).collect();
     let of = if r.items < r.available { format!(" of {}", r.available) } else { String::new() };
     out.write(&format!("{:<16} {} items{of}  {}  ({:.1} s)\n", r.task, r.items, metrics.join("  "), r.elapsed_s))?;
+    Ok(())
+}
+
+/// For a task run with `--think N`: `OUT-TASK-think.svg/.png` beside the results, accuracy
+/// against the number of samples for each chooser, and pass@k.
+fn plot_think(out: &std::path::Path, t: &TaskResult) -> Result<()> {
+    let Some(single) = t.metric("single@1").map(|m| m.value) else { return Ok(()) };
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for m in &t.metrics {
+        let Some((name, k)) = m.name.split_once('@') else { continue };
+        let Ok(k) = k.parse::<f64>() else { continue };
+        if name == "single" {
+            continue;
+        }
+        let label = if name == "pass" { "pass@k (a perfect verifier)".to_string() } else { name.to_string() };
+        let i = match series.iter().position(|(n, _)| *n == label) {
+            Some(i) => i,
+            None => {
+                series.push((label, vec![(1.0, single)]));
+                series.len() - 1
+            }
+        };
+        series[i].1.push((k, m.value));
+    }
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("eval");
+    let title = format!("{}: accuracy against samples", t.task);
+    let lines =
+        kiln_train::plot::Lines { title: &title, x_desc: "samples (N)", y_desc: "share right", log2_x: true, series };
+    kiln_train::plot::plot_lines(dir, &format!("{stem}-{}-think", t.task), &lines)?;
     Ok(())
 }

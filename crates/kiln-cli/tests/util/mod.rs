@@ -142,6 +142,15 @@ impl Output {
     }
 }
 
+/// The lines of a run's `metrics.jsonl` (none when it is missing).
+pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// A temp directory for one test (KILN_HOME, or inputs the test writes).
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("kiln-cli-test-").tempdir().expect("temp dir")

@@ -230,6 +230,12 @@ impl JsonLog {
         Ok(text.lines().rev().find_map(|l| serde_json::from_str(l).ok()))
     }
 
+    /// Every line.
+    pub fn lines(&self) -> Result<Vec<Json>> {
+        let text = std::fs::read_to_string(&self.path).map_err(io_err(&self.path))?;
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
     /// The lines as pretraining records (for the loss plot).
     pub fn records(&self) -> Result<Vec<Record>> {
         crate::metrics::read(&self.path)
@@ -546,6 +552,9 @@ impl Run {
             tokens_seen: self.tokens_seen,
         };
         checkpoint::save(&self.dir, &tensors, &self.opt.state_tensors(&params)?, &state, self.cfg.keep)?;
+        if self.cfg.rl.is_some() {
+            crate::rl::plot(&self.dir, &self.log.lines()?)?;
+        }
         plot::plot_loss(&self.dir, &self.log.records()?)
     }
 
