@@ -243,6 +243,8 @@ pub struct ChatArgs {
     pub assistant: Option<String>,
     #[command(flatten)]
     pub guard: crate::commands::guard::GuardFlags,
+    #[command(flatten)]
+    pub think: crate::commands::think::ThinkFlags,
 }
 
 /// `kiln info`.

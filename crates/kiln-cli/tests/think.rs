@@ -94,3 +94,23 @@ fn eval_think_reports_each_chooser_at_each_k_on_the_same_samples() {
     assert!(svg.contains("accuracy against samples") && svg.contains("calc") && svg.contains("pass@k"), "{svg:.300}");
     assert!(home.path().join("arith-arith-think.png").is_file());
 }
+
+#[test]
+fn chat_think_answers_each_turn_with_a_chosen_sample() {
+    let Some(model) = SMOLLM2.path() else { return };
+    let home = temp_dir();
+    let out = Kiln::new(home.path())
+        .args(["chat", "-t", "2", "--think", "3", "--seed", "2", "-n", "24", "-m"])
+        .arg(&model)
+        .stdin("What is 3 + 4?\nAnd 5 + 6?\n")
+        .run();
+    out.success();
+    assert_eq!(out.stderr.matches("[3 samples, final answers").count(), 2, "{out:?}");
+    assert!(out.stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "{out:?}");
+    let e = Kiln::new(home.path())
+        .args(["chat", "--think", "3", "--think-budget", "10s", "-m"])
+        .arg(&model)
+        .stdin("hi\n")
+        .run();
+    assert!(e.error_line(Some(1)).contains("--think-budget is for run, eval and serve"), "{e:?}");
+}

@@ -53,10 +53,18 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     };
     // Bad flags are reported before a model is loaded (or pulled).
     opts.sampling.validate().map_err(anyhow::Error::msg)?;
+    let think = args.think.budget()?;
+    if think.as_ref().is_some_and(|b| b.tokens.is_some() || b.time.is_some()) {
+        anyhow::bail!("kiln chat thinks in samples (--think N); --think-budget is for run, eval and serve");
+    }
+    let mut chooser = think.as_ref().map(|_| args.think.chooser()).transpose()?;
     let guard = args.guard.load()?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
     if args.tools.any() {
+        if think.is_some() {
+            anyhow::bail!("--think samples plain answers; it cannot be used with --tools yet");
+        }
         return super::chat_tools::chat_with_tools(args, &lm, ctx, opts, guard.as_ref());
     }
     let mut session = Session::new(&lm.model, ctx);
@@ -116,6 +124,14 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         };
         history.push(ChatMessage { role: "user".into(), content: input });
         let ids = prompt_ids(&lm, system.as_deref(), &mut history, ctx, opts.max_tokens)?;
+        if let (Some(budget), Some(chooser)) = (&think, chooser.as_mut()) {
+            let question = history.last().map(|m| m.content.clone()).unwrap_or_default();
+            let answer = super::think::answer_in_chat(&lm, ctx, (&question, &ids), &opts, chooser, budget.samples)?;
+            out.write(&answer)?;
+            out.write("\n")?;
+            history.push(ChatMessage { role: "assistant".into(), content: answer });
+            continue;
+        }
         let mut shown = String::new();
         let gen = session.generate(&lm.tokenizer, &ids, &opts, |ev| {
             // Checked before writing, so the history keeps exactly what was shown.

@@ -144,3 +144,26 @@ pub fn run(
     }
     Ok(())
 }
+
+/// One chat answer thought longer: `n` samples decoded together in this thread, the chosen
+/// one returned, the samples' final answers on stderr.
+pub fn answer_in_chat(
+    lm: &LoadedModel,
+    ctx: usize,
+    (question, prompt): (&str, &[u32]),
+    opts: &GenerateOptions,
+    chooser: &mut Chooser,
+    n: usize,
+) -> Result<String> {
+    let got = think::sample_batch(&lm.model, &lm.tokenizer, &[(prompt, opts.sampling.seed)], n, opts, ctx)?;
+    let samples = &got[0].samples;
+    let choice = chooser.choose(question, samples).map_err(anyhow::Error::msg)?.context("no sample was drawn")?;
+    let answers: Vec<String> = samples.iter().map(|s| final_answer(&s.text).unwrap_or_else(|| "–".into())).collect();
+    eprintln!(
+        "[{n} samples, final answers {} | chosen: sample {} by {}]",
+        answers.join(" "),
+        choice.index + 1,
+        choice.reason
+    );
+    Ok(samples[choice.index].text.clone())
+}
