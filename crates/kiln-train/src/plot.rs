@@ -133,19 +133,23 @@ where
     let x_max = points().map(|p| x(p.0)).fold(f64::MIN, f64::max).max(x_min + 1.0);
     let y_max = points().map(|p| p.1).fold(f64::MIN, f64::max);
     let y_min = points().map(|p| p.1).fold(f64::MAX, f64::min);
-    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let pad = ((y_max - y_min) * 0.05).max(0.01);
+    // Shares and counts never go below zero: the axis starts there.
+    let y_low = if y_min >= 0.0 { 0.0 } else { y_min - pad };
     root.fill(&WHITE).map_err(perr)?;
     let mut chart = ChartBuilder::on(&root)
         .margin(20)
         .caption(lines.title, ("sans-serif", 22))
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(x_min..x_max, (y_min - pad).min(0.0)..y_max + pad)
+        .build_cartesian_2d(x_min..x_max, y_low..y_max + pad)
         .map_err(perr)?;
     let log2 = lines.log2_x;
     chart
         .configure_mesh()
         .x_desc(lines.x_desc)
+        // One label per whole step (or power of two) when there are few, so none repeats.
+        .x_labels(((x_max - x_min).round() as usize + 1).clamp(2, 12))
         .x_label_formatter(&|v| if log2 { format!("{:.0}", v.exp2()) } else { format!("{v:.0}") })
         .y_desc(lines.y_desc)
         .draw()
