@@ -9,7 +9,7 @@ use crate::results::{Metric, Sample, TaskResult};
 use crate::stats::Proportion;
 use crate::EvalError;
 use kiln_generate::think::{self, final_answer};
-use kiln_generate::{GenerateOptions, Session};
+use kiln_generate::{GenerateOptions, SamplingParams, Session};
 
 /// One question with its reference answer.
 pub struct Item {
@@ -21,12 +21,21 @@ pub struct Item {
     pub gold: String,
 }
 
-/// Answers every item and scores the final answers.
-pub fn run(cx: &EvalContext, name: &str, items: &[Item], opts: &GenerateOptions) -> Result<TaskResult, EvalError> {
-    match &cx.think {
-        None => run_greedy(cx, name, items, opts),
-        Some(thinking) => run_thinking(cx, thinking, name, items, opts),
-    }
+/// Answers every item (at most `--max-tokens`, 256 by default, stopping at a next
+/// `Question:`) and scores the final answers; `available` is the size of the set drawn from.
+pub fn run(cx: &EvalContext, name: &str, items: &[Item], available: usize) -> Result<TaskResult, EvalError> {
+    let opts = GenerateOptions {
+        max_tokens: cx.max_tokens.unwrap_or(256),
+        stop: vec!["\n\nQuestion:".into()],
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let mut result = match &cx.think {
+        None => run_greedy(cx, name, items, &opts),
+        Some(thinking) => run_thinking(cx, thinking, name, items, &opts),
+    }?;
+    result.available = available;
+    Ok(result)
 }
 
 fn run_greedy(cx: &EvalContext, name: &str, items: &[Item], opts: &GenerateOptions) -> Result<TaskResult, EvalError> {

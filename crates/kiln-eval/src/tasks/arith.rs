@@ -11,7 +11,6 @@ use super::EvalContext;
 use crate::results::TaskResult;
 use crate::rng::Mt19937;
 use crate::EvalError;
-use kiln_generate::{GenerateOptions, SamplingParams};
 use std::collections::HashSet;
 
 /// The seed of the evaluation problems.
@@ -86,15 +85,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
             gold: p.answer.clone(),
         });
     }
-    let opts = GenerateOptions {
-        max_tokens: cx.max_tokens.unwrap_or(256),
-        stop: vec!["\n\nQuestion:".into()],
-        sampling: SamplingParams::greedy(),
-        ..Default::default()
-    };
-    let mut result = answer::run(cx, "arith", &items, &opts)?;
-    result.available = all.len();
-    Ok(result)
+    answer::run(cx, "arith", &items, all.len())
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use super::EvalContext;
 use crate::data::{parse_jsonl, read_text};
 use crate::results::TaskResult;
 use crate::EvalError;
-use kiln_generate::{GenerateOptions, SamplingParams};
 use kiln_text::ChatMessage;
 use serde::Deserialize;
 
@@ -50,15 +49,7 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
             .ok_or_else(|| EvalError::parse(&path, i + 1, "reference answer has no final number"))?;
         items.push(Item { question: p.question.clone(), prompt: prompt_tokens(cx, &p.question)?, gold });
     }
-    let opts = GenerateOptions {
-        max_tokens: cx.max_tokens.unwrap_or(256),
-        stop: vec!["\n\nQuestion:".into()],
-        sampling: SamplingParams::greedy(),
-        ..Default::default()
-    };
-    let mut result = answer::run(cx, "gsm8k", &items, &opts)?;
-    result.available = all.len();
-    Ok(result)
+    answer::run(cx, "gsm8k", &items, all.len())
 }
 
 #[cfg(test)]
