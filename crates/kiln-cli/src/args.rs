@@ -215,6 +215,8 @@ pub struct RunArgs {
     pub guard: crate::commands::guard::GuardFlags,
     #[command(flatten)]
     pub think: crate::commands::think::ThinkFlags,
+    #[command(flatten)]
+    pub speculate: crate::commands::speculate::SpeculateFlags,
     /// Print no timing line.
     #[arg(short, long)]
     pub quiet: bool,
@@ -245,6 +247,8 @@ pub struct ChatArgs {
     pub guard: crate::commands::guard::GuardFlags,
     #[command(flatten)]
     pub think: crate::commands::think::ThinkFlags,
+    #[command(flatten)]
+    pub speculate: crate::commands::speculate::SpeculateFlags,
 }
 
 /// `kiln info`.
@@ -296,6 +300,10 @@ pub struct BenchArgs {
     /// against the same N generated one by one: the cost of thinking longer.
     #[arg(long, value_name = "N", conflicts_with = "json_schema")]
     pub think: Option<usize>,
+    /// Instead, with --lookup, --draft or --draft-layers: speculative decoding against plain
+    /// decoding on 24 editing and summarising prompts (the same tokens both ways, checked).
+    #[command(flatten)]
+    pub speculate: crate::commands::speculate::SpeculateFlags,
 }
 
 /// `kiln quantize`.

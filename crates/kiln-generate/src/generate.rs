@@ -4,6 +4,7 @@
 
 use crate::constraint::{apply_mask, Constraint, ConstraintError, ConstraintState, Step};
 use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
+use crate::speculate::{lookup_draft, DraftLength, SpeculationStats};
 use kiln_model::{Model, ModelError, State};
 use kiln_text::{TextError, TokenStream, Tokenizer};
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// A grammar the output must follow (JSON schema, tool calls).
     pub constraint: Option<Constraint>,
+    /// Prompt-lookup decoding: check up to this many tokens copied from the context per pass
+    /// (0: off). The output is the same as without; only its speed changes.
+    pub lookup: usize,
 }
 
 impl Default for GenerateOptions {
@@ -45,6 +49,7 @@ impl Default for GenerateOptions {
             logprobs: None,
             ignore_eos: false,
             constraint: None,
+            lookup: 0,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct Generation {
     pub prompt_time: Duration,
     /// Time spent generating.
     pub generate_time: Duration,
+    /// Drafted and accepted tokens, when decoding speculatively.
+    pub speculation: SpeculationStats,
 }
 
 /// Why generation failed.
@@ -101,12 +108,37 @@ pub struct Session<'m> {
     state: State,
     /// Tokens whose keys and values are in the cache, in order.
     cached: Vec<u32>,
+    /// A smaller model with the same tokenizer that drafts tokens for this one to check.
+    draft: Option<Box<Session<'m>>>,
+    /// Most tokens the draft model guesses per pass.
+    draft_max: usize,
 }
+
+/// Tokens a draft model guesses in its first pass; later passes adapt ([`DraftLength`]).
+const DRAFT_START: usize = 4;
 
 impl<'m> Session<'m> {
     /// A session with room for `ctx` positions.
     pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
-        Session { model, state: model.new_state(ctx), cached: Vec::new() }
+        Session { model, state: model.new_state(ctx), cached: Vec::new(), draft: None, draft_max: 0 }
+    }
+
+    /// Decodes speculatively from now on: `draft` (same tokenizer, smaller) guesses up to
+    /// `max` tokens per pass and this session's model checks them in one pass. The output is
+    /// the same as without a draft.
+    pub fn set_draft(&mut self, draft: &'m Model, max: usize) -> Result<(), GenerateError> {
+        let (ours, theirs) = (self.model.config.vocab_size, draft.config.vocab_size);
+        if ours != theirs {
+            return Err(GenerateError::Options(format!(
+                "the draft model's vocabulary has {theirs} tokens, the model's {ours}: a draft must share the tokenizer"
+            )));
+        }
+        if max == 0 {
+            return Err(GenerateError::Options("a draft model must guess at least one token per pass".into()));
+        }
+        self.draft = Some(Box::new(Session::new(draft, self.context())));
+        self.draft_max = max;
+        Ok(())
     }
 
     /// The context length.
@@ -118,6 +150,9 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.state.cache.clear();
         self.cached.clear();
+        if let Some(d) = self.draft.as_mut() {
+            d.reset();
+        }
     }
 
     /// Runs `prompt`, reusing the longest cached prefix; returns the logits after its last
@@ -152,26 +187,99 @@ impl<'m> Session<'m> {
         let mut decoder = Decoder::new(tokenizer, prompt, opts)?;
         let t0 = Instant::now();
         let (logits, computed) = self.prefill(prompt)?;
-        let mut logits = logits.to_vec();
+        // Logits rows: row 0 follows the last token fed, row r + 1 follows draft[r].
+        let mut rows = logits.to_vec();
         let prompt_time = t0.elapsed();
         let t1 = Instant::now();
-        while let Some(event) = decoder.next(&logits)? {
+        let vocab = self.model.config.vocab_size;
+        let mut draft: Vec<u32> = Vec::new();
+        let mut row = 0;
+        // Cache length up to and including the token row 0 follows.
+        let mut base = self.cached.len();
+        let mut length = match (&self.draft, opts.lookup) {
+            (Some(_), _) => Some(DraftLength::new(DRAFT_START, self.draft_max)),
+            (None, 0) => None,
+            (None, n) => Some(DraftLength::new(n, n)),
+        };
+        let mut stats = SpeculationStats::default();
+        while let Some(event) = decoder.next(&rows[row * vocab..(row + 1) * vocab])? {
             let tok = event.token;
             if !on_token(&event) {
                 decoder.cancel();
                 break;
             }
-            if !decoder.wants_more() || self.cached.len() >= self.context() {
+            let valid = base + row;
+            if !decoder.wants_more() || valid >= self.context() {
                 break;
             }
-            logits.copy_from_slice(self.model.forward(&mut self.state, &[tok], false)?);
-            self.cached.push(tok);
+            if draft.get(row) == Some(&tok) {
+                // The check already ran the model past this token.
+                row += 1;
+                stats.accepted += 1;
+                continue;
+            }
+            if let Some(length) = length.as_mut() {
+                length.update(draft.len(), row);
+            }
+            // Forget the keys and values of rejected guesses.
+            self.state.cache.truncate(valid);
+            self.cached.truncate(valid);
+            let room = (self.context() - valid - 1).min(opts.max_tokens - decoder.tokens().len() - 1);
+            draft = match length.as_ref() {
+                Some(length) if room > 0 => self.propose(tok, length.get().min(room))?,
+                _ => Vec::new(),
+            };
+            let mut input = Vec::with_capacity(1 + draft.len());
+            input.push(tok);
+            input.extend_from_slice(&draft);
+            let logits = self.model.forward(&mut self.state, &input, !draft.is_empty())?;
+            rows.clear();
+            rows.extend_from_slice(logits);
+            self.cached.extend_from_slice(&input);
+            if !draft.is_empty() {
+                stats.drafted += draft.len();
+                stats.checks += 1;
+            }
+            base = valid + 1;
+            row = 0;
         }
+        // Leave the cache holding exactly the conversation (no unchecked guesses).
+        let valid = (base + row).min(self.cached.len());
+        self.state.cache.truncate(valid);
+        self.cached.truncate(valid);
         if let Some(tail) = decoder.finish() {
             on_token(&tail);
         }
-        Ok(decoder.into_generation(computed, prompt_time, t1.elapsed()))
+        let mut generation = decoder.into_generation(computed, prompt_time, t1.elapsed());
+        generation.speculation = stats;
+        Ok(generation)
     }
+
+    /// Guesses up to `max` tokens to follow the cached tokens and `last`: from the draft
+    /// model when there is one, else by prompt lookup.
+    fn propose(&mut self, last: u32, max: usize) -> Result<Vec<u32>, GenerateError> {
+        let mut context = Vec::with_capacity(self.cached.len() + 1 + max);
+        context.extend_from_slice(&self.cached);
+        context.push(last);
+        let Some(draft) = self.draft.as_mut() else { return Ok(lookup_draft(&context, max)) };
+        let from = context.len();
+        for _ in 0..max {
+            // The draft session computes only what its cache lacks.
+            let (logits, _) = draft.prefill(&context)?;
+            context.push(argmax(logits));
+        }
+        Ok(context.split_off(from))
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// One sequence's side of generation, apart from the model: sampling, end-of-generation and
@@ -281,6 +389,11 @@ impl<'t> Decoder<'t> {
         self.finish.is_none() && self.tokens.len() < self.opts.max_tokens
     }
 
+    /// Tokens still allowed under the limit.
+    pub fn tokens_left(&self) -> usize {
+        self.opts.max_tokens.saturating_sub(self.tokens.len())
+    }
+
     /// The last token generated.
     pub fn last_token(&self) -> Option<u32> {
         self.tokens.last().copied()
@@ -346,6 +459,7 @@ impl<'t> Decoder<'t> {
             prompt_tokens_computed,
             prompt_time,
             generate_time,
+            speculation: SpeculationStats::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 
 use crate::generate::{Decoder, FinishReason, GenerateError, GenerateOptions, TokenEvent};
 use crate::sampler::TokenLogprob;
+use crate::speculate::{lookup_draft, DraftLength, SpeculationStats};
 use kiln_model::{BatchState, Model, State};
 use kiln_text::Tokenizer;
 use std::collections::VecDeque;
@@ -78,6 +79,8 @@ pub struct Summary {
     pub prompt_time: Duration,
     /// From the first token to the end.
     pub generate_time: Duration,
+    /// Guesses drafted and kept, when the request asked for prompt lookup.
+    pub speculation: SpeculationStats,
 }
 
 /// A request: a tokenized prompt, what to generate, and where the results go.
@@ -261,6 +264,9 @@ struct Active<'t> {
     first_token: Option<Instant>,
     /// When the request joined the queue, for fairness among prompts.
     order: u64,
+    /// Prompt lookup's guess length, when the request asked for it.
+    lookup: Option<DraftLength>,
+    speculation: SpeculationStats,
 }
 
 struct Engine<'m> {
@@ -339,6 +345,7 @@ impl<'m> Engine<'m> {
                 .max_by_key(|&i| (common_prefix(&self.slots[i].fed, &job.prompt), usize::MAX - self.slots[i].fed.len()))
                 .expect("a free slot");
             let Job { prompt, options, mut sink } = job;
+            let lookup = (options.lookup > 0).then(|| DraftLength::new(options.lookup, options.lookup));
             let decoder = match Decoder::new(self.tokenizer, &prompt, &options) {
                 Ok(d) => d,
                 Err(e) => {
@@ -365,6 +372,8 @@ impl<'m> Engine<'m> {
                 joined: Instant::now(),
                 first_token: None,
                 order: self.next_order,
+                lookup,
+                speculation: SpeculationStats::default(),
             });
             self.next_order += 1;
         }
@@ -421,6 +430,12 @@ impl<'m> Engine<'m> {
             .iter()
             .map(|&i| self.slots[i].active.as_ref().and_then(next_token).expect("a token to feed"))
             .collect();
+        // Requests that asked for prompt lookup guess what follows their token; the guesses
+        // are checked in the same pass.
+        let drafts: Vec<Vec<u32>> = decoding.iter().zip(&tokens).map(|(&i, &t)| self.propose(i, t)).collect();
+        let speculating = drafts.iter().any(|d| !d.is_empty());
+        let inputs: Vec<Vec<u32>> =
+            tokens.iter().zip(&drafts).map(|(&t, d)| std::iter::once(t).chain(d.iter().copied()).collect()).collect();
         let mut states: Vec<&mut State> = Vec::with_capacity(decoding.len());
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if decoding.contains(&i) {
@@ -431,18 +446,30 @@ impl<'m> Engine<'m> {
         // The batch's buffers are lent out for the step, so its logits can be read while the
         // slots are updated (no copy of batch × vocab floats per step).
         let mut batch = std::mem::take(&mut self.batch);
-        match model.decode_batch(&mut batch, &mut states, &tokens) {
+        let result = if speculating {
+            let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+            model.forward_many(&mut batch, &mut states, &inputs)
+        } else {
+            model.decode_batch(&mut batch, &mut states, &tokens)
+        };
+        let mut generated = 0;
+        match result {
             Ok(logits) => {
+                let mut row0 = 0;
                 for (k, &i) in decoding.iter().enumerate() {
                     let slot = &mut self.slots[i];
-                    slot.fed.push(tokens[k]);
-                    let row = &logits[k * vocab..(k + 1) * vocab];
+                    // The cache length once the token is fed; the guesses lie past it.
+                    let base = slot.fed.len() + 1;
+                    slot.fed.extend_from_slice(&inputs[k]);
+                    let rows = &logits[row0 * vocab..(row0 + inputs[k].len()) * vocab];
+                    row0 += inputs[k].len();
                     let a = slot.active.as_mut().expect("active");
                     if a.prompt_done < a.prompt.len() {
                         a.prompt_done = a.prompt.len();
-                        self.prompt_read(i, row.to_vec());
+                        self.prompt_read(i, rows.to_vec());
+                        generated += 1;
                     } else {
-                        self.emit(i, row);
+                        generated += self.emit_checked(i, rows, base, &drafts[k]);
                     }
                 }
             }
@@ -454,10 +481,65 @@ impl<'m> Engine<'m> {
             }
         }
         self.batch = batch;
-        let generated = decoding.len();
         self.recent.push_back((Instant::now(), generated));
     }
 
+    /// Prompt lookup's guesses of what follows `token` in slot `i` (none unless its request
+    /// asked, it is past its prompt, and there is room).
+    fn propose(&self, i: usize, token: u32) -> Vec<u32> {
+        let slot = &self.slots[i];
+        let Some(a) = slot.active.as_ref() else { return Vec::new() };
+        let Some(length) = a.lookup.as_ref() else { return Vec::new() };
+        if a.prompt_done < a.prompt.len() {
+            return Vec::new();
+        }
+        // Guesses stop short of the last position, so the context-end check sees while checking
+        // what it would see decoding one by one.
+        let room = slot.state.capacity().saturating_sub(slot.fed.len() + 2);
+        let left = a.decoder.tokens_left().saturating_sub(1);
+        let max = length.get().min(room).min(left).min(Model::max_rows() - 1);
+        let mut context = Vec::with_capacity(slot.fed.len() + 1);
+        context.extend_from_slice(&slot.fed);
+        context.push(token);
+        lookup_draft(&context, max)
+    }
+
+    /// Samples slot `i`'s tokens from `rows` (the logits after its token and after each of
+    /// `draft`), keeping guesses while the decoder picks them, exactly as plain decoding would;
+    /// then forgets the keys and values of the rest. `base` is the cache length up to its
+    /// token. Returns the tokens generated.
+    fn emit_checked(&mut self, i: usize, rows: &[f32], base: usize, draft: &[u32]) -> usize {
+        let vocab = self.model.config.vocab_size;
+        if !draft.is_empty() {
+            if let Some(a) = self.slots[i].active.as_mut() {
+                a.speculation.drafted += draft.len();
+                a.speculation.checks += 1;
+            }
+        }
+        let mut emitted = 0;
+        let mut last = 0;
+        for (j, row) in rows.chunks_exact(vocab).enumerate() {
+            last = j;
+            let before = self.slots[i].active.as_ref().map_or(0, |a| a.decoder.tokens().len());
+            self.emit(i, row);
+            let Some(a) = self.slots[i].active.as_mut() else { break };
+            let picked = a.decoder.tokens().len() > before;
+            emitted += usize::from(picked);
+            if j < draft.len() && picked && a.decoder.last_token() == Some(draft[j]) {
+                a.speculation.accepted += 1;
+                continue;
+            }
+            if let (Some(length), false) = (a.lookup.as_mut(), draft.is_empty()) {
+                length.update(draft.len(), j);
+            }
+            break;
+        }
+        // The cache keeps what precedes the last token picked (fed next, as in plain decoding).
+        let slot = &mut self.slots[i];
+        slot.state.cache.truncate(base + last);
+        slot.fed.truncate(base + last);
+        emitted
+    }
     /// Slot `i` has read its whole prompt: keeps the logits for requests with the same
     /// prompt, and samples the first token.
     fn prompt_read(&mut self, i: usize, logits: Vec<f32>) {
@@ -575,6 +657,7 @@ impl<'m> Engine<'m> {
             tokens: a.decoder.tokens().iter().copied().chain(a.decoder.end_token()).collect(),
             prompt_time: first - a.joined,
             generate_time: now - first,
+            speculation: a.speculation,
         };
         // Counters first: a caller that sees Done may read them at once.
         self.release();

@@ -108,4 +108,19 @@ impl Model {
     pub fn open_gguf(path: impl AsRef<Path>) -> Result<Model, ModelError> {
         Model::from_gguf(GgufFile::open(path)?)
     }
+
+    /// The model cut to its first `n_layers` blocks (then the final norm and output, as
+    /// before): a cheap draft for speculative decoding, since early layers already agree with
+    /// the whole model on many tokens.
+    pub fn first_layers(mut self, n_layers: usize) -> Result<Model, ModelError> {
+        if n_layers == 0 || n_layers > self.config.n_layers {
+            return Err(ModelError::Format(format!(
+                "cannot keep {n_layers} layers of a model with {}",
+                self.config.n_layers
+            )));
+        }
+        self.weights.layers.truncate(n_layers);
+        self.config.n_layers = n_layers;
+        Ok(self)
+    }
 }

@@ -280,7 +280,14 @@ impl Answer {
         let predicted: usize = s.iter().map(|s| s.completion_tokens).sum();
         let per_second =
             if predicted > 1 && predicted_ms > 0.0 { (predicted - 1) as f64 * 1e3 / predicted_ms } else { 0.0 };
-        json!({ "prompt_n": self.prompt_tokens, "prompt_ms": prompt_ms, "predicted_n": predicted, "predicted_ms": predicted_ms, "predicted_per_second": per_second })
+        let mut timings = json!({ "prompt_n": self.prompt_tokens, "prompt_ms": prompt_ms, "predicted_n": predicted, "predicted_ms": predicted_ms, "predicted_per_second": per_second });
+        // llama-server's names for what speculative decoding drafted and kept.
+        let drafted: usize = s.iter().map(|s| s.speculation.drafted).sum();
+        if drafted > 0 {
+            timings["draft_n"] = json!(drafted);
+            timings["draft_n_accepted"] = json!(s.iter().map(|s| s.speculation.accepted).sum::<usize>());
+        }
+        timings
     }
 }
 

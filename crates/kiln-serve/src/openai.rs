@@ -2,6 +2,7 @@
 //! are ignored (clients send many); known ones out of range get a 400 naming the field.
 
 use crate::error::ApiError;
+use kiln_generate::speculate::MAX_DRAFT;
 use kiln_generate::{GenerateOptions, SamplingParams};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -70,6 +71,9 @@ pub struct Common {
     /// Keep generating past end-of-turn tokens (llama.cpp extension; benchmarks use it).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Prompt-lookup decoding: check up to this many tokens copied from the context per pass
+    /// (kiln extension; the answer is the same as without).
+    pub lookup: Option<i64>,
 }
 
 /// Limits on what one request may ask.
@@ -172,7 +176,22 @@ impl Common {
             ));
         }
         s.validate().map_err(ApiError::invalid)?;
-        Ok(GenerateOptions { max_tokens, stop, sampling: s, logprobs, ignore_eos: self.ignore_eos, constraint: None })
+        let lookup = match self.lookup {
+            None => 0,
+            Some(n) if (0..=MAX_DRAFT as i64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ApiError::invalid_param("lookup", format!("lookup takes 0 to {MAX_DRAFT} tokens, got {n}")))
+            }
+        };
+        Ok(GenerateOptions {
+            max_tokens,
+            stop,
+            sampling: s,
+            logprobs,
+            ignore_eos: self.ignore_eos,
+            constraint: None,
+            lookup,
+        })
     }
 }
 

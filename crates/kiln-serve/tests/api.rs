@@ -303,3 +303,21 @@ fn think_samples_together_and_returns_the_chosen_answer() {
     streamed["stream"] = json!(true);
     assert_error(&post(addr, "/v1/chat/completions", &streamed), 400, "does not stream");
 }
+
+#[test]
+fn lookup_answers_as_without_and_reports_its_guesses() {
+    let Some(server) = start(2, 4, 1024, None) else { return };
+    let addr = server.addr;
+    let question = "Repeat this list exactly:\n- red apples\n- green pears\n- yellow bananas\n- purple plums";
+    let plain = post(addr, "/v1/chat/completions", &chat_body(question, 40, false)).json();
+    let mut body = chat_body(question, 40, false);
+    body["lookup"] = json!(6);
+    let fast = post(addr, "/v1/chat/completions", &body).json();
+    assert_eq!(fast["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"], "{fast}");
+    let drafted = fast["timings"]["draft_n"].as_u64().unwrap_or(0);
+    let accepted = fast["timings"]["draft_n_accepted"].as_u64().unwrap_or(0);
+    assert!(drafted > 0 && accepted > 0 && accepted <= drafted, "{fast}");
+    assert!(plain["timings"].get("draft_n").is_none());
+    body["lookup"] = json!(99);
+    assert_error(&post(addr, "/v1/chat/completions", &body), 400, "lookup takes 0 to 32 tokens");
+}

@@ -36,8 +36,14 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         bail!("-r must be at least 1");
     }
     let path = resolve(args.model.as_deref())?;
+    if args.think.is_some() && args.speculate.any() {
+        bail!("--think and --lookup/--draft are separate benches; run them one at a time");
+    }
     if let Some(n) = args.think {
         return super::bench_think::bench(&path, n, args);
+    }
+    if args.speculate.any() {
+        return super::bench_speculate::bench(&path, args);
     }
     if let Some(schema) = &args.json_schema {
         return constrained(&path, schema, args);

@@ -84,7 +84,8 @@ pub fn bench(path: &std::path::Path, n: usize, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+/// Mean and sample standard deviation.
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
     let sd =
         if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
@@ -92,7 +93,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 /// Student's t at 97.5 % for `n` samples (n − 1 degrees of freedom).
-fn t95(n: usize) -> f64 {
+pub fn t95(n: usize) -> f64 {
     const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
     match n {
         0 | 1 => f64::NAN,

@@ -47,10 +47,10 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         max_tokens: args.sampling.max_tokens,
         stop: args.sampling.stop.clone(),
         sampling: args.sampling.params(),
-        logprobs: None,
-        ignore_eos: false,
-        constraint: None,
+        ..GenerateOptions::default()
     };
+    args.speculate.validate()?;
+    args.speculate.apply(&mut opts);
     // Bad flags are reported before a model is loaded (or pulled).
     opts.sampling.validate().map_err(anyhow::Error::msg)?;
     let think = args.think.budget()?;
@@ -58,6 +58,9 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         anyhow::bail!("kiln chat thinks in samples (--think N); --think-budget is for run, eval and serve");
     }
     let mut chooser = think.as_ref().map(|_| args.think.chooser()).transpose()?;
+    if args.speculate.any() && (think.is_some() || args.tools.any()) {
+        anyhow::bail!("--lookup and --draft speed up plain answers; they cannot be used with --think or --tools yet");
+    }
     let guard = args.guard.load()?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
@@ -67,7 +70,9 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         }
         return super::chat_tools::chat_with_tools(args, &lm, ctx, opts, guard.as_ref());
     }
+    let draft = args.speculate.load_draft(&lm)?;
     let mut session = Session::new(&lm.model, ctx);
+    args.speculate.attach(&mut session, draft.as_ref())?;
     let mut system = args.system.clone();
     let mut history: Vec<ChatMessage> = Vec::new();
     let interactive = std::io::stdin().is_terminal();

@@ -2,6 +2,7 @@
 
 pub mod assistant;
 pub mod bench;
+pub mod bench_speculate;
 pub mod bench_think;
 pub mod chat;
 pub mod chat_tools;
@@ -23,6 +24,7 @@ pub mod rm;
 pub mod run;
 pub mod serve;
 pub mod sft;
+pub mod speculate;
 pub mod think;
 pub mod tokenizer;
 pub mod tool;

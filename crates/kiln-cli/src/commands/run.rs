@@ -41,6 +41,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
     let think_budget = args.think.budget()?;
+    args.speculate.validate()?;
+    if args.speculate.any() && (think_budget.is_some() || args.tools.any()) {
+        anyhow::bail!("--lookup and --draft speed up plain answers; they cannot be used with --think or --tools yet");
+    }
     let chooser = think_budget.as_ref().map(|_| args.think.chooser()).transpose()?;
     let lm = load(args.model.model.as_deref())?;
     let ctx = lm.context(args.model.ctx)?;
@@ -68,19 +72,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     // BOS where the model wants one, once: some chat templates write it themselves.
     let ids = if args.raw { lm.tokenizer.encode(&text, true)? } else { lm.tokenizer.encode_prompt(&text)? };
-    let opts = GenerateOptions {
+    let mut opts = GenerateOptions {
         max_tokens: args.sampling.max_tokens,
         stop: args.sampling.stop.clone(),
         sampling,
         logprobs: args.logprobs,
-        ignore_eos: false,
-        constraint: None,
+        ..GenerateOptions::default()
     };
+    args.speculate.apply(&mut opts);
     if let (Some(budget), Some(chooser)) = (&think_budget, chooser) {
         let question = super::think::Question { text: &prompt, tokens: &ids };
         return super::think::run(lm, ctx, question, &opts, chooser, budget, args.quiet);
     }
+    let draft = args.speculate.load_draft(&lm)?;
     let mut session = Session::new(&lm.model, ctx);
+    args.speculate.attach(&mut session, draft.as_ref())?;
     let mut out = Stdout::new();
     let mut write_error = None;
     let result = session.generate(&lm.tokenizer, &ids, &opts, |event| {
@@ -109,11 +115,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let pp = result.prompt_tokens_computed as f64 / result.prompt_time.as_secs_f64().max(1e-9);
         let tg = result.tokens.len() as f64 / result.generate_time.as_secs_f64().max(1e-9);
         eprintln!(
-            "[prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {:?}]",
+            "[prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s{} | {:?}]",
             result.prompt_tokens,
             pp,
             result.tokens.len(),
             tg,
+            super::speculate::summary(&result),
             result.finish
         );
     }

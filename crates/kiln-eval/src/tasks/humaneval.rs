@@ -42,12 +42,10 @@ pub fn run(cx: &EvalContext) -> Result<TaskResult, EvalError> {
     let sandbox = Sandbox::new();
     let limits = Limits { timeout: cx.exec_timeout, ..Limits::default() };
     let opts = GenerateOptions {
-        constraint: None,
         max_tokens: cx.max_tokens.unwrap_or(384),
         stop: STOPS.iter().map(|s| s.to_string()).collect(),
         sampling: SamplingParams::greedy(),
-        logprobs: None,
-        ignore_eos: false,
+        ..GenerateOptions::default()
     };
     let mut session = Session::new(cx.model, cx.ctx);
     let mut pass = Proportion::default();

@@ -159,12 +159,10 @@ pub fn run(cx: &EvalContext, path: &Path) -> Result<TaskResult, EvalError> {
             cx.tokenizer.encode_prompt(&cx.template.render(&messages, true)?)?
         };
         let opts = GenerateOptions {
-            constraint: None,
             max_tokens: l.max_tokens.or(cx.max_tokens).unwrap_or(256),
             stop: Vec::new(),
             sampling: SamplingParams::greedy(),
-            logprobs: None,
-            ignore_eos: false,
+            ..GenerateOptions::default()
         };
         let generation = session.generate(cx.tokenizer, &ids, &opts, |_| true)?;
         let failed = case.check(&generation.text, generation.finish == FinishReason::Stop);
