@@ -35,10 +35,11 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     if args.repetitions == 0 {
         bail!("-r must be at least 1");
     }
-    let path = resolve(args.model.as_deref())?;
     if args.think.is_some() && args.speculate.any() {
         bail!("--think and --lookup/--draft are separate benches; run them one at a time");
     }
+    args.speculate.validate()?;
+    let path = resolve(args.model.as_deref())?;
     if let Some(n) = args.think {
         return super::bench_think::bench(&path, n, args);
     }
