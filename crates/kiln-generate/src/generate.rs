@@ -38,6 +38,9 @@ pub struct GenerateOptions {
     /// Prompt-lookup decoding: check up to this many tokens copied from the context per pass
     /// (0: off). The output is the same as without; only its speed changes.
     pub lookup: usize,
+    /// With a draft model: most tokens it guesses per pass (None: the default it was set up
+    /// with; 0: no guessing for this generation).
+    pub draft_max: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -50,6 +53,7 @@ impl Default for GenerateOptions {
             ignore_eos: false,
             constraint: None,
             lookup: 0,
+            draft_max: None,
         }
     }
 }
@@ -115,7 +119,7 @@ pub struct Session<'m> {
 }
 
 /// Tokens a draft model guesses in its first pass; later passes adapt ([`DraftLength`]).
-const DRAFT_START: usize = 4;
+pub(crate) const DRAFT_START: usize = 4;
 
 impl<'m> Session<'m> {
     /// A session with room for `ctx` positions.
@@ -197,7 +201,10 @@ impl<'m> Session<'m> {
         // Cache length up to and including the token row 0 follows.
         let mut base = self.cached.len();
         let mut length = match (&self.draft, opts.lookup) {
-            (Some(_), _) => Some(DraftLength::new(DRAFT_START, self.draft_max)),
+            (Some(_), _) => match opts.draft_max.unwrap_or(self.draft_max) {
+                0 => None,
+                max => Some(DraftLength::new(DRAFT_START, max)),
+            },
             (None, 0) => None,
             (None, n) => Some(DraftLength::new(n, n)),
         };
@@ -261,14 +268,21 @@ impl<'m> Session<'m> {
         let mut context = Vec::with_capacity(self.cached.len() + 1 + max);
         context.extend_from_slice(&self.cached);
         context.push(last);
-        let Some(draft) = self.draft.as_mut() else { return Ok(lookup_draft(&context, max)) };
-        let from = context.len();
-        for _ in 0..max {
-            // The draft session computes only what its cache lacks.
-            let (logits, _) = draft.prefill(&context)?;
-            context.push(argmax(logits));
+        match self.draft.as_mut() {
+            Some(draft) => draft.guess(&context, max),
+            None => Ok(lookup_draft(&context, max)),
         }
-        Ok(context.split_off(from))
+    }
+
+    /// This session's model, as a draft: its greedy continuation of `context`, `max` tokens,
+    /// computing only what its cache lacks.
+    pub(crate) fn guess(&mut self, context: &[u32], max: usize) -> Result<Vec<u32>, GenerateError> {
+        let mut seq = context.to_vec();
+        for _ in 0..max {
+            let (logits, _) = self.prefill(&seq)?;
+            seq.push(argmax(logits));
+        }
+        Ok(seq.split_off(context.len()))
     }
 }
 

@@ -13,6 +13,6 @@ pub mod think;
 pub use constraint::{Constraint, ConstraintError, Grammar, GrammarCompiler};
 pub use generate::{Decoder, FinishReason, GenerateError, GenerateOptions, Generation, Session, TokenEvent};
 pub use sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
-pub use scheduler::{Event, Job, Metrics, Scheduler, SchedulerConfig, SubmitError, Summary};
+pub use scheduler::{Draft, Event, Job, Metrics, Scheduler, SchedulerConfig, SubmitError, Summary};
 pub use speculate::SpeculationStats;
 pub use think::{Budget, Samples, ThinkError, Vote};

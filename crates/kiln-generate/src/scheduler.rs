@@ -11,7 +11,7 @@
 //! Requests and their callers meet through [`Job::sink`]: the engine calls it with each
 //! piece of text, and a `false` return (the client went away) frees the slot at once.
 
-use crate::generate::{Decoder, FinishReason, GenerateError, GenerateOptions, TokenEvent};
+use crate::generate::{Decoder, FinishReason, GenerateError, GenerateOptions, Session, TokenEvent, DRAFT_START};
 use crate::sampler::TokenLogprob;
 use crate::speculate::{lookup_draft, DraftLength, SpeculationStats};
 use kiln_model::{BatchState, Model, State};
@@ -158,6 +158,15 @@ pub struct Metrics {
     pub kv_positions_total: usize,
 }
 
+/// A smaller model with the same tokenizer whose greedy guesses every request (unless it
+/// says otherwise) has checked in its decoding pass.
+pub struct Draft {
+    /// The draft model.
+    pub model: Arc<Model>,
+    /// Most tokens it guesses per pass, unless a request asks for fewer.
+    pub max: usize,
+}
+
 /// The handle the server holds: submit requests, read metrics. Dropping it stops the engine
 /// once running requests are done.
 pub struct Scheduler {
@@ -170,6 +179,16 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the engine thread.
     pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: SchedulerConfig) -> Scheduler {
+        Scheduler::start_with_draft(model, tokenizer, config, None)
+    }
+
+    /// Starts the engine thread, with a draft model for speculative decoding.
+    pub fn start_with_draft(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        config: SchedulerConfig,
+        draft: Option<Draft>,
+    ) -> Scheduler {
         assert!(config.parallel > 0 && config.context > 1, "scheduler needs a slot and room in the context");
         let (tx, rx) = channel();
         let counters = Arc::new(Counters::default());
@@ -177,7 +196,10 @@ impl Scheduler {
         let engine_config = config.clone();
         let worker = std::thread::Builder::new()
             .name("kiln-engine".into())
-            .spawn(move || Engine::new(&model, &tokenizer, engine_config, engine_counters).run(rx))
+            .spawn(move || {
+                let draft = draft.as_ref().map(|d| (&*d.model, d.max));
+                Engine::new(&model, draft, &tokenizer, engine_config, engine_counters).run(rx)
+            })
             .expect("spawn the engine thread");
         Scheduler { jobs: Some(tx), counters, config, worker: Some(worker) }
     }
@@ -250,6 +272,8 @@ struct Slot<'t> {
     /// the same prompt copies the cache and samples from these, computing nothing.
     prompt_logits: Option<(usize, Vec<f32>)>,
     active: Option<Active<'t>>,
+    /// The draft model's side of this sequence, once a request here has used it.
+    draft: Option<Session<'t>>,
 }
 
 /// A request in a slot.
@@ -264,13 +288,17 @@ struct Active<'t> {
     first_token: Option<Instant>,
     /// When the request joined the queue, for fairness among prompts.
     order: u64,
-    /// Prompt lookup's guess length, when the request asked for it.
-    lookup: Option<DraftLength>,
+    /// How many tokens to guess per pass, when the request guesses (by prompt lookup, or by
+    /// the draft model when `by_draft`).
+    guess: Option<DraftLength>,
+    by_draft: bool,
     speculation: SpeculationStats,
 }
 
 struct Engine<'m> {
     model: &'m Model,
+    /// The draft model and its most tokens per pass.
+    draft: Option<(&'m Model, usize)>,
     tokenizer: &'m Tokenizer,
     slots: Vec<Slot<'m>>,
     queue: VecDeque<Job>,
@@ -282,7 +310,13 @@ struct Engine<'m> {
 }
 
 impl<'m> Engine<'m> {
-    fn new(model: &'m Model, tokenizer: &'m Tokenizer, config: SchedulerConfig, counters: Arc<Counters>) -> Engine<'m> {
+    fn new(
+        model: &'m Model,
+        draft: Option<(&'m Model, usize)>,
+        tokenizer: &'m Tokenizer,
+        config: SchedulerConfig,
+        counters: Arc<Counters>,
+    ) -> Engine<'m> {
         // Caches are zero-filled lazily by the OS, so idle slots cost address space, not memory.
         let slots = (0..config.parallel)
             .map(|_| Slot {
@@ -290,10 +324,12 @@ impl<'m> Engine<'m> {
                 fed: Vec::new(),
                 prompt_logits: None,
                 active: None,
+                draft: None,
             })
             .collect();
         Engine {
             model,
+            draft,
             tokenizer,
             slots,
             queue: VecDeque::new(),
@@ -345,7 +381,15 @@ impl<'m> Engine<'m> {
                 .max_by_key(|&i| (common_prefix(&self.slots[i].fed, &job.prompt), usize::MAX - self.slots[i].fed.len()))
                 .expect("a free slot");
             let Job { prompt, options, mut sink } = job;
-            let lookup = (options.lookup > 0).then(|| DraftLength::new(options.lookup, options.lookup));
+            let by_draft = self.draft.is_some() && options.lookup == 0;
+            let guess = match (self.draft, options.lookup) {
+                (_, n) if n > 0 => Some(DraftLength::new(n, n)),
+                (Some((_, max)), _) => match options.draft_max.unwrap_or(max) {
+                    0 => None,
+                    max => Some(DraftLength::new(DRAFT_START, max)),
+                },
+                (None, _) => None,
+            };
             let decoder = match Decoder::new(self.tokenizer, &prompt, &options) {
                 Ok(d) => d,
                 Err(e) => {
@@ -372,7 +416,8 @@ impl<'m> Engine<'m> {
                 joined: Instant::now(),
                 first_token: None,
                 order: self.next_order,
-                lookup,
+                guess,
+                by_draft,
                 speculation: SpeculationStats::default(),
             });
             self.next_order += 1;
@@ -484,12 +529,13 @@ impl<'m> Engine<'m> {
         self.recent.push_back((Instant::now(), generated));
     }
 
-    /// Prompt lookup's guesses of what follows `token` in slot `i` (none unless its request
-    /// asked, it is past its prompt, and there is room).
-    fn propose(&self, i: usize, token: u32) -> Vec<u32> {
-        let slot = &self.slots[i];
+    /// Guesses of what follows `token` in slot `i`, by prompt lookup or the draft model (none
+    /// unless its request guesses, it is past its prompt, and there is room).
+    fn propose(&mut self, i: usize, token: u32) -> Vec<u32> {
+        let draft_model = self.draft.map(|(m, _)| m);
+        let slot = &mut self.slots[i];
         let Some(a) = slot.active.as_ref() else { return Vec::new() };
-        let Some(length) = a.lookup.as_ref() else { return Vec::new() };
+        let Some(length) = a.guess.as_ref() else { return Vec::new() };
         if a.prompt_done < a.prompt.len() {
             return Vec::new();
         }
@@ -498,10 +544,19 @@ impl<'m> Engine<'m> {
         let room = slot.state.capacity().saturating_sub(slot.fed.len() + 2);
         let left = a.decoder.tokens_left().saturating_sub(1);
         let max = length.get().min(room).min(left).min(Model::max_rows() - 1);
+        let by_draft = a.by_draft;
         let mut context = Vec::with_capacity(slot.fed.len() + 1);
         context.extend_from_slice(&slot.fed);
         context.push(token);
-        lookup_draft(&context, max)
+        match draft_model {
+            Some(model) if by_draft && max > 0 => {
+                let capacity = slot.state.capacity();
+                let session = slot.draft.get_or_insert_with(|| Session::new(model, capacity));
+                // Guessing only saves time: a draft that fails costs the guesses, not the request.
+                session.guess(&context, max).unwrap_or_default()
+            }
+            _ => lookup_draft(&context, max),
+        }
     }
 
     /// Samples slot `i`'s tokens from `rows` (the logits after its token and after each of
@@ -529,7 +584,7 @@ impl<'m> Engine<'m> {
                 a.speculation.accepted += 1;
                 continue;
             }
-            if let (Some(length), false) = (a.lookup.as_mut(), draft.is_empty()) {
+            if let (Some(length), false) = (a.guess.as_mut(), draft.is_empty()) {
                 length.update(draft.len(), j);
             }
             break;

@@ -229,3 +229,52 @@ fn lookup_stops_at_the_end_of_the_context_as_plain_decoding_does() {
     };
     assert_eq!((summary.tokens, summary.finish), (plain.tokens, plain.finish));
 }
+
+/// A scheduler with a draft model: requests that use it (and one that turns it off) answer as
+/// plain decoding alone, beside each other.
+#[test]
+fn a_draft_in_the_scheduler_answers_as_plain_decoding_alone() {
+    use kiln_generate::{Draft, Event, Job, Scheduler, SchedulerConfig};
+    use std::sync::mpsc::channel;
+    use std::sync::Arc;
+    let Some((model, tok, path)) = load(&kiln_test_models::SMOLLM2) else { return };
+    let mut session = Session::new(&model, 1024);
+    let mut cases = Vec::new();
+    for (k, p) in prompts().iter().enumerate() {
+        for sampling in [SamplingParams::greedy(), sampled()] {
+            let plain = run(&mut session, &tok, p, &options(sampling.clone(), 0));
+            let mut opts = options(sampling, 0);
+            opts.draft_max = if k == 1 { Some(0) } else { None };
+            cases.push((tok.encode_prompt(p).unwrap(), opts, plain.tokens));
+        }
+    }
+    let draft = Draft { model: Arc::new(Model::open_gguf(&path).unwrap().first_layers(12).unwrap()), max: 5 };
+    let (model, tok) = (Arc::new(model), Arc::new(tok));
+    let config = SchedulerConfig { parallel: 4, queue: 8, context: 1024 };
+    let scheduler = Scheduler::start_with_draft(model, tok, config, Some(draft));
+    let mut receivers = Vec::new();
+    for (prompt, opts, _) in &cases {
+        let (tx, rx) = channel();
+        let job = Job { prompt: prompt.clone(), options: opts.clone(), sink: Box::new(move |e| tx.send(e).is_ok()) };
+        scheduler.submit(vec![job]).unwrap();
+        receivers.push(rx);
+    }
+    let (mut accepted, mut rejected) = (0, 0);
+    for ((_, opts, expected), rx) in cases.iter().zip(receivers) {
+        let summary = loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(120)).expect("an event") {
+                Event::Done(s) => break s,
+                Event::Failed(e) => panic!("request failed: {e}"),
+                Event::Token { .. } => {}
+            }
+        };
+        assert_eq!(&summary.tokens[..expected.len()], &expected[..], "draft_max {:?}", opts.draft_max);
+        let s = summary.speculation;
+        if opts.draft_max == Some(0) {
+            assert_eq!(s.drafted, 0);
+        }
+        accepted += s.accepted;
+        rejected += s.drafted - s.accepted;
+    }
+    assert!(accepted > 0 && rejected > 0, "both paths taken: {accepted} accepted, {rejected} rejected");
+}

@@ -118,6 +118,15 @@ async fn respond(
     let default_max = if kind == Kind::Text { 16 } else { context.saturating_sub(longest).max(1) };
     let mut options = common.options(default_max, logprobs)?;
     options.constraint = reply.constraint;
+    if common.lookup.is_none() {
+        options.lookup = app.lookup;
+    }
+    if options.draft_max.is_some_and(|n| n > 0) && !app.has_draft {
+        return Err(ApiError::invalid_param(
+            "draft_max",
+            "draft_max needs a server started with a draft model (kiln serve --draft MODEL)",
+        ));
+    }
     let (tx, rx) = unbounded_channel::<(usize, Event)>();
     let mut jobs = Vec::new();
     let mut echoes = Vec::new();

@@ -51,6 +51,9 @@ pub struct ServedModel {
     pub assistant: Option<assistant::ServedAssistant>,
     /// Scans each request's new messages, and full answers for a leaked system prompt.
     pub guard: Option<Arc<kiln_guard::Guard>>,
+    /// A smaller model with the same tokenizer whose guesses each request has checked
+    /// (speculative decoding; answers are unchanged).
+    pub draft: Option<kiln_generate::Draft>,
 }
 
 /// A sentence-embedding model (a BERT encoder) and the name clients ask for it by.
@@ -78,6 +81,8 @@ pub struct ServeOptions {
     pub context: usize,
     /// Required as `Authorization: Bearer KEY` on the API when set.
     pub api_key: Option<String>,
+    /// Prompt lookup for requests that do not say (0: none).
+    pub lookup: usize,
 }
 
 /// Everything the handlers share.
@@ -99,15 +104,21 @@ pub struct AppState {
     http_counts: Mutex<BTreeMap<(String, u16), u64>>,
     /// Built on the first request that needs a grammar (it reads the whole vocabulary).
     grammars: std::sync::OnceLock<Result<kiln_generate::GrammarCompiler, String>>,
+    /// Whether the scheduler has a draft model (a request's `draft_max` needs one).
+    has_draft: bool,
+    /// Prompt lookup for requests that do not say.
+    lookup: usize,
 }
 
 impl AppState {
     /// Starts the scheduler for `served`.
     pub fn new(served: ServedModel, options: &ServeOptions) -> AppState {
-        let scheduler = Scheduler::start(
+        let has_draft = served.draft.is_some();
+        let scheduler = Scheduler::start_with_draft(
             served.model.clone(),
             served.tokenizer.clone(),
             SchedulerConfig { parallel: options.parallel, queue: options.queue, context: options.context },
+            served.draft,
         );
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -128,6 +139,8 @@ impl AppState {
             guard: served.guard,
             http_counts: Mutex::new(BTreeMap::new()),
             grammars: std::sync::OnceLock::new(),
+            has_draft,
+            lookup: options.lookup,
         }
     }
 

@@ -74,6 +74,9 @@ pub struct Common {
     /// Prompt-lookup decoding: check up to this many tokens copied from the context per pass
     /// (kiln extension; the answer is the same as without).
     pub lookup: Option<i64>,
+    /// With a server's draft model: most tokens it guesses per pass for this request, 0 for
+    /// none (kiln extension; the answer is the same either way).
+    pub draft_max: Option<i64>,
 }
 
 /// Limits on what one request may ask.
@@ -176,13 +179,13 @@ impl Common {
             ));
         }
         s.validate().map_err(ApiError::invalid)?;
-        let lookup = match self.lookup {
-            None => 0,
-            Some(n) if (0..=MAX_DRAFT as i64).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(ApiError::invalid_param("lookup", format!("lookup takes 0 to {MAX_DRAFT} tokens, got {n}")))
-            }
+        let guesses = |name: &str, value: Option<i64>| match value {
+            None => Ok(None),
+            Some(n) if (0..=MAX_DRAFT as i64).contains(&n) => Ok(Some(n as usize)),
+            Some(n) => Err(ApiError::invalid_param(name, format!("{name} takes 0 to {MAX_DRAFT} tokens, got {n}"))),
         };
+        let lookup = guesses("lookup", self.lookup)?.unwrap_or(0);
+        let draft_max = guesses("draft_max", self.draft_max)?;
         Ok(GenerateOptions {
             max_tokens,
             stop,
@@ -191,6 +194,7 @@ impl Common {
             ignore_eos: self.ignore_eos,
             constraint: None,
             lookup,
+            draft_max,
         })
     }
 }

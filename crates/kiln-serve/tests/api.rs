@@ -321,3 +321,31 @@ fn lookup_answers_as_without_and_reports_its_guesses() {
     body["lookup"] = json!(99);
     assert_error(&post(addr, "/v1/chat/completions", &body), 400, "lookup takes 0 to 32 tokens");
 }
+
+#[test]
+fn a_draft_model_answers_as_without_and_a_request_can_turn_it_off() {
+    let Some(mut served) = common::served_model() else { return };
+    let path = kiln_test_models::SMOLLM2.path().unwrap();
+    let draft = kiln_model::Model::open_gguf(&path).unwrap().first_layers(12).unwrap();
+    served.draft = Some(kiln_generate::Draft { model: std::sync::Arc::new(draft), max: 4 });
+    let with_draft = common::start_served(served, 2, 4, 1024, None);
+    let Some(plain_server) = start(2, 4, 1024, None) else { return };
+    let question = "Repeat this list exactly:\n- red apples\n- green pears\n- yellow bananas";
+    let body = chat_body(question, 32, false);
+    let plain = post(plain_server.addr, "/v1/chat/completions", &body).json();
+    let drafted = post(with_draft.addr, "/v1/chat/completions", &body).json();
+    assert_eq!(drafted["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
+    assert!(drafted["timings"]["draft_n"].as_u64().unwrap_or(0) > 0, "{drafted}");
+    let mut off = body.clone();
+    off["draft_max"] = json!(0);
+    let undrafted = post(with_draft.addr, "/v1/chat/completions", &off).json();
+    assert_eq!(undrafted["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"]);
+    assert!(undrafted["timings"].get("draft_n").is_none(), "{undrafted}");
+    let mut asks = body.clone();
+    asks["draft_max"] = json!(4);
+    assert_error(
+        &post(plain_server.addr, "/v1/chat/completions", &asks),
+        400,
+        "needs a server started with a draft model",
+    );
+}

@@ -78,6 +78,7 @@ pub fn label(args: &LabelArgs) -> Result<()> {
         embedding: None,
         assistant: None,
         guard: None,
+        draft: None,
     };
     let options = LabelOptions {
         out: args.out.clone(),

@@ -37,6 +37,11 @@ pub struct ServeArgs {
     pub assistant: Option<String>,
     #[command(flatten)]
     pub guard: super::guard::GuardFlags,
+    /// `--lookup N`: the prompt lookup requests get unless they say (`"lookup": N`);
+    /// `--draft MODEL` / `--draft-layers N`: a draft model for every request (`"draft_max": 0`
+    /// turns it off for one).
+    #[command(flatten)]
+    pub speculate: super::speculate::SpeculateFlags,
 }
 
 /// Runs the command until Ctrl-C.
@@ -44,6 +49,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
+    args.speculate.validate()?;
     let profile = args.assistant.as_deref().map(|name| super::assistant::store().load(name)).transpose()?;
     let model_arg = args.model.model.clone().or_else(|| profile.as_ref().and_then(|p| p.model.clone()));
     let lm = load(model_arg.as_deref())?;
@@ -84,6 +90,10 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    let draft = args
+        .speculate
+        .load_draft(&lm)?
+        .map(|model| kiln_generate::Draft { model: Arc::new(model), max: args.speculate.draft_max });
     let LoadedModel { model, tokenizer, template, .. } = lm;
     let served = ServedModel {
         model: Arc::new(model),
@@ -94,6 +104,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         embedding,
         assistant,
         guard: args.guard.load()?.map(Arc::new),
+        draft,
     };
     let options = ServeOptions {
         host: args.host.clone(),
@@ -102,6 +113,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         queue: args.queue,
         context,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        lookup: args.speculate.lookup.unwrap_or(0),
     };
     let runtime = http_runtime()?;
     let (parallel, queue) = (args.parallel, args.queue);

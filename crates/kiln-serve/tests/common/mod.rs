@@ -47,6 +47,7 @@ pub fn served_model() -> Option<ServedModel> {
         embedding: None,
         assistant: None,
         guard: None,
+        draft: None,
     })
 }
 
@@ -70,6 +71,7 @@ pub fn start_served(
         queue,
         context,
         api_key: api_key.map(String::from),
+        lookup: 0,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
