@@ -199,18 +199,8 @@ impl<'a> Product<'a> {
                 tile.dot_many(acts, write);
             }
             None => {
-                let mut write = write;
-                let blocks = if self.wants_sums() { p.blocks } else { 0 };
-                for t in 0..self.n_rows {
-                    let v = quant::packed::dot_group(
-                        p,
-                        i,
-                        self.act(t),
-                        &sums[t * blocks..(t + 1) * blocks],
-                        if t == 0 { next } else { &[] },
-                    );
-                    write(t, &v);
-                }
+                let sums = if self.wants_sums() { &sums[..self.n_rows * p.blocks] } else { &[] };
+                quant::packed::dot_group_rows(p, i, self.acts, self.act_bytes, self.n_rows, sums, next, write);
             }
         }
     }

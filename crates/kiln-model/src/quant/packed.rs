@@ -246,6 +246,85 @@ fn dot_group_with(
     }
 }
 
+/// [`dot_group`] for `n` activation rows (`act_bytes` each, back to back; `sums` holds
+/// [`PackedRows::blocks`] per row where the type takes them, else nothing): `write(t, row t's
+/// eight results)`. Where there is a kernel for it, up to four rows share one unpacking of the
+/// weights; every row gets the bits of its own [`dot_group`].
+#[allow(clippy::too_many_arguments)]
+pub fn dot_group_rows(
+    packed: &PackedRows,
+    g: usize,
+    acts: &[u8],
+    act_bytes: usize,
+    n: usize,
+    sums: &[i32],
+    next: &[u8],
+    mut write: impl FnMut(usize, &[f32; TILE_ROWS]),
+) {
+    let blocks = if sums.is_empty() { 0 } else { packed.blocks };
+    let act = |t: usize| &acts[t * act_bytes..(t + 1) * act_bytes];
+    let sum = |t: usize| &sums[t * blocks..(t + 1) * blocks];
+    let mut t = 0;
+    #[cfg(target_arch = "x86_64")]
+    if n > 1 && super::tile::vnni_available() && matches!(packed.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
+        while n - t >= 2 {
+            let ahead = super::tile_avx2::Ahead::new(if t == 0 { next } else { &[] }, packed.blocks);
+            if n - t >= 4 {
+                let rows: [[f32; TILE_ROWS]; 4] = several(
+                    packed,
+                    g,
+                    [t, t + 1, t + 2, t + 3].map(act),
+                    [t, t + 1, t + 2, t + 3].map(sum),
+                    blocks,
+                    &ahead,
+                );
+                rows.iter().enumerate().for_each(|(k, v)| write(t + k, v));
+                t += 4;
+            } else {
+                let rows: [[f32; TILE_ROWS]; 2] =
+                    several(packed, g, [t, t + 1].map(act), [t, t + 1].map(sum), blocks, &ahead);
+                rows.iter().enumerate().for_each(|(k, v)| write(t + k, v));
+                t += 2;
+            }
+        }
+    }
+    while t < n {
+        write(t, &dot_group(packed, g, act(t), sum(t), if t == 0 { next } else { &[] }));
+        t += 1;
+    }
+}
+
+/// `R` rows of [`dot_group_rows`] in one VNNI kernel (Q4_0, Q4_1 or Q8_0).
+#[cfg(target_arch = "x86_64")]
+fn several<const R: usize>(
+    packed: &PackedRows,
+    g: usize,
+    acts: [&[u8]; R],
+    sums: [&[i32]; R],
+    blocks: usize,
+    ahead: &super::tile_avx2::Ahead,
+) -> [[f32; TILE_ROWS]; R] {
+    use super::blocks::{as_blocks, BlockQ8_0, BlockQ8_1};
+    let group = packed.group(g).as_ptr();
+    // SAFETY: the caller checked VNNI (and with it AVX2, FMA, F16C); the group holds
+    // `packed.blocks` blocks, and each activation row and sum list as many (asserted).
+    unsafe {
+        if packed.ty == GgmlType::Q4_1 {
+            let y: [&[BlockQ8_1]; R] = acts.map(as_blocks);
+            assert!(y.iter().all(|y| y.len() == packed.blocks), "activation row length");
+            return super::packed_x86::q4_1_vnni_rows(group, y, ahead);
+        }
+        let y: [&[BlockQ8_0]; R] = acts.map(as_blocks);
+        assert!(y.iter().all(|y| y.len() == packed.blocks), "activation row length");
+        assert!(blocks == packed.blocks && sums.iter().all(|s| s.len() == blocks), "activation sums");
+        match packed.ty {
+            GgmlType::Q4_0 => super::packed_x86::q4_0_vnni_rows(group, y, sums, ahead),
+            GgmlType::Q8_0 => super::packed_x86::q8_0_vnni_rows(group, y, sums, ahead),
+            other => unreachable!("{other} has no several-row kernel"),
+        }
+    }
+}
+
 /// [`dot_group`] in plain Rust, the reference the SIMD kernels are tested against: per block
 /// the exact integer sum of every row, then `acc = (d_w · d_y) · sum + acc` fused (and for
 /// Q4_1 `mins = m · s_y + mins` fused, added at the end), as the x86 kernels do it.
@@ -475,5 +554,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn several_rows_give_the_bits_of_one_row_each() {
+        let mut checked = 0;
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+            if !packable(ty) {
+                continue;
+            }
+            let act_ty = crate::quant::vec_dot_type(ty);
+            for cols in [32, 576, 1536] {
+                let row_bytes = ty.bytes_for(cols).unwrap();
+                let data = rows_of(ty, 16, cols, 11 + cols as u32);
+                let packed = PackedRows::pack(ty, &data, 16, row_bytes, |_| {});
+                let act_bytes = act_ty.bytes_for(cols).unwrap();
+                let n = 7;
+                let mut acts = vec![0u8; n * act_bytes];
+                let mut sums = vec![];
+                for (t, a) in acts.chunks_exact_mut(act_bytes).enumerate() {
+                    let x: Vec<f32> = values(40 + t as u32, cols)
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| if i % 5 == t { 90.0 * v } else { *v })
+                        .collect();
+                    quantize_activations(act_ty, &x, a).unwrap();
+                    if wants_sums(ty) {
+                        activation_sums(a, &mut sums);
+                    }
+                }
+                let blocks = if wants_sums(ty) { packed.blocks } else { 0 };
+                for rows in 1..=n {
+                    for g in 0..packed.groups {
+                        let mut got = vec![[0f32; TILE_ROWS]; rows];
+                        dot_group_rows(&packed, g, &acts, act_bytes, rows, &sums[..rows * blocks], &[], |t, v| {
+                            got[t] = *v
+                        });
+                        for (t, got) in got.iter().enumerate() {
+                            let alone = dot_group(
+                                &packed,
+                                g,
+                                &acts[t * act_bytes..][..act_bytes],
+                                &sums[t * blocks..(t + 1) * blocks],
+                                &[],
+                            );
+                            assert_eq!(
+                                got.map(f32::to_bits),
+                                alone.map(f32::to_bits),
+                                "{ty} cols {cols} rows {rows} row {t}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Nothing to compare where no type is packed on this CPU (under KILN_FORCE_SCALAR=1).
+        assert!(checked > 0 || !packable(GgmlType::Q8_0));
     }
 }

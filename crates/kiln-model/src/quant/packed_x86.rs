@@ -239,3 +239,103 @@ pub unsafe fn q8_0_vnni(group: *const u8, act: &[BlockQ8_0], sums: &[i32], ahead
     }
     store(acc)
 }
+
+// Several activation rows against one packed group: the weights are loaded and unpacked once
+// per block, then each row runs exactly the one-row kernel's operations on its own registers
+// (so every row keeps the one-row kernel's bits). Short batches (a speculative check, a few
+// requests decoding together) would otherwise pay the unpacking once per row, and a row's
+// chain of dependent `vpdpbusd`s leaves the core idle where R chains interleave.
+
+/// Q4_0 · Q8_0 for `R` activation rows, VNNI: [`q4_0_vnni`] per row, nibbles unpacked once.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn q4_0_vnni_rows<const R: usize>(
+    group: *const u8,
+    acts: [&[BlockQ8_0]; R],
+    sums: [&[i32]; R],
+    ahead: &Ahead,
+) -> [[f32; TILE_ROWS]; R] {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..acts[0].len() {
+        ahead.block(b);
+        let block = group.add(b * Q4_0_BLOCK);
+        let mut lo_sum: [__m256i; R] = std::array::from_fn(|r| _mm256_set1_epi32(-8 * sums[r][b]));
+        let mut hi_sum = [_mm256_setzero_si256(); R];
+        for s in 0..4 {
+            let w = load32(block.add(16 + 32 * s));
+            let (lo, hi) = (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4));
+            for r in 0..R {
+                lo_sum[r] = _mm256_dpbusd_epi32(lo_sum[r], lo, quad(&acts[r][b].qs, s));
+                hi_sum[r] = _mm256_dpbusd_epi32(hi_sum[r], hi, quad(&acts[r][b].qs, 4 + s));
+            }
+        }
+        let d = scales(block);
+        for r in 0..R {
+            acc[r] = accumulate(acc[r], d, acts[r][b].d, _mm256_add_epi32(lo_sum[r], hi_sum[r]));
+        }
+    }
+    std::array::from_fn(|r| store(acc[r]))
+}
+
+/// Q4_1 · Q8_1 for `R` activation rows, VNNI: [`q4_1_vnni`] per row, nibbles unpacked once.
+#[allow(clippy::needless_range_loop)] // block `b` of every row, not of one slice
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn q4_1_vnni_rows<const R: usize>(
+    group: *const u8,
+    acts: [&[BlockQ8_1]; R],
+    ahead: &Ahead,
+) -> [[f32; TILE_ROWS]; R] {
+    let m4 = _mm256_set1_epi8(0xF);
+    let (mut acc, mut mins_acc) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+    for b in 0..acts[0].len() {
+        ahead.block(b);
+        let block = group.add(b * Q4_1_BLOCK);
+        let (mut lo_sum, mut hi_sum) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+        for s in 0..4 {
+            let w = load32(block.add(32 + 32 * s));
+            let (lo, hi) = (_mm256_and_si256(w, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(w), m4));
+            for r in 0..R {
+                lo_sum[r] = _mm256_dpbusd_epi32(lo_sum[r], lo, quad(&acts[r][b].qs, s));
+                hi_sum[r] = _mm256_dpbusd_epi32(hi_sum[r], hi, quad(&acts[r][b].qs, 4 + s));
+            }
+        }
+        let (d, m) = (scales(block), scales(block.add(16)));
+        for r in 0..R {
+            let y = &acts[r][b];
+            acc[r] = accumulate(acc[r], d, y.d, _mm256_add_epi32(lo_sum[r], hi_sum[r]));
+            mins_acc[r] = _mm256_fmadd_ps(m, h2f8(y.s), mins_acc[r]);
+        }
+    }
+    std::array::from_fn(|r| store(_mm256_add_ps(acc[r], mins_acc[r])))
+}
+
+/// Q8_0 · Q8_0 for `R` activation rows, VNNI: [`q8_0_vnni`] per row, weights biased once.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub unsafe fn q8_0_vnni_rows<const R: usize>(
+    group: *const u8,
+    acts: [&[BlockQ8_0]; R],
+    sums: [&[i32]; R],
+    ahead: &Ahead,
+) -> [[f32; TILE_ROWS]; R] {
+    let bias = _mm256_set1_epi8(-128);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..acts[0].len() {
+        ahead.block(b);
+        let block = group.add(b * Q8_0_BLOCK);
+        let mut even: [__m256i; R] = std::array::from_fn(|r| _mm256_set1_epi32(-128 * sums[r][b]));
+        let mut odd = [_mm256_setzero_si256(); R];
+        for s in (0..8).step_by(2) {
+            let w0 = _mm256_xor_si256(load32(block.add(16 + 32 * s)), bias);
+            let w1 = _mm256_xor_si256(load32(block.add(48 + 32 * s)), bias);
+            for r in 0..R {
+                even[r] = _mm256_dpbusd_epi32(even[r], w0, quad(&acts[r][b].qs, s));
+                odd[r] = _mm256_dpbusd_epi32(odd[r], w1, quad(&acts[r][b].qs, s + 1));
+            }
+        }
+        let d = scales(block);
+        for r in 0..R {
+            acc[r] = accumulate(acc[r], d, acts[r][b].d, _mm256_add_epi32(even[r], odd[r]));
+        }
+    }
+    std::array::from_fn(|r| store(acc[r]))
+}
