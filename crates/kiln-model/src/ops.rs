@@ -146,9 +146,6 @@ mod tests {
         }
     }
 
-    /// Batching must never change a result: each row of a many-row product equals the same
-    /// row computed alone, bit for bit, for every weight format and across the row counts
-    /// where the kernels switch (in place below UNPACK_MIN_ROWS, unpacked tiles from it on).
     #[test]
     fn softmax_sums_to_one() {
         let mut x = [1.0f32, 2.0, 3.0, -1000.0];

@@ -90,6 +90,12 @@ unsafe impl Sync for SendPtr {}
 /// From this many activation rows on, unpacking weights into a tile pays for itself.
 const UNPACK_MIN_ROWS: usize = 8;
 
+/// Up to this many activation rows, packed matrices with a several-row kernel
+/// ([`quant::packed::several_rows_kernel`]) stay packed: four rows sharing one unpacking beat
+/// unpacking into a tile that only 8–16 rows meet (a speculative check, a batch of requests;
+/// at 16 rows 1.15–1.2× faster on SmolLM2 and a 1B model, `examples/check_cost`).
+const PACKED_MAX_ROWS: usize = 16;
+
 /// One matrix of a (fused) product and how its rows are computed; `units` are tiles of eight
 /// rows for the tile types, single rows otherwise.
 struct Product<'a> {
@@ -112,8 +118,13 @@ enum Path<'a> {
 impl<'a> Product<'a> {
     fn new(w: &'a QMatrix, acts: &'a [u8], act_bytes: usize, n_rows: usize) -> Product<'a> {
         let (units, path) = if quant::tile::supported(w.ty) {
+            let unpack_from = if w.packed().is_some() && quant::packed::several_rows_kernel(w.ty) {
+                PACKED_MAX_ROWS + 1
+            } else {
+                UNPACK_MIN_ROWS
+            };
             let prepared =
-                (n_rows >= UNPACK_MIN_ROWS).then(|| quant::tile::Activations::new(w.ty, acts, act_bytes, n_rows));
+                (n_rows >= unpack_from).then(|| quant::tile::Activations::new(w.ty, acts, act_bytes, n_rows));
             (w.rows.div_ceil(TILE_ROWS), Path::Tiles { packed: w.packed(), prepared })
         } else {
             (w.rows, Path::Rows(quant::RowDot::new(w.ty, w.cols)))
@@ -123,9 +134,7 @@ impl<'a> Product<'a> {
 
     /// Whether the packed kernels run (they take activation block sums).
     fn wants_sums(&self) -> bool {
-        matches!(self.path, Path::Tiles { packed: Some(_), .. })
-            && self.n_rows < UNPACK_MIN_ROWS
-            && quant::packed::wants_sums(self.w.ty)
+        matches!(self.path, Path::Tiles { packed: Some(_), prepared: None }) && quant::packed::wants_sums(self.w.ty)
     }
 
     fn act(&self, t: usize) -> &'a [u8] {
@@ -285,8 +294,10 @@ mod tests {
     fn matmul_rows_do_not_depend_on_the_batch() {
         // 256 columns: one K-quant super-block.
         let (rows, cols) = (37, 256);
-        // Up to 13 rows: the unpacked-tile kernels' passes of eight, four and one all run.
-        const MOST: usize = 13;
+        // Up to 21 rows: the packed kernels' passes of four, two and one (up to 16 rows), and
+        // the unpacked-tile kernels' passes of eight, four and one (from 17, and from 8 for the
+        // types without several-row packed kernels) all run.
+        const MOST: usize = 21;
         let x = values(12345, MOST * cols);
         for ty in [
             GgmlType::Q4_0,
@@ -303,7 +314,7 @@ mod tests {
             for t in 0..MOST {
                 matmul(&w, &x[t * cols..(t + 1) * cols], 1, &mut buf, &mut alone[t * rows..(t + 1) * rows]);
             }
-            for n in [2, 3, 7, 8, 9, 12, MOST] {
+            for n in [2, 3, 4, 5, 7, 8, 9, 12, 16, 17, MOST] {
                 let mut together = vec![0f32; n * rows];
                 matmul(&w, &x[..n * cols], n, &mut buf, &mut together);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

@@ -246,6 +246,13 @@ fn dot_group_with(
     }
 }
 
+/// Whether [`dot_group_rows`] has a kernel that runs several rows of `ty` at once here.
+pub fn several_rows_kernel(ty: GgmlType) -> bool {
+    cfg!(target_arch = "x86_64")
+        && matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+        && super::tile::vnni_available()
+}
+
 /// [`dot_group`] for `n` activation rows (`act_bytes` each, back to back; `sums` holds
 /// [`PackedRows::blocks`] per row where the type takes them, else nothing): `write(t, row t's
 /// eight results)`. Where there is a kernel for it, up to four rows share one unpacking of the
@@ -266,7 +273,7 @@ pub fn dot_group_rows(
     let sum = |t: usize| &sums[t * blocks..(t + 1) * blocks];
     let mut t = 0;
     #[cfg(target_arch = "x86_64")]
-    if n > 1 && super::tile::vnni_available() && matches!(packed.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
+    if n > 1 && several_rows_kernel(packed.ty) {
         while n - t >= 2 {
             let ahead = super::tile_avx2::Ahead::new(if t == 0 { next } else { &[] }, packed.blocks);
             if n - t >= 4 {
