@@ -3,6 +3,11 @@
 llama-bench or kiln bench JSON, and the GNU `time -v` report of the same run) and prints
 Markdown: tokens/s of both, the ratio kiln/llama.cpp, and peak RSS of both.
 
+With `kiln bench --probe` results beside runs.tsv (probe-tN.json), each speed is also shown as
+a share of the machine's limit on those threads: generation as the weight bytes it reads per
+second against the memory read bandwidth, prompt processing as multiply-adds per second (one
+per parameter and token) against the int8 peak.
+
 Both programs print llama-bench's JSON (an array of tests with n_prompt, n_gen, n_threads,
 avg_ts, stddev_ts), so one reader serves both. Standard library only.
 """
@@ -11,6 +16,7 @@ import argparse
 import csv
 import datetime
 import json
+import pathlib
 import re
 import statistics
 import sys
@@ -69,6 +75,30 @@ def pooled(results):
     return statistics.mean(means), statistics.stdev(means)
 
 
+def load_probes(directory):
+    """{threads: (memory GB/s, int8 GMAC/s or None)} from probe-tN.json files."""
+    probes = {}
+    for path in sorted(pathlib.Path(directory).glob("probe-t*.json")):
+        try:
+            v = json.loads(path.read_text())
+            probes[str(v["n_threads"])] = (v["memory_read_gbs"], v.get("int8_gmacs"))
+        except (OSError, ValueError, KeyError):
+            continue
+    return probes
+
+
+def share(ts, test, model, limits):
+    """A speed as a share of its limit: `41 %`, or – where something is unknown."""
+    if not ts or not limits or not model:
+        return "–"
+    gbs, gmacs = limits
+    if test[1]:  # generation: every weight byte read once per token
+        used, limit = ts[0] * model.get("model_size", 0), gbs * 1e9
+    else:  # prompt processing: one multiply-add per parameter and token
+        used, limit = ts[0] * model.get("model_n_params", 0), (gmacs or 0) * 1e9
+    return f"{100 * used / limit:.0f} %" if used and limit else "–"
+
+
 def mark(ok):
     return "✓" if ok else "✗"
 
@@ -98,9 +128,13 @@ def main():
 
     info = {}
     lines = []
+    probes = load_probes(pathlib.Path(a.runs).parent)
     header = ("| model | threads | test | llama.cpp t/s | kiln t/s | kiln / llama.cpp "
               "| llama.cpp peak RSS | kiln peak RSS | RSS kiln / llama.cpp |")
     rule = "|---|--:|---|--:|--:|--:|--:|--:|--:|"
+    if probes:
+        header += " llama.cpp of limit | kiln of limit |"
+        rule += "--:|--:|"
     if n_rounds > 1:
         header += " ratio in each round |"
         rule += "---|"
@@ -110,8 +144,10 @@ def main():
         label = next(iter(rounds[0].values()))["label"]
         l_runs = [r["llama.cpp"] for r in rounds if "llama.cpp" in r]
         k_runs = [r["kiln"] for r in rounds if "kiln" in r]
+        model = {}
         for r in l_runs:
             info = info or load_tests(r["json"])[1]
+            model = model or load_tests(r["json"])[1]
         l_rss = max((peak_rss_kib(r["time"]) or 0 for r in l_runs), default=0)
         k_rss = max((peak_rss_kib(r["time"]) or 0 for r in k_runs), default=0)
         if l_rss and k_rss:
@@ -137,8 +173,11 @@ def main():
                 ratio = f"**{med:.2f}** {mark(med >= target)}"
             else:
                 ratio = "–"
-            line = (f"| {label} | {threads} | {name} | {fmt_ts(pooled([lt for lt, _ in per_round]))} "
-                    f"| {fmt_ts(pooled([kt for _, kt in per_round]))} | {ratio} | {rss} |")
+            l_pooled, k_pooled = pooled([lt for lt, _ in per_round]), pooled([kt for _, kt in per_round])
+            line = f"| {label} | {threads} | {name} | {fmt_ts(l_pooled)} | {fmt_ts(k_pooled)} | {ratio} | {rss} |"
+            if probes:
+                limits = probes.get(threads)
+                line += f" {share(l_pooled, test, model, limits)} | {share(k_pooled, test, model, limits)} |"
             if n_rounds > 1:
                 line += " " + " ".join(f"{x:.2f}" for x in ratios) + " |"
             lines.append(line)
@@ -167,6 +206,11 @@ def main():
         "",
         *lines,
         *busy_line,
+        *([""] + [f"Limits measured by `kiln bench --probe -t {t}`: memory read {g:.1f} GB/s, int8 multiply-adds "
+                  f"{m or 0:.0f} G/s. Generation's share is weight bytes read per second against the first "
+                  "(llama-bench's model_size per token), prompt processing's is multiply-adds per second (one "
+                  "per parameter and token) against the second." for t, (g, m) in sorted(probes.items())]
+          if probes else []),
         "",
         f"Targets (issue 3): tg ≥ {TARGET_TG:.2f}×, pp ≥ {TARGET_PP:.2f}×, peak RSS ≤ {TARGET_RSS:.2f}× "
         "llama.cpp's (✓ met, ✗ not). Peak RSS is the whole process (`/usr/bin/time -v`), both tests "

@@ -300,6 +300,10 @@ pub struct BenchArgs {
     /// against the same N generated one by one: the cost of thinking longer.
     #[arg(long, value_name = "N", conflicts_with = "json_schema")]
     pub think: Option<usize>,
+    /// Instead, measure this machine's limits on these threads: memory read bandwidth (what
+    /// decoding is bound by) and the int8 multiply-add peak (what prompt processing is bound by).
+    #[arg(long, conflicts_with_all = ["think", "json_schema"])]
+    pub probe: bool,
     /// Instead, with --lookup, --draft or --draft-layers: speculative decoding against plain
     /// decoding on 24 editing and summarising prompts (the same tokens both ways, checked).
     #[command(flatten)]

@@ -11,6 +11,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod math;
 pub mod ops;
+pub mod probe;
 pub mod quant;
 pub mod threads;
 pub mod transformer;

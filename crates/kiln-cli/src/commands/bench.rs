@@ -35,6 +35,9 @@ pub fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     if args.repetitions == 0 {
         bail!("-r must be at least 1");
     }
+    if args.probe {
+        return probe(args, threads);
+    }
     if args.think.is_some() && args.speculate.any() {
         bail!("--think and --lookup/--draft are separate benches; run them one at a time");
     }
@@ -191,5 +194,22 @@ fn constrained(path: &std::path::Path, schema_path: &std::path::Path, args: &Ben
         100.0 * dm / fm,
         args.repetitions
     );
+    Ok(())
+}
+
+/// `kiln bench --probe`: the machine's limits on these threads.
+fn probe(args: &BenchArgs, threads: usize) -> Result<()> {
+    let gbs = kiln_model::probe::memory_read_gbs(3);
+    let peak = kiln_model::probe::int8_peak_gmacs();
+    if args.output == "json" {
+        let v = serde_json::json!({ "n_threads": threads, "memory_read_gbs": gbs, "int8_gmacs": peak });
+        outln!("{v}");
+    } else {
+        outln!("memory read: {gbs:.1} GB/s on {threads} threads (decoding a token reads every weight once)");
+        match peak {
+            Some(g) => outln!("int8 multiply-adds: {g:.0} G/s peak on {threads} threads (prompt processing does one per weight and token)"),
+            None => outln!("int8 multiply-adds: no int8 kernel for this CPU"),
+        }
+    }
     Ok(())
 }
