@@ -8,6 +8,10 @@
 //! batch: decode rows are batch-invariant and prompt chunks are aligned to absolute
 //! positions, so a prompt is cut exactly as `Model::forward` would cut it alone.
 //!
+//! A request may guess ahead (prompt lookup, or the scheduler's draft model): its token and
+//! guesses then ride in the same pass as a few rows ([`Model::forward_many`]), and the guesses
+//! its decoder would have picked are kept, so it answers exactly as without guessing.
+//!
 //! Requests and their callers meet through [`Job::sink`]: the engine calls it with each
 //! piece of text, and a `false` return (the client went away) frees the slot at once.
 
@@ -79,7 +83,7 @@ pub struct Summary {
     pub prompt_time: Duration,
     /// From the first token to the end.
     pub generate_time: Duration,
-    /// Guesses drafted and kept, when the request asked for prompt lookup.
+    /// Guesses drafted and kept, when the request guessed (prompt lookup or a draft model).
     pub speculation: SpeculationStats,
 }
 

@@ -57,7 +57,13 @@ pub fn int8_peak_gmacs() -> Option<f64> {
             (0..threads)
                 .into_par_iter()
                 // SAFETY: simd_available() checked AVX2 (vnni_available() the VNNI set).
-                .map(|i| unsafe { if vnni { x86::vnni_chains(ITERS, i as i32) } else { x86::avx2_chains(ITERS, i as i32) } })
+                .map(|i| unsafe {
+                    if vnni {
+                        x86::vnni_chains(ITERS, i as i32)
+                    } else {
+                        x86::avx2_chains(ITERS, i as i32)
+                    }
+                })
                 .sum()
         });
         Some(macs as f64 / t.elapsed().as_secs_f64() / 1e9)
