@@ -1,10 +1,11 @@
 //! Speculative decoding (prompt lookup and a draft model) against plain decoding: the same
 //! tokens, greedy and sampled, on two families, with guesses actually accepted and rejected.
 
-use kiln_generate::{GenerateOptions, Generation, SamplingParams, Session};
+use kiln_generate::{Event, GenerateOptions, Generation, Job, SamplingParams, Scheduler, Session, Summary};
 use kiln_model::Model;
 use kiln_test_models::TestModel;
 use kiln_text::Tokenizer;
+use std::sync::mpsc::{channel, Receiver};
 
 fn load(which: &TestModel) -> Option<(Model, Tokenizer, std::path::PathBuf)> {
     let path = which.path()?;
@@ -34,6 +35,24 @@ fn run(session: &mut Session, tok: &Tokenizer, prompt: &str, opts: &GenerateOpti
 
 fn options(sampling: SamplingParams, lookup: usize) -> GenerateOptions {
     GenerateOptions { max_tokens: 48, sampling, lookup, ..Default::default() }
+}
+
+/// Submits a request; its events arrive on the returned channel.
+fn submit(scheduler: &Scheduler, prompt: Vec<u32>, options: GenerateOptions) -> Receiver<Event> {
+    let (tx, rx) = channel();
+    scheduler.submit(vec![Job { prompt, options, sink: Box::new(move |e| tx.send(e).is_ok()) }]).unwrap();
+    rx
+}
+
+/// The request's summary, once it is done.
+fn summary(rx: &Receiver<Event>) -> Summary {
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(120)).expect("an event") {
+            Event::Done(s) => return s,
+            Event::Failed(e) => panic!("request failed: {e}"),
+            Event::Token { .. } => {}
+        }
+    }
 }
 
 fn sampled() -> SamplingParams {
@@ -146,8 +165,7 @@ fn a_draft_must_share_the_vocabulary() {
 /// every request, with lookup or without, answers as it does alone with plain decoding.
 #[test]
 fn lookup_in_the_scheduler_answers_as_plain_decoding_alone() {
-    use kiln_generate::{Event, Job, Scheduler, SchedulerConfig};
-    use std::sync::mpsc::channel;
+    use kiln_generate::SchedulerConfig;
     use std::sync::Arc;
     let Some((model, tok, _)) = load(&kiln_test_models::SMOLLM2) else { return };
     let mut session = Session::new(&model, 1024);
@@ -163,22 +181,10 @@ fn lookup_in_the_scheduler_answers_as_plain_decoding_alone() {
     }
     let (model, tok) = (Arc::new(model), Arc::new(tok));
     let scheduler = Scheduler::start(model, tok, SchedulerConfig { parallel: 8, queue: 8, context: 1024 });
-    let mut receivers = Vec::new();
-    for (prompt, opts, _) in &cases {
-        let (tx, rx) = channel();
-        let job = Job { prompt: prompt.clone(), options: opts.clone(), sink: Box::new(move |e| tx.send(e).is_ok()) };
-        scheduler.submit(vec![job]).unwrap();
-        receivers.push(rx);
-    }
+    let receivers: Vec<_> = cases.iter().map(|(p, o, _)| submit(&scheduler, p.clone(), o.clone())).collect();
     let mut accepted = 0;
     for ((_, opts, expected), rx) in cases.iter().zip(receivers) {
-        let summary = loop {
-            match rx.recv_timeout(std::time::Duration::from_secs(120)).expect("an event") {
-                Event::Done(s) => break s,
-                Event::Failed(e) => panic!("request failed: {e}"),
-                Event::Token { .. } => {}
-            }
-        };
+        let summary = summary(&rx);
         assert_eq!(
             &summary.tokens[..expected.len()],
             &expected[..],
@@ -200,8 +206,7 @@ fn lookup_in_the_scheduler_answers_as_plain_decoding_alone() {
 /// the scheduler.
 #[test]
 fn lookup_stops_at_the_end_of_the_context_as_plain_decoding_does() {
-    use kiln_generate::{Event, FinishReason, Job, Scheduler, SchedulerConfig};
-    use std::sync::mpsc::channel;
+    use kiln_generate::{FinishReason, SchedulerConfig};
     use std::sync::Arc;
     let Some((model, tok, _)) = load(&kiln_test_models::SMOLLM2) else { return };
     let prompt = tok.encode_prompt(&prompts()[0]).unwrap();
@@ -217,16 +222,8 @@ fn lookup_stops_at_the_end_of_the_context_as_plain_decoding_does() {
     assert!(fast.speculation.drafted > 0);
     let (model, tok) = (Arc::new(model), Arc::new(tok));
     let scheduler = Scheduler::start(model, tok, SchedulerConfig { parallel: 1, queue: 1, context: ctx });
-    let (tx, rx) = channel();
     let options = GenerateOptions { ignore_eos: true, ..options(SamplingParams::greedy(), 8) };
-    scheduler.submit(vec![Job { prompt, options, sink: Box::new(move |e| tx.send(e).is_ok()) }]).unwrap();
-    let summary = loop {
-        match rx.recv_timeout(std::time::Duration::from_secs(60)).expect("an event") {
-            Event::Done(s) => break s,
-            Event::Failed(e) => panic!("request failed: {e}"),
-            Event::Token { .. } => {}
-        }
-    };
+    let summary = summary(&submit(&scheduler, prompt, options));
     assert_eq!((summary.tokens, summary.finish), (plain.tokens, plain.finish));
 }
 
@@ -234,8 +231,7 @@ fn lookup_stops_at_the_end_of_the_context_as_plain_decoding_does() {
 /// plain decoding alone, beside each other.
 #[test]
 fn a_draft_in_the_scheduler_answers_as_plain_decoding_alone() {
-    use kiln_generate::{Draft, Event, Job, Scheduler, SchedulerConfig};
-    use std::sync::mpsc::channel;
+    use kiln_generate::{Draft, SchedulerConfig};
     use std::sync::Arc;
     let Some((model, tok, path)) = load(&kiln_test_models::SMOLLM2) else { return };
     let mut session = Session::new(&model, 1024);
@@ -252,22 +248,10 @@ fn a_draft_in_the_scheduler_answers_as_plain_decoding_alone() {
     let (model, tok) = (Arc::new(model), Arc::new(tok));
     let config = SchedulerConfig { parallel: 4, queue: 8, context: 1024 };
     let scheduler = Scheduler::start_with_draft(model, tok, config, Some(draft));
-    let mut receivers = Vec::new();
-    for (prompt, opts, _) in &cases {
-        let (tx, rx) = channel();
-        let job = Job { prompt: prompt.clone(), options: opts.clone(), sink: Box::new(move |e| tx.send(e).is_ok()) };
-        scheduler.submit(vec![job]).unwrap();
-        receivers.push(rx);
-    }
+    let receivers: Vec<_> = cases.iter().map(|(p, o, _)| submit(&scheduler, p.clone(), o.clone())).collect();
     let (mut accepted, mut rejected) = (0, 0);
     for ((_, opts, expected), rx) in cases.iter().zip(receivers) {
-        let summary = loop {
-            match rx.recv_timeout(std::time::Duration::from_secs(120)).expect("an event") {
-                Event::Done(s) => break s,
-                Event::Failed(e) => panic!("request failed: {e}"),
-                Event::Token { .. } => {}
-            }
-        };
+        let summary = summary(&rx);
         assert_eq!(&summary.tokens[..expected.len()], &expected[..], "draft_max {:?}", opts.draft_max);
         let s = summary.speculation;
         if opts.draft_max == Some(0) {
