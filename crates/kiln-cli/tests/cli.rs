@@ -191,6 +191,18 @@ fn bench_json_has_llama_bench_field_names() {
     assert_eq!((rows[1]["n_prompt"].as_u64(), rows[1]["n_gen"].as_u64()), (Some(0), Some(4)));
 }
 
+/// `bench/vs-llama-cpp` reads these fields for the table's shares of the machine's limits.
+#[test]
+fn bench_probe_reports_the_limits_as_json() {
+    let home = temp_dir();
+    let out = Kiln::new(home.path()).args(["bench", "--probe", "-t", "1", "-o", "json"]).run();
+    out.success();
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
+    assert_eq!(v["n_threads"].as_u64(), Some(1), "{v}");
+    assert!(v["memory_read_gbs"].as_f64().is_some_and(|g| g > 0.0), "{v}");
+    assert!(v["int8_gmacs"].is_null() || v["int8_gmacs"].as_f64().is_some_and(|g| g > 0.0), "{v}");
+}
+
 // ---- inspecting ----------------------------------------------------------------------------
 
 #[test]
