@@ -269,20 +269,20 @@ impl<'m> Session<'m> {
         context.extend_from_slice(&self.cached);
         context.push(last);
         match self.draft.as_mut() {
-            Some(draft) => draft.guess(&context, max),
+            Some(draft) => draft.guess(context, max),
             None => Ok(lookup_draft(&context, max)),
         }
     }
 
     /// This session's model, as a draft: its greedy continuation of `context`, `max` tokens,
     /// computing only what its cache lacks.
-    pub(crate) fn guess(&mut self, context: &[u32], max: usize) -> Result<Vec<u32>, GenerateError> {
-        let mut seq = context.to_vec();
+    pub(crate) fn guess(&mut self, mut context: Vec<u32>, max: usize) -> Result<Vec<u32>, GenerateError> {
+        let from = context.len();
         for _ in 0..max {
-            let (logits, _) = self.prefill(&seq)?;
-            seq.push(argmax(logits));
+            let (logits, _) = self.prefill(&context)?;
+            context.push(argmax(logits));
         }
-        Ok(seq.split_off(context.len()))
+        Ok(context.split_off(from))
     }
 }
 

@@ -557,7 +557,7 @@ impl<'m> Engine<'m> {
                 let capacity = slot.state.capacity();
                 let session = slot.draft.get_or_insert_with(|| Session::new(model, capacity));
                 // Guessing only saves time: a draft that fails costs the guesses, not the request.
-                session.guess(&context, max).unwrap_or_default()
+                session.guess(context, max).unwrap_or_default()
             }
             _ => lookup_draft(&context, max),
         }

@@ -3,7 +3,7 @@
 //! each prompt in a fresh session both ways, alternated). The bench checks that both ways give
 //! the same tokens before it reports the ratio.
 
-use super::bench_think::{mean_sd, t95};
+use super::bench_think::{mean_interval, mean_sd};
 use crate::args::BenchArgs;
 use crate::output::outln;
 use anyhow::{bail, Result};
@@ -76,8 +76,7 @@ pub fn bench(path: &std::path::Path, args: &BenchArgs) -> Result<()> {
     }
     let (pm, psd) = mean_sd(&plain_s);
     let (fm, fsd) = mean_sd(&fast_s);
-    let (rm, rsd) = mean_sd(&ratios);
-    let half = t95(ratios.len()) * rsd / (ratios.len() as f64).sqrt();
+    let (rm, half) = mean_interval(&ratios);
     let how = match (&spec.lookup, &spec.draft, &spec.draft_layers) {
         (Some(n), _, _) => format!("prompt lookup, up to {n} tokens"),
         (_, Some(d), _) => format!("draft model {d}, up to {} tokens", spec.draft_max),

@@ -68,8 +68,7 @@ pub fn bench(path: &std::path::Path, n: usize, args: &BenchArgs) -> Result<()> {
     }
     let (bm, bsd) = mean_sd(&batched);
     let (sm, ssd) = mean_sd(&single);
-    let (rm, rsd) = mean_sd(&ratios);
-    let half = t95(ratios.len()) * rsd / (ratios.len() as f64).sqrt();
+    let (rm, half) = mean_interval(&ratios);
     let tokens = n * n_gen;
     outln!("| {n} samples of a {}-token prompt, {n_gen} tokens each | seconds | tokens/s |", prompt.len());
     outln!("| --- | ---: | ---: |");
@@ -84,6 +83,12 @@ pub fn bench(path: &std::path::Path, n: usize, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The mean and the half-width of its 95 % interval (Student's t over the values).
+pub fn mean_interval(v: &[f64]) -> (f64, f64) {
+    let (m, sd) = mean_sd(v);
+    (m, t95(v.len()) * sd / (v.len() as f64).sqrt())
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
@@ -93,7 +98,7 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 /// Student's t at 97.5 % for `n` samples (n − 1 degrees of freedom).
-pub fn t95(n: usize) -> f64 {
+fn t95(n: usize) -> f64 {
     const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
     match n {
         0 | 1 => f64::NAN,
